@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import train_config
+from vlsweep.config import TrainConfig
+from vlsweep.trials.engine import Trainer, load_data, run_trial, weighted_loss
+from vlsweep.trials.modeling import load_base
+from vlsweep.trials.params import TrialParams
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_checkpoint, demo_data):
+    cfg = TrainConfig.model_validate(train_config(tiny_checkpoint("qwen2_vl"), demo_data))
+    return cfg, load_data(cfg.data, Path("."))
+
+
+def _trainer(cfg, data, params, **lora) -> Trainer:
+    if lora:
+        cfg = cfg.model_copy(update={"lora": cfg.lora.model_copy(update=lora)})
+    trainer = Trainer(params, cfg.budget, spec=cfg, data=data, base=load_base(cfg.model))
+    trainer.attach()
+    trainer.model.train()
+    return trainer
+
+
+def _snapshot(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_every_trainable_parameter_is_in_exactly_one_optimizer_group(setup):
+    cfg, data = setup
+    trainer = _trainer(cfg, data, TrialParams(), vision=True, loraplus_lr_ratio=4.0)
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+    grouped = [p for g in trainer.optimizer.param_groups for p in g["params"]]
+    assert len(grouped) == len(trainable) == len({id(p) for p in grouped})
+    assert {id(p) for p in grouped} == {id(p) for p in trainable}
+    by_name = {g["name"]: g for g in trainer.groups}
+    assert by_name["llm.lora_B"]["lr"] == pytest.approx(4.0 * by_name["llm"]["lr"])
+    # No weight decay on norms and biases: the projector's LayerNorm lands in no_decay.
+    assert any("ln_q" in n for n in by_name["projector.no_decay"]["param_names"])
+
+
+def test_frozen_parameters_do_not_move_and_zero_lr_groups_stay_put(setup):
+    cfg, data = setup
+    trainer = _trainer(cfg, data, TrialParams(lr_vision=0.0, lr_projector=1e-2, lr_llm=1e-2,
+                                              warmup_ratio=0.0), vision=True)
+    before = _snapshot(trainer.model)
+    trainer.step(trainer.train_batch(list(range(4))))
+    trainer.step(trainer.train_batch(list(range(4, 8))))
+    after = _snapshot(trainer.model)
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    moved = {n for n in before if not torch.equal(before[n], after[n])}
+    assert moved <= trainable, sorted(moved - trainable)[:5]
+    assert not [n for n in moved if ".visual.blocks." in n], "vision had lr 0 but moved"
+    assert any(".visual.blocks." in n and ".lora_" in n for n in trainable)
+    assert any(".language_model." in n and "lora_B" in n for n in moved)
+    assert any(".merger." in n for n in moved)
+
+
+def test_update_size_follows_each_groups_learning_rate(setup):
+    cfg, data = setup
+    # Adam's first step moves each parameter by ~lr: a 10x larger LR gives a 10x larger step.
+    steps = {}
+    for lr in (1e-4, 1e-3):
+        trainer = _trainer(cfg, data, TrialParams(lr_llm=lr, lr_projector=lr, warmup_ratio=0.0))
+        trainer.scheduler.step = lambda: None  # keep the LR constant for this measurement
+        name = next(n for n, p in trainer.model.named_parameters() if "merger" in n and n.endswith("mlp.0.weight") and p.requires_grad)
+        before = dict(trainer.model.named_parameters())[name].detach().clone()
+        trainer.step(trainer.train_batch(list(range(8))))
+        after = dict(trainer.model.named_parameters())[name].detach()
+        steps[lr] = (after - before).abs().mean().item()
+    assert steps[1e-3] / steps[1e-4] == pytest.approx(10.0, rel=0.05)
+
+
+def test_zero_ocr_weight_gives_zero_gradient_from_ocr_samples(setup):
+    cfg, data = setup
+    trainer = _trainer(cfg, data, TrialParams(weight_ocr=0.0))
+    ocr = [i for i, r in enumerate(data.train) if r.task == "ocr"][:4]
+    trainer.model.zero_grad()
+    batch = trainer._to_device(trainer.train_batch(ocr))
+    labels, task_ids = batch.pop("labels"), batch.pop("task_ids")
+    loss, per_task, counts = weighted_loss(trainer.model(**batch).logits, labels, task_ids, trainer.weights)
+    loss.backward()
+    grads = [p.grad for p in trainer.model.parameters() if p.requires_grad]
+    assert all(g is None or torch.count_nonzero(g) == 0 for g in grads)
+    assert per_task[trainer.task_index["ocr"]] > 0 and counts.sum() > 0
+
+
+def test_weighted_loss_averages_per_task_then_weights():
+    logits = torch.zeros(2, 3, 4)
+    logits[0, 0, 1] = 5.0  # confident and right for sample 0's one token
+    labels = torch.tensor([[-100, 1, -100], [-100, 2, 3]])
+    task_ids = torch.tensor([0, 1])
+    loss, means, counts = weighted_loss(logits, labels, task_ids, torch.tensor([0.25, 0.75]))
+    ce = torch.nn.functional.cross_entropy
+    m0 = ce(logits[0, 0:1], labels[0, 1:2])
+    m1 = ce(logits[1, 0:2], labels[1, 1:3])
+    assert means.tolist() == pytest.approx([m0.item(), m1.item()])
+    assert counts.tolist() == [1.0, 2.0]
+    assert loss.item() == pytest.approx(0.25 * m0.item() + 0.75 * m1.item())
+
+
+def test_same_seed_gives_the_same_metrics_and_reports_each_eval(setup):
+    cfg, data = setup
+    cfg = cfg.model_copy(update={"budget": cfg.budget.model_copy(update={"steps": 4, "eval_every": 2})})
+    reports: list[tuple[int, dict]] = []
+    a = run_trial(TrialParams(), cfg.budget, lambda s, m: reports.append((s, m)), spec=cfg, data=data)
+    b = run_trial(TrialParams(), cfg.budget, spec=cfg, data=data)
+    keys = ["cer", "iou", "parse_fail_rate", "val_loss_ocr", "val_loss_grounding"]
+    assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
+    assert [s for s, _ in reports] == [2, 4]
+    assert all({"cer", "iou", "steps"} <= set(m) for _, m in reports)
+
+
+def test_a_kept_base_model_gets_a_fresh_adapter_each_trial(setup):
+    cfg, data = setup
+    base = load_base(cfg.model)
+    before = _snapshot(base.model)
+    run_trial(TrialParams(lr_llm=5e-2, lr_projector=5e-2), cfg.budget, spec=cfg, data=data, base=base)
+    after = _snapshot(base.model)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[n], after[n]) for n in before), "training leaked into the base model"
+    assert not any("lora" in n for n, _ in base.model.named_parameters())
+
+
+def test_outputs_written(setup, tmp_path):
+    cfg, data = setup
+    result = run_trial(TrialParams(), cfg.budget, spec=cfg, data=data, output_dir=tmp_path, eval_base=True)
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    import json
+
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"cer", "iou", "base", "steps"} <= set(saved) and {"cer", "iou"} <= set(saved["base"])
+    log = (tmp_path / "train_log.jsonl").read_text().splitlines()
+    row = json.loads(log[-1])
+    assert {"loss_ocr", "loss_grounding", "grad_norm_llm", "lr_llm"} <= set(row)
+    assert result["cer"] == saved["cer"]

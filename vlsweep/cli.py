@@ -1,0 +1,150 @@
+"""The ``vlsweep`` command line: thin wrappers that parse, call the library and map errors.
+
+Exit codes: 0 success, 2 bad input (``error:`` lines naming the field or file:line, no
+traceback), 1 anything unexpected. Heavy libraries (torch, transformers) are imported
+inside the commands, so ``vlsweep --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from vlsweep.errors import UserInputError
+
+app = typer.Typer(
+    name="vlsweep",
+    help="Multi-objective hyperparameter search for multi-task LoRA fine-tunes of VLMs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Make or check datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _fail(err: UserInputError) -> NoReturn:
+    for line in err.problems:
+        typer.echo(f"error: {line}", err=True)
+    raise typer.Exit(2)
+
+
+def _echo(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="train config YAML (see examples/demo-train.yaml)")],
+    output_dir: Annotated[Path | None, typer.Option("-o", "--output-dir",
+                                                    help="where metrics.json and the adapter go")] = None,
+    eval_base: Annotated[bool, typer.Option("--eval-base",
+                                            help="first score the untouched base model")] = False,
+    steps: Annotated[int | None, typer.Option(help="override budget.steps")] = None,
+) -> None:
+    """One fine-tune with fixed hyperparameters; writes metrics.json and the adapter."""
+    try:
+        from vlsweep.config import load_train_config
+
+        cfg, base_dir = load_train_config(config)
+        if steps is not None:
+            if steps < 1:
+                raise UserInputError(f"--steps must be >= 1, got {steps}")
+            cfg.budget.steps = steps
+        params = cfg.params.to_trial_params()
+        out = output_dir or Path(cfg.output_dir or f"runs/{cfg.name}")
+        if not out.is_absolute() and output_dir is None and cfg.output_dir:
+            out = base_dir / out
+        _echo(f"vlsweep train: {config} -> {out}")
+        from vlsweep.trials.engine import load_data, run_trial
+
+        data = load_data(cfg.data, base_dir)
+        result = run_trial(params, cfg.budget, spec=cfg, data=data, output_dir=out,
+                           eval_base=eval_base, log=_echo)
+    except UserInputError as err:
+        _fail(err)
+    summary = {k: result[k] for k in ("cer", "iou", "parse_fail_rate") if k in result}
+    if "base" in result:
+        summary["base"] = {k: result["base"].get(k) for k in ("cer", "iou")}
+    summary["train_seconds"] = round(result["train_seconds"], 2)
+    _echo(f"wrote {out / 'metrics.json'} and {out / 'adapter'}")
+    typer.echo(json.dumps(summary))
+
+
+@app.command()
+def validate(config: Annotated[Path, typer.Argument(help="config YAML to check")]) -> None:
+    """Report every problem in a config and its data, without running anything."""
+    try:
+        from vlsweep.config import load_train_config
+        from vlsweep.trials.engine import load_data
+
+        cfg, base_dir = load_train_config(config)
+        data = load_data(cfg.data, base_dir)
+    except UserInputError as err:
+        _fail(err)
+    typer.echo(f"ok: {config}: {len(data.train)} train and {len(data.val)} val samples, "
+               f"tasks {data.tasks}")
+
+
+@data_app.command("demo")
+def data_demo(
+    out: Annotated[Path, typer.Argument(help="directory to write train.jsonl, val.jsonl, img/")],
+    seed: Annotated[int, typer.Option(help="random seed (same seed, same files)")] = 0,
+    n_train: Annotated[int, typer.Option("--n-train", min=2)] = 320,
+    n_val: Annotated[int, typer.Option("--n-val", min=2)] = 64,
+    style: Annotated[str, typer.Option(help="rendering style: demo or pretrain")] = "demo",
+) -> None:
+    """Write a synthetic OCR + grounding dataset (rendered text, exact boxes)."""
+    from vlsweep.trials.synth import STYLES, write_dataset
+
+    if style not in STYLES:
+        _fail(UserInputError(f"--style must be one of {sorted(STYLES)}, got {style!r}"))
+    paths = write_dataset(out, n_train=n_train, n_val=n_val, seed=seed, style=style)
+    typer.echo(f"wrote {paths['train']} ({n_train} records) and {paths['val']} ({n_val} records)")
+
+
+@data_app.command("check")
+def data_check(
+    paths: Annotated[list[Path], typer.Argument(help="dataset file(s) to check")],
+    format: Annotated[str, typer.Option(help="vlsweep or sharegpt")] = "vlsweep",
+    task: Annotated[str | None, typer.Option(help="task of a sharegpt file: ocr or grounding")] = None,
+    box_format: Annotated[str, typer.Option(help="box format of sharegpt grounding answers")] = "pixels",
+) -> None:
+    """Check dataset files; every problem is reported as file:line."""
+    from vlsweep.config import DataSource
+    from vlsweep.trials.data import load_records
+
+    try:
+        DataSource(path="-", format=format, task=task, box_format=box_format)  # type: ignore[arg-type]
+    except Exception as exc:  # pydantic's message already names the option
+        _fail(UserInputError(f"options: {str(exc).splitlines()[-1].strip()}"))
+    problems: list[str] = []
+    counts: list[str] = []
+    for path in paths:
+        records, errs = load_records(path, format=format, task=task, box_format=box_format)
+        problems += errs
+        by_task: dict[str, int] = {}
+        for r in records:
+            by_task[r.task] = by_task.get(r.task, 0) + 1
+        counts.append(f"{path}: {len(records)} valid records {by_task}")
+    if problems:
+        _fail(UserInputError(problems))
+    for line in counts:
+        typer.echo(f"ok: {line}")
+
+
+def main() -> None:
+    try:
+        app()
+    except UserInputError as err:  # raised outside a command's own handler
+        for line in err.problems:
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""Config files: schema (pydantic v2), YAML loading, and error lines that name the field.
+
+A config is validated as a whole and every problem is reported at once, each as
+``<file>: <dotted.field>: <what is wrong> (got <value>)``. Unknown keys are rejected, so a
+typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vlsweep.errors import UserInputError
+from vlsweep.trials.params import TrialParams
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ModelConfig(_Strict):
+    name_or_path: str = "builtin:tiny-qwen2-vl"
+    revision: str | None = None
+    trust_remote_code: bool = False
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
+    gradient_checkpointing: bool = False
+    # Pickle-based weight files (.bin) can run code on load: refused unless allowed here.
+    allow_pickle: bool = False
+    # Override the family's module map: one regex per group, matched at the start of
+    # the parameter name (e.g. "model\\.visual\\.merger\\.").
+    module_groups: dict[Literal["vision", "projector", "llm"], str] | None = None
+    box_codec: Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "paligemma", "florence2",
+                       "internvl", "generic"] | None = None
+    device: str = "auto"
+
+
+class DataSource(_Strict):
+    path: str
+    format: Literal["vlsweep", "sharegpt"] = "vlsweep"
+    # sharegpt files hold one task each; vlsweep records name theirs.
+    task: Literal["ocr", "grounding"] | None = None
+    # How the assistant answers of a sharegpt grounding file write their box.
+    box_format: Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "paligemma", "florence2",
+                        "internvl", "generic", "pixels"] = "pixels"
+
+    @model_validator(mode="after")
+    def _sharegpt_needs_task(self) -> DataSource:
+        if self.format == "sharegpt" and self.task is None:
+            raise ValueError("a sharegpt file needs `task: ocr` or `task: grounding`")
+        return self
+
+
+def _sources(value: Any) -> Any:
+    if isinstance(value, (str, Path)):
+        return [{"path": str(value)}]
+    if isinstance(value, dict):
+        return [value]
+    if isinstance(value, list):
+        return [{"path": v} if isinstance(v, str) else v for v in value]
+    return value
+
+
+DEFAULT_PROMPTS = {
+    "ocr": "What is the text in the image?",
+    "grounding": "Where is {query}? Answer with a bounding box.",
+}
+
+
+class DataConfig(_Strict):
+    train: list[DataSource]
+    val: list[DataSource]
+    prompts: dict[Literal["ocr", "grounding"], str] = Field(default_factory=dict)
+    max_val_samples: int | None = Field(default=None, ge=1)
+
+    _coerce_train = field_validator("train", "val", mode="before")(_sources)
+
+    @field_validator("prompts")
+    @classmethod
+    def _grounding_prompt_has_query(cls, value: dict[str, str]) -> dict[str, str]:
+        if "grounding" in value and "{query}" not in value["grounding"]:
+            raise ValueError("the grounding prompt must contain {query}")
+        return value
+
+    def prompt(self, task: str) -> str:
+        return self.prompts.get(task, DEFAULT_PROMPTS[task])  # type: ignore[call-overload]
+
+
+class BudgetConfig(_Strict):
+    steps: int = Field(default=200, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    # Evaluate (and report) every N steps; the last step is always evaluated.
+    eval_every: int | None = Field(default=None, ge=1)
+    max_new_tokens: int = Field(default=32, ge=1)
+    eval_batch_size: int = Field(default=32, ge=1)
+
+
+class LoraConfig(_Strict):
+    vision: bool = False
+    projector: Literal["full", "lora", "frozen"] = "full"
+    use_rslora: bool = False
+    # Rank per group; a group left out uses the searched lora_r. Alpha keeps the ratio.
+    rank: dict[Literal["vision", "projector", "llm"], int] = Field(default_factory=dict)
+    # LoRA+ (Hayou et al. 2024): lora_B learns this many times faster than lora_A.
+    loraplus_lr_ratio: float | None = Field(default=None, gt=0)
+    # Regex (re.fullmatch on module names) per group; default: every nn.Linear in the group.
+    targets: dict[Literal["vision", "projector", "llm"], str] = Field(default_factory=dict)
+
+    @field_validator("rank")
+    @classmethod
+    def _positive(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = {k: v for k, v in value.items() if v < 1}
+        if bad:
+            raise ValueError(f"ranks must be >= 1, got {bad}")
+        return value
+
+
+class OptimConfig(_Strict):
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(default=1e-8, gt=0)
+
+
+class ParamsConfig(_Strict):
+    """Fixed hyperparameters for ``vlsweep train``; names as the study's parameters."""
+
+    lr_vision: float = Field(default=2e-4, ge=0)
+    lr_projector: float = Field(default=1e-3, ge=0)
+    lr_llm: float = Field(default=1e-3, ge=0)
+    lora_r: int = Field(default=8, ge=1)
+    lora_alpha_ratio: float = Field(default=2.0, gt=0)
+    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
+    weight_ocr: float = Field(default=0.5, ge=0, le=1)
+    mix_temperature: float = Field(default=1.0, gt=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+
+    def to_trial_params(self) -> TrialParams:
+        return TrialParams(**self.model_dump())
+
+
+class TrainConfig(_Strict):
+    """A ``vlsweep train`` config: one fine-tune with fixed hyperparameters."""
+
+    name: str = "train"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    params: ParamsConfig = Field(default_factory=ParamsConfig)
+    seed: int = 0
+    output_dir: str | None = None
+
+
+def format_validation_error(err: ValidationError, source: str) -> list[str]:
+    """One line per problem: ``source: field.path: message (got value)``."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see docs/config.md for the keys)"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        got = e.get("input")
+        shown = "" if e["type"] in ("missing",) or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{source}: {loc}: {msg}{shown}")
+    return lines
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserInputError(f"{path}: no such config file (give the path of a YAML file)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise UserInputError(f"{where}: not valid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise UserInputError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def load_train_config(path: str | Path) -> tuple[TrainConfig, Path]:
+    """Load and validate a train config; returns it with the directory paths are relative to."""
+    path = Path(path)
+    data = read_yaml(path)
+    try:
+        cfg = TrainConfig.model_validate(data)
+    except ValidationError as err:
+        raise UserInputError(format_validation_error(err, str(path))) from None
+    return cfg, path.resolve().parent

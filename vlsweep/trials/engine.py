@@ -1,0 +1,400 @@
+"""One short multi-task LoRA fine-tune, scored by OCR CER and localization IoU.
+
+``run_trial(params, budget, report, spec=..., data=...)`` is the engine's one entry point.
+It knows nothing of Ray or Optuna: it calls ``report(step, metrics)`` at each evaluation
+point and returns the final metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from vlsweep.config import BudgetConfig, DataConfig, TrainConfig
+from vlsweep.errors import UserInputError
+from vlsweep.trials.batching import IGNORE, Encoded, Encoder, collate
+from vlsweep.trials.data import Record, TaskMixer, check_tasks, load_records
+from vlsweep.trials.families import resolve_groups
+from vlsweep.trials.lora import attach_lora, plan_lora
+from vlsweep.trials.metrics import corpus_cer, grounding_scores
+from vlsweep.trials.modeling import Base, cache_dir, load_base
+from vlsweep.trials.optim import build_param_groups, group_grad_norms, make_optimizer
+from vlsweep.trials.params import TrialParams
+
+Report = Callable[[int, dict[str, float]], None]
+DEMO_DATA = "builtin:demo"
+DEMO_DATA_VERSION = 1
+
+
+@dataclass
+class TrialData:
+    train: list[Record]
+    val: list[Record]
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted({r.task for r in self.train})
+
+
+def demo_data_dir(seed: int = 0) -> Path:
+    """The synthetic demo dataset, written on first use into the cache (deterministic)."""
+    from vlsweep.trials.synth import write_dataset
+
+    out = cache_dir() / "data" / f"demo-v{DEMO_DATA_VERSION}-seed{seed}"
+    if not (out / "val.jsonl").is_file():
+        tmp = out.with_name(out.name + f".tmp{random.randrange(1 << 30)}")
+        write_dataset(tmp, seed=seed)
+        try:
+            tmp.rename(out)
+        except OSError:  # another process finished first: theirs is identical
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _resolve(path: str, base_dir: Path) -> Path:
+    if path.startswith(DEMO_DATA + "/"):
+        split = path.removeprefix(DEMO_DATA + "/")
+        return demo_data_dir() / f"{split}.jsonl"
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else base_dir / p
+
+
+def load_data(cfg: DataConfig, base_dir: Path) -> TrialData:
+    """Load and check every record of every file; raises UserInputError listing all problems."""
+    problems: list[str] = []
+    splits: dict[str, list[Record]] = {}
+    for split in ("train", "val"):
+        records: list[Record] = []
+        for src in getattr(cfg, split):
+            path = _resolve(src.path, base_dir)
+            recs, errs = load_records(path, format=src.format, task=src.task, box_format=src.box_format)
+            if src.format == "vlsweep" and src.task is not None:
+                recs = [r for r in recs if r.task == src.task]
+            records.extend(recs)
+            problems.extend(errs)
+        splits[split] = records
+    if not problems:
+        tasks = sorted({r.task for r in splits["train"]} | {r.task for r in splits["val"]})
+        problems += check_tasks(splits["train"], "data.train", tasks)
+        problems += check_tasks(splits["val"], "data.val", tasks)
+    if problems:
+        raise UserInputError(problems)
+    val = splits["val"][: cfg.max_val_samples] if cfg.max_val_samples else splits["val"]
+    return TrialData(train=splits["train"], val=val)
+
+
+def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, task_ids: torch.Tensor,
+                  weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token cross-entropy on answer tokens, averaged per task, combined by task weight.
+
+    Returns (weighted loss, per-task mean loss, per-task token count). A task with no
+    tokens in the batch contributes nothing (its mean is reported as 0).
+    """
+    shift_logits = logits[:, :-1]
+    shift_labels = labels[:, 1:]
+    mask = shift_labels != IGNORE
+    rows = mask.nonzero(as_tuple=True)[0]
+    ce = F.cross_entropy(shift_logits[mask].float(), shift_labels[mask], reduction="none")
+    n_tasks = weights.shape[0]
+    token_task = task_ids[rows]
+    sums = torch.zeros(n_tasks, device=ce.device).index_add_(0, token_task, ce)
+    counts = torch.zeros(n_tasks, device=ce.device).index_add_(0, token_task, torch.ones_like(ce))
+    means = sums / counts.clamp(min=1)
+    return (weights * means).sum(), means.detach(), counts
+
+
+class Trainer:
+    """The state of one trial: model with a fresh adapter, optimizer, encoded data."""
+
+    def __init__(self, params: TrialParams, budget: BudgetConfig, *, spec: TrainConfig,
+                 data: TrialData, base: Base):
+        self.params, self.budget, self.spec, self.data, self.base = params, budget, spec, data, base
+        self.tasks = data.tasks
+        self.task_index = {t: i for i, t in enumerate(self.tasks)}
+        weights = params.weights_for(self.tasks)
+        self.weights = torch.tensor([weights[t] for t in self.tasks], device=base.device)
+        self.encoder = Encoder(base.processor, base.family, base.codec,
+                               {t: spec.data.prompt(t) for t in ("ocr", "grounding")})
+        tok = self.encoder.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.eos_ids = self._eos_ids()
+        t0 = time.perf_counter()
+        self.train_enc = [self.encoder.encode(r) for r in data.train]
+        self.val_enc = [self.encoder.encode(r) for r in data.val]
+        self.encode_seconds = time.perf_counter() - t0
+        self.model: Any = None
+        self.groups: list[dict[str, Any]] = []
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        gen = getattr(self.base.model, "generation_config", None)
+        eos = getattr(gen, "eos_token_id", None)
+        for v in eos if isinstance(eos, list) else [eos]:
+            if v is not None:
+                ids.add(int(v))
+        if self.encoder.tokenizer.eos_token_id is not None:
+            ids.add(self.encoder.tokenizer.eos_token_id)
+        turn_end = self.encoder.tokenizer(self.encoder.turn_end, add_special_tokens=False)["input_ids"]
+        if turn_end:
+            ids.add(turn_end[0])
+        return ids
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def attach(self) -> None:
+        """Put a fresh LoRA adapter on the base model and build the optimizer."""
+        torch.manual_seed(self.spec.seed)
+        model = self.base.model
+        for p in model.parameters():
+            p.requires_grad_(False)
+        plan = plan_lora(model, self.base.groups, self.params, self.spec.lora)
+        self.plan = plan
+        self.model = attach_lora(model, plan, self.params, self.spec.lora)
+        if self.spec.model.gradient_checkpointing:
+            self.model.enable_input_require_grads()
+        named = list(self.model.named_parameters())
+        trainable = {n for n, p in named if p.requires_grad}
+        group_of = resolve_groups([n for n, _ in named], self.base.groups, trainable=trainable)
+        lrs = {"vision": self.params.lr_vision, "projector": self.params.lr_projector,
+               "llm": self.params.lr_llm}
+        self.groups = build_param_groups(
+            named, {n: g for n, g in group_of.items() if n in trainable}, lrs,
+            weight_decay=self.spec.optim.weight_decay,
+            loraplus_lr_ratio=self.spec.lora.loraplus_lr_ratio,
+        )
+        self.optimizer = make_optimizer(self.groups, betas=self.spec.optim.betas, eps=self.spec.optim.eps)
+        from transformers import get_cosine_schedule_with_warmup
+
+        steps = self.budget.steps
+        self.scheduler = get_cosine_schedule_with_warmup(
+            self.optimizer, round(self.params.warmup_ratio * steps), steps
+        )
+
+    def detach(self) -> Any:
+        """Remove the adapter, returning the base model untouched for the next trial.
+
+        peft's ``unload()`` keeps the *trained* copy of every ``modules_to_save`` module
+        (merge semantics), so the original modules are put back first: otherwise a fully
+        trained projector would leak into the next trial's base model.
+        """
+        from peft.utils.other import ModulesToSaveWrapper
+
+        wrappers = [(name, mod) for name, mod in self.model.named_modules()
+                    if isinstance(mod, ModulesToSaveWrapper)]
+        for name, wrapper in wrappers:
+            parent_name, _, child = name.rpartition(".")
+            setattr(self.model.get_submodule(parent_name), child, wrapper.original_module)
+        base = self.model.unload()
+        for p in base.parameters():
+            p.requires_grad_(False)
+        self.model = None
+        return base
+
+    # -- training ----------------------------------------------------------------------------
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        dtype = self.model.dtype if self.model is not None else self.base.model.dtype
+        out = {}
+        for k, v in batch.items():
+            v = v.to(self.base.device, non_blocking=True)
+            out[k] = v.to(dtype) if v.is_floating_point() else v
+        return out
+
+    def train_batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        batch = collate([self.train_enc[i].full for i in indices], pad_id=self.pad_id, left=False)
+        batch["task_ids"] = torch.tensor([self.task_index[self.data.train[i].task] for i in indices])
+        return batch
+
+    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        batch = self._to_device(batch)
+        labels, task_ids = batch.pop("labels"), batch.pop("task_ids")
+        logits = self.model(**batch, use_cache=False).logits
+        loss, per_task, _ = weighted_loss(logits, labels, task_ids, self.weights)
+        loss.backward()
+        norms, total = group_grad_norms(self.groups)
+        max_norm = self.spec.optim.max_grad_norm
+        if max_norm is not None:
+            torch.nn.utils.clip_grads_with_norm_(
+                [p for g in self.groups for p in g["params"]], max_norm, total
+            )
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": loss.detach(), "per_task": per_task, "grad_norm": norms, "grad_norm_total": total}
+
+    # -- evaluation --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self, model: Any | None = None) -> dict[str, float]:
+        """Greedy generation on the validation set, and teacher-forced per-task loss."""
+        model = model if model is not None else self.model
+        was_training = model.training
+        model.eval()
+        try:
+            texts = self._generate(model)
+            metrics = self._score(texts)
+            metrics.update(self._val_loss(model))
+        finally:
+            model.train(was_training)
+        return metrics
+
+    def _generate(self, model: Any) -> list[str]:
+        tok = self.encoder.tokenizer
+        out: list[str] = [""] * len(self.val_enc)
+        # Sort by prompt length so a batch pads little; results go back by index.
+        order = sorted(range(len(self.val_enc)), key=lambda i: self.val_enc[i].prompt["input_ids"].shape[1])
+        bs = self.budget.eval_batch_size
+        for start in range(0, len(order), bs):
+            idx = order[start:start + bs]
+            batch = self._to_device(collate([self.val_enc[i].prompt for i in idx], pad_id=self.pad_id, left=True))
+            n = batch["input_ids"].shape[1]
+            gen = model.generate(**batch, max_new_tokens=self.budget.max_new_tokens, do_sample=False,
+                                 pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids),
+                                 use_cache=True)
+            for row, i in zip(gen[:, n:].tolist(), idx):
+                cut = next((k for k, t in enumerate(row) if t in self.eos_ids), len(row))
+                keep_special = self.data.val[i].task == "grounding"
+                out[i] = tok.decode(row[:cut], skip_special_tokens=not keep_special).strip()
+        return out
+
+    def _score(self, texts: list[str]) -> dict[str, float]:
+        ocr = [(t, r) for t, r in zip(texts, self.data.val) if r.task == "ocr"]
+        grd = [(t, r, e) for t, r, e in zip(texts, self.data.val, self.val_enc) if r.task == "grounding"]
+        metrics: dict[str, float] = {}
+        if ocr:
+            metrics["cer"] = corpus_cer([t for t, _ in ocr], [r.text or "" for _, r in ocr])
+        if grd:
+            boxes = [self.base.codec.decode(t, r.size, e.resized) for t, r, e in grd]
+            metrics.update(grounding_scores(boxes, [r.box for _, r, _ in grd]))  # type: ignore[misc]
+        return metrics
+
+    def _val_loss(self, model: Any) -> dict[str, float]:
+        sums = torch.zeros(len(self.tasks))
+        counts = torch.zeros(len(self.tasks))
+        ones = torch.ones(len(self.tasks), device=self.base.device)
+        bs = self.budget.eval_batch_size
+        for start in range(0, len(self.val_enc), bs):
+            idx = list(range(start, min(start + bs, len(self.val_enc))))
+            batch = collate([self.val_enc[i].full for i in idx], pad_id=self.pad_id, left=False)
+            batch = self._to_device(batch)
+            labels = batch.pop("labels")
+            task_ids = torch.tensor([self.task_index[self.data.val[i].task] for i in idx],
+                                    device=self.base.device)
+            logits = model(**batch, use_cache=False).logits
+            _, means, n = weighted_loss(logits, labels, task_ids, ones)
+            sums += (means * n).cpu()
+            counts += n.cpu()
+        return {f"val_loss_{t}": float(sums[i] / max(counts[i], 1)) for i, t in enumerate(self.tasks)}
+
+
+def _eval_steps(budget: BudgetConfig) -> set[int]:
+    steps = {budget.steps}
+    if budget.eval_every:
+        steps |= set(range(budget.eval_every, budget.steps + 1, budget.eval_every))
+    return steps
+
+
+def _finite(metrics: dict[str, float]) -> None:
+    bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        raise FloatingPointError(f"non-finite metrics {bad}")
+
+
+def run_trial(
+    params: TrialParams,
+    budget: BudgetConfig,
+    report: Report | None = None,
+    *,
+    spec: TrainConfig,
+    data: TrialData,
+    base: Base | None = None,
+    output_dir: Path | None = None,
+    eval_base: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Fine-tune once with ``params`` for ``budget.steps`` steps; return the final metrics.
+
+    ``base`` lets a caller keep the base model loaded between trials: a fresh adapter is
+    attached here and removed before returning, so no trained weight reaches the next
+    trial. With ``output_dir`` the adapter, ``metrics.json`` and ``train_log.jsonl`` are
+    written there.
+    """
+    say = log or (lambda _msg: None)
+    random.seed(spec.seed)
+    torch.manual_seed(spec.seed)
+    owns_base = base is None
+    t_load = time.perf_counter()
+    base = base or load_base(spec.model)
+    load_seconds = time.perf_counter() - t_load
+    trainer = Trainer(params, budget, spec=spec, data=data, base=base)
+    say(f"encoded {len(data.train)} train / {len(data.val)} val samples in {trainer.encode_seconds:.1f}s")
+    result: dict[str, Any] = {}
+    if eval_base:
+        t0 = time.perf_counter()
+        base_metrics = trainer.evaluate(base.model)
+        result["base"] = base_metrics
+        say(f"base model: cer={base_metrics.get('cer', float('nan')):.4f} "
+            f"iou={base_metrics.get('iou', float('nan')):.4f} ({time.perf_counter() - t0:.1f}s)")
+    trainer.attach()
+    mixer = TaskMixer([r.task for r in data.train], params.mix_temperature, spec.seed)
+    eval_at = _eval_steps(budget)
+    log_rows: list[dict[str, Any]] = []
+    train_seconds = eval_seconds = 0.0
+    metrics: dict[str, float] = {}
+    trainer.model.train()
+    t_train = time.perf_counter()
+    try:
+        for step in range(1, budget.steps + 1):
+            out = trainer.step(trainer.train_batch(mixer.batch(budget.batch_size)))
+            if step % 10 == 0 or step in eval_at or step == 1:
+                loss = float(out["loss"])
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"training loss is {loss} at step {step}")
+                log_rows.append({
+                    "step": step, "loss": loss,
+                    **{f"loss_{t}": float(out["per_task"][i]) for i, t in enumerate(trainer.tasks)},
+                    **{f"grad_norm_{g}": float(v) for g, v in out["grad_norm"].items()},
+                    **{f"lr_{g['name']}": g["lr"] for g in trainer.groups},
+                })
+            if step in eval_at:
+                train_seconds += time.perf_counter() - t_train
+                t0 = time.perf_counter()
+                metrics = trainer.evaluate()
+                eval_seconds += time.perf_counter() - t0
+                _finite(metrics)
+                metrics["steps"] = step
+                say(f"step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()
+                                                  if k in ("cer", "iou", "parse_fail_rate")))
+                if report is not None:
+                    report(step, dict(metrics))
+                t_train = time.perf_counter()
+        result.update(metrics)
+        result.update({
+            "train_seconds": train_seconds,
+            "eval_seconds": eval_seconds,
+            "load_seconds": load_seconds,
+            "encode_seconds": trainer.encode_seconds,
+            "samples_per_second": budget.steps * budget.batch_size / max(train_seconds, 1e-9),
+            "task_probabilities": mixer.probabilities,
+            "params": params.to_dict(),
+        })
+        if output_dir is not None:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            trainer.model.save_pretrained(output_dir / "adapter")
+            (output_dir / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log_rows))
+            (output_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    finally:
+        if not owns_base and trainer.model is not None:
+            trainer.detach()
+    return result

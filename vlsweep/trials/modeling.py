@@ -1,0 +1,134 @@
+"""Loading a base model and its processor: Hub id, local directory, or ``builtin:NAME``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlsweep.config import ModelConfig
+from vlsweep.errors import UserInputError
+from vlsweep.trials.codecs import CODECS, BoxCodec
+from vlsweep.trials.families import Family, family_for
+
+
+@dataclass
+class Base:
+    """A loaded base model with what the engine needs to drive it."""
+
+    model: Any
+    processor: Any
+    model_type: str
+    family: Family | None
+    groups: dict[str, str]  # module group -> regex
+    codec: BoxCodec
+    device: torch.device
+    source: str  # the resolved path or Hub id that was loaded
+
+
+def cache_dir() -> Path:
+    """Where vlsweep keeps builtin models and demo data ($VLSWEEP_CACHE, else the user cache)."""
+    if env := os.environ.get("VLSWEEP_CACHE"):
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "vlsweep"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserInputError(f"model.device: {name!r} is not a torch device (use auto, cpu or cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserInputError(f"model.device: {name!r} asked for, but no CUDA device is available "
+                             "(use device: auto or cpu)")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _safetensors_check(path: Path, allow_pickle: bool) -> None:
+    if allow_pickle or not path.is_dir():
+        return
+    has_safe = any(path.glob("*.safetensors"))
+    has_pickle = any(path.glob("*.bin")) or any(path.glob("*.pt")) or any(path.glob("*.pth"))
+    if has_pickle and not has_safe:
+        raise UserInputError(
+            f"model.name_or_path: {path} holds only pickle weight files (.bin/.pt), which can run "
+            "code when loaded; convert them to safetensors, or set model.allow_pickle: true if "
+            "you trust the files"
+        )
+
+
+def load_base(cfg: ModelConfig) -> Base:
+    """Load the model and processor through the Auto classes, as for any checkpoint."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    source = cfg.name_or_path
+    if source.startswith("builtin:"):
+        from vlsweep.trials.builtin import ensure_builtin
+
+        source = str(ensure_builtin(source.removeprefix("builtin:")))
+    path = Path(source).expanduser()
+    if path.exists():
+        source = str(path)
+        _safetensors_check(path, cfg.allow_pickle)
+    elif source.startswith((".", "/", "~")):
+        raise UserInputError(f"model.name_or_path: directory {source} does not exist")
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    common: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
+    try:
+        hf_config = AutoConfig.from_pretrained(source, **common)
+        processor = AutoProcessor.from_pretrained(source, **common)
+        kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": None if cfg.allow_pickle else True}
+        if cfg.attn_implementation:
+            kwargs["attn_implementation"] = cfg.attn_implementation
+        model = AutoModelForImageTextToText.from_pretrained(source, **common, **kwargs)
+    except OSError as exc:
+        raise UserInputError(
+            f"model.name_or_path: cannot load {cfg.name_or_path!r} ({str(exc).splitlines()[0]}); "
+            "give a local checkpoint directory or a Hub id reachable from this machine"
+        ) from None
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise UserInputError(
+                f"model.name_or_path: {cfg.name_or_path!r} needs custom code; set "
+                "model.trust_remote_code: true only if you trust its repository"
+            ) from None
+        raise
+    model.to(device)
+    model_type = hf_config.model_type
+    family = family_for(model_type)
+    if cfg.module_groups:
+        groups = dict(cfg.module_groups)
+        missing = [g for g in ("vision", "projector", "llm") if g not in groups]
+        if missing and family is None:
+            raise UserInputError(f"model.module_groups: give a regex for {missing}: vlsweep has "
+                                 f"no module map for model type {model_type!r}")
+        if family is not None:
+            groups = {**family.groups, **groups}
+    elif family is None:
+        raise UserInputError(
+            f"model.name_or_path: vlsweep has no module map for model type {model_type!r}; "
+            "set model.module_groups with one regex each for vision, projector and llm"
+        )
+    else:
+        groups = dict(family.groups)
+    codec_name = cfg.box_codec or (family.box_codec if family else "generic")
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return Base(model=model, processor=processor, model_type=model_type, family=family,
+                groups=groups, codec=CODECS[codec_name], device=device, source=source)
