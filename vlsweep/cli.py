@@ -40,10 +40,12 @@ def _echo(msg: str) -> None:
 @app.command()
 def train(
     config: Annotated[Path, typer.Argument(help="train config YAML (see examples/demo-train.yaml)")],
-    output_dir: Annotated[Path | None, typer.Option("-o", "--output-dir",
-                                                    help="where metrics.json and the adapter go")] = None,
-    eval_base: Annotated[bool, typer.Option("--eval-base",
-                                            help="first score the untouched base model")] = False,
+    output_dir: Annotated[
+        Path | None, typer.Option("-o", "--output-dir", help="where metrics.json and the adapter go")
+    ] = None,
+    eval_base: Annotated[
+        bool, typer.Option("--eval-base", help="first score the untouched base model")
+    ] = False,
     steps: Annotated[int | None, typer.Option(help="override budget.steps")] = None,
 ) -> None:
     """One fine-tune with fixed hyperparameters; writes metrics.json and the adapter."""
@@ -63,8 +65,9 @@ def train(
         from vlsweep.trials.engine import load_data, run_trial
 
         data = load_data(cfg.data, base_dir)
-        result = run_trial(params, cfg.budget, spec=cfg, data=data, output_dir=out,
-                           eval_base=eval_base, log=_echo)
+        result = run_trial(
+            params, cfg.budget, spec=cfg, data=data, output_dir=out, eval_base=eval_base, log=_echo
+        )
     except UserInputError as err:
         _fail(err)
     summary = {k: result[k] for k in ("cer", "iou", "parse_fail_rate") if k in result}
@@ -86,8 +89,7 @@ def validate(config: Annotated[Path, typer.Argument(help="config YAML to check")
         data = load_data(cfg.data, base_dir)
     except UserInputError as err:
         _fail(err)
-    typer.echo(f"ok: {config}: {len(data.train)} train and {len(data.val)} val samples, "
-               f"tasks {data.tasks}")
+    typer.echo(f"ok: {config}: {len(data.train)} train and {len(data.val)} val samples, tasks {data.tasks}")
 
 
 @data_app.command("demo")

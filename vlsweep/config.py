@@ -33,8 +33,9 @@ class ModelConfig(_Strict):
     # Override the family's module map: one regex per group, matched at the start of
     # the parameter name (e.g. "model\\.visual\\.merger\\.").
     module_groups: dict[Literal["vision", "projector", "llm"], str] | None = None
-    box_codec: Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "paligemma", "florence2",
-                       "internvl", "generic"] | None = None
+    box_codec: (
+        Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "paligemma", "florence2", "internvl", "generic"] | None
+    ) = None
     device: str = "auto"
 
 
@@ -44,8 +45,9 @@ class DataSource(_Strict):
     # sharegpt files hold one task each; vlsweep records name theirs.
     task: Literal["ocr", "grounding"] | None = None
     # How the assistant answers of a sharegpt grounding file write their box.
-    box_format: Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "paligemma", "florence2",
-                        "internvl", "generic", "pixels"] = "pixels"
+    box_format: Literal[
+        "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "paligemma", "florence2", "internvl", "generic", "pixels"
+    ] = "pixels"
 
     @model_validator(mode="after")
     def _sharegpt_needs_task(self) -> DataSource:

@@ -16,7 +16,7 @@ def test_round_trip_stays_within_one_bin(name):
     back = codec.decode(text, SIZE, resized)
     assert back is not None
     # 1000 bins over 200 px = 0.2 px; Qwen2.5 rounds to resized pixels (< 1 px here).
-    assert all(abs(a - b) <= 1.0 for a, b in zip(back, BOX)), (text, back)
+    assert all(abs(a - b) <= 1.0 for a, b in zip(back, BOX, strict=True)), (text, back)
 
 
 def test_qwen2_vl_format_is_normalised_to_1000():

@@ -56,39 +56,70 @@ def _write(path: Path, lines: list[object]) -> Path:
 def test_every_bad_record_is_reported_with_its_line(demo_data: Path, tmp_path: Path):
     img = str(demo_data / "img" / "train-00000.png")
     (tmp_path / "corrupt.png").write_bytes(b"not a png")
-    bad = _write(tmp_path / "bad.jsonl", [
-        {"image": img, "task": "ocr", "text": "OK"},
-        {"image": "missing.png", "task": "ocr", "text": "X"},
-        {"image": "corrupt.png", "task": "ocr", "text": "X"},
-        {"image": img, "task": "grounding", "query": "q", "box": [0, 0, 9999, 10]},
-        {"image": img, "task": "grounding", "query": "q", "box": [10, 10, 5, 20]},
-        {"image": img, "task": "ocr", "text": ""},
-        {"image": img, "task": "caption", "text": "x"},
-        '{"image": "a.png", "task": ',
-        {"image": img, "task": "grounding", "query": "q", "box": "0,0,1,1"},
-    ])
+    bad = _write(
+        tmp_path / "bad.jsonl",
+        [
+            {"image": img, "task": "ocr", "text": "OK"},
+            {"image": "missing.png", "task": "ocr", "text": "X"},
+            {"image": "corrupt.png", "task": "ocr", "text": "X"},
+            {"image": img, "task": "grounding", "query": "q", "box": [0, 0, 9999, 10]},
+            {"image": img, "task": "grounding", "query": "q", "box": [10, 10, 5, 20]},
+            {"image": img, "task": "ocr", "text": ""},
+            {"image": img, "task": "caption", "text": "x"},
+            '{"image": "a.png", "task": ',
+            {"image": img, "task": "grounding", "query": "q", "box": "0,0,1,1"},
+        ],
+    )
     records, problems = load_records(bad)
     assert len(records) == 1
     text = "\n".join(problems)
-    for line, needle in [(2, "does not exist"), (3, "cannot be read"), (4, "outside"),
-                         (5, "x2 > x1"), (6, "text is empty"), (7, "task must be one of"),
-                         (8, "not valid JSON"), (9, "list of 4 numbers")]:
+    for line, needle in [
+        (2, "does not exist"),
+        (3, "cannot be read"),
+        (4, "outside"),
+        (5, "x2 > x1"),
+        (6, "text is empty"),
+        (7, "task must be one of"),
+        (8, "not valid JSON"),
+        (9, "list of 4 numbers"),
+    ]:
         assert f"{bad}:{line}: " in text and needle in text, (line, needle, text)
     assert len(problems) == 8
 
 
 def test_sharegpt_records_load_with_the_file_task(demo_data: Path, tmp_path: Path):
     img = str(demo_data / "img" / "train-00000.png")
-    ocr = _write(tmp_path / "ocr.jsonl", [
-        {"messages": [{"role": "user", "content": "<image>Read it."},
-                      {"role": "assistant", "content": "HELLO"}], "images": [img]},
-    ])
-    grd = _write(tmp_path / "grd.jsonl", [
-        {"messages": [{"role": "user", "content": "<image>Where is the logo?"},
-                      {"role": "assistant", "content": "[2, 3, 20, 15]"}], "images": [img]},
-        {"messages": [{"role": "user", "content": "<image>Where?"},
-                      {"role": "assistant", "content": "somewhere"}], "images": [img]},
-    ])
+    ocr = _write(
+        tmp_path / "ocr.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": "<image>Read it."},
+                    {"role": "assistant", "content": "HELLO"},
+                ],
+                "images": [img],
+            },
+        ],
+    )
+    grd = _write(
+        tmp_path / "grd.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": "<image>Where is the logo?"},
+                    {"role": "assistant", "content": "[2, 3, 20, 15]"},
+                ],
+                "images": [img],
+            },
+            {
+                "messages": [
+                    {"role": "user", "content": "<image>Where?"},
+                    {"role": "assistant", "content": "somewhere"},
+                ],
+                "images": [img],
+            },
+        ],
+    )
     recs, problems = load_records(ocr, format="sharegpt", task="ocr")
     assert not problems and recs[0].text == "HELLO" and recs[0].prompt == "Read it."
     recs, problems = load_records(grd, format="sharegpt", task="grounding", box_format="pixels")

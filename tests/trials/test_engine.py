@@ -46,8 +46,9 @@ def test_every_trainable_parameter_is_in_exactly_one_optimizer_group(setup):
 
 def test_frozen_parameters_do_not_move_and_zero_lr_groups_stay_put(setup):
     cfg, data = setup
-    trainer = _trainer(cfg, data, TrialParams(lr_vision=0.0, lr_projector=1e-2, lr_llm=1e-2,
-                                              warmup_ratio=0.0), vision=True)
+    trainer = _trainer(
+        cfg, data, TrialParams(lr_vision=0.0, lr_projector=1e-2, lr_llm=1e-2, warmup_ratio=0.0), vision=True
+    )
     before = _snapshot(trainer.model)
     trainer.step(trainer.train_batch(list(range(4))))
     trainer.step(trainer.train_batch(list(range(4, 8))))
@@ -68,7 +69,11 @@ def test_update_size_follows_each_groups_learning_rate(setup):
     for lr in (1e-4, 1e-3):
         trainer = _trainer(cfg, data, TrialParams(lr_llm=lr, lr_projector=lr, warmup_ratio=0.0))
         trainer.scheduler.step = lambda: None  # keep the LR constant for this measurement
-        name = next(n for n, p in trainer.model.named_parameters() if "merger" in n and n.endswith("mlp.0.weight") and p.requires_grad)
+        name = next(
+            n
+            for n, p in trainer.model.named_parameters()
+            if "merger" in n and n.endswith("mlp.0.weight") and p.requires_grad
+        )
         before = dict(trainer.model.named_parameters())[name].detach().clone()
         trainer.step(trainer.train_batch(list(range(8))))
         after = dict(trainer.model.named_parameters())[name].detach()

@@ -43,14 +43,17 @@ def test_qwen_merger_is_projector_not_vision(tiny_models):
 
 def test_unmatched_trainable_parameters_are_listed():
     names = ["model.vision.x.weight", "model.language_model.a.weight", "extra.head.weight"]
-    patterns = {"vision": r"model\.vision\.", "projector": r"model\.proj\.", "llm": r"model\.language_model\."}
+    patterns = {
+        "vision": r"model\.vision\.",
+        "projector": r"model\.proj\.",
+        "llm": r"model\.language_model\.",
+    }
     with pytest.raises(GroupResolutionError) as err:
         resolve_groups(names, patterns)
     assert err.value.unmatched == ["extra.head.weight"]
     assert "extra.head.weight" in str(err.value)
     # A frozen parameter outside every group is fine.
-    assert resolve_groups(names, patterns, trainable=set(names[:2])) == {
-        names[0]: "vision", names[1]: "llm"}
+    assert resolve_groups(names, patterns, trainable=set(names[:2])) == {names[0]: "vision", names[1]: "llm"}
 
 
 def test_a_parameter_in_two_groups_is_an_error():
@@ -61,12 +64,16 @@ def test_a_parameter_in_two_groups_is_an_error():
 
 
 def test_peft_names_are_unwrapped():
-    assert strip_wrappers(
-        "base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.default.weight"
-    ) == "model.language_model.layers.0.self_attn.q_proj.weight"
-    assert strip_wrappers(
-        "base_model.model.model.visual.merger.modules_to_save.default.mlp.0.weight"
-    ) == "model.visual.merger.mlp.0.weight"
+    assert (
+        strip_wrappers(
+            "base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.default.weight"
+        )
+        == "model.language_model.layers.0.self_attn.q_proj.weight"
+    )
+    assert (
+        strip_wrappers("base_model.model.model.visual.merger.modules_to_save.default.mlp.0.weight")
+        == "model.visual.merger.mlp.0.weight"
+    )
 
 
 def _lora_modules(model) -> list[str]:
@@ -95,8 +102,9 @@ def test_vision_lora_and_per_group_rank():
     assert plan.rank == {"llm": 8, "vision": 2, "projector": 3}
     assert plan.alpha == {"llm": 16.0, "vision": 4.0, "projector": 6.0}
     peft_model = attach_lora(model, plan, params, cfg)
-    shapes = {n.rsplit(".lora_A", 1)[0]: p.shape[0] for n, p in peft_model.named_parameters()
-              if ".lora_A." in n}
+    shapes = {
+        n.rsplit(".lora_A", 1)[0]: p.shape[0] for n, p in peft_model.named_parameters() if ".lora_A." in n
+    }
     assert shapes["base_model.model.model.visual.blocks.0.mlp.gate_proj"] == 2
     assert shapes["base_model.model.model.visual.blocks.0.attn.qkv"] == 2
     assert shapes["base_model.model.model.visual.merger.mlp.0"] == 3

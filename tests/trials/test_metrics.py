@@ -36,8 +36,9 @@ def test_iou_hand_cases():
 
 
 def test_unparseable_answers_score_zero_and_count_as_parse_failures():
-    scores = grounding_scores([(0, 0, 10, 10), None, (0, 0, 5, 10)],
-                              [(0, 0, 10, 10), (0, 0, 10, 10), (0, 0, 10, 10)])
+    scores = grounding_scores(
+        [(0, 0, 10, 10), None, (0, 0, 5, 10)], [(0, 0, 10, 10), (0, 0, 10, 10), (0, 0, 10, 10)]
+    )
     assert scores["iou"] == pytest.approx((1.0 + 0.0 + 0.5) / 3)
     assert scores["acc_iou50"] == pytest.approx(2 / 3)
     assert scores["parse_fail_rate"] == pytest.approx(1 / 3)

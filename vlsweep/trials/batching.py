@@ -32,8 +32,7 @@ class Encoded:
 
 
 class Encoder:
-    def __init__(self, processor: Any, family: Family | None, codec: BoxCodec,
-                 prompts: dict[str, str]):
+    def __init__(self, processor: Any, family: Family | None, codec: BoxCodec, prompts: dict[str, str]):
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.family = family
@@ -99,8 +98,9 @@ class Encoder:
         prompt.pop("labels", None)  # PaliGemma's processor adds its own
         resized = self._resized(prompt, rec)
         answer = self.answer(rec, resized)
-        answer_ids = self.tokenizer(answer + self.turn_end, add_special_tokens=False,
-                                    return_tensors="pt")["input_ids"]
+        answer_ids = self.tokenizer(answer + self.turn_end, add_special_tokens=False, return_tensors="pt")[
+            "input_ids"
+        ]
         n_prompt, n_answer = prompt["input_ids"].shape[1], answer_ids.shape[1]
         full: dict[str, torch.Tensor] = {}
         for key, value in prompt.items():
@@ -133,7 +133,9 @@ def collate(samples: list[dict[str, torch.Tensor]], *, pad_id: int, left: bool) 
     out: dict[str, torch.Tensor] = {}
     for key in samples[0]:
         values = [s[key] for s in samples]
-        per_token = all(v.dim() == 2 and v.shape == s["input_ids"].shape for v, s in zip(values, samples))
+        per_token = all(
+            v.dim() == 2 and v.shape == s["input_ids"].shape for v, s in zip(values, samples, strict=True)
+        )
         if per_token:
             fill = pad_id if key == "input_ids" else IGNORE if key == "labels" else 0
             rows = []

@@ -22,7 +22,7 @@ import torch
 
 from vlsweep.trials.modeling import cache_dir
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,14 @@ class Recipe:
 
 
 RECIPES = {
-    "tiny-qwen2-vl": Recipe("qwen2_vl", {"hidden": 96, "layers": 2, "vision_layers": 2, "heads": 4},
-                            pretrain_steps=2500),
-    "tiny-llava": Recipe("llava", {"hidden": 96, "layers": 2, "vision_layers": 2, "heads": 4,
-                                   "image_size": 112}, pretrain_steps=2500),
+    "tiny-qwen2-vl": Recipe(
+        "qwen2_vl", {"hidden": 96, "layers": 2, "vision_layers": 2, "heads": 4}, pretrain_steps=2500
+    ),
+    "tiny-llava": Recipe(
+        "llava",
+        {"hidden": 96, "layers": 2, "vision_layers": 2, "heads": 4, "image_size": 112},
+        pretrain_steps=2500,
+    ),
 }
 
 
@@ -57,8 +61,10 @@ def ensure_builtin(name: str, *, log: Any = print) -> Path:
     from vlsweep.errors import UserInputError
 
     if name not in RECIPES:
-        raise UserInputError(f"model.name_or_path: unknown builtin model {name!r}; "
-                             f"choose one of {sorted('builtin:' + n for n in RECIPES)}")
+        raise UserInputError(
+            f"model.name_or_path: unknown builtin model {name!r}; "
+            f"choose one of {sorted('builtin:' + n for n in RECIPES)}"
+        )
     path = builtin_path(name)
     if (path / "config.json").is_file():
         return path
@@ -97,11 +103,14 @@ def build(name: str, out: Path, *, log: Any = None) -> dict[str, float]:
     family = FAMILIES[recipe.family]
     vision = re.compile(family.groups["vision"])
     for mod_name, module in model.named_modules():
-        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv3d)) and vision.match(mod_name + "."):
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv3d)) and vision.match(
+            mod_name + "."
+        ):
             torch.nn.init.normal_(module.weight, std=recipe.vision_init_std)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = write_dataset(Path(tmp), n_train=recipe.n_samples, n_val=1, seed=recipe.seed,
-                              style="pretrain")
+        paths = write_dataset(
+            Path(tmp), n_train=recipe.n_samples, n_val=1, seed=recipe.seed, style="pretrain"
+        )
         records, problems = load_records(paths["train"])
         assert not problems, problems
         encoder = Encoder(processor, family, CODECS[family.box_codec], dict(DEFAULT_PROMPTS))
@@ -135,4 +144,3 @@ def build(name: str, out: Path, *, log: Any = None) -> dict[str, float]:
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return {"final_loss": float(loss.detach())}
-

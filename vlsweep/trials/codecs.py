@@ -24,13 +24,13 @@ def _to_bins(box: Box, size: Size, bins: int) -> list[int]:
     w, h = size
     x1, y1, x2, y2 = box
     scale = [w, h, w, h]
-    return [min(bins - 1, max(0, int(v / s * bins))) for v, s in zip((x1, y1, x2, y2), scale)]
+    return [min(bins - 1, max(0, int(v / s * bins))) for v, s in zip((x1, y1, x2, y2), scale, strict=True)]
 
 
 def _from_bins(values: list[float], size: Size, bins: int) -> Box:
     # Each bin stands for its centre, so a round trip moves a coordinate by < 1 bin.
     w, h = size
-    x1, y1, x2, y2 = ((v + 0.5) / bins * s for v, s in zip(values, (w, h, w, h)))
+    x1, y1, x2, y2 = ((v + 0.5) / bins * s for v, s in zip(values, (w, h, w, h), strict=True))
     return (x1, y1, x2, y2)
 
 

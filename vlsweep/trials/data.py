@@ -67,8 +67,11 @@ def _image_size(path: Path) -> tuple[tuple[int, int] | None, str | None]:
 
 
 def _check_box(box: Any, size: tuple[int, int] | None) -> str | None:
-    if not (isinstance(box, list) and len(box) == 4
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
+    if not (
+        isinstance(box, list)
+        and len(box) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
+    ):
         return f"box must be a list of 4 numbers [x1, y1, x2, y2] in pixels, got {box!r}"
     x1, y1, x2, y2 = box
     if not all(math.isfinite(v) for v in box):
@@ -120,12 +123,12 @@ def _vlsweep_record(obj: Any, base: Path, where: str) -> tuple[Record | None, li
             box = tuple(float(v) for v in obj["box"])  # type: ignore[assignment]
     if problems or size is None:
         return None, problems
-    return Record(image=base / image, task=task, size=size, text=text, query=query, box=box,
-                  where=where), []
+    return Record(image=base / image, task=task, size=size, text=text, query=query, box=box, where=where), []
 
 
-def _sharegpt_record(obj: Any, base: Path, where: str, task: str, box_format: str
-                     ) -> tuple[Record | None, list[str]]:
+def _sharegpt_record(
+    obj: Any, base: Path, where: str, task: str, box_format: str
+) -> tuple[Record | None, list[str]]:
     if not isinstance(obj, dict):
         return None, [f"{where}: a record must be a JSON object, got {type(obj).__name__}"]
     messages, images = obj.get("messages"), obj.get("images")
@@ -136,8 +139,9 @@ def _sharegpt_record(obj: Any, base: Path, where: str, task: str, box_format: st
     users = [m for m in messages if m.get("role") == "user"]
     answers = [m for m in messages if m.get("role") == "assistant"]
     if len(users) != 1 or len(answers) != 1:
-        return None, [f"{where}: expected one user and one assistant message, "
-                      f"got {len(users)} and {len(answers)}"]
+        return None, [
+            f"{where}: expected one user and one assistant message, got {len(users)} and {len(answers)}"
+        ]
     question, answer = users[0].get("content"), answers[0].get("content")
     problems = []
     if not isinstance(question, str) or "<image>" not in question:
@@ -151,17 +155,21 @@ def _sharegpt_record(obj: Any, base: Path, where: str, task: str, box_format: st
         return None, problems
     prompt = question.replace("<image>", "").strip()
     if task == "ocr":
-        return Record(image=base / images[0], task=task, size=size, text=answer, prompt=prompt,
-                      where=where), []
+        return Record(
+            image=base / images[0], task=task, size=size, text=answer, prompt=prompt, where=where
+        ), []
     box = CODECS[box_format].decode(answer, size, size)
     if box is None:
-        return None, [f"{where}: the assistant answer {answer!r} holds no box in format "
-                      f"{box_format!r} (set box_format for this file)"]
+        return None, [
+            f"{where}: the assistant answer {answer!r} holds no box in format "
+            f"{box_format!r} (set box_format for this file)"
+        ]
     err = _check_box(list(box), size)
     if err:
         return None, [f"{where}: {err}"]
-    return Record(image=base / images[0], task=task, size=size, query=prompt, box=box,
-                  prompt=prompt, where=where), []
+    return Record(
+        image=base / images[0], task=task, size=size, query=prompt, box=box, prompt=prompt, where=where
+    ), []
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -171,8 +179,9 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
                 yield lineno, line
 
 
-def load_records(path: Path, *, format: str = "vlsweep", task: str | None = None,
-                 box_format: str = "pixels") -> tuple[list[Record], list[str]]:
+def load_records(
+    path: Path, *, format: str = "vlsweep", task: str | None = None, box_format: str = "pixels"
+) -> tuple[list[Record], list[str]]:
     """Read one dataset file; returns the valid records and every problem found."""
     if not path.is_file():
         return [], [f"{path}: dataset file does not exist"]
@@ -215,8 +224,11 @@ def load_records(path: Path, *, format: str = "vlsweep", task: str | None = None
 def check_tasks(records: Sequence[Record], label: str, tasks: Sequence[str] = TASKS) -> list[str]:
     """A split must hold samples of every task the loss is weighted over."""
     counts = Counter(r.task for r in records)
-    return [f"{label}: no samples of task {t!r}; every task needs training and validation samples"
-            for t in tasks if counts[t] == 0]
+    return [
+        f"{label}: no samples of task {t!r}; every task needs training and validation samples"
+        for t in tasks
+        if counts[t] == 0
+    ]
 
 
 def task_probabilities(counts: dict[str, int], temperature: float) -> dict[str, float]:
@@ -239,9 +251,7 @@ class TaskMixer:
         self._by_task: dict[str, list[int]] = {}
         for i, task in enumerate(tasks):
             self._by_task.setdefault(task, []).append(i)
-        self.probabilities = task_probabilities(
-            {t: len(ix) for t, ix in self._by_task.items()}, temperature
-        )
+        self.probabilities = task_probabilities({t: len(ix) for t, ix in self._by_task.items()}, temperature)
         self._names = list(self.probabilities)
         self._cum = list(self.probabilities.values())
         self._rng = random.Random(seed)

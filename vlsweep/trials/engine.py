@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from vlsweep.config import BudgetConfig, DataConfig, TrainConfig
 from vlsweep.errors import UserInputError
-from vlsweep.trials.batching import IGNORE, Encoded, Encoder, collate
+from vlsweep.trials.batching import IGNORE, Encoder, collate
 from vlsweep.trials.data import Record, TaskMixer, check_tasks, load_records
 from vlsweep.trials.families import resolve_groups
 from vlsweep.trials.lora import attach_lora, plan_lora
@@ -32,7 +32,7 @@ from vlsweep.trials.params import TrialParams
 
 Report = Callable[[int, dict[str, float]], None]
 DEMO_DATA = "builtin:demo"
-DEMO_DATA_VERSION = 1
+DEMO_DATA_VERSION = 2
 
 
 @dataclass
@@ -94,8 +94,9 @@ def load_data(cfg: DataConfig, base_dir: Path) -> TrialData:
     return TrialData(train=splits["train"], val=val)
 
 
-def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, task_ids: torch.Tensor,
-                  weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def weighted_loss(
+    logits: torch.Tensor, labels: torch.Tensor, task_ids: torch.Tensor, weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Token cross-entropy on answer tokens, averaged per task, combined by task weight.
 
     Returns (weighted loss, per-task mean loss, per-task token count). A task with no
@@ -117,15 +118,17 @@ def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, task_ids: torch.Te
 class Trainer:
     """The state of one trial: model with a fresh adapter, optimizer, encoded data."""
 
-    def __init__(self, params: TrialParams, budget: BudgetConfig, *, spec: TrainConfig,
-                 data: TrialData, base: Base):
+    def __init__(
+        self, params: TrialParams, budget: BudgetConfig, *, spec: TrainConfig, data: TrialData, base: Base
+    ):
         self.params, self.budget, self.spec, self.data, self.base = params, budget, spec, data, base
         self.tasks = data.tasks
         self.task_index = {t: i for i, t in enumerate(self.tasks)}
         weights = params.weights_for(self.tasks)
         self.weights = torch.tensor([weights[t] for t in self.tasks], device=base.device)
-        self.encoder = Encoder(base.processor, base.family, base.codec,
-                               {t: spec.data.prompt(t) for t in ("ocr", "grounding")})
+        self.encoder = Encoder(
+            base.processor, base.family, base.codec, {t: spec.data.prompt(t) for t in ("ocr", "grounding")}
+        )
         tok = self.encoder.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self.eos_ids = self._eos_ids()
@@ -166,10 +169,15 @@ class Trainer:
         named = list(self.model.named_parameters())
         trainable = {n for n, p in named if p.requires_grad}
         group_of = resolve_groups([n for n, _ in named], self.base.groups, trainable=trainable)
-        lrs = {"vision": self.params.lr_vision, "projector": self.params.lr_projector,
-               "llm": self.params.lr_llm}
+        lrs = {
+            "vision": self.params.lr_vision,
+            "projector": self.params.lr_projector,
+            "llm": self.params.lr_llm,
+        }
         self.groups = build_param_groups(
-            named, {n: g for n, g in group_of.items() if n in trainable}, lrs,
+            named,
+            {n: g for n, g in group_of.items() if n in trainable},
+            lrs,
             weight_decay=self.spec.optim.weight_decay,
             loraplus_lr_ratio=self.spec.lora.loraplus_lr_ratio,
         )
@@ -190,8 +198,9 @@ class Trainer:
         """
         from peft.utils.other import ModulesToSaveWrapper
 
-        wrappers = [(name, mod) for name, mod in self.model.named_modules()
-                    if isinstance(mod, ModulesToSaveWrapper)]
+        wrappers = [
+            (name, mod) for name, mod in self.model.named_modules() if isinstance(mod, ModulesToSaveWrapper)
+        ]
         for name, wrapper in wrappers:
             parent_name, _, child = name.rpartition(".")
             setattr(self.model.get_submodule(parent_name), child, wrapper.original_module)
@@ -256,21 +265,32 @@ class Trainer:
         order = sorted(range(len(self.val_enc)), key=lambda i: self.val_enc[i].prompt["input_ids"].shape[1])
         bs = self.budget.eval_batch_size
         for start in range(0, len(order), bs):
-            idx = order[start:start + bs]
-            batch = self._to_device(collate([self.val_enc[i].prompt for i in idx], pad_id=self.pad_id, left=True))
+            idx = order[start : start + bs]
+            batch = self._to_device(
+                collate([self.val_enc[i].prompt for i in idx], pad_id=self.pad_id, left=True)
+            )
             n = batch["input_ids"].shape[1]
-            gen = model.generate(**batch, max_new_tokens=self.budget.max_new_tokens, do_sample=False,
-                                 pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids),
-                                 use_cache=True)
-            for row, i in zip(gen[:, n:].tolist(), idx):
+            gen = model.generate(
+                **batch,
+                max_new_tokens=self.budget.max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.pad_id,
+                eos_token_id=sorted(self.eos_ids),
+                use_cache=True,
+            )
+            for row, i in zip(gen[:, n:].tolist(), idx, strict=True):
                 cut = next((k for k, t in enumerate(row) if t in self.eos_ids), len(row))
                 keep_special = self.data.val[i].task == "grounding"
                 out[i] = tok.decode(row[:cut], skip_special_tokens=not keep_special).strip()
         return out
 
     def _score(self, texts: list[str]) -> dict[str, float]:
-        ocr = [(t, r) for t, r in zip(texts, self.data.val) if r.task == "ocr"]
-        grd = [(t, r, e) for t, r, e in zip(texts, self.data.val, self.val_enc) if r.task == "grounding"]
+        ocr = [(t, r) for t, r in zip(texts, self.data.val, strict=True) if r.task == "ocr"]
+        grd = [
+            (t, r, e)
+            for t, r, e in zip(texts, self.data.val, self.val_enc, strict=True)
+            if r.task == "grounding"
+        ]
         metrics: dict[str, float] = {}
         if ocr:
             metrics["cer"] = corpus_cer([t for t, _ in ocr], [r.text or "" for _, r in ocr])
@@ -289,8 +309,9 @@ class Trainer:
             batch = collate([self.val_enc[i].full for i in idx], pad_id=self.pad_id, left=False)
             batch = self._to_device(batch)
             labels = batch.pop("labels")
-            task_ids = torch.tensor([self.task_index[self.data.val[i].task] for i in idx],
-                                    device=self.base.device)
+            task_ids = torch.tensor(
+                [self.task_index[self.data.val[i].task] for i in idx], device=self.base.device
+            )
             logits = model(**batch, use_cache=False).logits
             _, means, n = weighted_loss(logits, labels, task_ids, ones)
             sums += (means * n).cpu()
@@ -344,8 +365,10 @@ def run_trial(
         t0 = time.perf_counter()
         base_metrics = trainer.evaluate(base.model)
         result["base"] = base_metrics
-        say(f"base model: cer={base_metrics.get('cer', float('nan')):.4f} "
-            f"iou={base_metrics.get('iou', float('nan')):.4f} ({time.perf_counter() - t0:.1f}s)")
+        say(
+            f"base model: cer={base_metrics.get('cer', float('nan')):.4f} "
+            f"iou={base_metrics.get('iou', float('nan')):.4f} ({time.perf_counter() - t0:.1f}s)"
+        )
     trainer.attach()
     mixer = TaskMixer([r.task for r in data.train], params.mix_temperature, spec.seed)
     eval_at = _eval_steps(budget)
@@ -361,12 +384,15 @@ def run_trial(
                 loss = float(out["loss"])
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"training loss is {loss} at step {step}")
-                log_rows.append({
-                    "step": step, "loss": loss,
-                    **{f"loss_{t}": float(out["per_task"][i]) for i, t in enumerate(trainer.tasks)},
-                    **{f"grad_norm_{g}": float(v) for g, v in out["grad_norm"].items()},
-                    **{f"lr_{g['name']}": g["lr"] for g in trainer.groups},
-                })
+                log_rows.append(
+                    {
+                        "step": step,
+                        "loss": loss,
+                        **{f"loss_{t}": float(out["per_task"][i]) for i, t in enumerate(trainer.tasks)},
+                        **{f"grad_norm_{g}": float(v) for g, v in out["grad_norm"].items()},
+                        **{f"lr_{g['name']}": g["lr"] for g in trainer.groups},
+                    }
+                )
             if step in eval_at:
                 train_seconds += time.perf_counter() - t_train
                 t0 = time.perf_counter()
@@ -374,21 +400,27 @@ def run_trial(
                 eval_seconds += time.perf_counter() - t0
                 _finite(metrics)
                 metrics["steps"] = step
-                say(f"step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()
-                                                  if k in ("cer", "iou", "parse_fail_rate")))
+                say(
+                    f"step {step}: "
+                    + " ".join(
+                        f"{k}={v:.4f}" for k, v in metrics.items() if k in ("cer", "iou", "parse_fail_rate")
+                    )
+                )
                 if report is not None:
                     report(step, dict(metrics))
                 t_train = time.perf_counter()
         result.update(metrics)
-        result.update({
-            "train_seconds": train_seconds,
-            "eval_seconds": eval_seconds,
-            "load_seconds": load_seconds,
-            "encode_seconds": trainer.encode_seconds,
-            "samples_per_second": budget.steps * budget.batch_size / max(train_seconds, 1e-9),
-            "task_probabilities": mixer.probabilities,
-            "params": params.to_dict(),
-        })
+        result.update(
+            {
+                "train_seconds": train_seconds,
+                "eval_seconds": eval_seconds,
+                "load_seconds": load_seconds,
+                "encode_seconds": trainer.encode_seconds,
+                "samples_per_second": budget.steps * budget.batch_size / max(train_seconds, 1e-9),
+                "task_probabilities": mixer.probabilities,
+                "params": params.to_dict(),
+            }
+        )
         if output_dir is not None:
             output_dir.mkdir(parents=True, exist_ok=True)
             trainer.model.save_pretrained(output_dir / "adapter")

@@ -64,8 +64,7 @@ FAMILIES: dict[str, Family] = {
         Family("internvl", _LLAVA_LIKE, "internvl"),
         Family("idefics3", _IDEFICS, "generic"),
         Family("smolvlm", _IDEFICS, "generic"),
-        Family("paligemma", _LLAVA_LIKE, "paligemma", answer_token_type=1,
-               prompt_image_token="<image>"),
+        Family("paligemma", _LLAVA_LIKE, "paligemma", answer_token_type=1, prompt_image_token="<image>"),
         Family("gemma3", _LLAVA_LIKE, "generic"),
     ]
 }
@@ -84,8 +83,12 @@ def strip_wrappers(name: str) -> str:
     so that one regex map serves the base model and its peft-wrapped form.
     """
     name = name.removeprefix("base_model.model.")
-    name = re.sub(r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
-                  r"\.[^.]+(?=\.|$)", "", name)
+    name = re.sub(
+        r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
+        r"\.[^.]+(?=\.|$)",
+        "",
+        name,
+    )
     name = re.sub(r"\.(modules_to_save|original_module)\.[^.]+(?=\.|$)", "", name)
     return name
 
@@ -100,12 +103,15 @@ class GroupResolutionError(ValueError):
         if unmatched:
             lines.append(
                 f"{len(unmatched)} trainable parameter(s) match no module group "
-                f"(add a regex under model.module_groups): " + ", ".join(unmatched[:20])
+                f"(add a regex under model.module_groups): "
+                + ", ".join(unmatched[:20])
                 + (" ..." if len(unmatched) > 20 else "")
             )
         for name, groups in list(ambiguous.items())[:20]:
-            lines.append(f"parameter {name} matches several module groups {groups}: "
-                         "make the model.module_groups regexes exclusive")
+            lines.append(
+                f"parameter {name} matches several module groups {groups}: "
+                "make the model.module_groups regexes exclusive"
+            )
         super().__init__("\n".join(lines))
 
 

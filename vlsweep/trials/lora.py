@@ -39,12 +39,16 @@ def module_group_of(name: str, compiled: dict[str, re.Pattern[str]]) -> str | No
     return hits[0] if len(hits) == 1 else None
 
 
-def plan_lora(model: torch.nn.Module, patterns: dict[str, str], params: TrialParams,
-              cfg: LoraConfig) -> LoraPlan:
+def plan_lora(
+    model: torch.nn.Module, patterns: dict[str, str], params: TrialParams, cfg: LoraConfig
+) -> LoraPlan:
     compiled = compile_groups(patterns)
     linear_by_group: dict[str, list[str]] = {"vision": [], "projector": [], "llm": []}
-    out_head = {name for name, mod in model.named_modules()
-                if mod is getattr(model, "get_output_embeddings", lambda: None)()}
+    out_head = {
+        name
+        for name, mod in model.named_modules()
+        if mod is getattr(model, "get_output_embeddings", lambda: None)()
+    }
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and name not in out_head:
             group = module_group_of(name, compiled)
@@ -60,8 +64,10 @@ def plan_lora(model: torch.nn.Module, patterns: dict[str, str], params: TrialPar
             rx = re.compile(cfg.targets[group])
             names = [n for n in linear_by_group[group] if rx.fullmatch(n)]
             if not names:
-                raise ValueError(f"lora.targets.{group}: regex {cfg.targets[group]!r} matches no "
-                                 f"linear layer of the {group} group")
+                raise ValueError(
+                    f"lora.targets.{group}: regex {cfg.targets[group]!r} matches no "
+                    f"linear layer of the {group} group"
+                )
         else:
             names = linear_by_group[group]
         if not names:
@@ -71,8 +77,9 @@ def plan_lora(model: torch.nn.Module, patterns: dict[str, str], params: TrialPar
         generalised = _generalise(names)
         all_linear = [n for g in linear_by_group.values() for n in g]
         reached = [n for n in all_linear if re.fullmatch(generalised, n)]
-        targets[group] = generalised if sorted(reached) == sorted(names) else "|".join(
-            re.escape(n) for n in names)
+        targets[group] = (
+            generalised if sorted(reached) == sorted(names) else "|".join(re.escape(n) for n in names)
+        )
 
     modules_to_save: list[str] = []
     if cfg.projector == "full":
@@ -102,8 +109,7 @@ def _projector_roots(model: torch.nn.Module, compiled: dict[str, re.Pattern[str]
     return roots
 
 
-def attach_lora(model: torch.nn.Module, plan: LoraPlan, params: TrialParams,
-                cfg: LoraConfig) -> Any:
+def attach_lora(model: torch.nn.Module, plan: LoraPlan, params: TrialParams, cfg: LoraConfig) -> Any:
     """Wrap ``model`` with a fresh LoRA adapter per the plan; returns the peft model."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model

@@ -17,7 +17,7 @@ def corpus_cer(predictions: Sequence[str], references: Sequence[str]) -> float:
     """
     if len(predictions) != len(references):
         raise ValueError(f"got {len(predictions)} predictions for {len(references)} references")
-    edits = sum(Levenshtein.distance(p, r) for p, r in zip(predictions, references))
+    edits = sum(Levenshtein.distance(p, r) for p, r in zip(predictions, references, strict=True))
     total = sum(len(r) for r in references)
     if total == 0:
         return 0.0 if edits == 0 else 1.0

@@ -43,10 +43,13 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserInputError(f"model.device: {name!r} is not a torch device (use auto, cpu or cuda)") from None
+        raise UserInputError(
+            f"model.device: {name!r} is not a torch device (use auto, cpu or cuda)"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserInputError(f"model.device: {name!r} asked for, but no CUDA device is available "
-                             "(use device: auto or cpu)")
+        raise UserInputError(
+            f"model.device: {name!r} asked for, but no CUDA device is available (use device: auto or cpu)"
+        )
     return device
 
 
@@ -115,8 +118,10 @@ def load_base(cfg: ModelConfig) -> Base:
         groups = dict(cfg.module_groups)
         missing = [g for g in ("vision", "projector", "llm") if g not in groups]
         if missing and family is None:
-            raise UserInputError(f"model.module_groups: give a regex for {missing}: vlsweep has "
-                                 f"no module map for model type {model_type!r}")
+            raise UserInputError(
+                f"model.module_groups: give a regex for {missing}: vlsweep has "
+                f"no module map for model type {model_type!r}"
+            )
         if family is not None:
             groups = {**family.groups, **groups}
     elif family is None:
@@ -130,5 +135,13 @@ def load_base(cfg: ModelConfig) -> Base:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    return Base(model=model, processor=processor, model_type=model_type, family=family,
-                groups=groups, codec=CODECS[codec_name], device=device, source=source)
+    return Base(
+        model=model,
+        processor=processor,
+        model_type=model_type,
+        family=family,
+        groups=groups,
+        codec=CODECS[codec_name],
+        device=device,
+        source=source,
+    )

@@ -48,26 +48,27 @@ def build_param_groups(
     for (module_group, no_decay, lora_b), items in sorted(buckets.items()):
         lr = lrs[module_group] * (loraplus_lr_ratio if lora_b else 1.0)  # type: ignore[operator]
         label = module_group + (".no_decay" if no_decay else "") + (".lora_B" if lora_b else "")
-        groups.append({
-            "params": [p for _, p in items],
-            "param_names": [n for n, _ in items],
-            "lr": lr,
-            "base_lr": lr,
-            "weight_decay": 0.0 if no_decay else weight_decay,
-            "module_group": module_group,
-            "name": label,
-        })
+        groups.append(
+            {
+                "params": [p for _, p in items],
+                "param_names": [n for n, _ in items],
+                "lr": lr,
+                "base_lr": lr,
+                "weight_decay": 0.0 if no_decay else weight_decay,
+                "module_group": module_group,
+                "name": label,
+            }
+        )
     grouped = sum(len(g["params"]) for g in groups)
     unique = len({id(p) for g in groups for p in g["params"]})
     if grouped != len(trainable) or unique != len(trainable):
-        raise AssertionError(
-            f"{len(trainable)} trainable parameters but {grouped} grouped ({unique} unique)"
-        )
+        raise AssertionError(f"{len(trainable)} trainable parameters but {grouped} grouped ({unique} unique)")
     return groups
 
 
-def make_optimizer(groups: list[dict[str, Any]], *, betas: tuple[float, float], eps: float
-                   ) -> torch.optim.AdamW:
+def make_optimizer(
+    groups: list[dict[str, Any]], *, betas: tuple[float, float], eps: float
+) -> torch.optim.AdamW:
     # param_names is our bookkeeping; AdamW keeps unknown group keys untouched.
     fused = all(p.is_cuda for g in groups for p in g["params"]) and bool(groups)
     return torch.optim.AdamW(groups, betas=betas, eps=eps, fused=fused or None)

@@ -178,8 +178,14 @@ def _qwen_token_ids(tokenizer: Any) -> dict[str, int]:
     }
 
 
-def build_qwen2_vl(*, hidden: int = 64, layers: int = 2, vision_layers: int = 2,
-                   heads: int = 4, max_pixels: int = 128 * 28 * 28) -> tuple[Any, Any]:
+def build_qwen2_vl(
+    *,
+    hidden: int = 64,
+    layers: int = 2,
+    vision_layers: int = 2,
+    heads: int = 4,
+    max_pixels: int = 128 * 28 * 28,
+) -> tuple[Any, Any]:
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
 
     tokenizer = _qwen_tokenizer()
@@ -202,10 +208,14 @@ def build_qwen2_vl(*, hidden: int = 64, layers: int = 2, vision_layers: int = 2,
     return model, processor
 
 
-
-
-def build_qwen2_5_vl(*, hidden: int = 64, layers: int = 2, vision_layers: int = 2,
-                     heads: int = 4, max_pixels: int = 128 * 28 * 28) -> tuple[Any, Any]:
+def build_qwen2_5_vl(
+    *,
+    hidden: int = 64,
+    layers: int = 2,
+    vision_layers: int = 2,
+    heads: int = 4,
+    max_pixels: int = 128 * 28 * 28,
+) -> tuple[Any, Any]:
     from transformers import (
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
@@ -232,8 +242,14 @@ def build_qwen2_5_vl(*, hidden: int = 64, layers: int = 2, vision_layers: int = 
     return model, processor
 
 
-def build_qwen3_vl(*, hidden: int = 64, layers: int = 2, vision_layers: int = 2,
-                   heads: int = 4, max_pixels: int = 128 * 32 * 32) -> tuple[Any, Any]:
+def build_qwen3_vl(
+    *,
+    hidden: int = 64,
+    layers: int = 2,
+    vision_layers: int = 2,
+    heads: int = 4,
+    max_pixels: int = 128 * 32 * 32,
+) -> tuple[Any, Any]:
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
 
     tokenizer = _qwen_tokenizer()
@@ -270,17 +286,28 @@ def role_template(*, bos: str, user: str, assistant: str, end: str, image: str) 
     return (
         bos
         + "{% for message in messages %}"
-        + "{% if message['role'] == 'user' %}" + user + "{% else %}" + assistant + "{% endif %}"
+        + "{% if message['role'] == 'user' %}"
+        + user
+        + "{% else %}"
+        + assistant
+        + "{% endif %}"
         + "{% if message['content'] is string %}{{ message['content'] }}"
         + "{% else %}{% for content in message['content'] %}"
-        + "{% if content['type'] == 'image' %}" + image
+        + "{% if content['type'] == 'image' %}"
+        + image
         + "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
-        + "{% endfor %}{% endif %}" + end + "{% endfor %}"
-        + "{% if add_generation_prompt %}" + assistant + "{% endif %}"
+        + "{% endfor %}{% endif %}"
+        + end
+        + "{% endfor %}"
+        + "{% if add_generation_prompt %}"
+        + assistant
+        + "{% endif %}"
     )
 
 
-def _llama_text(tokenizer: Any, *, hidden: int, layers: int, heads: int, model_type: str = "llama") -> dict[str, Any]:
+def _llama_text(
+    tokenizer: Any, *, hidden: int, layers: int, heads: int, model_type: str = "llama"
+) -> dict[str, Any]:
     return {
         "model_type": model_type,
         "vocab_size": _vocab_size(tokenizer),
@@ -298,7 +325,9 @@ def _llama_text(tokenizer: Any, *, hidden: int, layers: int, heads: int, model_t
     }
 
 
-def _vit(model_type: str, *, hidden: int, layers: int, heads: int, image_size: int, patch: int) -> dict[str, Any]:
+def _vit(
+    model_type: str, *, hidden: int, layers: int, heads: int, image_size: int, patch: int
+) -> dict[str, Any]:
     return {
         "model_type": model_type,
         "hidden_size": hidden,
@@ -310,23 +339,38 @@ def _vit(model_type: str, *, hidden: int, layers: int, heads: int, image_size: i
     }
 
 
-_LLAVA_TEMPLATE = role_template(bos="<s>", user="USER: ", assistant="ASSISTANT: ", end="</s>", image="<image>\n")
+_LLAVA_TEMPLATE = role_template(
+    bos="<s>", user="USER: ", assistant="ASSISTANT: ", end="</s>", image="<image>\n"
+)
 
 
 def _llava_tokenizer() -> Any:
-    return char_tokenizer(["<image>"], bos="<s>", eos="</s>", pad="<pad>",
-                          chat_template=_LLAVA_TEMPLATE, named={"image_token": "<image>"})
+    return char_tokenizer(
+        ["<image>"],
+        bos="<s>",
+        eos="</s>",
+        pad="<pad>",
+        chat_template=_LLAVA_TEMPLATE,
+        named={"image_token": "<image>"},
+    )
 
 
-def build_llava(*, hidden: int = 64, layers: int = 2, vision_layers: int = 2, heads: int = 4,
-                image_size: int = 56) -> tuple[Any, Any]:
+def build_llava(
+    *, hidden: int = 64, layers: int = 2, vision_layers: int = 2, heads: int = 4, image_size: int = 56
+) -> tuple[Any, Any]:
     from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     tokenizer = _llava_tokenizer()
     patch = 14
     config = LlavaConfig(
-        vision_config=_vit("clip_vision_model", hidden=hidden, layers=vision_layers, heads=heads,
-                           image_size=image_size, patch=patch),
+        vision_config=_vit(
+            "clip_vision_model",
+            hidden=hidden,
+            layers=vision_layers,
+            heads=heads,
+            image_size=image_size,
+            patch=patch,
+        ),
         text_config=_llama_text(tokenizer, hidden=hidden, layers=layers, heads=heads),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         image_seq_length=(image_size // patch) ** 2,
@@ -337,15 +381,19 @@ def build_llava(*, hidden: int = 64, layers: int = 2, vision_layers: int = 2, he
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
     processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
         chat_template=_LLAVA_TEMPLATE,
     )
     return model, processor
 
 
-def build_llava_next(*, hidden: int = 64, layers: int = 2, vision_layers: int = 2, heads: int = 4,
-                     image_size: int = 56) -> tuple[Any, Any]:
+def build_llava_next(
+    *, hidden: int = 64, layers: int = 2, vision_layers: int = 2, heads: int = 4, image_size: int = 56
+) -> tuple[Any, Any]:
     from transformers import (
         LlavaNextConfig,
         LlavaNextForConditionalGeneration,
@@ -357,8 +405,14 @@ def build_llava_next(*, hidden: int = 64, layers: int = 2, vision_layers: int = 
     patch = 14
     pinpoints = [[image_size, image_size], [image_size, 2 * image_size], [2 * image_size, image_size]]
     config = LlavaNextConfig(
-        vision_config=_vit("clip_vision_model", hidden=hidden, layers=vision_layers, heads=heads,
-                           image_size=image_size, patch=patch),
+        vision_config=_vit(
+            "clip_vision_model",
+            hidden=hidden,
+            layers=vision_layers,
+            heads=heads,
+            image_size=image_size,
+            patch=patch,
+        ),
         text_config=_llama_text(tokenizer, hidden=hidden, layers=layers, heads=heads),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         image_grid_pinpoints=pinpoints,
@@ -366,23 +420,33 @@ def build_llava_next(*, hidden: int = 64, layers: int = 2, vision_layers: int = 
     )
     model = LlavaNextForConditionalGeneration(config)
     image_processor = LlavaNextImageProcessor(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
         image_grid_pinpoints=pinpoints,
     )
     processor = LlavaNextProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
         chat_template=_LLAVA_TEMPLATE,
     )
     return model, processor
 
 
-_IM_TEMPLATE = role_template(bos="", user="<|im_start|>user\n", assistant="<|im_start|>assistant\n",
-                             end="<|im_end|>\n", image="<image>\n")
+_IM_TEMPLATE = role_template(
+    bos="",
+    user="<|im_start|>user\n",
+    assistant="<|im_start|>assistant\n",
+    end="<|im_end|>\n",
+    image="<image>\n",
+)
 
 
-def build_llava_onevision(*, hidden: int = 64, layers: int = 2, vision_layers: int = 2, heads: int = 4,
-                          image_size: int = 56) -> tuple[Any, Any]:
+def build_llava_onevision(
+    *, hidden: int = 64, layers: int = 2, vision_layers: int = 2, heads: int = 4, image_size: int = 56
+) -> tuple[Any, Any]:
     from transformers import (
         LlavaOnevisionConfig,
         LlavaOnevisionForConditionalGeneration,
@@ -391,14 +455,25 @@ def build_llava_onevision(*, hidden: int = 64, layers: int = 2, vision_layers: i
         LlavaOnevisionVideoProcessor,
     )
 
-    tokenizer = char_tokenizer(["<|im_start|>", "<image>", "<video>"], bos=None, eos="<|im_end|>",
-                               pad="<|endoftext|>", chat_template=_IM_TEMPLATE,
-                               named={"image_token": "<image>", "video_token": "<video>"})
+    tokenizer = char_tokenizer(
+        ["<|im_start|>", "<image>", "<video>"],
+        bos=None,
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
+        chat_template=_IM_TEMPLATE,
+        named={"image_token": "<image>", "video_token": "<video>"},
+    )
     patch = 14
     pinpoints = [[image_size, image_size], [image_size, 2 * image_size], [2 * image_size, image_size]]
     config = LlavaOnevisionConfig(
-        vision_config=_vit("siglip_vision_model", hidden=hidden, layers=vision_layers, heads=heads,
-                           image_size=image_size, patch=patch),
+        vision_config=_vit(
+            "siglip_vision_model",
+            hidden=hidden,
+            layers=vision_layers,
+            heads=heads,
+            image_size=image_size,
+            patch=patch,
+        ),
         text_config=_llama_text(tokenizer, hidden=hidden, layers=layers, heads=heads, model_type="qwen2"),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
@@ -409,14 +484,17 @@ def build_llava_onevision(*, hidden: int = 64, layers: int = 2, vision_layers: i
     processor = LlavaOnevisionProcessor(
         image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=pinpoints),
         video_processor=LlavaOnevisionVideoProcessor(size=size),
-        tokenizer=tokenizer, num_image_tokens=(image_size // patch) ** 2,
-        vision_feature_select_strategy="full", chat_template=_IM_TEMPLATE,
+        tokenizer=tokenizer,
+        num_image_tokens=(image_size // patch) ** 2,
+        vision_feature_select_strategy="full",
+        chat_template=_IM_TEMPLATE,
     )
     return model, processor
 
 
-def build_internvl(*, hidden: int = 64, layers: int = 2, vision_layers: int = 2, heads: int = 4,
-                   image_size: int = 56) -> tuple[Any, Any]:
+def build_internvl(
+    *, hidden: int = 64, layers: int = 2, vision_layers: int = 2, heads: int = 4, image_size: int = 56
+) -> tuple[Any, Any]:
     from transformers import (
         GotOcr2ImageProcessor,
         InternVLConfig,
@@ -425,18 +503,33 @@ def build_internvl(*, hidden: int = 64, layers: int = 2, vision_layers: int = 2,
         InternVLVideoProcessor,
     )
 
-    named = {"start_image_token": "<img>", "end_image_token": "</img>",
-             "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}
-    template = role_template(bos="", user="<|im_start|>user\n", assistant="<|im_start|>assistant\n",
-                             end="<|im_end|>\n", image="<IMG_CONTEXT>\n")
-    tokenizer = char_tokenizer(["<|im_start|>"], bos=None, eos="<|im_end|>",
-                               pad="<|endoftext|>", chat_template=template, named=named)
+    named = {
+        "start_image_token": "<img>",
+        "end_image_token": "</img>",
+        "context_image_token": "<IMG_CONTEXT>",
+        "video_token": "<video>",
+    }
+    template = role_template(
+        bos="",
+        user="<|im_start|>user\n",
+        assistant="<|im_start|>assistant\n",
+        end="<|im_end|>\n",
+        image="<IMG_CONTEXT>\n",
+    )
+    tokenizer = char_tokenizer(
+        ["<|im_start|>"], bos=None, eos="<|im_end|>", pad="<|endoftext|>", chat_template=template, named=named
+    )
     patch = 14
     seq = (image_size // patch) ** 2 // 4
     config = InternVLConfig(
-        vision_config={"hidden_size": hidden, "intermediate_size": hidden * 2,
-                       "num_hidden_layers": vision_layers, "num_attention_heads": heads,
-                       "image_size": [image_size, image_size], "patch_size": [patch, patch]},
+        vision_config={
+            "hidden_size": hidden,
+            "intermediate_size": hidden * 2,
+            "num_hidden_layers": vision_layers,
+            "num_attention_heads": heads,
+            "image_size": [image_size, image_size],
+            "patch_size": [patch, patch],
+        },
         text_config=_llama_text(tokenizer, hidden=hidden, layers=layers, heads=heads, model_type="qwen2"),
         image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
         image_seq_length=seq,
@@ -447,18 +540,22 @@ def build_internvl(*, hidden: int = 64, layers: int = 2, vision_layers: int = 2,
     processor = InternVLProcessor(
         image_processor=GotOcr2ImageProcessor(size=size, crop_to_patches=False),
         video_processor=InternVLVideoProcessor(size=size),
-        tokenizer=tokenizer, image_seq_length=seq, chat_template=template,
+        tokenizer=tokenizer,
+        image_seq_length=seq,
+        chat_template=template,
     )
     return model, processor
 
 
 _IDEFICS_SPECIALS = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
-_IDEFICS_TEMPLATE = role_template(bos="<|im_start|>", user="User:", assistant="Assistant:",
-                                  end="<end_of_utterance>\n", image="<image>")
+_IDEFICS_TEMPLATE = role_template(
+    bos="<|im_start|>", user="User:", assistant="Assistant:", end="<end_of_utterance>\n", image="<image>"
+)
 
 
-def build_idefics3(*, hidden: int = 64, layers: int = 2, vision_layers: int = 2, heads: int = 4,
-                   image_size: int = 64) -> tuple[Any, Any]:
+def build_idefics3(
+    *, hidden: int = 64, layers: int = 2, vision_layers: int = 2, heads: int = 4, image_size: int = 64
+) -> tuple[Any, Any]:
     from transformers import (
         Idefics3Config,
         Idefics3ForConditionalGeneration,
@@ -466,30 +563,45 @@ def build_idefics3(*, hidden: int = 64, layers: int = 2, vision_layers: int = 2,
         Idefics3Processor,
     )
 
-    tokenizer = char_tokenizer(_IDEFICS_SPECIALS, bos="<|im_start|>", eos="<end_of_utterance>",
-                               pad="<|endoftext|>", chat_template=_IDEFICS_TEMPLATE)
+    tokenizer = char_tokenizer(
+        _IDEFICS_SPECIALS,
+        bos="<|im_start|>",
+        eos="<end_of_utterance>",
+        pad="<|endoftext|>",
+        chat_template=_IDEFICS_TEMPLATE,
+    )
     patch = 16
     config = Idefics3Config(
-        vision_config={"hidden_size": hidden, "intermediate_size": hidden * 2,
-                       "num_hidden_layers": vision_layers, "num_attention_heads": heads,
-                       "image_size": image_size, "patch_size": patch},
+        vision_config={
+            "hidden_size": hidden,
+            "intermediate_size": hidden * 2,
+            "num_hidden_layers": vision_layers,
+            "num_attention_heads": heads,
+            "image_size": image_size,
+            "patch_size": patch,
+        },
         text_config=_llama_text(tokenizer, hidden=hidden, layers=layers, heads=heads),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         scale_factor=2,
     )
     model = Idefics3ForConditionalGeneration(config)
     image_processor = Idefics3ImageProcessor(
-        size={"longest_edge": image_size}, max_image_size={"longest_edge": image_size},
+        size={"longest_edge": image_size},
+        max_image_size={"longest_edge": image_size},
         do_image_splitting=False,
     )
-    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer,
-                                  image_seq_len=(image_size // patch) ** 2 // 4,
-                                  chat_template=_IDEFICS_TEMPLATE)
+    processor = Idefics3Processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        image_seq_len=(image_size // patch) ** 2 // 4,
+        chat_template=_IDEFICS_TEMPLATE,
+    )
     return model, processor
 
 
-def build_smolvlm(*, hidden: int = 64, layers: int = 2, vision_layers: int = 2, heads: int = 4,
-                  image_size: int = 64) -> tuple[Any, Any]:
+def build_smolvlm(
+    *, hidden: int = 64, layers: int = 2, vision_layers: int = 2, heads: int = 4, image_size: int = 64
+) -> tuple[Any, Any]:
     from transformers import (
         SmolVLMConfig,
         SmolVLMForConditionalGeneration,
@@ -498,14 +610,23 @@ def build_smolvlm(*, hidden: int = 64, layers: int = 2, vision_layers: int = 2, 
         SmolVLMVideoProcessor,
     )
 
-    tokenizer = char_tokenizer([*_IDEFICS_SPECIALS, "<video>"], bos="<|im_start|>",
-                               eos="<end_of_utterance>", pad="<|endoftext|>",
-                               chat_template=_IDEFICS_TEMPLATE)
+    tokenizer = char_tokenizer(
+        [*_IDEFICS_SPECIALS, "<video>"],
+        bos="<|im_start|>",
+        eos="<end_of_utterance>",
+        pad="<|endoftext|>",
+        chat_template=_IDEFICS_TEMPLATE,
+    )
     patch = 16
     config = SmolVLMConfig(
-        vision_config={"hidden_size": hidden, "intermediate_size": hidden * 2,
-                       "num_hidden_layers": vision_layers, "num_attention_heads": heads,
-                       "image_size": image_size, "patch_size": patch},
+        vision_config={
+            "hidden_size": hidden,
+            "intermediate_size": hidden * 2,
+            "num_hidden_layers": vision_layers,
+            "num_attention_heads": heads,
+            "image_size": image_size,
+            "patch_size": patch,
+        },
         text_config=_llama_text(tokenizer, hidden=hidden, layers=layers, heads=heads),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         scale_factor=2,
@@ -515,14 +636,16 @@ def build_smolvlm(*, hidden: int = 64, layers: int = 2, vision_layers: int = 2, 
     processor = SmolVLMProcessor(
         image_processor=SmolVLMImageProcessor(size=size, max_image_size=size, do_image_splitting=False),
         video_processor=SmolVLMVideoProcessor(size=size, max_image_size=size),
-        tokenizer=tokenizer, image_seq_len=(image_size // patch) ** 2 // 4,
+        tokenizer=tokenizer,
+        image_seq_len=(image_size // patch) ** 2 // 4,
         chat_template=_IDEFICS_TEMPLATE,
     )
     return model, processor
 
 
-def build_paligemma(*, hidden: int = 64, layers: int = 2, vision_layers: int = 2, heads: int = 4,
-                    image_size: int = 56) -> tuple[Any, Any]:
+def build_paligemma(
+    *, hidden: int = 64, layers: int = 2, vision_layers: int = 2, heads: int = 4, image_size: int = 56
+) -> tuple[Any, Any]:
     from transformers import (
         PaliGemmaConfig,
         PaliGemmaForConditionalGeneration,
@@ -531,8 +654,9 @@ def build_paligemma(*, hidden: int = 64, layers: int = 2, vision_layers: int = 2
     )
 
     # PaliGemma has no chat template: the processor lays out <image>*n <bos> prefix \n.
-    tokenizer = char_tokenizer(["<image>"], bos="<bos>", eos="<eos>", pad="<pad>",
-                               named={"image_token": "<image>"})
+    tokenizer = char_tokenizer(
+        ["<image>"], bos="<bos>", eos="<eos>", pad="<pad>", named={"image_token": "<image>"}
+    )
     patch = 14
     seq = (image_size // patch) ** 2
     image_processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
@@ -541,8 +665,15 @@ def build_paligemma(*, hidden: int = 64, layers: int = 2, vision_layers: int = 2
     # The processor adds the <locNNNN>/<segNNN> tokens, so the vocabulary is sized after it.
     text = _llama_text(tokenizer, hidden=hidden, layers=layers, heads=heads, model_type="gemma")
     config = PaliGemmaConfig(
-        vision_config=_vit("siglip_vision_model", hidden=hidden, layers=vision_layers, heads=heads,
-                           image_size=image_size, patch=patch) | {"projection_dim": hidden},
+        vision_config=_vit(
+            "siglip_vision_model",
+            hidden=hidden,
+            layers=vision_layers,
+            heads=heads,
+            image_size=image_size,
+            patch=patch,
+        )
+        | {"projection_dim": hidden},
         text_config=text,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         projection_dim=hidden,
@@ -553,8 +684,9 @@ def build_paligemma(*, hidden: int = 64, layers: int = 2, vision_layers: int = 2
     return model, processor
 
 
-def build_gemma3(*, hidden: int = 64, layers: int = 2, vision_layers: int = 2, heads: int = 4,
-                 image_size: int = 56) -> tuple[Any, Any]:
+def build_gemma3(
+    *, hidden: int = 64, layers: int = 2, vision_layers: int = 2, heads: int = 4, image_size: int = 56
+) -> tuple[Any, Any]:
     from transformers import (
         Gemma3Config,
         Gemma3ForConditionalGeneration,
@@ -562,23 +694,47 @@ def build_gemma3(*, hidden: int = 64, layers: int = 2, vision_layers: int = 2, h
         Gemma3Processor,
     )
 
-    named = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
-             "image_token": "<image_soft_token>"}
-    template = role_template(bos="<bos>", user="<start_of_turn>user\n",
-                             assistant="<start_of_turn>model\n", end="<end_of_turn>\n",
-                             image="<start_of_image>")
-    tokenizer = char_tokenizer(["<start_of_turn>", "<end_of_turn>"], bos="<bos>", eos="<end_of_turn>",
-                               pad="<pad>", chat_template=template, named=named)
+    named = {
+        "boi_token": "<start_of_image>",
+        "eoi_token": "<end_of_image>",
+        "image_token": "<image_soft_token>",
+    }
+    template = role_template(
+        bos="<bos>",
+        user="<start_of_turn>user\n",
+        assistant="<start_of_turn>model\n",
+        end="<end_of_turn>\n",
+        image="<start_of_image>",
+    )
+    tokenizer = char_tokenizer(
+        ["<start_of_turn>", "<end_of_turn>"],
+        bos="<bos>",
+        eos="<end_of_turn>",
+        pad="<pad>",
+        chat_template=template,
+        named=named,
+    )
     patch = 14
     per_side = image_size // patch
     tokens = (per_side // 2) ** 2
     text = _llama_text(tokenizer, hidden=hidden, layers=layers, heads=heads, model_type="gemma3_text")
-    text.update({"sliding_window": 64, "query_pre_attn_scalar": hidden // heads,
-                 "layer_types": ["sliding_attention"] * (layers - 1) + ["full_attention"]})
+    text.update(
+        {
+            "sliding_window": 64,
+            "query_pre_attn_scalar": hidden // heads,
+            "layer_types": ["sliding_attention"] * (layers - 1) + ["full_attention"],
+        }
+    )
     config = Gemma3Config(
         text_config=text,
-        vision_config=_vit("siglip_vision_model", hidden=hidden, layers=vision_layers, heads=heads,
-                           image_size=image_size, patch=patch),
+        vision_config=_vit(
+            "siglip_vision_model",
+            hidden=hidden,
+            layers=vision_layers,
+            heads=heads,
+            image_size=image_size,
+            patch=patch,
+        ),
         mm_tokens_per_image=tokens,
         boi_token_index=tokenizer.convert_tokens_to_ids("<start_of_image>"),
         eoi_token_index=tokenizer.convert_tokens_to_ids("<end_of_image>"),
@@ -588,7 +744,9 @@ def build_gemma3(*, hidden: int = 64, layers: int = 2, vision_layers: int = 2, h
     model = Gemma3ForConditionalGeneration(config)
     processor = Gemma3Processor(
         image_processor=Gemma3ImageProcessor(size={"height": image_size, "width": image_size}),
-        tokenizer=tokenizer, image_seq_length=tokens, chat_template=template,
+        tokenizer=tokenizer,
+        image_seq_length=tokens,
+        chat_template=template,
     )
     return model, processor
 

@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tests.conftest import train_config
+from vlsweep.cli import app
+
+runner = CliRunner()
+
+
+def _write(tmp_path: Path, cfg: dict | str, name: str = "cfg.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(cfg if isinstance(cfg, str) else yaml.safe_dump(cfg))
+    return path
+
+
+def _errors(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+
+
+def test_help_lists_the_commands_and_does_not_import_torch():
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from vlsweep.cli import app; from typer.testing import CliRunner;"
+            "r = CliRunner().invoke(app, ['--help']); print(r.output);"
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for cmd in ("train", "validate", "data"):
+        assert cmd in out
+    assert "NO-TORCH" in out
+
+
+@pytest.mark.parametrize(
+    "mutation, field",
+    [
+        ({"budget": {"steps": 0}}, "budget.steps"),
+        ({"params": {"lr_llm": -1.0}}, "params.lr_llm"),
+        ({"params": {"weight_ocr": 1.5}}, "params.weight_ocr"),
+        ({"lora": {"projector": "half"}}, "lora.projector"),
+        ({"model": {"dtype": "float8"}}, "model.dtype"),
+        ({"budgett": {"steps": 3}}, "budgett"),
+        ({"params": {"lr_vison": 1e-3}}, "params.lr_vison"),
+        ({"data": {"train": {"path": "x.json", "format": "sharegpt"}}}, "data.train.0"),
+    ],
+)
+def test_bad_config_exits_2_and_names_the_field(tmp_path, demo_data, mutation, field):
+    cfg = train_config("builtin:tiny-qwen2-vl", demo_data)
+    for key, value in mutation.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(cfg.get(key), dict) else value
+    path = _write(tmp_path, cfg)
+    for command in ("validate", "train"):
+        result = runner.invoke(app, [command, str(path)])
+        assert result.exit_code == 2, result.output
+        errors = _errors(result)
+        assert errors and any(f"{path}: {field}" in e for e in errors), result.stderr
+        assert "Traceback" not in result.output
+
+
+def test_all_config_problems_are_reported_at_once(tmp_path, demo_data):
+    cfg = train_config("builtin:tiny-qwen2-vl", demo_data)
+    cfg["budget"]["steps"] = -1
+    cfg["params"] = {"lr_llm": "fast", "lora_r": 0}
+    result = runner.invoke(app, ["validate", str(_write(tmp_path, cfg))])
+    assert result.exit_code == 2
+    assert len(_errors(result)) == 3, result.stderr
+
+
+def test_bad_yaml_names_the_line(tmp_path):
+    path = _write(tmp_path, "name: x\nmodel: [unclosed\n")
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2
+    assert _errors(result)[0].startswith(f"error: {path}:")
+
+
+def test_missing_config_file(tmp_path):
+    result = runner.invoke(app, ["train", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2 and "no such config file" in result.stderr
+
+
+def test_bad_data_exits_2_with_file_and_line(tmp_path, demo_data):
+    bad = tmp_path / "train.jsonl"
+    lines = (demo_data / "train.jsonl").read_text().splitlines()
+    rec = json.loads(lines[-1])
+    assert rec["task"] == "grounding"
+    rec["box"] = [50, 50, 10, 10]
+    rec["image"] = str(demo_data / rec["image"])
+    bad.write_text(
+        json.dumps({"image": "gone.png", "task": "ocr", "text": "A"}) + "\n" + json.dumps(rec) + "\n"
+    )
+    cfg = train_config("builtin:tiny-qwen2-vl", demo_data)
+    cfg["data"]["train"] = str(bad)
+    path = _write(tmp_path, cfg)
+    for command in ("validate", "train"):
+        result = runner.invoke(app, [command, str(path)])
+        assert result.exit_code == 2, result.output
+        errors = _errors(result)
+        assert any(f"{bad}:1: " in e and "does not exist" in e for e in errors), errors
+        assert any(f"{bad}:2: " in e and "x2 > x1" in e for e in errors), errors
+        assert "Traceback" not in result.output
+    check = runner.invoke(app, ["data", "check", str(bad)])
+    assert check.exit_code == 2 and len(_errors(check)) == 2
+
+
+def test_a_task_without_validation_samples_is_an_error(tmp_path, demo_data):
+    only_ocr = tmp_path / "val.jsonl"
+    lines = [json.loads(x) for x in (demo_data / "val.jsonl").read_text().splitlines()]
+    only_ocr.write_text(
+        "".join(
+            json.dumps({**r, "image": str(demo_data / r["image"])}) + "\n"
+            for r in lines
+            if r["task"] == "ocr"
+        )
+    )
+    cfg = train_config("builtin:tiny-qwen2-vl", demo_data)
+    cfg["data"]["val"] = str(only_ocr)
+    result = runner.invoke(app, ["validate", str(_write(tmp_path, cfg))])
+    assert result.exit_code == 2
+    assert any("data.val: no samples of task 'grounding'" in e for e in _errors(result))
+
+
+def test_unknown_builtin_and_missing_model_dir(tmp_path, demo_data):
+    for name, needle in [
+        ("builtin:tiny-nothing", "unknown builtin model"),
+        (str(tmp_path / "no-such-dir"), "does not exist"),
+    ]:
+        path = _write(tmp_path, train_config(name, demo_data))
+        result = runner.invoke(app, ["train", str(path)])
+        assert result.exit_code == 2 and any(needle in e for e in _errors(result)), result.output
+
+
+def test_pickle_only_checkpoints_are_refused(tmp_path, demo_data):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "pytorch_model.bin").write_bytes(b"\x80\x04")
+    result = runner.invoke(app, ["train", str(_write(tmp_path, train_config(ckpt, demo_data)))])
+    assert result.exit_code == 2 and "pickle" in result.stderr
+
+
+def test_data_demo_then_check(tmp_path):
+    out = tmp_path / "demo"
+    result = runner.invoke(app, ["data", "demo", str(out), "--n-train", "6", "--n-val", "4"])
+    assert result.exit_code == 0, result.output
+    check = runner.invoke(app, ["data", "check", str(out / "train.jsonl"), str(out / "val.jsonl")])
+    assert check.exit_code == 0 and check.stdout.count("ok: ") == 2
+
+
+def test_train_writes_metrics_and_adapter(tmp_path, tiny_checkpoint, demo_data):
+    path = _write(tmp_path, train_config(tiny_checkpoint("qwen2_vl"), demo_data))
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(path), "-o", str(out), "--eval-base"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["cer"] >= 0 and 0 <= metrics["iou"] <= 1
+    assert {"cer", "iou"} <= set(metrics["base"])
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert json.loads(result.stdout.strip().splitlines()[-1])["cer"] == metrics["cer"]
