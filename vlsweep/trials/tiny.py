@@ -553,25 +553,25 @@ _IDEFICS_TEMPLATE = role_template(
 )
 
 
-def build_idefics3(
-    *, hidden: int = 64, layers: int = 2, vision_layers: int = 2, heads: int = 4, image_size: int = 64
+def _build_idefics_like(
+    prefix: str, *, hidden: int, layers: int, vision_layers: int, heads: int, image_size: int
 ) -> tuple[Any, Any]:
-    from transformers import (
-        Idefics3Config,
-        Idefics3ForConditionalGeneration,
-        Idefics3ImageProcessor,
-        Idefics3Processor,
-    )
+    """Idefics3 and SmolVLM share one architecture; SmolVLM adds a video processor."""
+    import transformers
 
+    def cls(suffix: str) -> Any:
+        return getattr(transformers, prefix + suffix)
+
+    video = prefix == "SmolVLM"
     tokenizer = char_tokenizer(
-        _IDEFICS_SPECIALS,
+        [*_IDEFICS_SPECIALS, *(["<video>"] if video else [])],
         bos="<|im_start|>",
         eos="<end_of_utterance>",
         pad="<|endoftext|>",
         chat_template=_IDEFICS_TEMPLATE,
     )
     patch = 16
-    config = Idefics3Config(
+    config = cls("Config")(
         vision_config={
             "hidden_size": hidden,
             "intermediate_size": hidden * 2,
@@ -584,63 +584,31 @@ def build_idefics3(
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         scale_factor=2,
     )
-    model = Idefics3ForConditionalGeneration(config)
-    image_processor = Idefics3ImageProcessor(
-        size={"longest_edge": image_size},
-        max_image_size={"longest_edge": image_size},
-        do_image_splitting=False,
-    )
-    processor = Idefics3Processor(
-        image_processor=image_processor,
+    model = cls("ForConditionalGeneration")(config)
+    size = {"longest_edge": image_size}
+    extra = {"video_processor": cls("VideoProcessor")(size=size, max_image_size=size)} if video else {}
+    processor = cls("Processor")(
+        image_processor=cls("ImageProcessor")(size=size, max_image_size=size, do_image_splitting=False),
         tokenizer=tokenizer,
         image_seq_len=(image_size // patch) ** 2 // 4,
         chat_template=_IDEFICS_TEMPLATE,
+        **extra,
     )
     return model, processor
+
+
+def build_idefics3(
+    *, hidden: int = 64, layers: int = 2, vision_layers: int = 2, heads: int = 4, image_size: int = 64
+) -> tuple[Any, Any]:
+    return _build_idefics_like("Idefics3", hidden=hidden, layers=layers, vision_layers=vision_layers,
+                               heads=heads, image_size=image_size)
 
 
 def build_smolvlm(
     *, hidden: int = 64, layers: int = 2, vision_layers: int = 2, heads: int = 4, image_size: int = 64
 ) -> tuple[Any, Any]:
-    from transformers import (
-        SmolVLMConfig,
-        SmolVLMForConditionalGeneration,
-        SmolVLMImageProcessor,
-        SmolVLMProcessor,
-        SmolVLMVideoProcessor,
-    )
-
-    tokenizer = char_tokenizer(
-        [*_IDEFICS_SPECIALS, "<video>"],
-        bos="<|im_start|>",
-        eos="<end_of_utterance>",
-        pad="<|endoftext|>",
-        chat_template=_IDEFICS_TEMPLATE,
-    )
-    patch = 16
-    config = SmolVLMConfig(
-        vision_config={
-            "hidden_size": hidden,
-            "intermediate_size": hidden * 2,
-            "num_hidden_layers": vision_layers,
-            "num_attention_heads": heads,
-            "image_size": image_size,
-            "patch_size": patch,
-        },
-        text_config=_llama_text(tokenizer, hidden=hidden, layers=layers, heads=heads),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        scale_factor=2,
-    )
-    model = SmolVLMForConditionalGeneration(config)
-    size = {"longest_edge": image_size}
-    processor = SmolVLMProcessor(
-        image_processor=SmolVLMImageProcessor(size=size, max_image_size=size, do_image_splitting=False),
-        video_processor=SmolVLMVideoProcessor(size=size, max_image_size=size),
-        tokenizer=tokenizer,
-        image_seq_len=(image_size // patch) ** 2 // 4,
-        chat_template=_IDEFICS_TEMPLATE,
-    )
-    return model, processor
+    return _build_idefics_like("SmolVLM", hidden=hidden, layers=layers, vision_layers=vision_layers,
+                               heads=heads, image_size=image_size)
 
 
 def build_paligemma(
