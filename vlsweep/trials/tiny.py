@@ -117,15 +117,13 @@ def _qwen_tokenizer() -> Any:
 
 
 def _qwen_processor(processor_cls: Any, tokenizer: Any, *, patch_size: int, max_pixels: int) -> Any:
-    from transformers import AutoImageProcessor, AutoVideoProcessor
+    import transformers
 
     image_processor_name, video_processor_name = {
         "Qwen2VLProcessor": ("Qwen2VLImageProcessor", "Qwen2VLVideoProcessor"),
         "Qwen2_5_VLProcessor": ("Qwen2VLImageProcessor", "Qwen2VLVideoProcessor"),
         "Qwen3VLProcessor": ("Qwen2VLImageProcessor", "Qwen3VLVideoProcessor"),
     }[processor_cls.__name__]
-    import transformers
-
     size = {"shortest_edge": 4 * (2 * patch_size) ** 2, "longest_edge": max_pixels}
     image_processor = getattr(transformers, image_processor_name)(
         size=size, patch_size=patch_size, merge_size=2, temporal_patch_size=2
@@ -133,7 +131,6 @@ def _qwen_processor(processor_cls: Any, tokenizer: Any, *, patch_size: int, max_
     video_processor = getattr(transformers, video_processor_name)(
         size=size, patch_size=patch_size, merge_size=2, temporal_patch_size=2
     )
-    del AutoImageProcessor, AutoVideoProcessor
     return processor_cls(
         image_processor=image_processor,
         tokenizer=tokenizer,
