@@ -14,12 +14,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 2 acceptance item 1 is not met yet: the builtin tiny base model lowers both "
-    "validation losses when fine-tuned, but its greedy grounding answers collapse to a few boxes, "
-    "so IoU does not rise; strict, so this flags itself once the recipe is fixed",
-)
 def test_demo_train_improves_cer_and_iou_over_the_base_model(tmp_path):
     # Builds and caches builtin:tiny-qwen2-vl on first use (minutes), then fine-tunes.
     result = CliRunner().invoke(

@@ -169,7 +169,9 @@ def format_validation_error(err: ValidationError, source: str) -> list[str]:
         elif e["type"] == "missing":
             msg = "required key is missing"
         got = e.get("input")
-        shown = "" if e["type"] in ("missing",) or isinstance(got, dict) else f" (got {got!r})"
+        # A storage URL may hold a password: never echo it.
+        secret = loc.split(".")[-1] == "storage"
+        shown = "" if e["type"] in ("missing",) or isinstance(got, dict) or secret else f" (got {got!r})"
         lines.append(f"{source}: {loc}: {msg}{shown}")
     return lines
 

@@ -136,6 +136,7 @@ class Trainer:
         self.train_enc = [self.encoder.encode(r) for r in data.train]
         self.val_enc = [self.encoder.encode(r) for r in data.val]
         self.encode_seconds = time.perf_counter() - t0
+        self.last_predictions: list[str] = []
         self.model: Any = None
         self.groups: list[dict[str, Any]] = []
 
@@ -252,11 +253,29 @@ class Trainer:
         model.eval()
         try:
             texts = self._generate(model)
+            self.last_predictions = texts
             metrics = self._score(texts)
             metrics.update(self._val_loss(model))
         finally:
             model.train(was_training)
         return metrics
+
+    def predictions_jsonl(self) -> str:
+        """The last evaluation's answers next to the references, one JSON line per val sample."""
+        rows = []
+        for text, rec, enc in zip(self.last_predictions, self.data.val, self.val_enc, strict=True):
+            rows.append(
+                json.dumps(
+                    {
+                        "image": str(rec.image),
+                        "task": rec.task,
+                        "query": rec.query,
+                        "label": enc.answer,
+                        "predict": text,
+                    }
+                )
+            )
+        return "".join(r + "\n" for r in rows)
 
     def _generate(self, model: Any) -> list[str]:
         tok = self.encoder.tokenizer
@@ -426,6 +445,7 @@ def run_trial(
             trainer.model.save_pretrained(output_dir / "adapter")
             (output_dir / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log_rows))
             (output_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+            (output_dir / "predictions.jsonl").write_text(trainer.predictions_jsonl())
     finally:
         if not owns_base and trainer.model is not None:
             trainer.detach()

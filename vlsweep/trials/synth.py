@@ -59,11 +59,13 @@ def _word(rng: random.Random, lo: int, hi: int, alphabet: str = ALPHABET) -> str
     return "".join(rng.choice(alphabet) for _ in range(rng.randint(lo, hi)))
 
 
-def ocr_sample(rng: random.Random, style: Style):  # noqa: ANN201
-    """An image with one short word; returns (image, text).
+def ocr_scene(rng: random.Random, style: Style):  # noqa: ANN201
+    """An image with one short digit string; returns (image, text, glyph boxes).
 
     Glyphs sit on a 28-pixel pitch (the area one merged visual token covers in Qwen2-VL)
     with a few pixels of jitter: a tiny model can learn to read it in a CPU-minute budget.
+    The glyph boxes (one ``(char, [x1, y1, x2, y2])`` per character) are what the builtin
+    models' vision pretraining supervises.
     """
     from PIL import Image, ImageDraw
 
@@ -73,17 +75,25 @@ def ocr_sample(rng: random.Random, style: Style):  # noqa: ANN201
     font = _font(rng.randint(*style.font_sizes) + 4)
     ink = rng.choice(style.ink)
     pitch = OCR_SIZE[0] // 5
+    glyphs: list[tuple[str, list[int]]] = []
     for i, ch in enumerate(text):
         left, t, r, b = draw.textbbox((0, 0), ch, font=font)
         x = i * pitch + (pitch - (r - left)) // 2 + rng.randint(-3, 3) - left
         y = (OCR_SIZE[1] - (b - t)) // 2 + rng.randint(-2, 2) - t
         draw.text((x, y), ch, font=font, fill=ink)
+        glyphs.append((ch, [x + left, y + t, x + r, y + b]))
+    return img, text, glyphs
+
+
+def ocr_sample(rng: random.Random, style: Style):  # noqa: ANN201
+    """An image with one short digit string; returns (image, text)."""
+    img, text, _ = ocr_scene(rng, style)
     return img, text
 
 
-def grounding_sample(rng: random.Random, style: Style):  # noqa: ANN201
-    """An image with 2-3 coloured words in distinct cells of a 4x3 grid; returns
-    (image, query, exact pixel box of the queried word)."""
+def grounding_scene(rng: random.Random, style: Style):  # noqa: ANN201
+    """An image with 2-3 coloured words in distinct cells of a 2x3 grid; returns
+    (image, {colour name: exact pixel box of its word})."""
     from PIL import Image, ImageDraw
 
     img = Image.new("RGB", GROUNDING_SIZE, rng.choice(style.backgrounds))
@@ -102,6 +112,12 @@ def grounding_sample(rng: random.Random, style: Style):  # noqa: ANN201
         y = r * cell_h + rng.randint(1, max(1, cell_h - h - 2))
         draw.text((x - left, y - t), text, font=font, fill=style.colors[name])
         boxes[name] = [x, y, x + w, y + h]
+    return img, boxes
+
+
+def grounding_sample(rng: random.Random, style: Style):  # noqa: ANN201
+    """A grounding scene and one query; returns (image, query, exact pixel box)."""
+    img, boxes = grounding_scene(rng, style)
     target = rng.choice(sorted(boxes))
     return img, f"the {target} text", boxes[target]
 

@@ -374,8 +374,10 @@ def build_llava(
         vision_feature_layer=-1,
     )
     model = LlavaForConditionalGeneration(config)
+    # Squash to a square rather than crop its centre (CLIP's default), which would cut
+    # most of a wide OCR strip away.
     image_processor = CLIPImageProcessor(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+        size={"height": image_size, "width": image_size}, do_center_crop=False
     )
     processor = LlavaProcessor(
         image_processor=image_processor,
@@ -597,15 +599,27 @@ def _build_idefics_like(
 def build_idefics3(
     *, hidden: int = 64, layers: int = 2, vision_layers: int = 2, heads: int = 4, image_size: int = 64
 ) -> tuple[Any, Any]:
-    return _build_idefics_like("Idefics3", hidden=hidden, layers=layers, vision_layers=vision_layers,
-                               heads=heads, image_size=image_size)
+    return _build_idefics_like(
+        "Idefics3",
+        hidden=hidden,
+        layers=layers,
+        vision_layers=vision_layers,
+        heads=heads,
+        image_size=image_size,
+    )
 
 
 def build_smolvlm(
     *, hidden: int = 64, layers: int = 2, vision_layers: int = 2, heads: int = 4, image_size: int = 64
 ) -> tuple[Any, Any]:
-    return _build_idefics_like("SmolVLM", hidden=hidden, layers=layers, vision_layers=vision_layers,
-                               heads=heads, image_size=image_size)
+    return _build_idefics_like(
+        "SmolVLM",
+        hidden=hidden,
+        layers=layers,
+        vision_layers=vision_layers,
+        heads=heads,
+        image_size=image_size,
+    )
 
 
 def build_paligemma(
