@@ -80,16 +80,115 @@ def train(
 
 @app.command()
 def validate(config: Annotated[Path, typer.Argument(help="config YAML to check")]) -> None:
-    """Report every problem in a config and its data, without running anything."""
+    """Report every problem in a config (train or sweep) and its data, without running anything."""
     try:
-        from vlsweep.config import load_train_config
+        from vlsweep.config import load_train_config, read_yaml
+        from vlsweep.search.config import SWEEP_KEYS, load_sweep_config
         from vlsweep.trials.engine import load_data
 
-        cfg, base_dir = load_train_config(config)
-        data = load_data(cfg.data, base_dir)
+        raw = read_yaml(config)
+        kind = "sweep" if SWEEP_KEYS & set(raw) else "train"
+        if kind == "sweep":
+            sweep, base_dir = load_sweep_config(config, raw)
+            data_cfg = sweep.data
+        else:
+            cfg, base_dir = load_train_config(config)
+            data_cfg = cfg.data
+        data = load_data(data_cfg, base_dir)
     except UserInputError as err:
         _fail(err)
-    typer.echo(f"ok: {config}: {len(data.train)} train and {len(data.val)} val samples, tasks {data.tasks}")
+    typer.echo(
+        f"ok: {config} ({kind} config): {len(data.train)} train and {len(data.val)} val samples, "
+        f"tasks {data.tasks}"
+    )
+
+
+StorageOpt = Annotated[
+    str | None,
+    typer.Option("--storage", help="SQLAlchemy URL (else $VLSWEEP_STORAGE, else sqlite:///vlsweep.db)"),
+]
+AddressOpt = Annotated[
+    str | None, typer.Option("--address", help="Ray cluster address (default: start a local Ray)")
+]
+
+
+def _default_sweep_config() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("vlsweep") / "configs" / "demo-sweep.yaml"))
+
+
+def _print_front(study: object) -> None:
+    from vlsweep.search.status import front_table
+
+    typer.echo(front_table(study))
+
+
+@app.command()
+def launch(
+    config: Annotated[
+        Path | None,
+        typer.Argument(help="sweep config YAML; none = the embedded demo (examples/demo-sweep.yaml)"),
+    ] = None,
+    storage: StorageOpt = None,
+    address: AddressOpt = None,
+) -> None:
+    """Run a sweep: Ray Tune runs the trials, Optuna proposes them (Pareto front of CER and IoU)."""
+    try:
+        from vlsweep.search.config import load_sweep_config
+        from vlsweep.search.runner import run_sweep
+        from vlsweep.search.study import storage_url
+        from vlsweep.trials.engine import load_data
+
+        path = config or _default_sweep_config()
+        cfg, base_dir = load_sweep_config(path)
+        load_data(cfg.data, base_dir)  # every data problem before Ray starts
+        url = storage_url(storage, cfg.storage)
+        _echo(f"vlsweep launch: {path if config else 'embedded demo (examples/demo-sweep.yaml)'}")
+        study = run_sweep(cfg, base_dir, url, address=address, log=_echo)
+    except UserInputError as err:
+        _fail(err)
+    _print_front(study)
+
+
+@app.command()
+def resume(
+    name: Annotated[str, typer.Argument(help="study name of the interrupted sweep")],
+    storage: StorageOpt = None,
+    address: AddressOpt = None,
+) -> None:
+    """Continue an interrupted sweep to its trial budget (lost trials re-run with their parameters)."""
+    try:
+        from vlsweep.search.config import SweepConfig
+        from vlsweep.search.runner import run_sweep
+        from vlsweep.search.study import load_existing, storage_url
+
+        url = storage_url(storage)
+        study = load_existing(url, name)
+        raw = study.user_attrs.get("config")
+        if not raw:
+            raise UserInputError(
+                f"study {name!r} was not made by vlsweep launch (no config attr); cannot resume"
+            )
+        cfg = SweepConfig.model_validate(raw)
+        study = run_sweep(cfg, Path.cwd(), url, address=address, resume=True, log=_echo)
+    except UserInputError as err:
+        _fail(err)
+    _print_front(study)
+
+
+@app.command()
+def status(
+    name: Annotated[str | None, typer.Argument(help="study name; none = list the studies")] = None,
+    storage: StorageOpt = None,
+) -> None:
+    """Trial counts by state and the current Pareto front as a table."""
+    try:
+        from vlsweep.search.status import status_text
+
+        typer.echo(status_text(name, storage))
+    except UserInputError as err:
+        _fail(err)
 
 
 @data_app.command("demo")

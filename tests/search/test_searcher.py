@@ -1,0 +1,91 @@
+"""The searcher's bookkeeping against a real Optuna study (Ray Tune drives it in test_sweep.py)."""
+
+import math
+import pickle
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from vlsweep.search.searcher import OptunaAskTellSearcher
+from vlsweep.spaces import parse_space
+
+
+@pytest.fixture
+def searcher(tmp_path):
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="t", storage=storage, directions=["minimize", "maximize"])
+    study.set_metric_names(["cer", "iou"])
+    space, _ = parse_space(None)
+    return OptunaAskTellSearcher(
+        study, space, {"lora.vision": False, "lora.projector": "full"}, ["cer", "iou"], 100,
+        constraints=[("cer", "<=", 0.5)],
+    )
+
+
+def _only(s):
+    (t,) = s.study.get_trials()
+    return t
+
+
+def test_complete_with_values_user_attrs_and_constraint(searcher):
+    cfg = searcher.suggest("ray_a")
+    assert cfg["optuna_trial"] == 0 and "lr_llm" in cfg["params"]
+    assert _only(searcher).user_attrs["ray_trial_id"] == "ray_a"
+    searcher.on_trial_result("ray_a", {"steps": 50, "cer": 0.9, "iou": 0.1})
+    searcher.on_trial_complete("ray_a", {"steps": 100, "cer": 0.3, "iou": 0.4, "train_seconds": 2.0})
+    t = _only(searcher)
+    assert t.state == TrialState.COMPLETE and t.values == [0.3, 0.4]
+    assert t.user_attrs["steps"] == 100 and t.user_attrs["train_seconds"] == 2.0
+    assert t.constraints == {"cer <= 0.5": pytest.approx(-0.2)}
+
+
+@pytest.mark.parametrize(
+    ("result", "reason"),
+    [
+        ({"steps": 100, "cer": math.nan, "iou": 0.4}, "metric 'cer' is nan"),
+        ({"steps": 100, "cer": 0.2, "iou": math.inf}, "metric 'iou' is inf"),
+        ({"steps": 100, "cer": 0.2}, "metric 'iou' is missing"),
+        ({"steps": 3, "vlsweep_error": "FloatingPointError: training loss is nan at step 3"}, "training loss is nan"),
+        (None, "without reporting any result"),
+    ],
+)
+def test_bad_results_fail_with_the_reason(searcher, result, reason):
+    searcher.suggest("r")
+    searcher.on_trial_complete("r", result)
+    t = _only(searcher)
+    assert t.state == TrialState.FAIL
+    assert reason in t.user_attrs["error"]
+
+
+def test_scheduler_stopped_trial_is_pruned_with_steps(searcher):
+    searcher.suggest("r")
+    searcher.on_trial_result("r", {"steps": 25, "cer": 0.1, "iou": 0.9})
+    searcher.on_trial_complete("r", {"steps": 25, "cer": 0.1, "iou": 0.9})
+    t = _only(searcher)
+    assert t.state == TrialState.PRUNED and t.user_attrs["steps"] == 25
+    assert searcher.study.best_trials == []
+
+
+def test_worker_failure_gets_rays_message_and_close_leaves_nothing_running(searcher):
+    searcher.suggest("a")
+    searcher.suggest("b")
+    searcher.suggest("c")
+    searcher.on_trial_complete("a", error=True)
+    searcher.fail("a", "the Ray worker failed: ActorDiedError")
+    searcher.on_trial_complete("b", error=True)  # its message never arrives
+    searcher.close()
+    states = {t.user_attrs["ray_trial_id"]: t for t in searcher.study.get_trials()}
+    assert all(t.state == TrialState.FAIL for t in states.values())
+    assert "ActorDiedError" in states["a"].user_attrs["error"]
+    assert "worker failed" in states["b"].user_attrs["error"]
+    assert "sweep ended" in states["c"].user_attrs["error"]
+
+
+def test_pickle_holds_no_storage(searcher, tmp_path):
+    searcher.suggest("a")
+    blob = pickle.dumps(searcher)
+    assert b"sqlite" not in blob and b"s.db" not in blob
+    path = tmp_path / "state"
+    searcher.save(str(path))
+    assert "sqlite" not in path.read_text()

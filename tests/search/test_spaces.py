@@ -1,0 +1,84 @@
+import optuna
+import pytest
+
+from vlsweep.search.config import load_sweep_config
+from vlsweep.errors import UserInputError
+from vlsweep.spaces import BASELINE, DEFAULT_SPACE, parse_space, to_trial_params
+
+
+def test_default_space_parses_and_baseline_is_inside_it():
+    space, problems = parse_space(None)
+    assert problems == []
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    study.enqueue_trial(BASELINE)
+    trial = study.ask()
+    values = space.suggest(trial, {"lora.vision": True, "lora.projector": "full"})
+    for name, value in BASELINE.items():
+        assert values[name] == pytest.approx(value), name
+    to_trial_params(values)
+
+
+def test_conditionals_skip_inactive_parameters():
+    space, _ = parse_space(DEFAULT_SPACE)
+    study = optuna.create_study(directions=["minimize", "maximize"], sampler=optuna.samplers.RandomSampler(0))
+    off = space.suggest(study.ask(), {"lora.vision": False, "lora.projector": "frozen"})
+    assert "lr_vision" not in off and "lr_projector" not in off and "lr_llm" in off
+    on = space.suggest(study.ask(), {"lora.vision": True, "lora.projector": "lora"})
+    assert "lr_vision" in on and "lr_projector" in on
+
+
+def test_condition_on_an_earlier_parameter():
+    space, problems = parse_space(
+        {
+            "lora_r": {"type": "categorical", "choices": [4, 64]},
+            "lora_dropout": {"type": "float", "low": 0.0, "high": 0.2, "when": {"lora_r": 64}},
+        }
+    )
+    assert problems == []
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(1))
+    seen = [space.suggest(study.ask(), {}) for _ in range(20)]
+    assert all(("lora_dropout" in v) == (v["lora_r"] == 64) for v in seen)
+
+
+def test_every_space_problem_is_reported_at_once():
+    _, problems = parse_space(
+        {
+            "lr_llm": {"type": "float", "low": 1e-2, "high": 1e-5, "log": True},
+            "lr_vision": {"type": "float", "low": 0.0, "high": 1e-3, "log": True},
+            "lora_r": {"type": "float", "low": 2, "high": 8},
+            "lora_rank": 8,
+            "weight_ocr": {"type": "float", "low": 0.1, "high": 1.5},
+            "lora_dropout": "a lot",
+            "mix_temperature": {"type": "uniform", "low": 1, "high": 2},
+            "warmup_ratio": {"type": "float", "low": 0, "high": 0.1, "when": {"lora.visoin": True}},
+        }
+    )
+    text = "\n".join(problems)
+    assert "space.lr_llm: low (0.01) must not exceed high (1e-05)" in text
+    assert "space.lr_vision: a log-scaled range needs low > 0" in text
+    assert "space.lora_r: lora_r is an integer" in text
+    assert "space.lora_rank: unknown parameter" in text
+    assert "space.weight_ocr: weight_ocr must be in [0, 1]" in text
+    assert "space.lora_dropout: lora_dropout takes a number" in text
+    assert "space.mix_temperature.type: must be one of float, int, categorical" in text
+    assert "space.warmup_ratio.when: unknown key 'lora.visoin'" in text
+    assert len(problems) == 8
+
+
+def test_sweep_config_problems_are_reported_together(tmp_path):
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(
+        "name: bad name\n"
+        "data: {train: a.jsonl, val: a.jsonl}\n"
+        "objectives: [iou, cer]\n"
+        "constraints: ['cer < 0.2', 'wer <= 1']\n"
+        "search: {sampler: cmaes, trials: 0}\n"
+        "storage: postgresql://u:secret@db/x\n"
+        "space: {lr_llm: {type: float, low: 1, high: 0}}\n"
+    )
+    with pytest.raises(UserInputError) as info:
+        load_sweep_config(cfg)
+    text = "\n".join(info.value.problems)
+    for field in ("name", "objectives", "constraints", "search.sampler", "search.trials", "storage", "space.lr_llm"):
+        assert f": {field}" in text, (field, text)
+    assert "secret" not in text

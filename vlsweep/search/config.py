@@ -1,0 +1,233 @@
+"""The sweep config: what ``vlsweep launch`` reads (DESIGN.md section 2).
+
+It extends a train config (model, data, budget, lora, optim, seed) with the search:
+objectives, constraints, space, sampler, trial budget, resources, storage and Ray
+address. Every problem in the file (schema, space, constraints) is reported at once.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from vlsweep.config import (
+    BudgetConfig,
+    DataConfig,
+    LoraConfig,
+    ModelConfig,
+    OptimConfig,
+    ParamsConfig,
+    TrainConfig,
+    _Strict,
+    format_validation_error,
+    read_yaml,
+)
+from vlsweep.errors import UserInputError
+from vlsweep.spaces import Space, parse_space
+
+# The metrics a trial reports that can be objectives or constraints.
+METRICS = {
+    "cer": "minimize",
+    "iou": "maximize",
+    "acc_iou50": "maximize",
+    "parse_fail_rate": "minimize",
+    "val_loss_ocr": "minimize",
+    "val_loss_grounding": "minimize",
+    "train_seconds": "minimize",
+}
+_CONSTRAINT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
+SWEEP_KEYS = {"search", "space", "objectives", "constraints", "resources", "ray", "storage"}
+STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+class Objective(_Strict):
+    name: str
+    direction: Literal["minimize", "maximize"] | None = None
+
+    @model_validator(mode="after")
+    def _known(self) -> Objective:
+        if self.name not in METRICS:
+            raise ValueError(f"unknown metric {self.name!r}; choose from {', '.join(METRICS)}")
+        if self.direction is None:
+            self.direction = METRICS[self.name]  # type: ignore[assignment]
+        return self
+
+
+def _objectives(value: Any) -> Any:
+    if isinstance(value, list):
+        return [{"name": v} if isinstance(v, str) else v for v in value]
+    return value
+
+
+class WarmStart(_Strict):
+    """A known point: with ``values`` it is added as a finished trial, without it is run first."""
+
+    params: dict[str, Any]
+    values: dict[str, float] | None = None
+
+
+class SearchConfig(_Strict):
+    trials: int = Field(default=16, ge=1)
+    max_concurrent: int = Field(default=2, ge=1)
+    sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
+    seed: int | None = 0
+    early_stopping: Literal["none", "asha"] = "none"
+    # Run the un-tuned baseline (vlsweep.spaces.BASELINE) as trial 0.
+    baseline: bool = True
+    warm_start: list[WarmStart] = Field(default_factory=list)
+
+
+class ResourcesConfig(_Strict):
+    cpus_per_trial: float = Field(default=1.0, gt=0)
+    gpus_per_trial: float = Field(default=0.0, ge=0)
+    # Ray restarts a trial whose worker died (node lost, OOM-killed) this many times.
+    retries: int = Field(default=1, ge=0)
+    # Keep workers (and the loaded base model) between trials.
+    reuse_actors: bool = True
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _fraction(cls, value: float) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError("more than one GPU per trial must be a whole number")
+        return value
+
+
+class RayConfig(_Strict):
+    # None: start a local Ray on this machine; "auto" or "ray://host:10001": join a cluster.
+    address: str | None = None
+    num_cpus: int | None = Field(default=None, ge=1)
+    num_gpus: int | None = Field(default=None, ge=0)
+
+
+class SweepConfig(_Strict):
+    name: str = "sweep"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    seed: int = 0
+    objectives: list[Objective] = Field(
+        default_factory=lambda: [Objective(name="cer"), Objective(name="iou")]
+    )
+    # e.g. ["cer <= 0.2"]: trials outside are infeasible and never on the front.
+    constraints: list[str] = Field(default_factory=list)
+    space: dict[str, Any] | None = None
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    # SQLAlchemy URL; else --storage, $VLSWEEP_STORAGE, sqlite:///vlsweep.db.
+    storage: str | None = None
+    output_dir: str | None = None
+
+    _coerce_objectives = field_validator("objectives", mode="before")(_objectives)
+
+    @field_validator("name")
+    @classmethod
+    def _study_name(cls, value: str) -> str:
+        if not STUDY_NAME.match(value):
+            raise ValueError("use letters, digits, '_', '.' and '-' (it names the study and a directory)")
+        return value
+
+    @field_validator("objectives")
+    @classmethod
+    def _cer_iou_first(cls, value: list[Objective]) -> list[Objective]:
+        names = [o.name for o in value]
+        if names[:2] != ["cer", "iou"]:
+            raise ValueError("the objectives start with cer and iou (more may follow)")
+        if len(set(names)) != len(names):
+            raise ValueError(f"an objective is listed twice: {names}")
+        return value
+
+    @field_validator("constraints")
+    @classmethod
+    def _constraints(cls, value: list[str]) -> list[str]:
+        for c in value:
+            m = _CONSTRAINT.match(c)
+            if not m:
+                raise ValueError(f"{c!r}: write a constraint as 'metric <= number' or 'metric >= number'")
+            if m.group(1) not in METRICS:
+                raise ValueError(f"{c!r}: unknown metric {m.group(1)!r}; choose from {', '.join(METRICS)}")
+            float(m.group(3))
+        return value
+
+    @field_validator("storage")
+    @classmethod
+    def _no_password(cls, value: str | None) -> str | None:
+        if value is not None:
+            from sqlalchemy.engine import make_url
+            from sqlalchemy.exc import ArgumentError
+
+            try:
+                url = make_url(value)
+            except ArgumentError:
+                raise ValueError("not an SQLAlchemy URL (e.g. sqlite:///vlsweep.db)") from None
+            if url.password:
+                raise ValueError(
+                    "a config file must not hold a password: drop it from the URL and set "
+                    "PGPASSWORD (or VLSWEEP_STORAGE) in the environment"
+                )
+        return value
+
+    def parsed_constraints(self) -> list[tuple[str, str, float]]:
+        out = []
+        for c in self.constraints:
+            m = _CONSTRAINT.match(c)
+            assert m
+            out.append((m.group(1), m.group(2), float(m.group(3))))
+        return out
+
+    def parsed_space(self) -> Space:
+        space, problems = parse_space(self.space)
+        assert not problems, problems
+        return space
+
+    def settings(self) -> dict[str, Any]:
+        """Config keys a space condition may name."""
+        return {
+            "lora.vision": self.lora.vision,
+            "lora.projector": self.lora.projector,
+            "lora.use_rslora": self.lora.use_rslora,
+        }
+
+    def train_config(self, params: ParamsConfig | None = None) -> TrainConfig:
+        """The train config a trial runs (what ``vlsweep export`` writes, with its params)."""
+        return TrainConfig(
+            name=self.name,
+            model=self.model,
+            data=self.data,
+            budget=self.budget,
+            lora=self.lora,
+            optim=self.optim,
+            params=params or ParamsConfig(),
+            seed=self.seed,
+        )
+
+
+def load_sweep_config(path: str | Path, data: dict[str, Any] | None = None) -> tuple[SweepConfig, Path]:
+    """Load and validate a sweep config; returns it with the directory paths are relative to."""
+    path = Path(path)
+    raw = read_yaml(path) if data is None else data
+    problems: list[str] = []
+    cfg = None
+    try:
+        cfg = SweepConfig.model_validate(raw)
+    except ValidationError as err:
+        problems += format_validation_error(err, str(path))
+    _, space_problems = parse_space(raw.get("space") if isinstance(raw, dict) else None)
+    problems += [f"{path}: {p}" for p in space_problems]
+    if isinstance(raw, dict):
+        for i, point in enumerate((raw.get("search") or {}).get("warm_start") or []):
+            if isinstance(point, dict) and isinstance(point.get("params"), dict):
+                from vlsweep.spaces import PARAM_NAMES
+
+                unknown = [k for k in point["params"] if k not in PARAM_NAMES]
+                if unknown:
+                    problems.append(f"{path}: search.warm_start.{i}.params: unknown parameter(s) {unknown}")
+    if problems or cfg is None:
+        raise UserInputError(problems)
+    return cfg, path.resolve().parent

@@ -1,0 +1,284 @@
+"""``vlsweep launch`` / ``resume``: one Optuna study, trials run by Ray Tune.
+
+The driver opens (or creates) the study, records itself as the study's driver, puts the
+baseline and warm-start points first, then lets Ray Tune run the remaining trial budget
+with ``OptunaAskTellSearcher`` proposing each point. Resuming needs only the study:
+its sanitized config is a study attr, and trials a killed driver left RUNNING are
+failed with a reason and re-queued with the same parameters.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from vlsweep.errors import UserInputError
+from vlsweep.search import study as studies
+from vlsweep.search.config import SweepConfig
+from vlsweep.search.searcher import OptunaAskTellSearcher
+from vlsweep.spaces import BASELINE, Space
+
+Log = Callable[[str], None]
+PROGRESS_EVERY_SECONDS = 10.0
+
+
+def sanitized_config(cfg: SweepConfig, base_dir: Path) -> dict[str, Any]:
+    """The config as stored on the study: data paths made absolute, no storage URL."""
+    from vlsweep.trials.engine import DEMO_DATA
+
+    raw = cfg.model_dump(mode="json", exclude={"storage"})
+    for split in ("train", "val"):
+        for src in raw["data"][split]:
+            p = src["path"]
+            if not p.startswith(DEMO_DATA + "/") and not Path(p).expanduser().is_absolute():
+                src["path"] = str((base_dir / p).resolve())
+    return raw
+
+
+def _distributions(space: Space) -> dict[str, optuna.distributions.BaseDistribution]:
+    from vlsweep.spaces import CategoricalSpec, FloatSpec
+
+    out: dict[str, optuna.distributions.BaseDistribution] = {}
+    for name, spec in space.specs.items():
+        if isinstance(spec, FloatSpec):
+            out[name] = optuna.distributions.FloatDistribution(
+                spec.low, spec.high, log=spec.log, step=spec.step
+            )
+        elif isinstance(spec, CategoricalSpec):
+            out[name] = optuna.distributions.CategoricalDistribution(spec.choices)
+        else:
+            out[name] = optuna.distributions.IntDistribution(
+                spec.low, spec.high, log=spec.log, step=spec.step
+            )
+    return out
+
+
+def _seed_points(study: optuna.Study, cfg: SweepConfig, space: Space) -> None:
+    """Baseline (trial 0) and warm-start points, once, when the study is new."""
+    settings = cfg.settings()
+    if cfg.search.baseline:
+        point = {k: v for k, v in BASELINE.items() if space.active(k, settings, BASELINE)}
+        study.enqueue_trial(point, user_attrs={"baseline": True})
+    dists = _distributions(space)
+    for i, ws in enumerate(cfg.search.warm_start):
+        params = {k: v for k, v in ws.params.items() if k in dists}
+        if ws.values is None:
+            study.enqueue_trial(params, user_attrs={"warm_start": i})
+            continue
+        missing = [m for m in study.metric_names or [] if m not in ws.values]
+        if missing:
+            raise UserInputError(f"search.warm_start.{i}.values: missing objective(s) {missing}")
+        outside = [k for k, v in params.items() if not dists[k]._contains(dists[k].to_internal_repr(v))]
+        if outside:
+            raise UserInputError(f"search.warm_start.{i}.params: {outside} outside the search space")
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions={k: dists[k] for k in params},
+                values=[float(ws.values[m]) for m in study.metric_names],  # type: ignore[union-attr]
+                user_attrs={"warm_start": i},
+            )
+        )
+
+
+def requeue_lost(study: optuna.Study, log: Log) -> int:
+    """Fail trials a killed driver left RUNNING and queue them again with their parameters."""
+    lost = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+    for t in lost:
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        study._storage.set_trial_user_attr(t._trial_id, "requeued", True)
+        study._storage.set_trial_user_attr(
+            t._trial_id, "error", "lost: the sweep driver stopped while this trial ran; re-queued"
+        )
+        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+    if lost:
+        log(f"re-queued {len(lost)} trial(s) lost with the previous driver: {[t.number for t in lost]}")
+    return len(lost)
+
+
+def progress_line(study: optuna.Study, started: float, total: int) -> str:
+    c = studies.counts(study)
+    done = studies.finished_toward_budget(study.get_trials(deepcopy=False))
+    front = studies.pareto_front(study)
+    names = study.metric_names or ["cer", "iou"]
+    shown = ", ".join(
+        "#{} {}".format(
+            t.number, " ".join(f"{n}={studies.fmt(v)}" for n, v in zip(names, t.values, strict=True))
+        )
+        for t in front[:4]
+    )
+    el = time.time() - started
+    return (
+        f"[{int(el // 60):02d}:{int(el % 60):02d}] {done}/{total} trials done: "
+        f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed, {c['RUNNING']} running"
+        + (f" | front: {shown}" + (" ..." if len(front) > 4 else "") if front else "")
+    )
+
+
+def _ray_init(cfg: SweepConfig, address: str | None, log: Log) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or cfg.ray.address
+    if address is None:
+        # A local, single-user Ray: token auth only gets in the way (DESIGN.md, field notes).
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
+    if address is None:
+        kwargs.update(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus)
+    else:
+        kwargs["address"] = address
+    log(f"starting Ray ({'local' if address is None else address}) ...")
+    ray.init(**kwargs)
+
+
+def run_sweep(
+    cfg: SweepConfig,
+    base_dir: Path,
+    storage_url: str,
+    *,
+    address: str | None = None,
+    resume: bool = False,
+    log: Log = print,
+) -> optuna.Study:
+    """Run (or continue) the sweep to its trial budget; returns the study."""
+    from ray import tune
+
+    from vlsweep import __version__
+
+    space = cfg.parsed_space()
+    storage = studies.open_storage(storage_url)
+    sampler = studies.make_sampler(cfg.search.sampler, cfg.search.seed)
+    names = [o.name for o in cfg.objectives]
+    directions = [o.direction or "minimize" for o in cfg.objectives]
+    study = studies.create_or_check(storage, cfg.name, directions, names, sampler)
+    driver = studies.claim_driver(study)
+    out_root = Path(cfg.output_dir or f"runs/{cfg.name}")
+    out_root = (out_root if out_root.is_absolute() else Path.cwd() / out_root).resolve()
+    searcher: OptunaAskTellSearcher | None = None
+    try:
+        if not resume or not study.user_attrs.get("config"):
+            study.set_user_attr("config", sanitized_config(cfg, base_dir))
+            study.set_user_attr("vlsweep_version", __version__)
+        trials = study.get_trials(deepcopy=False)
+        if not trials:
+            _seed_points(study, cfg, space)
+        requeue_lost(study, log)
+        remaining = cfg.search.trials - studies.finished_toward_budget(study.get_trials(deepcopy=False))
+        log(
+            f"study {cfg.name!r} in {studies.masked(storage_url)}: "
+            f"{remaining} of {cfg.search.trials} trials to run"
+        )
+        if remaining <= 0:
+            return study
+        _ray_init(cfg, address, log)
+        spec = cfg.train_config().model_dump(mode="json")
+        spec["data"] = sanitized_config(cfg, base_dir)["data"]
+        from vlsweep.search import worker
+
+        trainable = tune.with_resources(
+            tune.with_parameters(
+                worker.run,
+                spec=spec,
+                base_dir=str(base_dir),
+                out_root=str(out_root),
+                threads=max(1, int(cfg.resources.cpus_per_trial)),
+            ),
+            {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
+        )
+        searcher = OptunaAskTellSearcher(
+            study,
+            space,
+            cfg.settings(),
+            names,
+            cfg.budget.steps,
+            constraints=cfg.parsed_constraints(),
+            run_id=driver,
+        )
+        started = time.time()
+        events = _Events(searcher, study, driver, started, cfg.search.trials, log)
+        scheduler = None
+        if cfg.search.early_stopping == "asha":
+            from ray.tune.schedulers import ASHAScheduler
+
+            scheduler = ASHAScheduler(
+                time_attr="steps",
+                metric=names[0],
+                mode="min" if directions[0] == "minimize" else "max",
+                max_t=cfg.budget.steps,
+                grace_period=max(1, cfg.budget.eval_every or cfg.budget.steps // 4),
+            )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=remaining,
+                max_concurrent_trials=cfg.search.max_concurrent,
+                reuse_actors=cfg.resources.reuse_actors,
+            ),
+            run_config=tune.RunConfig(
+                name=f"{cfg.name}-{int(started)}",
+                storage_path=str(out_root / "ray"),
+                verbose=0,
+                callbacks=[events],
+                failure_config=tune.FailureConfig(max_failures=cfg.resources.retries),
+            ),
+        )
+        tuner.fit()
+        log(progress_line(study, started, cfg.search.trials))
+    finally:
+        if searcher is not None:
+            searcher.close()
+        studies.release_driver(study, driver)
+    return study
+
+
+def _events_class() -> type:
+    from ray.tune import Callback
+
+    class Events(Callback):
+        """Driver-side hooks: Ray's error text onto failed trials, heartbeat, progress."""
+
+        def __init__(self, searcher, study, driver, started, total, log):  # noqa: ANN001
+            self.searcher, self.study, self.driver = searcher, study, driver
+            self.started, self.total, self.log = started, total, log
+            self.last = 0.0
+
+        def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
+            message = "the Ray worker failed"
+            try:
+                err = trial.get_error()
+                if err is not None:
+                    message = f"the Ray worker failed: {str(err).strip().splitlines()[-1]}"
+            except Exception:
+                pass
+            self.searcher.fail(trial.trial_id, message)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
+            self._tick(force=True)
+
+        def on_step_end(self, iteration, trials, **info):  # noqa: ANN001
+            self._tick()
+
+        def _tick(self, force: bool = False) -> None:
+            now = time.time()
+            if force or now - self.last >= PROGRESS_EVERY_SECONDS:
+                self.last = now
+                studies.heartbeat(self.study, self.driver)
+                self.log(progress_line(self.study, self.started, self.total))
+
+    return Events
+
+
+def _Events(*args: Any) -> Any:  # noqa: N802 - reads like the class it builds
+    return _events_class()(*args)

@@ -1,0 +1,183 @@
+"""A Ray Tune ``Searcher`` on Optuna's ask/tell API, written for multi-objective sweeps.
+
+Ray's stock ``OptunaSearch`` is not used (DESIGN.md, field notes, lists why). This one:
+
+- asks one Optuna trial per Ray trial and records ``ray_trial_id`` on it, in the
+  database, before the Ray trial starts;
+- tells COMPLETE only for a full-budget result whose objectives are all finite; a NaN,
+  inf, missing metric or an error the trial reported is FAIL with the reason in the
+  ``error`` user attr; a trial a scheduler stopped early is PRUNED with ``steps``;
+- never leaves a trial RUNNING: ``close()`` fails whatever is still open when the
+  sweep ends, and a Ray worker failure is finished by ``fail()`` with Ray's message;
+- holds no storage URL: pickling it (as Tune's experiment checkpoints do) drops the
+  study, and the state that matters lives in the study database.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
+
+from vlsweep.spaces import Space
+
+# Result keys copied onto the Optuna trial as user attrs (DESIGN.md section 2).
+_ATTR_KEYS = (
+    "train_seconds",
+    "eval_seconds",
+    "parse_fail_rate",
+    "acc_iou50",
+    "val_loss_ocr",
+    "val_loss_grounding",
+    "samples_per_second",
+)
+ERROR_KEY = "vlsweep_error"
+
+
+class OptunaAskTellSearcher(Searcher):
+    def __init__(
+        self,
+        study: optuna.Study,
+        space: Space,
+        settings: dict[str, Any],
+        objectives: list[str],
+        budget_steps: int,
+        constraints: list[tuple[str, str, float]] | None = None,
+        run_id: str = "",
+    ):
+        super().__init__(metric=None, mode=None)
+        self.study = study
+        self.space = space
+        self.settings = settings
+        self.objectives = objectives
+        self.budget_steps = budget_steps
+        self.constraints = constraints or []
+        self.run_id = run_id
+        self._live: dict[str, optuna.Trial] = {}
+        self._steps: dict[str, int] = {}
+        self._reported_error: dict[str, str] = {}
+        self._awaiting_error: dict[str, optuna.Trial] = {}
+
+    # -- Tune's hooks ----------------------------------------------------------------------
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        trial = self.study.ask()
+        values = self.space.suggest(trial, self.settings)
+        trial.set_user_attr("ray_trial_id", trial_id)
+        if self.run_id:
+            trial.set_user_attr("vlsweep_run", self.run_id)
+        self._live[trial_id] = trial
+        return {"params": values, "optuna_trial": trial.number}
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if "steps" in result and result["steps"] is not None:
+            self._steps[trial_id] = int(result["steps"])
+        if result.get(ERROR_KEY):
+            self._reported_error[trial_id] = str(result[ERROR_KEY])
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        trial = self._live.pop(trial_id, None)
+        if trial is None:
+            return
+        if error:
+            # Ray's error message reaches us through fail(), called by the sweep's
+            # callback right after this hook; close() covers the case it never comes.
+            self._awaiting_error[trial_id] = trial
+            return
+        self._finish(trial_id, trial, result)
+
+    def fail(self, trial_id: str, message: str) -> None:
+        """Finish a trial whose Ray worker failed (after Ray's own retries)."""
+        trial = self._awaiting_error.pop(trial_id, None) or self._live.pop(trial_id, None)
+        if trial is not None:
+            self._tell_fail(trial_id, trial, message)
+
+    def close(self, reason: str = "the sweep ended before this trial finished") -> None:
+        """Fail every trial still open, so nothing stays RUNNING."""
+        for trial_id, trial in [*self._live.items(), *self._awaiting_error.items()]:
+            msg = reason if trial_id in self._live else "the Ray worker failed (no message was recorded)"
+            self._tell_fail(trial_id, trial, msg)
+        self._live.clear()
+        self._awaiting_error.clear()
+
+    # State lives in the study database; Tune's experiment checkpoint gets nothing else.
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "w") as f:
+            f.write("vlsweep: searcher state lives in the Optuna study database\n")
+
+    def restore(self, checkpoint_path: str) -> None:
+        return None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "objectives": self.objectives,
+            "budget_steps": self.budget_steps,
+            "study_name": getattr(self.study, "study_name", None),
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.study = None  # type: ignore[assignment]
+        self._live, self._steps, self._reported_error, self._awaiting_error = {}, {}, {}, {}
+
+    # -- telling Optuna --------------------------------------------------------------------
+
+    def _finish(self, trial_id: str, trial: optuna.Trial, result: dict[str, Any] | None) -> None:
+        steps = self._steps.pop(trial_id, None)
+        error = self._reported_error.pop(trial_id, None) or (result or {}).get(ERROR_KEY)
+        if error:
+            self._tell_fail(trial_id, trial, str(error), steps)
+            return
+        if not result:
+            self._tell_fail(trial_id, trial, "the trial ended without reporting any result", steps)
+            return
+        steps = int(result.get("steps") or steps or 0)
+        trial.set_user_attr("steps", steps)
+        for key in _ATTR_KEYS:
+            value = result.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                trial.set_user_attr(key, float(value))
+        if steps < self.budget_steps:
+            # Stopped early by a scheduler: never a COMPLETE point on the front.
+            self.study.tell(trial, state=TrialState.PRUNED)
+            return
+        values = []
+        for name in self.objectives:
+            value = result.get(name)
+            if value is None:
+                self._tell_fail(trial_id, trial, f"metric {name!r} is missing from the final result", steps)
+                return
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                self._tell_fail(trial_id, trial, f"metric {name!r} is not a number: {value!r}", steps)
+                return
+            if not math.isfinite(value):
+                self._tell_fail(trial_id, trial, f"metric {name!r} is {value}", steps)
+                return
+            values.append(value)
+        for metric, op, bound in self.constraints:
+            value = result.get(metric)
+            if value is None or not math.isfinite(float(value)):
+                self._tell_fail(
+                    trial_id, trial, f"constraint metric {metric!r} is missing or not finite", steps
+                )
+                return
+            # Optuna: feasible when every constraint value is <= 0.
+            trial.set_constraint(
+                f"{metric} {op} {bound:g}", float(value) - bound if op == "<=" else bound - float(value)
+            )
+        self.study.tell(trial, values)
+
+    def _tell_fail(self, trial_id: str, trial: optuna.Trial, message: str, steps: int | None = None) -> None:
+        self._steps.pop(trial_id, None)
+        self._reported_error.pop(trial_id, None)
+        trial.set_user_attr("error", message[-2000:])
+        if steps is not None:
+            trial.set_user_attr("steps", steps)
+        self.study.tell(trial, state=TrialState.FAIL)

@@ -1,0 +1,189 @@
+"""The Optuna study behind a sweep: storage, directions, names, attrs, the Pareto front.
+
+The study database is the sweep's source of truth: the mapping from Ray trials to
+Optuna trials, the sanitized config and the driver's heartbeat all live there, so a
+killed sweep can be resumed from the database alone (no pickle needed).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from vlsweep.errors import UserInputError
+
+DEFAULT_STORAGE = "sqlite:///vlsweep.db"
+STORAGE_ENV = "VLSWEEP_STORAGE"
+# A driver that has not written its heartbeat for this long is considered gone.
+HEARTBEAT_STALE_SECONDS = 60.0
+
+
+def storage_url(cli: str | None = None, config: str | None = None) -> str:
+    """--storage, then the config's ``storage``, then $VLSWEEP_STORAGE, then the SQLite default."""
+    return cli or config or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+
+
+def masked(url: str) -> str:
+    """The URL with any password replaced by ***, for messages and logs."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL at all: show nothing of it
+        return "<storage URL>"
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """An RDB storage for ``url``; a PostgreSQL password may come from PGPASSWORD."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise UserInputError(
+            f"--storage: {masked(url)!r} is not an SQLAlchemy URL (e.g. {DEFAULT_STORAGE})"
+        ) from None
+    kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        # Several processes (driver, dashboard, status) share the file.
+        kwargs["connect_args"] = {"timeout": 30}
+    else:
+        kwargs["pool_pre_ping"] = True
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, skip_compatibility_check=False)
+    except ImportError as exc:
+        raise UserInputError(
+            f"--storage {masked(url)}: the database driver is not installed ({exc}); "
+            "for PostgreSQL: pip install 'vlsweep[postgres]'"
+        ) from None
+    except Exception as exc:
+        # SQLAlchemy's messages can quote the URL; never echo a password.
+        text = str(exc).splitlines()[0]
+        if parsed.password:
+            text = text.replace(parsed.password, "***")
+        raise UserInputError(f"--storage {masked(url)}: cannot open the database: {text}") from None
+
+
+def create_or_check(
+    storage: optuna.storages.RDBStorage,
+    name: str,
+    directions: list[str],
+    metric_names: list[str],
+    sampler: optuna.samplers.BaseSampler,
+) -> optuna.Study:
+    """Create the study, or re-open it after checking directions and objective names match."""
+    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
+    if name in existing:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        have_dirs = [d.name.lower() for d in study.directions]
+        have_names = study.metric_names
+        if have_dirs != directions or (have_names is not None and list(have_names) != metric_names):
+            raise UserInputError(
+                f"study {name!r} exists with objectives {have_names} {have_dirs}, but this config asks "
+                f"for {metric_names} {directions}; use another `name`, or the same objectives"
+            )
+        return study
+    study = optuna.create_study(study_name=name, storage=storage, directions=directions, sampler=sampler)
+    study.set_metric_names(metric_names)
+    return study
+
+
+def make_sampler(kind: str, seed: int | None) -> optuna.samplers.BaseSampler:
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if kind == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise UserInputError(f"search.sampler: unknown sampler {kind!r}; choose tpe, nsga2, gp or random")
+
+
+# -- driver heartbeat ---------------------------------------------------------------------
+
+
+def claim_driver(study: optuna.Study, *, force: bool = False) -> str:
+    """Record this process as the sweep's driver; refuse if another one is alive."""
+    info = study.user_attrs.get("driver")
+    if info and not force:
+        age = time.time() - float(info.get("heartbeat", 0))
+        if age < HEARTBEAT_STALE_SECONDS:
+            raise UserInputError(
+                f"study {study.study_name!r} is being run by pid {info.get('pid')} on {info.get('host')} "
+                f"(heartbeat {age:.0f}s ago); wait for it, or stop it first"
+            )
+    driver_id = f"{socket.gethostname()}:{os.getpid()}:{time.time():.0f}"
+    heartbeat(study, driver_id)
+    return driver_id
+
+
+def heartbeat(study: optuna.Study, driver_id: str) -> None:
+    host, pid, _ = driver_id.split(":")
+    study.set_user_attr("driver", {"id": driver_id, "host": host, "pid": int(pid), "heartbeat": time.time()})
+
+
+def release_driver(study: optuna.Study, driver_id: str) -> None:
+    info = study.user_attrs.get("driver")
+    if info and info.get("id") == driver_id:
+        study.set_user_attr("driver", None)
+
+
+# -- reading results ----------------------------------------------------------------------
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    out = {s.name: 0 for s in TrialState}
+    for t in study.get_trials(deepcopy=False):
+        out[t.state.name] += 1
+    return out
+
+
+def finished_toward_budget(trials: list[FrozenTrial]) -> int:
+    """Finished trials that count toward the trial budget (a re-queued lost one does not)."""
+    return sum(
+        1
+        for t in trials
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        and not t.user_attrs.get("requeued")
+    )
+
+
+def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
+    """COMPLETE, feasible, non-dominated trials, sorted by the first objective."""
+    front = [t for t in study.best_trials if t.state == TrialState.COMPLETE]
+    return sorted(front, key=lambda t: (t.values[0], t.number))
+
+
+def dominates(a: FrozenTrial, b: FrozenTrial, directions: list[str]) -> bool:
+    better = False
+    for x, y, d in zip(a.values, b.values, directions, strict=True):
+        if d == "maximize":
+            x, y = -x, -y
+        if x > y:
+            return False
+        better = better or x < y
+    return better
+
+
+def fmt(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.4g}"
+
+
+def load_existing(url: str, name: str) -> optuna.Study:
+    storage = open_storage(url)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    if name not in names:
+        raise UserInputError(
+            f"no study {name!r} in {masked(url)}; studies there: {names or 'none'} (see --storage)"
+        )
+    return optuna.load_study(study_name=name, storage=storage)

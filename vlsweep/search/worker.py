@@ -1,0 +1,62 @@
+"""What runs inside a Ray worker: one trial of the sweep, through the trial engine.
+
+With ``reuse_actors`` a worker process runs many trials; the loaded base model and the
+encoded dataset are kept in this module between them (keyed by their config), and
+``run_trial`` attaches a fresh LoRA per trial and removes it (restoring any fully
+trained module) before returning, so no trained weight reaches the next trial.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from pathlib import Path
+from typing import Any
+
+_BASE: dict[str, Any] = {}
+_DATA: dict[str, Any] = {}
+
+ERROR_KEY = "vlsweep_error"
+
+
+def _cached(cache: dict[str, Any], key: str, make: Any) -> Any:
+    if key not in cache:
+        cache.clear()  # one model / dataset per worker at a time
+        cache[key] = make()
+    return cache[key]
+
+
+def run(config: dict[str, Any], *, spec: dict[str, Any], base_dir: str, out_root: str, threads: int) -> None:
+    """Ray Tune function trainable: ``config`` is what the searcher suggested."""
+    import torch
+    from ray import tune
+
+    from vlsweep.config import TrainConfig
+    from vlsweep.spaces import to_trial_params
+    from vlsweep.trials.engine import load_data, run_trial
+    from vlsweep.trials.modeling import load_base
+
+    torch.set_num_threads(max(1, threads))
+    steps = 0
+
+    def report(step: int, metrics: dict[str, float]) -> None:
+        nonlocal steps
+        steps = step
+        tune.report({**metrics, "steps": step})
+
+    try:
+        cfg = TrainConfig.model_validate(spec)
+        params = to_trial_params(config["params"])
+        base = _cached(_BASE, json.dumps(spec["model"], sort_keys=True), lambda: load_base(cfg.model))
+        data_key = json.dumps([spec["data"], base_dir], sort_keys=True)
+        data = _cached(_DATA, data_key, lambda: load_data(cfg.data, Path(base_dir)))
+        out = Path(out_root) / f"trial-{int(config['optuna_trial']):04d}"
+        result = run_trial(params, cfg.budget, report, spec=cfg, data=data, base=base, output_dir=out)
+    except Exception as exc:  # a trial-level failure: recorded on the trial, not retried
+        tail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        tune.report({ERROR_KEY: tail, "steps": steps})
+        return
+    # The engine reported each evaluation; a final report carries the run's timings.
+    tune.report(
+        {**{k: v for k, v in result.items() if isinstance(v, (int, float))}, "steps": result["steps"]}
+    )
