@@ -148,9 +148,13 @@ def run_sweep(
     *,
     address: str | None = None,
     resume: bool = False,
+    scheduler: Any = None,
     log: Log = print,
 ) -> optuna.Study:
-    """Run (or continue) the sweep to its trial budget; returns the study."""
+    """Run (or continue) the sweep to its trial budget; returns the study.
+
+    ``scheduler`` replaces the one ``search.early_stopping`` names (any Ray Tune scheduler).
+    """
     from ray import tune
 
     from vlsweep import __version__
@@ -206,8 +210,7 @@ def run_sweep(
         )
         started = time.time()
         events = _Events(searcher, study, driver, started, cfg.search.trials, log)
-        scheduler = None
-        if cfg.search.early_stopping == "asha":
+        if scheduler is None and cfg.search.early_stopping == "asha":
             from ray.tune.schedulers import ASHAScheduler
 
             scheduler = ASHAScheduler(

@@ -115,7 +115,7 @@ def claim_driver(study: optuna.Study, *, force: bool = False) -> str:
     info = study.user_attrs.get("driver")
     if info and not force:
         age = time.time() - float(info.get("heartbeat", 0))
-        if age < HEARTBEAT_STALE_SECONDS:
+        if age < HEARTBEAT_STALE_SECONDS and _maybe_alive(info):
             raise UserInputError(
                 f"study {study.study_name!r} is being run by pid {info.get('pid')} on {info.get('host')} "
                 f"(heartbeat {age:.0f}s ago); wait for it, or stop it first"
@@ -123,6 +123,19 @@ def claim_driver(study: optuna.Study, *, force: bool = False) -> str:
     driver_id = f"{socket.gethostname()}:{os.getpid()}:{time.time():.0f}"
     heartbeat(study, driver_id)
     return driver_id
+
+
+def _maybe_alive(info: dict[str, Any]) -> bool:
+    """False when the recorded driver ran on this host and its process is gone."""
+    if info.get("host") != socket.gethostname():
+        return True  # another machine: only the heartbeat can tell
+    try:
+        os.kill(int(info["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, ValueError):
+        return True
+    return True
 
 
 def heartbeat(study: optuna.Study, driver_id: str) -> None:
@@ -147,11 +160,16 @@ def counts(study: optuna.Study) -> dict[str, int]:
 
 
 def finished_toward_budget(trials: list[FrozenTrial]) -> int:
-    """Finished trials that count toward the trial budget (a re-queued lost one does not)."""
+    """Finished trials that Ray ran and that count toward the trial budget.
+
+    Warm-start points added with known values were not run here, and a trial lost with a
+    killed driver is re-queued and counted once, by its re-run.
+    """
     return sum(
         1
         for t in trials
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        and "ray_trial_id" in t.user_attrs
         and not t.user_attrs.get("requeued")
     )
 
