@@ -18,7 +18,11 @@ def searcher(tmp_path):
     study.set_metric_names(["cer", "iou"])
     space, _ = parse_space(None)
     return OptunaAskTellSearcher(
-        study, space, {"lora.vision": False, "lora.projector": "full"}, ["cer", "iou"], 100,
+        study,
+        space,
+        {"lora.vision": False, "lora.projector": "full"},
+        ["cer", "iou"],
+        100,
         constraints=[("cer", "<=", 0.5)],
     )
 
@@ -46,7 +50,10 @@ def test_complete_with_values_user_attrs_and_constraint(searcher):
         ({"steps": 100, "cer": math.nan, "iou": 0.4}, "metric 'cer' is nan"),
         ({"steps": 100, "cer": 0.2, "iou": math.inf}, "metric 'iou' is inf"),
         ({"steps": 100, "cer": 0.2}, "metric 'iou' is missing"),
-        ({"steps": 3, "vlsweep_error": "FloatingPointError: training loss is nan at step 3"}, "training loss is nan"),
+        (
+            {"steps": 3, "vlsweep_error": "FloatingPointError: training loss is nan at step 3"},
+            "training loss is nan",
+        ),
         (None, "without reporting any result"),
     ],
 )

@@ -1,8 +1,8 @@
 import optuna
 import pytest
 
-from vlsweep.search.config import load_sweep_config
 from vlsweep.errors import UserInputError
+from vlsweep.search.config import load_sweep_config
 from vlsweep.spaces import BASELINE, DEFAULT_SPACE, parse_space, to_trial_params
 
 
@@ -79,6 +79,14 @@ def test_sweep_config_problems_are_reported_together(tmp_path):
     with pytest.raises(UserInputError) as info:
         load_sweep_config(cfg)
     text = "\n".join(info.value.problems)
-    for field in ("name", "objectives", "constraints", "search.sampler", "search.trials", "storage", "space.lr_llm"):
+    for field in (
+        "name",
+        "objectives",
+        "constraints",
+        "search.sampler",
+        "search.trials",
+        "storage",
+        "space.lr_llm",
+    ):
         assert f": {field}" in text, (field, text)
     assert "secret" not in text

@@ -78,8 +78,8 @@ def storage(request, tmp_path):
     url = os.environ.get("VLSWEEP_TEST_PG_URL")
     if not url:
         if os.environ.get("VLSWEEP_REQUIRE_PG"):
-            pytest.fail("VLSWEEP_REQUIRE_PG is set but no server: eval \"$(bash .ci/postgres.sh)\"")
-        pytest.skip("no PostgreSQL server (eval \"$(bash .ci/postgres.sh)\" starts one)")
+            pytest.fail('VLSWEEP_REQUIRE_PG is set but no server: eval "$(bash .ci/postgres.sh)"')
+        pytest.skip('no PostgreSQL server (eval "$(bash .ci/postgres.sh)" starts one)')
     # A fresh database per test: the server outlives it.
     import sqlalchemy
 
@@ -162,8 +162,13 @@ def test_reopening_with_other_objectives_is_an_error(tmp_path, tiny_checkpoint, 
 def _vlsweep(*args: str, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     return subprocess.Popen(
-        [sys.executable, "-m", "vlsweep.cli", *args], cwd=cwd, env=env, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "vlsweep.cli", *args],
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
