@@ -12,6 +12,8 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
 fi
 BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 DIR=$(mktemp -d /tmp/vlsweep-pg.XXXXXX)
+chmod 755 "$DIR"
+cd "$DIR"  # the server user may not be allowed into the caller's directory
 PORT=${VLSWEEP_PG_PORT:-55432}
 PASSWORD=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
 RUN=()
