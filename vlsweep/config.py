@@ -144,18 +144,23 @@ class ParamsConfig(_Strict):
         return TrialParams(**self.model_dump())
 
 
-class TrainConfig(_Strict):
-    """A ``vlsweep train`` config: one fine-tune with fixed hyperparameters."""
+class RunConfig(_Strict):
+    """What one fine-tune runs on: shared by train and sweep configs."""
 
-    name: str = "train"
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
-    params: ParamsConfig = Field(default_factory=ParamsConfig)
     seed: int = 0
     output_dir: str | None = None
+
+
+class TrainConfig(RunConfig):
+    """A ``vlsweep train`` config: one fine-tune with fixed hyperparameters."""
+
+    name: str = "train"
+    params: ParamsConfig = Field(default_factory=ParamsConfig)
 
 
 def format_validation_error(err: ValidationError, source: str) -> list[str]:

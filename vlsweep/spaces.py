@@ -94,11 +94,6 @@ class Space:
         self.specs = specs
         self.fixed = fixed
 
-    def to_yaml_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {n: s.model_dump(exclude_none=True) for n, s in self.specs.items()}
-        out.update(self.fixed)
-        return out
-
     def suggest(self, trial: Any, settings: dict[str, Any]) -> dict[str, Any]:
         """Suggest every active parameter on an Optuna trial; returns name -> value.
 

@@ -14,12 +14,8 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from vlsweep.config import (
-    BudgetConfig,
-    DataConfig,
-    LoraConfig,
-    ModelConfig,
-    OptimConfig,
     ParamsConfig,
+    RunConfig,
     TrainConfig,
     _Strict,
     format_validation_error,
@@ -103,14 +99,8 @@ class RayConfig(_Strict):
     num_gpus: int | None = Field(default=None, ge=0)
 
 
-class SweepConfig(_Strict):
+class SweepConfig(RunConfig):
     name: str = "sweep"
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    data: DataConfig
-    budget: BudgetConfig = Field(default_factory=BudgetConfig)
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    seed: int = 0
     objectives: list[Objective] = Field(
         default_factory=lambda: [Objective(name="cer"), Objective(name="iou")]
     )
@@ -122,7 +112,6 @@ class SweepConfig(_Strict):
     ray: RayConfig = Field(default_factory=RayConfig)
     # SQLAlchemy URL; else --storage, $VLSWEEP_STORAGE, sqlite:///vlsweep.db.
     storage: str | None = None
-    output_dir: str | None = None
 
     _coerce_objectives = field_validator("objectives", mode="before")(_objectives)
 
@@ -196,16 +185,8 @@ class SweepConfig(_Strict):
 
     def train_config(self, params: ParamsConfig | None = None) -> TrainConfig:
         """The train config a trial runs (what ``vlsweep export`` writes, with its params)."""
-        return TrainConfig(
-            name=self.name,
-            model=self.model,
-            data=self.data,
-            budget=self.budget,
-            lora=self.lora,
-            optim=self.optim,
-            params=params or ParamsConfig(),
-            seed=self.seed,
-        )
+        shared = {f: getattr(self, f) for f in RunConfig.model_fields if f != "output_dir"}
+        return TrainConfig(name=self.name, params=params or ParamsConfig(), **shared)
 
 
 def load_sweep_config(path: str | Path, data: dict[str, Any] | None = None) -> tuple[SweepConfig, Path]:

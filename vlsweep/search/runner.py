@@ -17,6 +17,7 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from ray.tune import Callback
 
 from vlsweep.errors import UserInputError
 from vlsweep.search import study as studies
@@ -209,7 +210,7 @@ def run_sweep(
             run_id=driver,
         )
         started = time.time()
-        events = _Events(searcher, study, driver, started, cfg.search.trials, log)
+        events = Events(searcher, study, driver, started, cfg.search.trials, log)
         if scheduler is None and cfg.search.early_stopping == "asha":
             from ray.tune.schedulers import ASHAScheduler
 
@@ -246,42 +247,38 @@ def run_sweep(
     return study
 
 
-def _events_class() -> type:
-    from ray.tune import Callback
+class Events(Callback):
+    """Driver-side hooks: Ray's error text onto failed trials, heartbeat, progress lines."""
 
-    class Events(Callback):
-        """Driver-side hooks: Ray's error text onto failed trials, heartbeat, progress."""
+    def __init__(
+        self,
+        searcher: OptunaAskTellSearcher,
+        study: optuna.Study,
+        driver: str,
+        started: float,
+        total: int,
+        log: Log,
+    ):
+        self.searcher, self.study, self.driver = searcher, study, driver
+        self.started, self.total, self.log = started, total, log
+        self.last = 0.0
 
-        def __init__(self, searcher, study, driver, started, total, log):  # noqa: ANN001
-            self.searcher, self.study, self.driver = searcher, study, driver
-            self.started, self.total, self.log = started, total, log
-            self.last = 0.0
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        message = "the Ray worker failed"
+        err = trial.get_error()
+        if err is not None:
+            message = f"the Ray worker failed: {str(err).strip().splitlines()[-1]}"
+        self.searcher.fail(trial.trial_id, message)
 
-        def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001
-            message = "the Ray worker failed"
-            try:
-                err = trial.get_error()
-                if err is not None:
-                    message = f"the Ray worker failed: {str(err).strip().splitlines()[-1]}"
-            except Exception:
-                pass
-            self.searcher.fail(trial.trial_id, message)
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._tick(force=True)
 
-        def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001
-            self._tick(force=True)
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self._tick()
 
-        def on_step_end(self, iteration, trials, **info):  # noqa: ANN001
-            self._tick()
-
-        def _tick(self, force: bool = False) -> None:
-            now = time.time()
-            if force or now - self.last >= PROGRESS_EVERY_SECONDS:
-                self.last = now
-                studies.heartbeat(self.study, self.driver)
-                self.log(progress_line(self.study, self.started, self.total))
-
-    return Events
-
-
-def _Events(*args: Any) -> Any:  # noqa: N802 - reads like the class it builds
-    return _events_class()(*args)
+    def _tick(self, force: bool = False) -> None:
+        now = time.time()
+        if force or now - self.last >= PROGRESS_EVERY_SECONDS:
+            self.last = now
+            studies.heartbeat(self.study, self.driver)
+            self.log(progress_line(self.study, self.started, self.total))

@@ -22,6 +22,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from vlsweep.search.worker import ERROR_KEY
 from vlsweep.spaces import Space
 
 # Result keys copied onto the Optuna trial as user attrs (DESIGN.md section 2).
@@ -34,7 +35,6 @@ _ATTR_KEYS = (
     "val_loss_grounding",
     "samples_per_second",
 )
-ERROR_KEY = "vlsweep_error"
 
 
 class OptunaAskTellSearcher(Searcher):

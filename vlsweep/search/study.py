@@ -57,7 +57,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     else:
         kwargs["pool_pre_ping"] = True
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, skip_compatibility_check=False)
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
     except ImportError as exc:
         raise UserInputError(
             f"--storage {masked(url)}: the database driver is not installed ({exc}); "

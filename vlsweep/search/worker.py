@@ -16,6 +16,7 @@ from typing import Any
 _BASE: dict[str, Any] = {}
 _DATA: dict[str, Any] = {}
 
+# The result key a trial-level failure is reported under (the searcher tells FAIL with it).
 ERROR_KEY = "vlsweep_error"
 
 

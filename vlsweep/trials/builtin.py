@@ -135,7 +135,7 @@ _COLOR_CLASSES = 4  # none, red, green, blue
 _POS_CLASSES = 8  # row / column index of the token
 
 
-def _token_grid(family: str, feats: dict[str, torch.Tensor], n_tokens: int) -> tuple[int, int]:
+def _token_grid(feats: dict[str, torch.Tensor], n_tokens: int) -> tuple[int, int]:
     """(rows, cols) of the visual tokens the LLM sees, in row-major order."""
     if "image_grid_thw" in feats:  # Qwen: 14-px patches merged 2x2
         _, h, w = (int(v) for v in feats["image_grid_thw"][0])
@@ -182,7 +182,7 @@ def _token_targets(scene: _Scene, rows: int, cols: int) -> torch.Tensor:
     return out
 
 
-def _image_tokens(model: Any, family: str, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+def _image_tokens(model: Any, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     """The projected visual tokens (what the LLM sees), one (n, hidden) tensor per image."""
     if "image_grid_thw" in batch:
         out = model.model.get_image_features(
@@ -241,10 +241,9 @@ def build(name: str, out: Path, *, log: Any = None) -> dict[str, float]:
     vision_params = [p for n, p in model.named_parameters() if groups.match(n)]
     sizes = (_GLYPH_CLASSES, _COLOR_CLASSES, _POS_CLASSES, _POS_CLASSES)
     head = torch.nn.Linear(model.config.get_text_config().hidden_size, sum(sizes))
-    first = _image_tokens(model, recipe.family, {k: encoded[0].full[k] for k in image_keys})[0]
+    first = _image_tokens(model, {k: encoded[0].full[k] for k in image_keys})[0]
     targets = [
-        _token_targets(s, *_token_grid(recipe.family, e.full, first.shape[0]))
-        for s, e in zip(scenes, encoded, strict=True)
+        _token_targets(s, *_token_grid(e.full, first.shape[0])) for s, e in zip(scenes, encoded, strict=True)
     ]
     opt1 = torch.optim.AdamW([*vision_params, *head.parameters()], lr=recipe.vision_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(recipe.seed)
@@ -252,7 +251,7 @@ def build(name: str, out: Path, *, log: Any = None) -> dict[str, float]:
     for step in range(1, recipe.vision_steps + 1):
         idx = torch.randint(0, len(encoded), (recipe.vision_batch_size,), generator=gen).tolist()
         batch = {k: torch.cat([encoded[i].full[k] for i in idx]) for k in image_keys}
-        logits = head(torch.cat(_image_tokens(model, recipe.family, batch))).split(sizes, dim=-1)
+        logits = head(torch.cat(_image_tokens(model, batch))).split(sizes, dim=-1)
         target = torch.cat([targets[i] for i in idx])
         loss = sum(
             torch.nn.functional.cross_entropy(lg, target[:, j], ignore_index=-100)

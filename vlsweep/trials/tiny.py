@@ -13,6 +13,7 @@ processors, and the machines this runs on cannot reach a model hub.
 
 from __future__ import annotations
 
+import functools
 import string
 from collections.abc import Callable
 from typing import Any
@@ -553,7 +554,13 @@ _IDEFICS_TEMPLATE = role_template(
 
 
 def _build_idefics_like(
-    prefix: str, *, hidden: int, layers: int, vision_layers: int, heads: int, image_size: int
+    prefix: str,
+    *,
+    hidden: int = 64,
+    layers: int = 2,
+    vision_layers: int = 2,
+    heads: int = 4,
+    image_size: int = 64,
 ) -> tuple[Any, Any]:
     """Idefics3 and SmolVLM share one architecture; SmolVLM adds a video processor."""
     import transformers
@@ -596,30 +603,8 @@ def _build_idefics_like(
     return model, processor
 
 
-def build_idefics3(
-    *, hidden: int = 64, layers: int = 2, vision_layers: int = 2, heads: int = 4, image_size: int = 64
-) -> tuple[Any, Any]:
-    return _build_idefics_like(
-        "Idefics3",
-        hidden=hidden,
-        layers=layers,
-        vision_layers=vision_layers,
-        heads=heads,
-        image_size=image_size,
-    )
-
-
-def build_smolvlm(
-    *, hidden: int = 64, layers: int = 2, vision_layers: int = 2, heads: int = 4, image_size: int = 64
-) -> tuple[Any, Any]:
-    return _build_idefics_like(
-        "SmolVLM",
-        hidden=hidden,
-        layers=layers,
-        vision_layers=vision_layers,
-        heads=heads,
-        image_size=image_size,
-    )
+build_idefics3 = functools.partial(_build_idefics_like, "Idefics3")
+build_smolvlm = functools.partial(_build_idefics_like, "SmolVLM")
 
 
 def build_paligemma(
