@@ -11,6 +11,7 @@ import math
 import os
 import socket
 import time
+import warnings
 from typing import Any
 
 import optuna
@@ -91,7 +92,9 @@ def create_or_check(
             )
         return study
     study = optuna.create_study(study_name=name, storage=storage, directions=directions, sampler=sampler)
-    study.set_metric_names(metric_names)
+    with warnings.catch_warnings():  # stable in practice since Optuna 3.2; the warning only alarms users
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(metric_names)
     return study
 
 
