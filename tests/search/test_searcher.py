@@ -96,3 +96,51 @@ def test_pickle_holds_no_storage(searcher, tmp_path):
     path = tmp_path / "state"
     searcher.save(str(path))
     assert "sqlite" not in path.read_text()
+
+
+@pytest.mark.parametrize("kind", ["tpe", "nsga2", "gp", "random"])
+def test_one_read_per_ask_samples_exactly_what_the_plain_sampler_does(tmp_path, kind):
+    """The wrapped sampler proposes the same points as Optuna's own, one trial always
+    running alongside (so TPE's constant liar is in play), from one read per ask."""
+    from vlsweep.search.study import make_sampler, open_storage
+
+    space, _ = parse_space(None)
+    settings = {"lora.vision": True, "lora.projector": "lora"}
+
+    def run(sampler, name):
+        study = optuna.create_study(
+            study_name=name,
+            storage=open_storage(f"sqlite:///{tmp_path / (name + '.db')}"),
+            directions=["minimize", "maximize"],
+            sampler=sampler,
+        )
+        reads = []
+        inner_read = study._storage.get_all_trials
+        study._storage.get_all_trials = lambda *a, **k: reads.append(1) or inner_read(*a, **k)
+        proposed, reads_per_ask, running = [], [], None
+        for i in range(13 if kind == "gp" else 24):  # GP fits are slow; 3 of them do
+            before = len(reads)
+            trial = study.ask()
+            proposed.append(space.suggest(trial, settings))
+            reads_per_ask.append(len(reads) - before)
+            if running is not None:  # finish the previous one: one trial is always running
+                lr = running.params["lr_llm"]
+                study.tell(running, [abs(math.log10(lr) + 3), (i % 5) / 5])
+            running = trial
+        return proposed, reads_per_ask
+
+    sampler_cls = {
+        "tpe": optuna.samplers.TPESampler,
+        "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed, population_size=8),
+        "gp": optuna.samplers.GPSampler,
+        "random": optuna.samplers.RandomSampler,
+    }[kind]
+    plain, plain_reads = run(sampler_cls(seed=0), "plain")
+    wrapped_sampler = make_sampler(kind, 0)
+    wrapped_sampler.inner = sampler_cls(seed=0)  # same settings as the plain one
+    wrapped, wrapped_reads = run(wrapped_sampler, "wrapped")
+    assert wrapped == plain
+    # ask() reads once to look for queued trials; sampling adds at most one more.
+    assert max(wrapped_reads) <= 2
+    if kind == "tpe":
+        assert max(plain_reads[11:]) > 5  # what the wrapper saves: one read per parameter

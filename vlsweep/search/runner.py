@@ -26,12 +26,16 @@ from vlsweep.search.searcher import OptunaAskTellSearcher
 from vlsweep.spaces import BASELINE, Space
 
 Log = Callable[[str], None]
+# A progress line every 10 s while trials run, and when a trial finishes unless one was
+# printed in the last 2 s (short trials would otherwise flood the terminal, and each line
+# reads the whole study).
 PROGRESS_EVERY_SECONDS = 10.0
+PROGRESS_MIN_SECONDS = 2.0
 
 
 def sanitized_config(cfg: SweepConfig, base_dir: Path) -> dict[str, Any]:
     """The config as stored on the study: data paths made absolute, no storage URL."""
-    from vlsweep.trials.engine import DEMO_DATA
+    from vlsweep.trials.data import DEMO_DATA
 
     raw = cfg.model_dump(mode="json", exclude={"storage"})
     for split in ("train", "val"):
@@ -103,11 +107,11 @@ def requeue_lost(study: optuna.Study, log: Log) -> int:
     return len(lost)
 
 
-def progress_line(study: optuna.Study, started: float, total: int) -> str:
-    c = studies.counts(study)
-    done = studies.finished_toward_budget(study.get_trials(deepcopy=False))
-    front = studies.pareto_front(study)
-    names = study.metric_names or ["cer", "iou"]
+def progress_line(study: optuna.Study, names: list[str], started: float, total: int) -> str:
+    trials = study.get_trials(deepcopy=False)  # one read of the study per line
+    c = studies.counts(trials)
+    done = studies.finished_toward_budget(trials)
+    front = studies.pareto_front(study, trials)
     shown = ", ".join(
         "#{} {}".format(
             t.number, " ".join(f"{n}={studies.fmt(v)}" for n, v in zip(names, t.values, strict=True))
@@ -150,11 +154,14 @@ def run_sweep(
     address: str | None = None,
     resume: bool = False,
     scheduler: Any = None,
+    trainable: Callable[[dict[str, Any]], None] | None = None,
     log: Log = print,
 ) -> optuna.Study:
     """Run (or continue) the sweep to its trial budget; returns the study.
 
     ``scheduler`` replaces the one ``search.early_stopping`` names (any Ray Tune scheduler).
+    ``trainable`` replaces the trial engine (a Ray Tune function trainable taking the
+    searcher's config); the overhead benchmark runs the sweep machinery on trivial trials.
     """
     from ray import tune
 
@@ -190,15 +197,16 @@ def run_sweep(
         spec["data"] = sanitized_config(cfg, base_dir)["data"]
         from vlsweep.search import worker
 
-        trainable = tune.with_resources(
-            tune.with_parameters(
+        if trainable is None:
+            trainable = tune.with_parameters(
                 worker.run,
                 spec=spec,
                 base_dir=str(base_dir),
                 out_root=str(out_root),
                 threads=max(1, int(cfg.resources.cpus_per_trial)),
-            ),
-            {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
+            )
+        resourced = tune.with_resources(
+            trainable, {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial}
         )
         searcher = OptunaAskTellSearcher(
             study,
@@ -210,7 +218,7 @@ def run_sweep(
             run_id=driver,
         )
         started = time.time()
-        events = Events(searcher, study, driver, started, cfg.search.trials, log)
+        events = Events(searcher, study, driver, names, started, cfg.search.trials, log)
         if scheduler is None and cfg.search.early_stopping == "asha":
             from ray.tune.schedulers import ASHAScheduler
 
@@ -222,7 +230,7 @@ def run_sweep(
                 grace_period=max(1, cfg.budget.eval_every or cfg.budget.steps // 4),
             )
         tuner = tune.Tuner(
-            trainable,
+            resourced,
             tune_config=tune.TuneConfig(
                 search_alg=searcher,
                 scheduler=scheduler,
@@ -239,7 +247,7 @@ def run_sweep(
             ),
         )
         tuner.fit()
-        log(progress_line(study, started, cfg.search.trials))
+        log(progress_line(study, names, started, cfg.search.trials))
     finally:
         if searcher is not None:
             searcher.close()
@@ -255,11 +263,12 @@ class Events(Callback):
         searcher: OptunaAskTellSearcher,
         study: optuna.Study,
         driver: str,
+        names: list[str],
         started: float,
         total: int,
         log: Log,
     ):
-        self.searcher, self.study, self.driver = searcher, study, driver
+        self.searcher, self.study, self.driver, self.names = searcher, study, driver, names
         self.started, self.total, self.log = started, total, log
         self.last = 0.0
 
@@ -278,7 +287,7 @@ class Events(Callback):
 
     def _tick(self, force: bool = False) -> None:
         now = time.time()
-        if force or now - self.last >= PROGRESS_EVERY_SECONDS:
+        if now - self.last >= (PROGRESS_MIN_SECONDS if force else PROGRESS_EVERY_SECONDS):
             self.last = now
             studies.heartbeat(self.study, self.driver)
-            self.log(progress_line(self.study, self.started, self.total))
+            self.log(progress_line(self.study, self.names, self.started, self.total))

@@ -5,15 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from vlsweep.search import study as studies
 
 
-def front_table(study: optuna.Study) -> str:
+def front_table(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> str:
     names = study.metric_names or [f"value{i}" for i in range(len(study.directions))]
-    front = studies.pareto_front(study)
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    front = studies.pareto_front(study, trials)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
     baseline = next((t for t in complete if t.user_attrs.get("baseline")), None)
     dirs = [d.name.lower() for d in study.directions]
     if not front:
@@ -63,12 +64,15 @@ def status_text(name: str | None, storage: str | None) -> str:
             return f"no studies in {studies.masked(url)}"
         return "\n".join(f"{s.study_name}: {s.n_trials} trials" for s in summaries)
     study = studies.load_existing(url, name)
-    c = studies.counts(study)
+    trials = study.get_trials(deepcopy=False)
+    c = studies.counts(trials)
     head = ", ".join(f"{c[k]} {k.lower()}" for k in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"))
     cfg = study.user_attrs.get("config") or {}
     budget = (cfg.get("search") or {}).get("trials")
-    done = studies.finished_toward_budget(study.get_trials(deepcopy=False))
+    done = studies.finished_toward_budget(trials)
     progress = f"{done}/{budget} trials done" if budget else f"{done} trials done"
     driver = study.user_attrs.get("driver")
     running = f"; driver pid {driver['pid']} on {driver['host']}" if driver else ""
-    return f"study {name!r} in {studies.masked(url)}: {progress} ({head}){running}\n{front_table(study)}"
+    return (
+        f"study {name!r} in {studies.masked(url)}: {progress} ({head}){running}\n{front_table(study, trials)}"
+    )

@@ -7,6 +7,7 @@ killed sweep can be resumed from the database alone (no pickle needed).
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import socket
@@ -52,13 +53,17 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
             f"--storage: {masked(url)!r} is not an SQLAlchemy URL (e.g. {DEFAULT_STORAGE})"
         ) from None
     kwargs: dict[str, Any] = {}
-    if parsed.get_backend_name() == "sqlite":
+    sqlite = parsed.get_backend_name() == "sqlite"
+    if sqlite:
         # Several processes (driver, dashboard, status) share the file.
         kwargs["connect_args"] = {"timeout": 30}
     else:
         kwargs["pool_pre_ping"] = True
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        if sqlite and parsed.database not in (None, "", ":memory:"):
+            _sqlite_wal(storage)
+        return storage
     except ImportError as exc:
         raise UserInputError(
             f"--storage {masked(url)}: the database driver is not installed ({exc}); "
@@ -70,6 +75,23 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         if parsed.password:
             text = text.replace(parsed.password, "***")
         raise UserInputError(f"--storage {masked(url)}: cannot open the database: {text}") from None
+
+
+def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:
+    """Write-ahead logging for a study file: readers (dashboard, status) never block the
+    driver, and a commit costs about a third (no fsync per transaction; a commit survives
+    a killed process, only a power cut may lose the last ones). WAL needs a local disk:
+    share a study across machines through PostgreSQL, not SQLite on NFS."""
+    from sqlalchemy import event
+
+    @event.listens_for(storage.engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    storage.engine.dispose()  # connections opened before the listener get the pragmas too
 
 
 def create_or_check(
@@ -99,15 +121,84 @@ def create_or_check(
 
 
 def make_sampler(kind: str, seed: int | None) -> optuna.samplers.BaseSampler:
+    """Optuna's sampler with Optuna's defaults, reading the study once per ask."""
     if kind == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if kind == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    if kind == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    if kind == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise UserInputError(f"search.sampler: unknown sampler {kind!r}; choose tpe, nsga2, gp or random")
+        inner: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(seed=seed)
+    elif kind == "nsga2":
+        inner = optuna.samplers.NSGAIISampler(seed=seed)
+    elif kind == "gp":
+        inner = optuna.samplers.GPSampler(seed=seed)
+    elif kind == "random":
+        inner = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        raise UserInputError(f"search.sampler: unknown sampler {kind!r}; choose tpe, nsga2, gp or random")
+    return OneReadPerAsk(inner)
+
+
+class OneReadPerAsk(optuna.samplers.BaseSampler):
+    """Runs ``inner`` on one read of the study's trials per ask, instead of one per parameter.
+
+    Optuna 5's TPE (``constant_liar=True`` by default, which a parallel sweep wants)
+    re-reads every trial from the database for each parameter it samples: with SQLite,
+    about 5 ms per read and 7 parameters per trial, a third of the driver's time per trial.
+    Within one ask nothing else writes the study (the sweep driver is the only writer; a
+    second driver is refused), and the one thing that changes, the asked trial's own
+    parameters, is what samplers exclude; so one read per ask gives the sampler the same
+    trials. The sampling itself is ``inner``'s, unchanged.
+    """
+
+    def __init__(self, inner: optuna.samplers.BaseSampler):
+        self.inner = inner
+        self._view: _TrialsSnapshot | None = None
+
+    def _seen(self, study: optuna.Study) -> Any:
+        if self._view is None or self._view.study is not study:
+            self._view = _TrialsSnapshot(study)
+        return self._view
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._view = None  # a new ask: read the study afresh (once)
+        self.inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+        return self.inner.infer_relative_search_space(self._seen(study), trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict:
+        return self.inner.sample_relative(self._seen(study), trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, name: str, dist: Any) -> Any:
+        return self.inner.sample_independent(self._seen(study), trial, name, dist)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
+        self._view = None
+        self.inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.inner.reseed_rng()
+
+
+class _TrialsSnapshot:
+    """The study as a sampler sees it, with its trials read once (lazily)."""
+
+    def __init__(self, study: optuna.Study):
+        self.study = study
+        self._trials: list[FrozenTrial] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.study, name)
+
+    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list:
+        if self._trials is None:
+            self._trials = self.study._storage.get_all_trials(self.study._study_id, deepcopy=False)
+        trials = self._trials if states is None else [t for t in self._trials if t.state in states]
+        return copy.deepcopy(trials) if deepcopy else list(trials)
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list:
+        return self._get_trials(deepcopy, states)
+
+    @property
+    def trials(self) -> list:
+        return self._get_trials()
 
 
 # -- driver heartbeat ---------------------------------------------------------------------
@@ -155,9 +246,9 @@ def release_driver(study: optuna.Study, driver_id: str) -> None:
 # -- reading results ----------------------------------------------------------------------
 
 
-def counts(study: optuna.Study) -> dict[str, int]:
+def counts(trials: list[FrozenTrial]) -> dict[str, int]:
     out = {s.name: 0 for s in TrialState}
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         out[t.state.name] += 1
     return out
 
@@ -177,9 +268,29 @@ def finished_toward_budget(trials: list[FrozenTrial]) -> int:
     )
 
 
-def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
-    """COMPLETE, feasible, non-dominated trials, sorted by the first objective."""
-    front = [t for t in study.best_trials if t.state == TrialState.COMPLETE]
+def feasible(trial: FrozenTrial) -> bool:
+    """Optuna's rule: every value given to ``trial.set_constraint`` is <= 0."""
+    return all(c <= 0 for c in trial.system_attrs.get("constraints") or ())
+
+
+def pareto_front(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> list[FrozenTrial]:
+    """COMPLETE, feasible, non-dominated trials, sorted by the first objective.
+
+    Our own filter rather than ``study.best_trials``: that one reads the study again on
+    every call, and Optuna's trial-list variant is private; the progress line and the
+    reports already hold the trials. O(n * front size) on trials sorted by objective.
+    """
+    directions = [d.name.lower() for d in study.directions]
+    if trials is None:
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values and feasible(t)]
+    signs = [1.0 if d == "minimize" else -1.0 for d in directions]
+    done.sort(key=lambda t: ([s * v for s, v in zip(signs, t.values, strict=True)], t.number))
+    front: list[FrozenTrial] = []
+    for t in done:
+        # A point sorted later can never dominate an earlier one; equal points both stay.
+        if not any(dominates(f, t, directions) for f in front):
+            front.append(t)
     return sorted(front, key=lambda t: (t.values[0], t.number))
 
 

@@ -28,6 +28,9 @@ from typing import Any
 from vlsweep.trials.codecs import CODECS, Box
 from vlsweep.trials.params import TASKS
 
+# Data paths under this prefix name the generated demo data (engine.demo_data).
+DEMO_DATA = "builtin:demo"
+
 
 @dataclass(frozen=True)
 class Record:

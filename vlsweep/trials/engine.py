@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from vlsweep.config import BudgetConfig, DataConfig, TrainConfig
 from vlsweep.errors import UserInputError
 from vlsweep.trials.batching import IGNORE, Encoder, collate
-from vlsweep.trials.data import Record, TaskMixer, check_tasks, load_records
+from vlsweep.trials.data import DEMO_DATA, Record, TaskMixer, check_tasks, load_records
 from vlsweep.trials.families import resolve_groups
 from vlsweep.trials.lora import attach_lora, plan_lora
 from vlsweep.trials.metrics import corpus_cer, grounding_scores
@@ -31,7 +31,6 @@ from vlsweep.trials.optim import build_param_groups, group_grad_norms, make_opti
 from vlsweep.trials.params import TrialParams
 
 Report = Callable[[int, dict[str, float]], None]
-DEMO_DATA = "builtin:demo"
 DEMO_DATA_VERSION = 2
 
 
