@@ -116,7 +116,9 @@ def test_sweep_records_fail_prune_warm_start_and_reopens_in_plain_optuna(
     by_number = {t.number: t for t in study.get_trials()}
     assert by_number[0].state == TrialState.COMPLETE and by_number[0].values == [0.9, 0.01]
     assert by_number[1].state == TrialState.FAIL
-    assert by_number[1].user_attrs["error"].startswith("FloatingPointError: training loss is nan"), by_number[1]
+    assert by_number[1].user_attrs["error"].startswith("FloatingPointError: training loss is nan"), by_number[
+        1
+    ]
     assert by_number[2].state == TrialState.PRUNED and by_number[2].user_attrs["steps"] == 2
     finished = [t for t in study.get_trials() if t.number > 0]
     assert len(finished) == 4  # the budget counts the trials Ray ran
@@ -210,3 +212,44 @@ def test_sigkill_then_resume_keeps_the_study_consistent(tmp_path, tiny_checkpoin
         assert lost.state == TrialState.FAIL and lost.user_attrs["requeued"]
         rerun = [t for t in trials if t.user_attrs.get("retry_of") == n]
         assert len(rerun) == 1 and rerun[0].params == params and rerun[0].state == TrialState.COMPLETE
+
+
+def test_reused_actor_never_carries_weights_to_the_next_trial(
+    ray_local, tmp_path, tiny_checkpoint, demo_data
+):
+    """One actor runs three trials: A, then B (large LRs, projector fully trained), then A
+    again. The second A must match the first, which ran in the fresh actor, exactly; a
+    leftover adapter or a projector not restored after B would change it."""
+    a = {"lr_llm": 1e-3, "lr_projector": 1e-3}
+    b = {"lr_llm": 3e-2, "lr_projector": 3e-2}
+    path = _sweep_cfg(
+        tmp_path,
+        tiny_checkpoint("qwen2_vl"),
+        demo_data,
+        trials=3,
+        max_concurrent=1,
+        warm_start=[{"params": a}, {"params": b}, {"params": a}],
+    )
+    raw = yaml.safe_load(path.read_text())
+    raw["space"] = {
+        "lr_llm": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+        "lr_projector": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+    }
+    raw["lora"] = {"projector": "full"}
+    raw["resources"] = {"reuse_actors": True}
+    path.write_text(yaml.safe_dump(raw))
+    cfg, base_dir = load_sweep_config(path)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    run_sweep(cfg, base_dir, url, log=lambda _m: None)
+
+    first, other, again = optuna.load_study(study_name="t", storage=url).get_trials()
+    assert [t.state for t in (first, other, again)] == [TrialState.COMPLETE] * 3
+    assert first.params == again.params == a and other.params == b
+    # The same process ran all three: the actor was reused.
+    assert first.user_attrs["worker_pid"] == other.user_attrs["worker_pid"] == again.user_attrs["worker_pid"]
+    keys = ("val_loss_ocr", "val_loss_grounding")
+    assert [first.user_attrs[k] for k in keys] != [other.user_attrs[k] for k in keys], (
+        "B must train differently"
+    )
+    assert [first.user_attrs[k] for k in keys] == [again.user_attrs[k] for k in keys]
+    assert first.values == again.values

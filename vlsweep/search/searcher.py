@@ -35,6 +35,8 @@ _ATTR_KEYS = (
     "val_loss_grounding",
     "samples_per_second",
 )
+# Where the trial ran (node id, worker process), recorded as reported.
+_WHERE_KEYS = ("node_id", "worker_pid")
 
 
 class OptunaAskTellSearcher(Searcher):
@@ -60,6 +62,7 @@ class OptunaAskTellSearcher(Searcher):
         self._steps: dict[str, int] = {}
         self._reported_error: dict[str, str] = {}
         self._awaiting_error: dict[str, optuna.Trial] = {}
+        self._where: dict[str, dict[str, Any]] = {}
 
     # -- Tune's hooks ----------------------------------------------------------------------
 
@@ -77,6 +80,13 @@ class OptunaAskTellSearcher(Searcher):
             self._steps[trial_id] = int(result["steps"])
         if result.get(ERROR_KEY):
             self._reported_error[trial_id] = str(result[ERROR_KEY])
+        trial = self._live.get(trial_id)
+        if trial is not None and trial_id not in self._where:
+            where = {k: result[k] for k in _WHERE_KEYS if result.get(k) is not None}
+            if where:
+                self._where[trial_id] = where
+                for key, value in where.items():
+                    trial.set_user_attr(key, value)
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
@@ -124,10 +134,12 @@ class OptunaAskTellSearcher(Searcher):
         self.__dict__.update(state)
         self.study = None  # type: ignore[assignment]
         self._live, self._steps, self._reported_error, self._awaiting_error = {}, {}, {}, {}
+        self._where = {}
 
     # -- telling Optuna --------------------------------------------------------------------
 
     def _finish(self, trial_id: str, trial: optuna.Trial, result: dict[str, Any] | None) -> None:
+        self._where.pop(trial_id, None)
         steps = self._steps.pop(trial_id, None)
         error = self._reported_error.pop(trial_id, None) or (result or {}).get(ERROR_KEY)
         if error:
@@ -177,6 +189,7 @@ class OptunaAskTellSearcher(Searcher):
     def _tell_fail(self, trial_id: str, trial: optuna.Trial, message: str, steps: int | None = None) -> None:
         self._steps.pop(trial_id, None)
         self._reported_error.pop(trial_id, None)
+        self._where.pop(trial_id, None)
         trial.set_user_attr("error", message[-2000:])
         if steps is not None:
             trial.set_user_attr("steps", steps)

@@ -29,6 +29,9 @@ def _cached(cache: dict[str, Any], key: str, make: Any) -> Any:
 
 def run(config: dict[str, Any], *, spec: dict[str, Any], base_dir: str, out_root: str, threads: int) -> None:
     """Ray Tune function trainable: ``config`` is what the searcher suggested."""
+    import os
+
+    import ray
     import torch
     from ray import tune
 
@@ -39,11 +42,13 @@ def run(config: dict[str, Any], *, spec: dict[str, Any], base_dir: str, out_root
 
     torch.set_num_threads(max(1, threads))
     steps = 0
+    # Where the trial ran: recorded on the Optuna trial (a reused actor keeps its pid).
+    where = {"node_id": ray.get_runtime_context().get_node_id(), "worker_pid": os.getpid()}
 
     def report(step: int, metrics: dict[str, float]) -> None:
         nonlocal steps
         steps = step
-        tune.report({**metrics, "steps": step})
+        tune.report({**metrics, **where, "steps": step})
 
     try:
         cfg = TrainConfig.model_validate(spec)
@@ -55,9 +60,13 @@ def run(config: dict[str, Any], *, spec: dict[str, Any], base_dir: str, out_root
         result = run_trial(params, cfg.budget, report, spec=cfg, data=data, base=base, output_dir=out)
     except Exception as exc:  # a trial-level failure: recorded on the trial, not retried
         tail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        tune.report({ERROR_KEY: tail, "steps": steps})
+        tune.report({ERROR_KEY: tail, **where, "steps": steps})
         return
     # The engine reported each evaluation; a final report carries the run's timings.
     tune.report(
-        {**{k: v for k, v in result.items() if isinstance(v, (int, float))}, "steps": result["steps"]}
+        {
+            **{k: v for k, v in result.items() if isinstance(v, (int, float))},
+            **where,
+            "steps": result["steps"],
+        }
     )
