@@ -1,0 +1,168 @@
+"""Per-trial overhead of a sweep: trivial 1-second trials through the real sweep machinery.
+
+Everything but the training is real: the Optuna study in SQLite, our ask/tell searcher
+with the default TPE sampler, the driver callback (heartbeat, progress), Ray Tune on a
+local Ray with 2 CPUs running 2 trials at a time. Each trial sleeps ``--trial-seconds``
+in four evaluation slices and reports cer/iou/steps like the engine does, and writes when
+it started and ended to a timeline file.
+
+Three set-ups run side by side, alternating order per round:
+
+- ``vlsweep``: ``run_sweep`` with ``reuse_actors: true`` (the default);
+- ``vlsweep, no reuse``: the same with ``reuse_actors: false`` (a new actor per trial);
+- ``ray tune``: bare Ray Tune, random search from ``param_space``, no study: the floor.
+
+Figures, against the ideal ``ceil(trials / 2) * trial_seconds``:
+
+- start-up: from the call to the first trial starting (study, Ray actor start; once);
+- per-trial overhead: (last trial end - first trial start) / ideal - 1, the loop's own cost
+  per trial (target: under 10% with reuse_actors);
+- all-in: the whole call / ideal.
+
+Ray itself is started once before all runs.
+
+    python benchmarks/trial_overhead.py [--trials 40] [--rounds 2] [--trial-seconds 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def trivial_trial(config: dict[str, Any], seconds: float = 1.0, steps: int = 200, timeline: str = "") -> None:
+    """A stand-in for one fine-tune: four evaluations over ``seconds``, metrics from params."""
+    from ray import tune
+
+    started = time.time()
+    p = config["params"]
+    lr = p.get("lr_llm", 1e-4)
+    for k in range(1, 5):
+        time.sleep(seconds / 4)
+        cer = min(1.0, abs(math.log10(lr) + 4.0) / 3 + 1.0 / k)
+        iou = max(0.0, 1.0 - cer) * p.get("weight_ocr", 0.5)
+        if k == 4:
+            with open(timeline, "a") as f:
+                f.write(json.dumps({"start": started, "end": time.time()}) + "\n")
+        tune.report({"cer": cer, "iou": iou, "steps": steps * k // 4})
+
+
+def timed(run: Any, timeline: Path) -> dict[str, float]:
+    timeline.unlink(missing_ok=True)
+    t0 = time.time()
+    run()
+    t1 = time.time()
+    spans = [json.loads(line) for line in timeline.read_text().splitlines()]
+    first = min(s["start"] for s in spans)
+    last = max(s["end"] for s in spans)
+    return {"wall": t1 - t0, "startup": first - t0, "loop": last - first, "trials": len(spans)}
+
+
+def vlsweep_sweep(tmp: Path, name: str, args: argparse.Namespace, reuse: bool) -> dict[str, float]:
+    from ray import tune
+
+    from vlsweep.search.config import load_sweep_config
+    from vlsweep.search.runner import run_sweep
+
+    raw = {
+        "name": name,
+        "model": {"name_or_path": "builtin:tiny-qwen2-vl"},
+        "data": {"train": "builtin:demo/train", "val": "builtin:demo/val"},
+        "budget": {"steps": 200, "batch_size": 8},
+        "search": {"trials": args.trials, "max_concurrent": 2, "sampler": "tpe", "seed": 0},
+        "resources": {"cpus_per_trial": 1, "reuse_actors": reuse},
+        "output_dir": str(tmp / "runs" / name),
+    }
+    cfg, _ = load_sweep_config(tmp / "sweep.yaml", raw)
+    timeline = tmp / "timeline.jsonl"
+    trainable = tune.with_parameters(trivial_trial, seconds=args.trial_seconds, timeline=str(timeline))
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        out["study"] = run_sweep(
+            cfg, tmp, f"sqlite:///{tmp / 'bench.db'}", trainable=trainable, log=lambda _: None
+        )
+
+    result = timed(run, timeline)
+    complete = sum(t.state.name == "COMPLETE" for t in out["study"].get_trials(deepcopy=False))
+    if complete != args.trials:
+        raise SystemExit(f"error: {name}: {complete} of {args.trials} trials COMPLETE")
+    return result
+
+
+def bare_tune(tmp: Path, name: str, args: argparse.Namespace) -> dict[str, float]:
+    from ray import tune
+
+    timeline = tmp / "timeline.jsonl"
+    trainable = tune.with_parameters(trivial_trial, seconds=args.trial_seconds, timeline=str(timeline))
+    space = {"params": {"lr_llm": tune.loguniform(1e-5, 1e-2), "weight_ocr": tune.uniform(0.0, 1.0)}}
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 1}),
+        param_space=space,
+        tune_config=tune.TuneConfig(num_samples=args.trials, max_concurrent_trials=2, reuse_actors=True),
+        run_config=tune.RunConfig(name=name, storage_path=str(tmp / "ray"), verbose=0),
+    )
+    return timed(tuner.fit, timeline)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, default=40)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--trial-seconds", type=float, default=1.0)
+    ap.add_argument("--quick", action="store_true", help="1 round of 8 trials (CI smoke run)")
+    args = ap.parse_args()
+    if args.quick:
+        args.trials, args.rounds = 8, 1
+
+    import optuna
+    import ray
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    tmp = Path(tempfile.mkdtemp(prefix="vlsweep-overhead-"))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+
+    ideal = math.ceil(args.trials / 2) * args.trial_seconds
+    setups = {
+        "vlsweep": lambda r: vlsweep_sweep(tmp, f"reuse-{r}", args, True),
+        "vlsweep, no reuse": lambda r: vlsweep_sweep(tmp, f"noreuse-{r}", args, False),
+        "ray tune": lambda r: bare_tune(tmp, f"bare-{r}", args),
+    }
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in setups}
+    for r in range(args.rounds):
+        order = list(setups) if r % 2 == 0 else list(reversed(setups))
+        for key in order:
+            res = setups[key](r)
+            runs[key].append(res)
+            print(
+                f"round {r} {key:18s}: {res['wall']:6.1f} s all-in, start-up {res['startup']:4.1f} s, "
+                f"loop {res['loop']:6.1f} s"
+            )
+    ray.shutdown()
+
+    print(f"\n{args.trials} trials of {args.trial_seconds:g} s, 2 at a time on 2 CPUs; ideal {ideal:.1f} s")
+    print(f"{'medians':18s}  {'start-up':>8s}  {'per-trial overhead':>18s}  {'all-in ratio':>12s}")
+    for key, rs in runs.items():
+        startup = statistics.median(x["startup"] for x in rs)
+        loop = statistics.median(x["loop"] for x in rs)
+        wall = statistics.median(x["wall"] for x in rs)
+        per_trial_ms = 1000 * (loop - ideal) * 2 / args.trials
+        print(
+            f"{key:18s}  {startup:7.1f}s  {100 * (loop / ideal - 1):8.1f}% ({per_trial_ms:4.0f} ms)  "
+            f"{wall / ideal:12.3f}"
+        )
+    print("target: per-trial overhead under 10% for vlsweep (reuse_actors: true)")
+
+
+if __name__ == "__main__":
+    main()
