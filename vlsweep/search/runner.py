@@ -247,7 +247,9 @@ def run_sweep(
             ),
         )
         tuner.fit()
-        log(progress_line(study, names, started, cfg.search.trials))
+        final = progress_line(study, names, started, cfg.search.trials)
+        if final.split("]", 1)[1] != events.last_line.split("]", 1)[-1]:
+            log(final)
     finally:
         if searcher is not None:
             searcher.close()
@@ -271,6 +273,7 @@ class Events(Callback):
         self.searcher, self.study, self.driver, self.names = searcher, study, driver, names
         self.started, self.total, self.log = started, total, log
         self.last = 0.0
+        self.last_line = ""
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         message = "the Ray worker failed"
@@ -290,4 +293,5 @@ class Events(Callback):
         if now - self.last >= (PROGRESS_MIN_SECONDS if force else PROGRESS_EVERY_SECONDS):
             self.last = now
             studies.heartbeat(self.study, self.driver)
-            self.log(progress_line(self.study, self.names, self.started, self.total))
+            self.last_line = progress_line(self.study, self.names, self.started, self.total)
+            self.log(self.last_line)
