@@ -168,3 +168,52 @@ def test_train_writes_metrics_and_adapter(tmp_path, tiny_checkpoint, demo_data):
     assert {"cer", "iou"} <= set(metrics["base"])
     assert (out / "adapter" / "adapter_config.json").is_file()
     assert json.loads(result.stdout.strip().splitlines()[-1])["cer"] == metrics["cer"]
+
+
+@pytest.mark.parametrize(("host", "warns"), [("127.0.0.1", False), ("0.0.0.0", True)])
+def test_dashboard_listens_on_loopback_and_warns_otherwise(tmp_path, host, warns):
+    import socket
+    import time
+    import urllib.request
+
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    optuna.create_study(study_name="s", storage=url, directions=["minimize", "maximize"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vlsweep.cli",
+            "dashboard",
+            "--storage",
+            url,
+            "--host",
+            host,
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2).read()
+                break
+            except OSError:
+                assert time.time() < deadline and proc.poll() is None, "the dashboard did not start"
+                time.sleep(0.3)
+        assert b'"study_name": "s"' in body
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    warning = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert bool(warning) == warns, err
+    if warns:
+        assert "no authentication" in warning[0] and "0.0.0.0" in warning[0]

@@ -191,6 +191,119 @@ def status(
         _fail(err)
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+    import socket
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+@app.command()
+def dashboard(
+    storage: StorageOpt = None,
+    host: Annotated[
+        str, typer.Option(help="address to listen on (loopback unless you say otherwise)")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
+) -> None:
+    """Browse the sweep's studies in optuna-dashboard (Pareto front, history, importances)."""
+    try:
+        from vlsweep.search.study import masked, open_storage, storage_url
+
+        url = storage_url(storage)
+        store = open_storage(url)  # the password stays in this process, never on a command line
+        import optuna_dashboard
+    except UserInputError as err:
+        _fail(err)
+    if not _is_loopback(host):
+        _echo(
+            f"warning: listening on {host}: optuna-dashboard has no authentication and anyone who can "
+            "reach this port can read, annotate and delete studies; prefer an SSH tunnel to 127.0.0.1"
+        )
+    _echo(f"optuna-dashboard on {masked(url)}: http://{host}:{port}/ (Ctrl-C stops it)")
+    optuna_dashboard.run_server(store, host=host, port=port)
+
+
+PickOpt = Annotated[
+    str, typer.Option("--pick", help="knee (balanced, see docs/export.md), best:METRIC or trial:N")
+]
+WhereOpt = Annotated[
+    list[str] | None, typer.Option("--where", help="filter first, e.g. 'cer<=0.05' (repeatable)")
+]
+
+
+def _results_and_pick(name: str, storage: str | None, how: str, where: list[str] | None, *, optional: bool):  # noqa: ANN202
+    """The study's results and the picked trial (None when ``optional`` and nothing is COMPLETE)."""
+    from vlsweep.results import SweepResults, parse_where, pick
+    from vlsweep.search.study import load_existing, storage_url
+
+    results = SweepResults.of(load_existing(storage_url(storage), name))
+    known = results.metric_names + ["acc_iou50", "parse_fail_rate", "val_loss_ocr", "val_loss_grounding"]
+    conds = parse_where(where or [], known)
+    if optional and not results.complete:
+        return results, None
+    return results, pick(results, how, conds)
+
+
+@app.command()
+def report(
+    name: Annotated[str, typer.Argument(help="study name")],
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="HTML file (default NAME-report.html)")
+    ] = None,
+    png: Annotated[bool, typer.Option("--png", help="also write each plot as PNG (needs Chromium)")] = False,
+    pick: PickOpt = "knee",
+    where: WhereOpt = None,
+    storage: StorageOpt = None,
+) -> None:
+    """One self-contained HTML report: Pareto front, hypervolume, importances, learning rates."""
+    try:
+        from vlsweep.report import write_report
+
+        results, trial = _results_and_pick(name, storage, pick, where, optional=True)
+        out = output or Path(f"{name}-report.html")
+        paths = write_report(results, out, trial.number if trial else None, png=png)
+    except UserInputError as err:
+        _fail(err)
+    for path in paths:
+        typer.echo(f"wrote {path}")
+
+
+@app.command()
+def export(
+    name: Annotated[str, typer.Argument(help="study name")],
+    format: Annotated[str, typer.Option("--format", help="vlsweep, llamafactory, swift or peft")] = "vlsweep",
+    pick: PickOpt = "knee",
+    where: WhereOpt = None,
+    output_dir: Annotated[
+        Path | None, typer.Option("-o", "--output-dir", help="default export-NAME-trial-N")
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="training steps of the exported run (default: the sweep's)")
+    ] = None,
+    storage: StorageOpt = None,
+) -> None:
+    """Export the picked trial's hyperparameters for vlsweep train, LLaMA-Factory, ms-swift or peft."""
+    try:
+        from vlsweep.export import export as run_export
+
+        results, trial = _results_and_pick(name, storage, pick, where, optional=False)
+        assert trial is not None
+        out = output_dir or Path(f"export-{name}-trial-{trial.number}")
+        paths = run_export(results, trial, format, out, steps)
+    except UserInputError as err:
+        _fail(err)
+    values = " ".join(f"{n}={v:.4g}" for n, v in zip(results.metric_names, trial.values, strict=True))
+    typer.echo(f"trial {trial.number} ({values}), picked by {pick}")
+    for path in paths:
+        typer.echo(f"wrote {path}")
+
+
 @data_app.command("demo")
 def data_demo(
     out: Annotated[Path, typer.Argument(help="directory to write train.jsonl, val.jsonl, img/")],

@@ -253,3 +253,39 @@ def test_reused_actor_never_carries_weights_to_the_next_trial(
     )
     assert [first.user_attrs[k] for k in keys] == [again.user_attrs[k] for k in keys]
     assert first.values == again.values
+
+
+def test_vlsweep_export_reproduces_the_trial_with_vlsweep_train(
+    ray_local, tmp_path, tiny_checkpoint, demo_data
+):
+    import json
+
+    from vlsweep.export import export
+    from vlsweep.results import SweepResults, pick
+
+    path = _sweep_cfg(tmp_path, tiny_checkpoint("qwen2_vl"), demo_data, trials=3)
+    cfg, base_dir = load_sweep_config(path)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    run_sweep(cfg, base_dir, url, log=lambda _m: None)
+    results = SweepResults.of(optuna.load_study(study_name="t", storage=url))
+    trial = pick(results, "knee")
+    export(results, trial, "vlsweep", tmp_path / "exp")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vlsweep.cli",
+            "train",
+            str(tmp_path / "exp" / "train.yaml"),
+            "-o",
+            str(tmp_path / "re"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    metrics = json.loads((tmp_path / "re" / "metrics.json").read_text())
+    # Same params, budget, seed and data on the same CPU: the same numbers.
+    assert [metrics["cer"], metrics["iou"]] == pytest.approx(trial.values, abs=1e-6)
+    assert metrics["val_loss_ocr"] == pytest.approx(trial.user_attrs["val_loss_ocr"], rel=1e-5)

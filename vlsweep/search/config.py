@@ -35,7 +35,7 @@ METRICS = {
     "train_seconds": "minimize",
 }
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
-SWEEP_KEYS = {"search", "space", "objectives", "constraints", "resources", "ray", "storage"}
+SWEEP_KEYS = {"search", "space", "objectives", "constraints", "resources", "ray", "storage", "logging"}
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -99,6 +99,25 @@ class RayConfig(_Strict):
     num_gpus: int | None = Field(default=None, ge=0)
 
 
+class MlflowConfig(_Strict):
+    tracking_uri: str | None = None  # None: MLflow's own default (./mlruns or $MLFLOW_TRACKING_URI)
+    experiment_name: str | None = None  # None: the study name
+
+
+class WandbConfig(_Strict):
+    project: str | None = None  # None: the study name
+    group: str | None = None
+
+
+class LoggingConfig(_Strict):
+    """Where each trial's training curves go, through Ray Tune's logger callbacks."""
+
+    # TensorBoard event files in each Ray trial directory (runs/NAME/ray/...).
+    tensorboard: bool = True
+    mlflow: MlflowConfig | None = None  # needs `pip install mlflow`
+    wandb: WandbConfig | None = None  # needs `pip install wandb` and a logged-in account
+
+
 class SweepConfig(RunConfig):
     name: str = "sweep"
     objectives: list[Objective] = Field(
@@ -110,6 +129,7 @@ class SweepConfig(RunConfig):
     search: SearchConfig = Field(default_factory=SearchConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
     # SQLAlchemy URL; else --storage, $VLSWEEP_STORAGE, sqlite:///vlsweep.db.
     storage: str | None = None
 

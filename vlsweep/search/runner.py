@@ -168,6 +168,7 @@ def run_sweep(
     from vlsweep import __version__
 
     space = cfg.parsed_space()
+    loggers = logger_callbacks(cfg)  # a missing logger package is an error before anything is written
     storage = studies.open_storage(storage_url)
     sampler = studies.make_sampler(cfg.search.sampler, cfg.search.seed)
     names = [o.name for o in cfg.objectives]
@@ -237,12 +238,14 @@ def run_sweep(
                 num_samples=remaining,
                 max_concurrent_trials=cfg.search.max_concurrent,
                 reuse_actors=cfg.resources.reuse_actors,
+                trial_name_creator=_trial_name,
+                trial_dirname_creator=_trial_name,
             ),
             run_config=tune.RunConfig(
                 name=f"{cfg.name}-{int(started)}",
                 storage_path=str(out_root / "ray"),
                 verbose=0,
-                callbacks=[events],
+                callbacks=[events, *loggers],
                 failure_config=tune.FailureConfig(max_failures=cfg.resources.retries),
             ),
         )
@@ -255,6 +258,46 @@ def run_sweep(
             searcher.close()
         studies.release_driver(study, driver)
     return study
+
+
+def _trial_name(trial: Any) -> str:
+    """Ray trial names and directories say which Optuna trial they ran."""
+    return f"trial-{int(trial.config.get('optuna_trial', -1)):04d}-{trial.trial_id}"
+
+
+def logger_callbacks(cfg: SweepConfig) -> list[Callback]:
+    """Ray Tune's own logger callbacks for the trials' training curves, as the config asks."""
+    import importlib.util
+
+    out: list[Callback] = []
+    if cfg.logging.tensorboard:
+        from ray.tune.logger import TBXLoggerCallback
+
+        out.append(TBXLoggerCallback())
+    if cfg.logging.mlflow is not None:
+        if importlib.util.find_spec("mlflow") is None:
+            raise UserInputError(
+                "logging.mlflow: MLflow is not installed; pip install mlflow, or remove the key"
+            )
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        out.append(
+            MLflowLoggerCallback(
+                tracking_uri=cfg.logging.mlflow.tracking_uri,
+                experiment_name=cfg.logging.mlflow.experiment_name or cfg.name,
+            )
+        )
+    if cfg.logging.wandb is not None:
+        if importlib.util.find_spec("wandb") is None:
+            raise UserInputError(
+                "logging.wandb: wandb is not installed; pip install wandb, or remove the key"
+            )
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        out.append(
+            WandbLoggerCallback(project=cfg.logging.wandb.project or cfg.name, group=cfg.logging.wandb.group)
+        )
+    return out
 
 
 class Events(Callback):
@@ -274,6 +317,10 @@ class Events(Callback):
         self.started, self.total, self.log = started, total, log
         self.last = 0.0
         self.last_line = ""
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # Where Tune's loggers write this trial's curves (TensorBoard event files).
+        self.searcher.note(trial.trial_id, "log_dir", str(trial.path))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         message = "the Ray worker failed"

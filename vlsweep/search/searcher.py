@@ -101,6 +101,12 @@ class OptunaAskTellSearcher(Searcher):
             return
         self._finish(trial_id, trial, result)
 
+    def note(self, trial_id: str, key: str, value: Any) -> None:
+        """Record a user attr on the running trial (e.g. where its logs are)."""
+        trial = self._live.get(trial_id)
+        if trial is not None:
+            trial.set_user_attr(key, value)
+
     def fail(self, trial_id: str, message: str) -> None:
         """Finish a trial whose Ray worker failed (after Ray's own retries)."""
         trial = self._awaiting_error.pop(trial_id, None) or self._live.pop(trial_id, None)

@@ -57,7 +57,18 @@ def run(config: dict[str, Any], *, spec: dict[str, Any], base_dir: str, out_root
         data_key = json.dumps([spec["data"], base_dir], sort_keys=True)
         data = _cached(_DATA, data_key, lambda: load_data(cfg.data, Path(base_dir)))
         out = Path(out_root) / f"trial-{int(config['optuna_trial']):04d}"
-        result = run_trial(params, cfg.budget, report, spec=cfg, data=data, base=base, output_dir=out)
+        # Training curves reach Tune's loggers (TensorBoard, MLflow, W&B) as results
+        # without objectives, which schedulers skip; at most ~50 per trial.
+        stride = max(10, cfg.budget.steps // 50 // 10 * 10)
+
+        def log_row(row: dict[str, Any]) -> None:
+            if row["step"] % stride == 0:
+                curves = {f"train/{k}": v for k, v in row.items() if k != "step"}
+                tune.report({**curves, **where, "steps": row["step"]})
+
+        result = run_trial(
+            params, cfg.budget, report, spec=cfg, data=data, base=base, output_dir=out, on_log_row=log_row
+        )
     except Exception as exc:  # a trial-level failure: recorded on the trial, not retried
         tail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         tune.report({ERROR_KEY: tail, **where, "steps": steps})

@@ -361,13 +361,15 @@ def run_trial(
     output_dir: Path | None = None,
     eval_base: bool = False,
     log: Callable[[str], None] | None = None,
+    on_log_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune once with ``params`` for ``budget.steps`` steps; return the final metrics.
 
     ``base`` lets a caller keep the base model loaded between trials: a fresh adapter is
     attached here and removed before returning, so no trained weight reaches the next
     trial. With ``output_dir`` the adapter, ``metrics.json`` and ``train_log.jsonl`` are
-    written there.
+    written there; ``on_log_row`` sees each training-log row (step, losses, learning
+    rates, gradient norms) as it is made.
     """
     say = log or (lambda _msg: None)
     random.seed(spec.seed)
@@ -411,6 +413,8 @@ def run_trial(
                         **{f"lr_{g['name']}": g["lr"] for g in trainer.groups},
                     }
                 )
+                if on_log_row is not None:
+                    on_log_row(log_rows[-1])
             if step in eval_at:
                 train_seconds += time.perf_counter() - t_train
                 t0 = time.perf_counter()

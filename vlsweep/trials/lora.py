@@ -109,16 +109,16 @@ def _projector_roots(model: torch.nn.Module, compiled: dict[str, re.Pattern[str]
     return roots
 
 
-def attach_lora(model: torch.nn.Module, plan: LoraPlan, params: TrialParams, cfg: LoraConfig) -> Any:
-    """Wrap ``model`` with a fresh LoRA adapter per the plan; returns the peft model."""
+def peft_config(plan: LoraPlan, params: TrialParams, cfg: LoraConfig) -> Any:
+    """The peft ``LoraConfig`` of a plan: the LLM's rank and alpha as defaults, the other
+    groups' through ``rank_pattern`` / ``alpha_pattern`` keyed by their target regexes."""
     from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
 
     target = "|".join(f"(?:{rx})" for rx in plan.targets.values())
     base_group = "llm"
     rank_pattern = {rx: plan.rank[g] for g, rx in plan.targets.items() if g != base_group}
     alpha_pattern = {rx: plan.alpha[g] for g, rx in plan.targets.items() if g != base_group}
-    peft_cfg = PeftLoraConfig(
+    return PeftLoraConfig(
         r=plan.rank[base_group],
         lora_alpha=plan.alpha[base_group],
         lora_dropout=params.lora_dropout,
@@ -130,4 +130,10 @@ def attach_lora(model: torch.nn.Module, plan: LoraPlan, params: TrialParams, cfg
         bias="none",
         task_type=None,
     )
-    return get_peft_model(model, peft_cfg)
+
+
+def attach_lora(model: torch.nn.Module, plan: LoraPlan, params: TrialParams, cfg: LoraConfig) -> Any:
+    """Wrap ``model`` with a fresh LoRA adapter per the plan; returns the peft model."""
+    from peft import get_peft_model
+
+    return get_peft_model(model, peft_config(plan, params, cfg))

@@ -78,14 +78,9 @@ def load_base(cfg: ModelConfig) -> Base:
     """Load the model and processor through the Auto classes, as for any checkpoint."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-    source = cfg.name_or_path
-    if source.startswith("builtin:"):
-        from vlsweep.trials.builtin import ensure_builtin
-
-        source = str(ensure_builtin(source.removeprefix("builtin:")))
-    path = Path(source).expanduser()
+    source = resolve_source(cfg)
+    path = Path(source)
     if path.exists():
-        source = str(path)
         _safetensors_check(path, cfg.allow_pickle)
     elif source.startswith((".", "/", "~")):
         raise UserInputError(f"model.name_or_path: directory {source} does not exist")
@@ -114,27 +109,11 @@ def load_base(cfg: ModelConfig) -> Base:
     model.to(device)
     model_type = hf_config.model_type
     family = family_for(model_type)
-    if cfg.module_groups:
-        groups = dict(cfg.module_groups)
-        missing = [g for g in ("vision", "projector", "llm") if g not in groups]
-        if missing and family is None:
-            raise UserInputError(
-                f"model.module_groups: give a regex for {missing}: vlsweep has "
-                f"no module map for model type {model_type!r}"
-            )
-        if family is not None:
-            groups = {**family.groups, **groups}
-    elif family is None:
-        raise UserInputError(
-            f"model.name_or_path: vlsweep has no module map for model type {model_type!r}; "
-            "set model.module_groups with one regex each for vision, projector and llm"
-        )
-    else:
-        groups = dict(family.groups)
-    codec_name = cfg.box_codec or (family.box_codec if family else "generic")
+    groups = module_groups(cfg, model_type)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+    codec_name = cfg.box_codec or (family.box_codec if family else "generic")
     return Base(
         model=model,
         processor=processor,
@@ -145,3 +124,54 @@ def load_base(cfg: ModelConfig) -> Base:
         device=device,
         source=source,
     )
+
+
+def module_groups(cfg: ModelConfig, model_type: str) -> dict[str, str]:
+    """The vision / projector / llm regexes for a model type: the family's map, with the
+    config's ``module_groups`` over it."""
+    family = family_for(model_type)
+    if cfg.module_groups:
+        groups = dict(cfg.module_groups)
+        missing = [g for g in ("vision", "projector", "llm") if g not in groups]
+        if missing and family is None:
+            raise UserInputError(
+                f"model.module_groups: give a regex for {missing}: vlsweep has "
+                f"no module map for model type {model_type!r}"
+            )
+        return {**family.groups, **groups} if family is not None else groups
+    if family is None:
+        raise UserInputError(
+            f"model.name_or_path: vlsweep has no module map for model type {model_type!r}; "
+            "set model.module_groups with one regex each for vision, projector and llm"
+        )
+    return dict(family.groups)
+
+
+def resolve_source(cfg: ModelConfig, build: bool = True) -> str:
+    """The checkpoint directory or Hub id ``name_or_path`` stands for (builtin: its cache dir)."""
+    source = cfg.name_or_path
+    if source.startswith("builtin:"):
+        from vlsweep.trials.builtin import ensure_builtin
+
+        return str(ensure_builtin(source.removeprefix("builtin:"))) if build else source
+    path = Path(source).expanduser()
+    return str(path) if path.exists() else source
+
+
+def model_skeleton(cfg: ModelConfig) -> tuple[torch.nn.Module, str, dict[str, str]]:
+    """The model's modules without its weights (meta device): enough to plan LoRA targets
+    for an export without loading gigabytes. Returns (model, model_type, groups)."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    source = resolve_source(cfg)
+    try:
+        hf_config = AutoConfig.from_pretrained(
+            source, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision
+        )
+    except OSError as exc:
+        raise UserInputError(
+            f"model.name_or_path: cannot read the config of {cfg.name_or_path!r} ({str(exc).splitlines()[0]})"
+        ) from None
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(hf_config, trust_remote_code=cfg.trust_remote_code)
+    return model, hf_config.model_type, module_groups(cfg, hf_config.model_type)

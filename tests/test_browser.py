@@ -1,0 +1,151 @@
+"""The pages users look at, in a real browser: Playwright driving Debian's Chromium.
+
+A real sweep (local Ray, tiny model) makes the study; `vlsweep dashboard` serves it and
+`vlsweep report` writes the HTML. `.ci/run` installs chromium; Playwright never
+downloads a browser here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from tests.conftest import train_config
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("BROWSER_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _vlsweep(*args: str, cwd: Path, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    return subprocess.run(
+        [sys.executable, "-m", "vlsweep.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, **kw
+    )
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory, tiny_checkpoint, demo_data):
+    """A sweep that `vlsweep launch` ran to the end: (directory, storage URL, study name)."""
+    if CHROMIUM is None:
+        pytest.fail("no Chromium: apt install chromium (.ci/run does), or set BROWSER_PATH")
+    d = tmp_path_factory.mktemp("sweep")
+    cfg = train_config(
+        tiny_checkpoint("qwen2_vl"), demo_data, budget={"steps": 4, "batch_size": 4, "max_new_tokens": 8}
+    )
+    cfg.update(name="demo", search={"trials": 5, "max_concurrent": 2})
+    (d / "sweep.yaml").write_text(yaml.safe_dump(cfg))
+    url = f"sqlite:///{d / 'vlsweep.db'}"
+    out = _vlsweep("launch", "sweep.yaml", "--storage", url, cwd=d, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return d, url, "demo"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dashboard_shows_the_pareto_front_with_cer_and_iou(finished_sweep, browser):
+    d, url, name = finished_sweep
+    study = optuna.load_study(study_name=name, storage=url)
+    complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vlsweep.cli", "dashboard", "--storage", url, "--port", str(port)],
+        cwd=d,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise AssertionError("the dashboard did not start") from None
+                time.sleep(0.3)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"http://127.0.0.1:{port}/dashboard/studies/{study._study_id}")
+        page.wait_for_function(
+            "() => { const g = document.querySelector('#graph-pareto-front');"
+            " return g && g.data && g.data.some(t => (t.x || []).length > 0); }",
+            timeout=30_000,
+        )
+        shown = page.evaluate(
+            "() => document.querySelector('#graph-pareto-front').data"
+            ".reduce((n, t) => n + (t.x || []).length, 0)"
+        )
+        assert shown == len(complete) and shown >= 3
+        # The objective pickers beside the plot name the axes by the study's metric names.
+        for label, metric in (("Objective X", "cer"), ("Objective Y", "iou")):
+            select = page.get_by_text(label, exact=False).locator("xpath=following::*[@role='combobox'][1]")
+            assert select.inner_text().strip() == metric
+        assert page.locator("svg.main-svg").count() > 0  # plotly drew it
+        page.screenshot(path=str(d / "dashboard.png"), full_page=True)
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_report_renders_offline_from_file(finished_sweep, browser):
+    d, url, name = finished_sweep
+    out = _vlsweep("report", name, "--storage", url, "-o", "report.html", cwd=d, timeout=120)
+    assert out.returncode == 0, out.stderr
+    context = browser.new_context(offline=True, viewport={"width": 1300, "height": 1000})
+    requests: list[str] = []
+    context.on("request", lambda r: requests.append(r.url))
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto((d / "report.html").as_uri())
+    page.wait_for_function(
+        "() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= 4", timeout=30_000
+    )
+    axes = page.evaluate(
+        "() => { const g = document.getElementById('plot-pareto');"
+        " return [g.layout.xaxis.title.text, g.layout.yaxis.title.text, g.data.map(t => t.name)]; }"
+    )
+    assert axes[0].startswith("cer") and axes[1].startswith("iou")
+    assert any(n.startswith("Pareto front") for n in axes[2])
+    for plot in ("plot-pareto", "plot-hypervolume", "plot-importance", "plot-learning-rates"):
+        n = page.evaluate(f"() => document.getElementById('{plot}').data.length")
+        assert n >= 1, plot
+    assert not errors, errors
+    assert all(r.startswith(("file:", "data:", "blob:")) for r in requests), requests
+    page.screenshot(path=str(d / "report.png"), full_page=True)
+    context.close()

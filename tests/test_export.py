@@ -1,0 +1,190 @@
+"""Exports of a picked trial: each format loads in (or holds only keys of) its tool."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import create_trial
+
+from tests.conftest import train_config
+from tests.llamafactory_keys import LLAMAFACTORY_KEYS
+from tests.swift_keys import SWIFT_SFT_KEYS
+from vlsweep.export import export
+from vlsweep.results import SweepResults
+from vlsweep.search.config import load_sweep_config
+from vlsweep.search.runner import _distributions, sanitized_config
+
+
+@pytest.fixture
+def study_url(tmp_path, tiny_checkpoint, demo_data):
+    """A study as `vlsweep launch` leaves it (config attr, metric names), trials made by hand."""
+    raw = train_config(tiny_checkpoint("qwen2_vl"), demo_data, budget={"steps": 3, "batch_size": 4})
+    raw.update(
+        name="exp",
+        lora={"vision": True, "projector": "full", "rank": {"vision": 4}},
+        space={
+            "lr_vision": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+            "lr_projector": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+            "lr_llm": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+            "lora_r": {"type": "categorical", "choices": [8, 16]},
+            "lora_alpha_ratio": 1.5,
+            "mix_temperature": {"type": "float", "low": 0.5, "high": 4.0},
+        },
+    )
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(raw))
+    cfg, base_dir = load_sweep_config(tmp_path / "sweep.yaml")
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    study = optuna.create_study(study_name="exp", storage=url, directions=["minimize", "maximize"])
+    study.set_metric_names(["cer", "iou"])
+    study.set_user_attr("config", sanitized_config(cfg, base_dir))
+    dists = _distributions(cfg.parsed_space())
+    for i, (cer, iou) in enumerate([(0.4, 0.1), (0.2, 0.5), (0.1, 0.2)]):
+        params = {
+            "lr_vision": 1e-4 * (i + 1),
+            "lr_projector": 2e-3,
+            "lr_llm": 3e-4,
+            "lora_r": 16,
+            "mix_temperature": 2.0,
+        }
+        study.add_trial(create_trial(values=[cer, iou], params=params, distributions=dists))
+    return url
+
+
+def _results(url: str) -> SweepResults:
+    return SweepResults.of(optuna.load_study(study_name="exp", storage=url))
+
+
+def _training_args() -> set[str]:
+    from transformers import Seq2SeqTrainingArguments
+
+    return {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments)}
+
+
+def test_peft_export_loads_as_a_lora_config_and_attaches_to_the_model(study_url, tmp_path, tiny_checkpoint):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    res = _results(study_url)
+    trial = res.trial(1)
+    export(res, trial, "peft", tmp_path / "peft")
+    cfg = LoraConfig.from_pretrained(str(tmp_path / "peft"))
+    assert cfg.r == 16 and cfg.lora_alpha == pytest.approx(24.0)  # alpha = 1.5 x r
+    assert list(cfg.rank_pattern.values()) == [4]  # the vision group's own rank
+    assert list(cfg.alpha_pattern.values()) == [pytest.approx(6.0)]
+    assert cfg.modules_to_save == ["model.visual.merger"]
+    model = AutoModelForImageTextToText.from_pretrained(str(tiny_checkpoint("qwen2_vl")))
+    peft_model = get_peft_model(model, cfg)
+    adapted = {
+        n.removesuffix(".lora_A.default.weight") for n, _ in peft_model.named_parameters() if "lora_A" in n
+    }
+    assert any(".visual.blocks." in n for n in adapted) and any(".language_model." in n for n in adapted)
+    assert not any(".merger." in n for n in adapted)
+
+    groups = json.loads((tmp_path / "peft" / "param_groups.json").read_text())
+    assert groups["vlsweep"]["trial"] == 1 and groups["vlsweep"]["values"] == {"cer": 0.2, "iou": 0.5}
+    lrs = {g["name"]: g["lr"] for g in groups["groups"]}
+    assert lrs == {
+        "vision": pytest.approx(2e-4),
+        "projector": pytest.approx(2e-3),
+        "llm": pytest.approx(3e-4),
+    }
+    names = [n for n, _ in model.named_parameters()]
+    for g in groups["groups"]:
+        assert any(re.match(g["regex"], n) for n in names), g
+
+
+def test_llamafactory_export_holds_only_keys_llamafactory_accepts(study_url, tmp_path):
+    res = _results(study_url)
+    export(res, res.trial(1), "llamafactory", tmp_path / "lf")
+    text = (tmp_path / "lf" / "llamafactory.yaml").read_text()
+    doc = yaml.safe_load(text)
+    unknown = set(doc) - LLAMAFACTORY_KEYS - _training_args()
+    assert not unknown, unknown
+    assert doc["learning_rate"] == pytest.approx(3e-4) and doc["lora_rank"] == 16 and doc["lora_alpha"] == 24
+    assert doc["freeze_vision_tower"] is False and doc["freeze_multi_modal_projector"] is False
+    assert doc["template"] == "qwen2_vl" and doc["max_steps"] == 3
+    probs = [float(p) for p in doc["interleave_probs"].split(",")]
+    assert len(probs) == len(doc["dataset"].split(",")) and sum(probs) == pytest.approx(1.0, abs=1e-3)
+    # What it cannot express is said, with the searched values.
+    assert "lr_vision=0.0002" in text and "lr_projector=0.002" in text
+    assert "study 'exp', trial 1: cer=0.2, iou=0.5" in text and "Exported by vlsweep" in text
+
+
+def test_swift_export_uses_only_swift_sft_arguments(study_url, tmp_path):
+    res = _results(study_url)
+    export(res, res.trial(2), "swift", tmp_path / "sw")
+    script = (tmp_path / "sw" / "swift_sft.sh").read_text()
+    command = " ".join(line.rstrip("\\").strip() for line in script.splitlines() if not line.startswith("#"))
+    argv = shlex.split(command)
+    assert argv[:2] == ["swift", "sft"]
+    flags = {a[2:]: i for i, a in enumerate(argv) if a.startswith("--")}
+    unknown = set(flags) - SWIFT_SFT_KEYS - _training_args()
+    assert not unknown, unknown
+    assert float(argv[flags["vit_lr"] + 1]) == pytest.approx(3e-4)
+    assert float(argv[flags["aligner_lr"] + 1]) == pytest.approx(2e-3)
+    assert float(argv[flags["learning_rate"] + 1]) == pytest.approx(3e-4)
+    assert argv[flags["freeze_vit"] + 1] == "false"
+    assert "trial 2: cer=0.1, iou=0.2" in script
+    bash = subprocess.run(
+        ["bash", "-n", str(tmp_path / "sw" / "swift_sft.sh")], capture_output=True, text=True
+    )
+    assert bash.returncode == 0, bash.stderr
+
+
+def test_vlsweep_export_is_a_train_config_with_the_trial_params(study_url, tmp_path):
+    from vlsweep.config import load_train_config
+
+    res = _results(study_url)
+    export(res, res.trial(0), "vlsweep", tmp_path / "v", steps=50)
+    cfg, _ = load_train_config(tmp_path / "v" / "train.yaml")
+    p = cfg.params
+    assert (p.lr_vision, p.lr_projector, p.lr_llm, p.lora_r) == (pytest.approx(1e-4), 2e-3, 3e-4, 16)
+    assert p.lora_alpha_ratio == 1.5 and p.mix_temperature == 2.0  # fixed in the space, sampled
+    assert cfg.budget.steps == 50 and cfg.lora.rank == {"vision": 4}
+
+
+def test_cli_export_with_an_empty_filter_is_exit_2(study_url, tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vlsweep.cli",
+            "export",
+            "exp",
+            "--storage",
+            study_url,
+            "--where",
+            "cer<=0.01",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith(
+        "error: no feasible COMPLETE trial in study 'exp' satisfies --where cer<=0.01"
+    )
+    assert "Traceback" not in out.stderr and not list(Path(tmp_path).glob("export-*"))
+
+
+def test_cli_report_writes_one_offline_html(study_url, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "vlsweep.cli", "report", "exp", "--storage", study_url, "-o", "r.html"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    page = (tmp_path / "r.html").read_text()
+    assert page.count('class="plotly-graph-div"') == 4
+    # Self-contained: plotly.js is inlined, nothing is fetched from a CDN.
+    assert not re.search(r"<script[^>]*\bsrc=|<link\b", page)

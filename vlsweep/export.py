@@ -1,0 +1,381 @@
+"""``vlsweep export``: a chosen trial's hyperparameters in the format of the tool users
+train with. Every file records where it came from (study, trial, objective values,
+vlsweep version).
+
+- ``vlsweep``: a ``vlsweep train`` config; same model, data, budget and seed reproduce
+  the trial.
+- ``llamafactory``: a LLaMA-Factory SFT YAML (one learning rate only: see the comments it
+  carries).
+- ``swift``: an ms-swift ``swift sft`` command line (it has per-module learning rates).
+- ``peft``: ``adapter_config.json`` (a peft ``LoraConfig``) and ``param_groups.json``
+  (the optimizer's groups: regexes and learning rates).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial
+
+from vlsweep.errors import UserInputError
+from vlsweep.results import SweepResults
+
+FORMATS = ("vlsweep", "llamafactory", "swift", "peft")
+
+# LLaMA-Factory's chat template per vlsweep family (src/llamafactory/data/template.py).
+LLAMAFACTORY_TEMPLATES = {
+    "qwen2_vl": "qwen2_vl",
+    "qwen2_5_vl": "qwen2_vl",
+    "qwen3_vl": "qwen3_vl",
+    "llava": "llava",
+    "llava_next": "llava_next",
+    "llava_onevision": "llava_next_qwen",
+    "internvl": "intern_vl",
+    "paligemma": "paligemma",
+    "gemma3": "gemma3",
+}
+
+
+def provenance(results: SweepResults, trial: FrozenTrial) -> dict[str, Any]:
+    from vlsweep import __version__
+
+    return {
+        "study": results.name,
+        "trial": trial.number,
+        "values": dict(zip(results.metric_names, trial.values, strict=True)),
+        "params": dict(trial.params),
+        "vlsweep_version": __version__,
+        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _header(prov: dict[str, Any], comment: str = "#") -> str:
+    values = ", ".join(f"{k}={v:.6g}" for k, v in prov["values"].items())
+    return (
+        f"{comment} Exported by vlsweep {prov['vlsweep_version']} on {prov['exported_at']}\n"
+        f"{comment} study {prov['study']!r}, trial {prov['trial']}: {values}\n"
+    )
+
+
+def sweep_config(results: SweepResults) -> Any:
+    from vlsweep.search.config import SweepConfig
+
+    if not results.config:
+        raise UserInputError(
+            f"study {results.name!r} has no vlsweep config attr (not made by vlsweep launch)"
+        )
+    return SweepConfig.model_validate(results.config)
+
+
+def trial_values(results: SweepResults, trial: FrozenTrial) -> dict[str, Any]:
+    """Every hyperparameter the trial ran with: the space's fixed values plus its samples,
+    replayed through the space so conditional parameters resolve exactly as in the sweep."""
+    cfg = sweep_config(results)
+    space = cfg.parsed_space()
+    return space.suggest(optuna.trial.FixedTrial(dict(trial.params), number=trial.number), cfg.settings())
+
+
+def export_vlsweep(results: SweepResults, trial: FrozenTrial, out: Path, steps: int | None) -> list[Path]:
+    from vlsweep.spaces import PARAM_NAMES
+
+    cfg = sweep_config(results)
+    train = cfg.train_config().model_dump(mode="json")
+    values = trial_values(results, trial)
+    train["params"] = {k: v for k, v in values.items() if k in PARAM_NAMES}
+    train["name"] = f"{results.name}-trial-{trial.number}"
+    train["output_dir"] = f"runs/{results.name}-trial-{trial.number}"
+    if steps is not None:
+        train["budget"]["steps"] = steps
+    prov = provenance(results, trial)
+    text = _header(prov) + (
+        f"# `vlsweep train {out / 'train.yaml'}` reproduces the trial (same budget and seed);\n"
+        "# raise budget.steps (or pass --steps) for the final, full-length fine-tune.\n"
+    )
+    text += yaml.safe_dump(train, sort_keys=False)
+    path = out / "train.yaml"
+    path.write_text(text)
+    return [path]
+
+
+def _train_counts(cfg: Any) -> dict[str, int]:
+    """Training records per task, for the mixing probabilities (reads the data files)."""
+    from vlsweep.trials.engine import load_data
+
+    data = load_data(cfg.data, Path.cwd())
+    counts: dict[str, int] = {}
+    for r in data.train:
+        counts[r.task] = counts.get(r.task, 0) + 1
+    return counts
+
+
+def _mix(cfg: Any, values: dict[str, Any]) -> dict[str, float]:
+    from vlsweep.trials.data import task_probabilities
+
+    return task_probabilities(_train_counts(cfg), float(values.get("mix_temperature", 1.0)))
+
+
+def _warmup_steps(values: dict[str, Any], steps: int) -> int:
+    """The trial's warmup as whole steps (the engine warms up over ratio x steps)."""
+    return int(round(float(values.get("warmup_ratio", 0.0)) * steps))
+
+
+def _model_name(cfg: Any) -> str:
+    """A path or Hub id other tools can load (a builtin model: its cached checkpoint)."""
+    from vlsweep.trials.modeling import resolve_source
+
+    return resolve_source(cfg.model)
+
+
+def _family(cfg: Any) -> str | None:
+    from transformers import AutoConfig
+
+    from vlsweep.trials.families import family_for
+    from vlsweep.trials.modeling import resolve_source
+
+    try:
+        hf = AutoConfig.from_pretrained(
+            resolve_source(cfg.model), trust_remote_code=cfg.model.trust_remote_code
+        )
+    except OSError:
+        return None
+    fam = family_for(hf.model_type)
+    return fam.name if fam else None
+
+
+def export_llamafactory(
+    results: SweepResults, trial: FrozenTrial, out: Path, steps: int | None
+) -> list[Path]:
+    cfg = sweep_config(results)
+    v = trial_values(results, trial)
+    r = int(v.get("lora_r", 8))
+    alpha = float(v.get("lora_alpha_ratio", 2.0)) * r
+    probs = _mix(cfg, v)
+    tasks = list(probs)
+    family = _family(cfg)
+    notes = []
+    lrs = {k: v[k] for k in ("lr_vision", "lr_projector", "lr_llm") if k in v}
+    others = {k: x for k, x in lrs.items() if k != "lr_llm" and x != v.get("lr_llm")}
+    if others:
+        shown = ", ".join(f"{k}={x:.3g}" for k, x in others.items())
+        notes.append(
+            f"LLaMA-Factory has one learning_rate for every trainable parameter: the searched {shown} "
+            f"cannot be expressed; learning_rate is the LLM's ({v['lr_llm']:.3g}). For per-module "
+            "rates use --format swift (vit_lr / aligner_lr) or --format peft (param_groups.json)."
+        )
+    if "weight_ocr" in v:
+        notes.append(
+            f"LLaMA-Factory has no per-task loss weight: weight_ocr={v['weight_ocr']:.3g} is not applied; "
+            "interleave_probs carries the task mix from mix_temperature."
+        )
+    if cfg.lora.projector == "lora":
+        notes.append("LoRA on the projector alone is not expressible; the projector stays frozen.")
+    if cfg.lora.targets or cfg.lora.rank:
+        notes.append("lora.targets / lora.rank per group are not expressible; lora_target is 'all'.")
+    if abs(alpha - round(alpha)) > 1e-9:
+        notes.append(f"lora_alpha {alpha:g} rounded to an integer (LLaMA-Factory takes an int).")
+    if family not in LLAMAFACTORY_TEMPLATES:
+        notes.append(f"no LLaMA-Factory template known for model family {family!r}: set `template` yourself.")
+    budget = cfg.budget
+    doc: dict[str, Any] = {
+        "model_name_or_path": _model_name(cfg),
+        "trust_remote_code": cfg.model.trust_remote_code,
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "lora",
+        "lora_rank": r,
+        "lora_alpha": int(round(alpha)),
+        "lora_dropout": float(v.get("lora_dropout", 0.0)),
+        "lora_target": "all",
+        "use_rslora": cfg.lora.use_rslora,
+        "freeze_vision_tower": not cfg.lora.vision,
+        "freeze_multi_modal_projector": cfg.lora.projector != "full",
+        "freeze_language_model": False,
+        "dataset": ",".join(f"vlsweep_{t}" for t in tasks),
+        "template": LLAMAFACTORY_TEMPLATES.get(family or "", "default"),
+        "mix_strategy": "interleave_under",
+        "interleave_probs": ",".join(f"{probs[t]:.4f}" for t in tasks),
+        "cutoff_len": 2048,
+        "output_dir": f"saves/{results.name}-trial-{trial.number}",
+        "logging_steps": 10,
+        "report_to": "none",
+        "per_device_train_batch_size": budget.batch_size,
+        "gradient_accumulation_steps": 1,
+        "learning_rate": float(v.get("lr_llm", 1e-4)),
+        "max_steps": steps or budget.steps,
+        "lr_scheduler_type": "cosine",
+        # Steps, not warmup_ratio: transformers 5 dropped that argument.
+        "warmup_steps": _warmup_steps(v, steps or budget.steps),
+        "weight_decay": cfg.optim.weight_decay,
+        "adam_beta1": cfg.optim.betas[0],
+        "adam_beta2": cfg.optim.betas[1],
+        "adam_epsilon": cfg.optim.eps,
+        "seed": cfg.seed,
+        "bf16": cfg.model.dtype == "bfloat16",
+    }
+    if cfg.optim.max_grad_norm is not None:
+        doc["max_grad_norm"] = cfg.optim.max_grad_norm
+    if cfg.lora.loraplus_lr_ratio is not None:
+        doc["loraplus_lr_ratio"] = cfg.lora.loraplus_lr_ratio
+    prov = provenance(results, trial)
+    text = _header(prov)
+    text += (
+        f"# Datasets {doc['dataset']}: register your data under these names in LLaMA-Factory's\n"
+        "# data/dataset_info.json (sharegpt format with an `images` column).\n"
+    )
+    text += "".join(f"# NOTE: {n}\n" for n in notes)
+    text += yaml.safe_dump(doc, sort_keys=False)
+    path = out / "llamafactory.yaml"
+    path.write_text(text)
+    return [path]
+
+
+def export_swift(results: SweepResults, trial: FrozenTrial, out: Path, steps: int | None) -> list[Path]:
+    cfg = sweep_config(results)
+    v = trial_values(results, trial)
+    r = int(v.get("lora_r", 8))
+    probs = _mix(cfg, v)
+    notes = []
+    if "weight_ocr" in v:
+        notes.append(
+            f"ms-swift has no per-task loss weight: weight_ocr={v['weight_ocr']:.3g} is not applied."
+        )
+    args: list[tuple[str, Any]] = [
+        ("--model", _model_name(cfg)),
+        ("--tuner_type", "lora"),
+        ("--dataset", [f"vlsweep_{t}.jsonl" for t in probs]),
+        ("--interleave_prob", [f"{p:.4f}" for p in probs.values()]),
+        ("--learning_rate", f"{float(v.get('lr_llm', 1e-4)):.6g}"),
+        ("--lora_rank", r),
+        ("--lora_alpha", int(round(float(v.get("lora_alpha_ratio", 2.0)) * r))),
+        ("--lora_dropout", f"{float(v.get('lora_dropout', 0.0)):.4g}"),
+        ("--use_rslora", str(cfg.lora.use_rslora).lower()),
+        ("--freeze_llm", "false"),
+        ("--freeze_vit", str(not cfg.lora.vision).lower()),
+        ("--freeze_aligner", str(cfg.lora.projector != "lora").lower()),
+    ]
+    if cfg.lora.vision and "lr_vision" in v:
+        args.append(("--vit_lr", f"{float(v['lr_vision']):.6g}"))
+    if cfg.lora.projector != "frozen" and "lr_projector" in v:
+        args.append(("--aligner_lr", f"{float(v['lr_projector']):.6g}"))
+    if cfg.lora.projector == "full":
+        plan = _plan(cfg, v)
+        if plan.modules_to_save:
+            args.append(("--modules_to_save", plan.modules_to_save))
+            notes.append("the projector is trained fully (modules_to_save), as in the sweep.")
+    if cfg.lora.loraplus_lr_ratio is not None:
+        args.append(("--lorap_lr_ratio", cfg.lora.loraplus_lr_ratio))
+    args += [
+        ("--max_steps", steps or cfg.budget.steps),
+        ("--per_device_train_batch_size", cfg.budget.batch_size),
+        ("--lr_scheduler_type", "cosine"),
+        ("--warmup_steps", _warmup_steps(v, steps or cfg.budget.steps)),
+        ("--weight_decay", cfg.optim.weight_decay),
+        ("--seed", cfg.seed),
+        ("--output_dir", f"output/{results.name}-trial-{trial.number}"),
+    ]
+    if cfg.optim.max_grad_norm is not None:
+        args.append(("--max_grad_norm", cfg.optim.max_grad_norm))
+    if cfg.model.dtype == "bfloat16":
+        args.append(("--torch_dtype", "bfloat16"))
+    lines = ["swift sft"]
+    for flag, value in args:
+        vals = value if isinstance(value, list) else [value]
+        lines.append(f"    {flag} " + " ".join(shlex.quote(str(x)) for x in vals))
+    prov = provenance(results, trial)
+    text = "#!/usr/bin/env bash\n" + _header(prov)
+    text += "# Datasets: convert your data to ms-swift's format under these file names.\n"
+    text += "".join(f"# NOTE: {n}\n" for n in notes)
+    text += " \\\n".join(lines) + "\n"
+    path = out / "swift_sft.sh"
+    path.write_text(text)
+    path.chmod(0o755)
+    return [path]
+
+
+def _plan(cfg: Any, values: dict[str, Any]) -> Any:
+    from vlsweep.spaces import to_trial_params
+    from vlsweep.trials.lora import plan_lora
+    from vlsweep.trials.modeling import model_skeleton
+
+    model, _, groups = model_skeleton(cfg.model)
+    try:
+        return plan_lora(model, groups, to_trial_params(values), cfg.lora)
+    except ValueError as exc:
+        raise UserInputError(f"lora: {exc}") from None
+
+
+def export_peft(results: SweepResults, trial: FrozenTrial, out: Path, steps: int | None) -> list[Path]:
+    from vlsweep.spaces import to_trial_params
+    from vlsweep.trials.lora import peft_config
+
+    cfg = sweep_config(results)
+    v = trial_values(results, trial)
+    params = to_trial_params(v)
+    plan = _plan(cfg, v)
+    lora = peft_config(plan, params, cfg.lora)
+    lora.base_model_name_or_path = _model_name(cfg)
+    lora.save_pretrained(str(out))
+    from vlsweep.trials.modeling import model_skeleton
+
+    _, _, groups = model_skeleton(cfg.model)
+    lrs = {"vision": params.lr_vision, "projector": params.lr_projector, "llm": params.lr_llm}
+    trainable = {"llm": True, "vision": cfg.lora.vision, "projector": cfg.lora.projector != "frozen"}
+    prov = provenance(results, trial)
+    doc = {
+        "vlsweep": prov,
+        "about": (
+            "AdamW parameter groups of the trial: a trainable parameter belongs to the first group "
+            "whose regex matches the start of its name (strip peft's 'base_model.model.' prefix first); "
+            "with loraplus_lr_ratio, lora_B weights learn that many times faster."
+        ),
+        "groups": [
+            {"name": g, "regex": groups[g], "lr": lrs[g], "lora_targets": plan.targets.get(g)}
+            for g in ("vision", "projector", "llm")
+            if trainable[g]
+        ],
+        "projector_fully_trained": plan.modules_to_save,
+        "loraplus_lr_ratio": cfg.lora.loraplus_lr_ratio,
+        "weight_decay": cfg.optim.weight_decay,
+        "betas": list(cfg.optim.betas),
+        "eps": cfg.optim.eps,
+        "max_grad_norm": cfg.optim.max_grad_norm,
+        "schedule": {
+            "kind": "cosine",
+            "warmup_ratio": params.warmup_ratio,
+            "steps": steps or cfg.budget.steps,
+        },
+        "task_loss_weights": params.weights_for(["ocr", "grounding"])
+        if params.task_weights is None
+        else params.task_weights,
+        "mix_temperature": params.mix_temperature,
+    }
+    groups_path = out / "param_groups.json"
+    groups_path.write_text(json.dumps(doc, indent=2) + "\n")
+    prov_path = out / "vlsweep_export.json"
+    prov_path.write_text(json.dumps(prov, indent=2) + "\n")
+    return [out / "adapter_config.json", groups_path, prov_path]
+
+
+EXPORTERS = {
+    "vlsweep": export_vlsweep,
+    "llamafactory": export_llamafactory,
+    "swift": export_swift,
+    "peft": export_peft,
+}
+
+
+def export(
+    results: SweepResults, trial: FrozenTrial, fmt: str, out: Path, steps: int | None = None
+) -> list[Path]:
+    if fmt not in EXPORTERS:
+        raise UserInputError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
+    if steps is not None and steps < 1:
+        raise UserInputError(f"--steps must be >= 1, got {steps}")
+    out.mkdir(parents=True, exist_ok=True)
+    return EXPORTERS[fmt](results, trial, out, steps)

@@ -1,0 +1,325 @@
+"""``vlsweep report``: one self-contained HTML file (plotly.js inlined, opens offline).
+
+The data comes from ``vlsweep.results``; this module only draws it.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from vlsweep.errors import UserInputError
+from vlsweep.results import (
+    SweepResults,
+    front_rows,
+    hypervolume_history,
+    importances,
+    lr_against_objectives,
+    pareto_points,
+    reference_point,
+)
+
+_COLORS = {"front": "#1f77b4", "dominated": "#b0b0b0", "infeasible": "#d62728"}
+
+
+def _axis_title(name: str, direction: str) -> str:
+    return f"{name} ({'lower' if direction == 'minimize' else 'higher'} is better)"
+
+
+def pareto_figure(results: SweepResults, picked_number: int | None) -> Any:
+    import plotly.graph_objects as go
+
+    picked = next((t for t in results.trials if t.number == picked_number), None)
+    points = pareto_points(results, picked)
+    x_name, y_name = results.metric_names[0], results.metric_names[1]
+    fig = go.Figure()
+    for kind, label, symbol in (
+        ("dominated", "dominated", "circle"),
+        ("infeasible", "infeasible (violates a constraint)", "x"),
+        ("front", "Pareto front", "circle"),
+    ):
+        pts = [p for p in points if p.kind == kind]
+        if kind == "front":
+            pts.sort(key=lambda p: p.values[0])
+        fig.add_trace(
+            go.Scatter(
+                x=[p.values[0] for p in pts],
+                y=[p.values[1] for p in pts],
+                mode="lines+markers" if kind == "front" else "markers",
+                line={"shape": "hv", "color": _COLORS[kind], "width": 1},
+                marker={"color": _COLORS[kind], "size": 9, "symbol": symbol},
+                name=f"{label} ({len(pts)})",
+                text=[f"trial {p.number}" for p in pts],
+                customdata=[[p.number] for p in pts],
+                hovertemplate=f"%{{text}}<br>{x_name}=%{{x:.4g}}<br>{y_name}=%{{y:.4g}}<extra></extra>",
+            )
+        )
+    for p in points:
+        if p.baseline:
+            fig.add_trace(
+                go.Scatter(
+                    x=[p.values[0]],
+                    y=[p.values[1]],
+                    mode="markers+text",
+                    marker={"size": 14, "symbol": "diamond-open", "color": "#2ca02c", "line": {"width": 2}},
+                    text=[f"baseline #{p.number}"],
+                    textposition="bottom center",
+                    name="baseline (un-tuned defaults)",
+                    hoverinfo="skip",
+                )
+            )
+        if p.picked:
+            fig.add_trace(
+                go.Scatter(
+                    x=[p.values[0]],
+                    y=[p.values[1]],
+                    mode="markers+text",
+                    marker={
+                        "size": 20,
+                        "symbol": "star",
+                        "color": "#ff7f0e",
+                        "line": {"width": 1, "color": "black"},
+                    },
+                    text=[f"picked #{p.number}"],
+                    textposition="top center",
+                    name="picked trial",
+                    hoverinfo="skip",
+                )
+            )
+    fig.update_layout(
+        title=f"Pareto front of {results.name!r}: {len(points)} full-budget trials",
+        xaxis_title=_axis_title(x_name, results.directions[0]),
+        yaxis_title=_axis_title(y_name, results.directions[1]),
+        template="plotly_white",
+        legend={"orientation": "h", "y": -0.2},
+        height=520,
+    )
+    return fig
+
+
+def hypervolume_figure(results: SweepResults) -> Any:
+    import plotly.graph_objects as go
+
+    ref = reference_point(results)
+    history = hypervolume_history(results, ref)
+    fig = go.Figure(
+        go.Scatter(
+            x=[n for n, _ in history],
+            y=[hv for _, hv in history],
+            mode="lines+markers",
+            line={"shape": "hv"},
+            name="hypervolume",
+        )
+    )
+    ref_text = ", ".join(f"{n}={v:.4g}" for n, v in zip(results.metric_names, ref, strict=True))
+    fig.update_layout(
+        title=f"Hypervolume of the feasible full-budget trials so far (reference point {ref_text})",
+        xaxis_title="trial number",
+        yaxis_title="hypervolume",
+        template="plotly_white",
+        height=380,
+    )
+    return fig
+
+
+def importance_figure(results: SweepResults) -> Any:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    imp = importances(results)
+    names = list(imp)
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=[f"importance for {n}" for n in names])
+    for i, name in enumerate(names, start=1):
+        items = sorted(imp[name].items(), key=lambda kv: kv[1])
+        fig.add_trace(
+            go.Bar(
+                x=[v for _, v in items], y=[k for k, _ in items], orientation="h", name=name, showlegend=False
+            ),
+            row=1,
+            col=i,
+        )
+        if not items:
+            fig.add_annotation(
+                text="too few trials, or the objective never varied",
+                xref=f"x{i if i > 1 else ''} domain",
+                yref=f"y{i if i > 1 else ''} domain",
+                x=0.5,
+                y=0.5,
+                showarrow=False,
+            )
+    fig.update_layout(
+        title="Parameter importances per objective (Optuna's PED-ANOVA, higher = matters more)",
+        template="plotly_white",
+        height=380,
+    )
+    return fig
+
+
+def lr_figure(results: SweepResults) -> Any:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    data = lr_against_objectives(results)
+    metrics = results.metric_names[:2]
+    rows = list(data) or ["lr_llm"]
+    fig = make_subplots(
+        rows=len(metrics),
+        cols=len(rows),
+        shared_xaxes=False,
+        subplot_titles=[f"{m} vs {p}" for m in metrics for p in rows],
+    )
+    for r, metric in enumerate(metrics, start=1):
+        for c, param in enumerate(rows, start=1):
+            pts = data.get(param, [])
+            fig.add_trace(
+                go.Scatter(
+                    x=[p["lr"] for p in pts],
+                    y=[p[metric] for p in pts],
+                    mode="markers",
+                    marker={"size": 7, "color": _COLORS["front"]},
+                    text=[f"trial {p['trial']}" for p in pts],
+                    showlegend=False,
+                    hovertemplate=f"%{{text}}<br>{param}=%{{x:.3g}}<br>{metric}=%{{y:.4g}}<extra></extra>",
+                ),
+                row=r,
+                col=c,
+            )
+            fig.update_xaxes(type="log", title_text=param, row=r, col=c)
+            fig.update_yaxes(title_text=metric, row=r, col=c)
+    fig.update_layout(
+        title="Per-module learning rates against each objective (full-budget trials)",
+        template="plotly_white",
+        height=300 * len(metrics),
+    )
+    return fig
+
+
+def figures(results: SweepResults, picked_number: int | None) -> dict[str, Any]:
+    return {
+        "pareto": pareto_figure(results, picked_number),
+        "hypervolume": hypervolume_figure(results),
+        "importance": importance_figure(results),
+        "learning-rates": lr_figure(results),
+    }
+
+
+def _front_table(results: SweepResults, picked_number: int | None) -> str:
+    rows = front_rows(results)
+    params = sorted({k for r in rows for k in r["params"]})
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["trial", *results.metric_names, *params, "logs"])
+    body = []
+    for r in rows:
+        mark = " *" if r["dominates_baseline"] else ""
+        style = ' class="picked"' if r["trial"] == picked_number else ""
+        log = r["log_dir"]
+        link = f'<a href="{Path(log).as_uri()}">{html.escape(Path(log).name)}</a>' if log else "-"
+        cells = [f"#{r['trial']}{mark}", *(f"{r[m]:.4g}" for m in results.metric_names)]
+        cells += [_short(r["params"].get(p)) for p in params]
+        body.append(
+            f"<tr{style}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + f"<td>{link}</td></tr>"
+        )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _short(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def render_html(results: SweepResults, picked_number: int | None, figs: dict[str, Any]) -> str:
+    from vlsweep import __version__
+
+    parts = []
+    for i, (key, fig) in enumerate(figs.items()):
+        parts.append(
+            f'<section id="{key}">'
+            + fig.to_html(
+                full_html=False, include_plotlyjs=(i == 0), include_mathjax=False, div_id=f"plot-{key}"
+            )
+            + "</section>"
+        )
+    counts: dict[str, int] = {}
+    for t in results.trials:
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    summary = ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
+    log_roots = sorted({str(Path(r["log_dir"]).parent) for r in front_rows(results) if r["log_dir"]})
+    tb = (
+        "<p>Training curves (per-task losses, per-group learning rates, gradient norms) of every trial: "
+        + " ".join(f"<code>tensorboard --logdir {html.escape(p)}</code>" for p in log_roots)
+        + "</p>"
+        if log_roots
+        else ""
+    )
+    picked = f"; picked trial #{picked_number} (star)" if picked_number is not None else ""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>vlsweep report: {html.escape(results.name)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
+table {{ border-collapse: collapse; font-size: 0.9em; }}
+td, th {{ border: 1px solid #ddd; padding: 3px 8px; text-align: right; }}
+tr.picked td {{ background: #fff3e0; font-weight: bold; }}
+code {{ background: #f4f4f4; padding: 1px 4px; }}
+</style></head><body>
+<h1>Sweep {html.escape(results.name)!s}</h1>
+<p>{len(results.trials)} trials ({summary}){picked}. Only full-budget (COMPLETE) trials are
+on the front; grey ones are dominated, red crosses violate a constraint.
+vlsweep {html.escape(__version__)}.</p>
+{parts[0]}
+<h2>Pareto front</h2>
+<p>* = dominates the baseline (trial run with the un-tuned default hyperparameters).</p>
+{_front_table(results, picked_number)}
+{tb}
+{"".join(parts[1:])}
+</body></html>
+"""
+
+
+def find_browser() -> str | None:
+    """A Chromium/Chrome for kaleido: $BROWSER_PATH, else one on PATH."""
+    env = os.environ.get("BROWSER_PATH")
+    if env and Path(env).exists():
+        return env
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def write_pngs(figs: dict[str, Any], stem: Path) -> list[Path]:
+    """One PNG per plot through kaleido and the system's Chromium; never downloads one."""
+    browser = find_browser()
+    if browser is None:
+        raise UserInputError(
+            "--png needs Chromium or Chrome and found none: install it (Debian/Ubuntu: "
+            "apt install chromium) or set BROWSER_PATH to its executable; vlsweep does not download one"
+        )
+    os.environ["BROWSER_PATH"] = browser
+    out = []
+    for key, fig in figs.items():
+        path = stem.with_name(f"{stem.name}-{key}.png")
+        try:
+            fig.write_image(str(path), width=1100, height=int(fig.layout.height or 500), scale=1)
+        except Exception as exc:  # kaleido's errors are long; the first line says what broke
+            raise UserInputError(
+                f"--png: rendering {key} with {browser} failed: {str(exc).strip().splitlines()[0]}"
+            ) from None
+        out.append(path)
+    return out
+
+
+def write_report(
+    results: SweepResults, out: Path, picked_number: int | None, png: bool = False
+) -> list[Path]:
+    figs = figures(results, picked_number)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_html(results, picked_number, figs), encoding="utf-8")
+    written = [out]
+    if png:
+        written += write_pngs(figs, out.with_suffix(""))
+    return written

@@ -1,0 +1,316 @@
+"""What a finished (or running) sweep found, as plain data: the report draws it, export
+picks from it, and the tests check it without drawing anything.
+
+Everything here reads one list of trials, taken once from the study.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from vlsweep.errors import UserInputError
+from vlsweep.search import study as studies
+
+LR_PARAMS = ("lr_vision", "lr_projector", "lr_llm")
+_WHERE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|<|>|==)\s*([-+0-9.eE]+)\s*$")
+
+
+@dataclass
+class SweepResults:
+    """One read of a study: its trials, objectives and the sweep config it ran."""
+
+    study: optuna.Study
+    name: str
+    metric_names: list[str]
+    directions: list[str]  # "minimize" / "maximize", one per objective
+    trials: list[FrozenTrial]
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, study: optuna.Study) -> SweepResults:
+        directions = [d.name.lower() for d in study.directions]
+        names = list(study.metric_names or [f"value{i}" for i in range(len(directions))])
+        return cls(
+            study=study,
+            name=study.study_name,
+            metric_names=names,
+            directions=directions,
+            trials=study.get_trials(deepcopy=False),
+            config=study.user_attrs.get("config") or {},
+        )
+
+    @property
+    def complete(self) -> list[FrozenTrial]:
+        """Full-budget trials with finite objectives (the searcher tells nothing else COMPLETE)."""
+        return [t for t in self.trials if t.state == TrialState.COMPLETE and t.values]
+
+    @property
+    def front(self) -> list[FrozenTrial]:
+        return studies.pareto_front(self.study, self.trials)
+
+    @property
+    def baseline(self) -> FrozenTrial | None:
+        return next((t for t in self.complete if t.user_attrs.get("baseline")), None)
+
+    def value(self, trial: FrozenTrial, metric: str) -> float | None:
+        """An objective value or a recorded metric (user attr) of a trial."""
+        if metric in self.metric_names and trial.values:
+            return float(trial.values[self.metric_names.index(metric)])
+        v = trial.user_attrs.get(metric)
+        return float(v) if isinstance(v, (int, float)) else None
+
+    def trial(self, number: int) -> FrozenTrial:
+        for t in self.trials:
+            if t.number == number:
+                return t
+        raise UserInputError(f"--pick trial:{number}: study {self.name!r} has no trial {number}")
+
+
+# -- picking a trial ----------------------------------------------------------------------
+
+
+def parse_where(exprs: list[str], known: list[str]) -> list[tuple[str, str, float]]:
+    """``--where 'cer<=0.05'`` (repeatable) into (metric, op, bound); all problems at once."""
+    out, problems = [], []
+    for expr in exprs:
+        for part in (p for p in expr.split(",") if p.strip()):
+            m = _WHERE.match(part)
+            if not m:
+                problems.append(f"--where {part.strip()!r}: write METRIC OP NUMBER, e.g. 'cer<=0.05'")
+                continue
+            metric, op, bound = m.group(1), m.group(2), float(m.group(3))
+            if metric not in known:
+                problems.append(
+                    f"--where {part.strip()!r}: unknown metric {metric!r}; known: {', '.join(known)}"
+                )
+                continue
+            out.append((metric, op, bound))
+    if problems:
+        raise UserInputError(problems)
+    return out
+
+
+def _holds(value: float | None, op: str, bound: float) -> bool:
+    if value is None or not math.isfinite(value):
+        return False
+    return {
+        "<=": value <= bound,
+        ">=": value >= bound,
+        "<": value < bound,
+        ">": value > bound,
+        "==": value == bound,
+    }[op]
+
+
+def knee(front: list[FrozenTrial], directions: list[str]) -> FrozenTrial:
+    """The front point closest (Euclidean) to the ideal point after min-max normalizing
+    each objective over the front to [0, 1], 0 being the best value seen on the front.
+
+    One of several knee definitions; this one treats the objectives as equally important
+    on the scale the front itself spans. Ties go to the lower trial number.
+    """
+    if len(front) == 1:
+        return front[0]
+    k = len(directions)
+    cols = [[t.values[i] if directions[i] == "minimize" else -t.values[i] for t in front] for i in range(k)]
+    lo = [min(c) for c in cols]
+    span = [(max(c) - min(c)) or 1.0 for c in cols]
+
+    def distance(j: int) -> float:
+        return math.sqrt(sum(((cols[i][j] - lo[i]) / span[i]) ** 2 for i in range(k)))
+
+    best = min(range(len(front)), key=lambda j: (distance(j), front[j].number))
+    return front[best]
+
+
+def pick(results: SweepResults, how: str, where: list[tuple[str, str, float]] | None = None) -> FrozenTrial:
+    """``knee``, ``best:METRIC`` or ``trial:N``, among feasible COMPLETE trials passing ``where``."""
+    where = where or []
+    if how.startswith("trial:"):
+        try:
+            number = int(how.removeprefix("trial:"))
+        except ValueError:
+            raise UserInputError(f"--pick {how!r}: write trial:N with N a trial number") from None
+        t = results.trial(number)
+        if t.state != TrialState.COMPLETE:
+            raise UserInputError(
+                f"--pick {how}: trial {number} is {t.state.name}, not COMPLETE"
+                + (f" ({t.user_attrs['error']})" if t.user_attrs.get("error") else "")
+            )
+        failing = [f"{m}{op}{b:g}" for m, op, b in where if not _holds(results.value(t, m), op, b)]
+        if failing:
+            raise UserInputError(
+                f"--pick {how}: trial {number} does not satisfy --where {', '.join(failing)}"
+            )
+        return t
+    pool = [
+        t
+        for t in results.complete
+        if studies.feasible(t) and all(_holds(results.value(t, m), op, b) for m, op, b in where)
+    ]
+    if not pool:
+        cond = " and ".join(f"{m}{op}{b:g}" for m, op, b in where)
+        raise UserInputError(
+            f"no feasible COMPLETE trial in study {results.name!r}"
+            + (f" satisfies --where {cond}; loosen it" if where else "")
+        )
+    if how == "knee":
+        return knee(studies.pareto_front(results.study, pool), results.directions)
+    if how.startswith("best:"):
+        metric = how.removeprefix("best:")
+        if metric not in results.metric_names:
+            raise UserInputError(
+                f"--pick {how}: {metric!r} is not an objective; choose from {results.metric_names}"
+            )
+        i = results.metric_names.index(metric)
+        sign = 1.0 if results.directions[i] == "minimize" else -1.0
+        # Among equals on this objective, the better on the others (a front point).
+        front = studies.pareto_front(results.study, pool)
+        return min(front, key=lambda t: (sign * t.values[i], t.number))
+    raise UserInputError(f"--pick {how!r}: choose knee, best:METRIC or trial:N")
+
+
+# -- plot data ----------------------------------------------------------------------------
+
+
+@dataclass
+class ParetoPoint:
+    number: int
+    values: list[float]
+    kind: str  # "front", "dominated" or "infeasible"
+    picked: bool
+    baseline: bool
+    params: dict[str, Any]
+
+
+def pareto_points(results: SweepResults, picked: FrozenTrial | None) -> list[ParetoPoint]:
+    """Every full-budget trial, marked front / dominated / infeasible."""
+    front = {t.number for t in results.front}
+    out = []
+    for t in results.complete:
+        kind = "infeasible" if not studies.feasible(t) else ("front" if t.number in front else "dominated")
+        out.append(
+            ParetoPoint(
+                number=t.number,
+                values=list(t.values),
+                kind=kind,
+                picked=picked is not None and t.number == picked.number,
+                baseline=bool(t.user_attrs.get("baseline")),
+                params=dict(t.params),
+            )
+        )
+    return out
+
+
+def reference_point(results: SweepResults) -> list[float]:
+    """Hypervolume reference, in each objective's own direction: the worst value seen,
+    and never better than the natural worst of a known metric (CER 1, IoU 0)."""
+    natural = {"cer": 1.0, "iou": 0.0, "acc_iou50": 0.0, "parse_fail_rate": 1.0}
+    ref = []
+    for i, (name, d) in enumerate(zip(results.metric_names, results.directions, strict=True)):
+        seen = [t.values[i] for t in results.complete]
+        worst = (max(seen) if d == "minimize" else min(seen)) if seen else natural.get(name, 0.0)
+        if name in natural:
+            worst = max(worst, natural[name]) if d == "minimize" else min(worst, natural[name])
+        ref.append(float(worst))
+    return ref
+
+
+def _to_min(values: list[float], directions: list[str]) -> list[float]:
+    return [v if d == "minimize" else -v for v, d in zip(values, directions, strict=True)]
+
+
+def hypervolume(points: list[list[float]], ref: list[float], directions: list[str]) -> float:
+    """Hypervolume (moocore) of ``points`` against ``ref``, both in the objectives' own directions."""
+    import moocore
+    import numpy as np
+
+    r = np.asarray(_to_min(ref, directions), dtype=float)
+    pts = [
+        p for p in (_to_min(v, directions) for v in points) if all(a < b for a, b in zip(p, r, strict=True))
+    ]
+    if not pts:
+        return 0.0
+    return float(moocore.hypervolume(np.asarray(pts, dtype=float), ref=r))
+
+
+def hypervolume_history(results: SweepResults, ref: list[float] | None = None) -> list[tuple[int, float]]:
+    """(trial number, hypervolume of the feasible COMPLETE trials up to it), in trial order."""
+    ref = ref or reference_point(results)
+    out, seen = [], []
+    for t in sorted(results.trials, key=lambda t: t.number):
+        if t.state == TrialState.COMPLETE and t.values and studies.feasible(t):
+            seen.append(list(t.values))
+        if t.state.is_finished():
+            out.append((t.number, hypervolume(seen, ref, results.directions)))
+    return out
+
+
+def importances(results: SweepResults) -> dict[str, dict[str, float]]:
+    """Parameter importances (Optuna's default evaluator, PED-ANOVA) for each objective.
+
+    An objective with too few trials to tell, or one that never varied, gets an empty dict.
+    """
+    import warnings
+
+    out: dict[str, dict[str, float]] = {}
+    for i, (name, d) in enumerate(zip(results.metric_names, results.directions, strict=True)):
+        if len({t.values[i] for t in results.complete}) < 2:
+            out[name] = {}
+            continue
+        sign = 1.0 if d == "minimize" else -1.0  # the evaluator ranks by low target values
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                imp = optuna.importance.get_param_importances(
+                    results.study, target=lambda t, i=i, s=sign: s * t.values[i]
+                )
+            out[name] = {k: float(v) for k, v in imp.items()}
+        except (RuntimeError, ValueError):
+            out[name] = {}
+    return out
+
+
+def lr_against_objectives(results: SweepResults) -> dict[str, list[dict[str, float]]]:
+    """For each per-module learning rate searched: (lr, every objective, trial) per COMPLETE trial."""
+    out: dict[str, list[dict[str, float]]] = {}
+    for p in LR_PARAMS:
+        rows = [
+            {
+                "trial": t.number,
+                "lr": float(t.params[p]),
+                **dict(zip(results.metric_names, t.values, strict=True)),
+            }
+            for t in results.complete
+            if p in t.params
+        ]
+        if rows:
+            out[p] = rows
+    return out
+
+
+def front_rows(results: SweepResults) -> list[dict[str, Any]]:
+    """The Pareto front as table rows: trial, objectives, parameters, where its logs are."""
+    base = results.baseline
+    rows = []
+    for t in results.front:
+        rows.append(
+            {
+                "trial": t.number,
+                **dict(zip(results.metric_names, t.values, strict=True)),
+                "dominates_baseline": bool(
+                    base is not None
+                    and t.number != base.number
+                    and studies.dominates(t, base, results.directions)
+                ),
+                "params": dict(t.params),
+                "log_dir": t.user_attrs.get("log_dir"),
+            }
+        )
+    return rows
