@@ -149,3 +149,13 @@ def test_report_renders_offline_from_file(finished_sweep, browser):
     assert all(r.startswith(("file:", "data:", "blob:")) for r in requests), requests
     page.screenshot(path=str(d / "report.png"), full_page=True)
     context.close()
+
+
+def test_report_png_through_kaleido_and_the_system_chromium(finished_sweep):
+    d, url, name = finished_sweep
+    out = _vlsweep("report", name, "--storage", url, "-o", "png/r.html", "--png", cwd=d, timeout=180)
+    assert out.returncode == 0, out.stderr
+    pngs = sorted(p.name for p in (d / "png").glob("*.png"))
+    assert pngs == ["r-hypervolume.png", "r-importance.png", "r-learning-rates.png", "r-pareto.png"]
+    for p in (d / "png").glob("*.png"):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000

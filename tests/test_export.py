@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -188,3 +189,18 @@ def test_cli_report_writes_one_offline_html(study_url, tmp_path):
     assert page.count('class="plotly-graph-div"') == 4
     # Self-contained: plotly.js is inlined, nothing is fetched from a CDN.
     assert not re.search(r"<script[^>]*\bsrc=|<link\b", page)
+
+
+def test_report_png_without_a_browser_says_how_to_get_one(study_url, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "BROWSER_PATH"}
+    env["PATH"] = str(tmp_path / "empty-path")
+    out = subprocess.run(
+        [sys.executable, "-m", "vlsweep.cli", "report", "exp", "--storage", study_url, "--png"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: --png needs Chromium or Chrome and found none: install it")
+    assert "does not download" in out.stderr and "Traceback" not in out.stderr

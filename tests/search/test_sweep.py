@@ -153,6 +153,26 @@ def test_missing_objective_metric_fails_the_trial(ray_local, tmp_path, tiny_chec
     assert "metric 'iou' is missing" in trial.user_attrs["error"]
 
 
+def test_a_logger_that_is_not_installed_is_an_error_before_anything_is_written(
+    tmp_path, tiny_checkpoint, demo_data, monkeypatch
+):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a)
+    )
+    path = _sweep_cfg(tmp_path, tiny_checkpoint("qwen2_vl"), demo_data)
+    raw = yaml.safe_load(path.read_text())
+    raw["logging"] = {"mlflow": {"tracking_uri": "file:///tmp/mlruns"}}
+    path.write_text(yaml.safe_dump(raw))
+    cfg, base_dir = load_sweep_config(path)
+    db = tmp_path / "db.sqlite"
+    with pytest.raises(UserInputError, match=r"logging.mlflow: MLflow is not installed"):
+        run_sweep(cfg, base_dir, f"sqlite:///{db}", log=lambda _m: None)
+    assert not db.exists()
+
+
 def test_reopening_with_other_objectives_is_an_error(tmp_path, tiny_checkpoint, demo_data):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     optuna.create_study(study_name="t", storage=url, directions=["minimize", "minimize"])
@@ -289,3 +309,28 @@ def test_vlsweep_export_reproduces_the_trial_with_vlsweep_train(
     # Same params, budget, seed and data on the same CPU: the same numbers.
     assert [metrics["cer"], metrics["iou"]] == pytest.approx(trial.values, abs=1e-6)
     assert metrics["val_loss_ocr"] == pytest.approx(trial.user_attrs["val_loss_ocr"], rel=1e-5)
+
+    # The trial's training curves reached TensorBoard through Ray Tune's logger.
+    tags = _tensorboard_tags(Path(trial.user_attrs["log_dir"]))
+    assert {"ray/tune/train/loss_ocr", "ray/tune/train/loss_grounding", "ray/tune/train/lr_llm"} <= tags
+    assert "ray/tune/cer" in tags and any(t.startswith("ray/tune/train/grad_norm_") for t in tags)
+
+
+def _tensorboard_tags(log_dir: Path) -> set[str]:
+    """Scalar tags in the TensorBoard event files of a directory (TFRecord framing)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    tags: set[str] = set()
+    files = list(log_dir.glob("events.out.tfevents.*"))
+    assert files, f"no TensorBoard event file in {log_dir}"
+    for f in files:
+        data, i = f.read_bytes(), 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i : i + 8])
+            event = event_pb2.Event()
+            event.ParseFromString(data[i + 12 : i + 12 + n])
+            tags |= {v.tag for v in event.summary.value}
+            i += 12 + n + 4
+    return tags

@@ -58,11 +58,15 @@ def run(config: dict[str, Any], *, spec: dict[str, Any], base_dir: str, out_root
         data = _cached(_DATA, data_key, lambda: load_data(cfg.data, Path(base_dir)))
         out = Path(out_root) / f"trial-{int(config['optuna_trial']):04d}"
         # Training curves reach Tune's loggers (TensorBoard, MLflow, W&B) as results
-        # without objectives, which schedulers skip; at most ~50 per trial.
-        stride = max(10, cfg.budget.steps // 50 // 10 * 10)
+        # without objectives, which schedulers skip; at most ~50 per trial (the engine
+        # logs a row every 10 steps and at each evaluation).
+        every = max(1, cfg.budget.steps // 10 // 50)
+        rows = 0
 
         def log_row(row: dict[str, Any]) -> None:
-            if row["step"] % stride == 0:
+            nonlocal rows
+            rows += 1
+            if (rows - 1) % every == 0:
                 curves = {f"train/{k}": v for k, v in row.items() if k != "step"}
                 tune.report({**curves, **where, "steps": row["step"]})
 
