@@ -96,6 +96,8 @@ class BudgetConfig(_Strict):
     batch_size: int = Field(default=8, ge=1)
     # Evaluate (and report) every N steps; the last step is always evaluated.
     eval_every: int | None = Field(default=None, ge=1)
+    # Further steps to evaluate at (a sweep with early stopping adds its rungs here).
+    eval_at: list[int] = Field(default_factory=list)
     max_new_tokens: int = Field(default=32, ge=1)
     eval_batch_size: int = Field(default=32, ge=1)
 

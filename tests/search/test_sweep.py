@@ -334,3 +334,25 @@ def _tensorboard_tags(log_dir: Path) -> set[str]:
             tags |= {v.tag for v in event.summary.value}
             i += 12 + n + 4
     return tags
+
+
+def test_mo_asha_sweep_prunes_at_rungs_and_only_full_budget_trials_complete(
+    ray_local, tmp_path, tiny_checkpoint, demo_data
+):
+    path = _sweep_cfg(tmp_path, tiny_checkpoint("qwen2_vl"), demo_data, trials=8, max_concurrent=2)
+    raw = yaml.safe_load(path.read_text())
+    raw["budget"].update(steps=9, eval_every=None)
+    raw["search"].update(early_stopping="mo-asha", grace_steps=1, reduction_factor=3)
+    path.write_text(yaml.safe_dump(raw))
+    cfg, base_dir = load_sweep_config(path)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    run_sweep(cfg, base_dir, url, log=lambda _m: None)
+    study = optuna.load_study(study_name="t", storage=url)
+    _check_invariants(study)
+    trials = study.get_trials()
+    assert len(trials) == 8
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert pruned and complete, [(t.number, t.state, t.user_attrs.get("steps")) for t in trials]
+    assert {t.user_attrs["steps"] for t in pruned} <= {1, 3}  # stopped at a rung
+    assert all(t.user_attrs["steps"] == 9 for t in complete)

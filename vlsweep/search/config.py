@@ -70,7 +70,12 @@ class SearchConfig(_Strict):
     max_concurrent: int = Field(default=2, ge=1)
     sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
     seed: int | None = 0
-    early_stopping: Literal["none", "asha"] = "none"
+    # none | asha (Ray's, on the first objective) | mo-asha (multi-objective, vlsweep's).
+    early_stopping: Literal["none", "asha", "mo-asha"] = "none"
+    # Rungs at grace_steps * reduction_factor**k training steps below budget.steps;
+    # grace_steps defaults to budget.steps / reduction_factor**2 (three rungs with the last).
+    grace_steps: int | None = Field(default=None, ge=1)
+    reduction_factor: int = Field(default=3, ge=2)
     # Run the un-tuned baseline (vlsweep.spaces.BASELINE) as trial 0.
     baseline: bool = True
     warm_start: list[WarmStart] = Field(default_factory=list)
@@ -151,6 +156,16 @@ class SweepConfig(RunConfig):
         if len(set(names)) != len(names):
             raise ValueError(f"an objective is listed twice: {names}")
         return value
+
+    @model_validator(mode="after")
+    def _rungs_below_budget(self) -> SweepConfig:
+        s = self.search
+        if s.early_stopping != "none" and s.grace_steps is not None and s.grace_steps >= self.budget.steps:
+            raise ValueError(
+                f"search.grace_steps ({s.grace_steps}) must be below budget.steps ({self.budget.steps}): "
+                "the first rung comes before the end of the trial"
+            )
+        return self
 
     @field_validator("constraints")
     @classmethod

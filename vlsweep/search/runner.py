@@ -196,6 +196,8 @@ def run_sweep(
         _ray_init(cfg, address, log)
         spec = cfg.train_config().model_dump(mode="json")
         spec["data"] = sanitized_config(cfg, base_dir)["data"]
+        # Trials evaluate at every rung, so early stopping judges measured metrics.
+        spec["budget"]["eval_at"] = sorted({*spec["budget"]["eval_at"], *rung_steps(cfg)})
         from vlsweep.search import worker
 
         if trainable is None:
@@ -220,16 +222,8 @@ def run_sweep(
         )
         started = time.time()
         events = Events(searcher, study, driver, names, started, cfg.search.trials, log)
-        if scheduler is None and cfg.search.early_stopping == "asha":
-            from ray.tune.schedulers import ASHAScheduler
-
-            scheduler = ASHAScheduler(
-                time_attr="steps",
-                metric=names[0],
-                mode="min" if directions[0] == "minimize" else "max",
-                max_t=cfg.budget.steps,
-                grace_period=max(1, cfg.budget.eval_every or cfg.budget.steps // 4),
-            )
+        if scheduler is None:
+            scheduler = make_scheduler(cfg, names, directions)
         tuner = tune.Tuner(
             resourced,
             tune_config=tune.TuneConfig(
@@ -258,6 +252,46 @@ def run_sweep(
             searcher.close()
         studies.release_driver(study, driver)
     return study
+
+
+def rung_steps(cfg: SweepConfig) -> list[int]:
+    """The rungs early stopping judges trials at (none without early stopping)."""
+    from vlsweep.search.moasha import rungs
+
+    if cfg.search.early_stopping == "none":
+        return []
+    return rungs(grace_steps(cfg), cfg.search.reduction_factor, cfg.budget.steps)
+
+
+def grace_steps(cfg: SweepConfig) -> int:
+    return cfg.search.grace_steps or max(1, cfg.budget.steps // cfg.search.reduction_factor**2)
+
+
+def make_scheduler(cfg: SweepConfig, names: list[str], directions: list[str]) -> Any:
+    """The Ray Tune scheduler ``search.early_stopping`` names (None: run every trial to the end)."""
+    modes = ["min" if d == "minimize" else "max" for d in directions]
+    if cfg.search.early_stopping == "mo-asha":
+        from vlsweep.search.moasha import MOASHAScheduler
+
+        return MOASHAScheduler(
+            metrics=names,
+            modes=modes,
+            max_t=cfg.budget.steps,
+            grace_period=grace_steps(cfg),
+            reduction_factor=cfg.search.reduction_factor,
+        )
+    if cfg.search.early_stopping == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        return ASHAScheduler(
+            time_attr="steps",
+            metric=names[0],
+            mode=modes[0],
+            max_t=cfg.budget.steps,
+            grace_period=grace_steps(cfg),
+            reduction_factor=cfg.search.reduction_factor,
+        )
+    return None
 
 
 def _trial_name(trial: Any) -> str:

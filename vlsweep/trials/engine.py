@@ -338,7 +338,7 @@ class Trainer:
 
 
 def _eval_steps(budget: BudgetConfig) -> set[int]:
-    steps = {budget.steps}
+    steps = {budget.steps} | {s for s in budget.eval_at if 1 <= s < budget.steps}
     if budget.eval_every:
         steps |= set(range(budget.eval_every, budget.steps + 1, budget.eval_every))
     return steps
