@@ -55,7 +55,8 @@ def _stop_trial_2():
 
     class StopTrial2(FIFOScheduler):
         def on_trial_result(self, tune_controller, trial, result):
-            if trial.config["optuna_trial"] == 2:
+            # Like ASHA: decide on evaluation results (training-curve rows carry no cer).
+            if trial.config["optuna_trial"] == 2 and "cer" in result:
                 return TrialScheduler.STOP
             return TrialScheduler.CONTINUE
 
