@@ -76,6 +76,9 @@ class SearchConfig(_Strict):
     # grace_steps defaults to budget.steps / reduction_factor**2 (three rungs with the last).
     grace_steps: int | None = Field(default=None, ge=1)
     reduction_factor: int = Field(default=3, ge=2)
+    # Stop starting trials after this many seconds of the sweep (running ones are stopped
+    # and end PRUNED); the trial budget still caps the count.
+    time_budget_s: float | None = Field(default=None, gt=0)
     # Run the un-tuned baseline (vlsweep.spaces.BASELINE) as trial 0.
     baseline: bool = True
     warm_start: list[WarmStart] = Field(default_factory=list)

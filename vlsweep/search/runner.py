@@ -232,6 +232,7 @@ def run_sweep(
                 num_samples=remaining,
                 max_concurrent_trials=cfg.search.max_concurrent,
                 reuse_actors=cfg.resources.reuse_actors,
+                time_budget_s=cfg.search.time_budget_s,
                 trial_name_creator=_trial_name,
                 trial_dirname_creator=_trial_name,
             ),

@@ -1,0 +1,215 @@
+"""Search quality on problems with known Pareto fronts: which sampler should be the default?
+
+Problems from pymoo with their true fronts: ZDT1, ZDT2, ZDT3 (5 variables) and DTLZ2
+with two objectives (6 variables), all objectives minimized. Each sampler runs the same
+trial budget per problem and seed with 2 trials in flight at a time (as a sweep with
+``max_concurrent: 2``): ask two, then tell the older and ask again. The samplers:
+
+- ``random``, ``tpe`` (vlsweep's default), ``nsga2``, ``gp``: exactly what
+  ``search.sampler`` builds (``vlsweep.search.study.make_sampler``: Optuna's samplers with
+  their defaults, reading the study once per ask);
+- ``ray-optunasearch``: Ray Tune's stock ``OptunaSearch`` with its defaults (only metric,
+  mode and seed given), driven through its Searcher API (``suggest`` /
+  ``on_trial_complete``) the way Tune drives it.
+
+Score: hypervolume of the non-dominated points found divided by the hypervolume of the
+true front (pymoo's ``pareto_front()``), both against the problem's reference point
+(``REFS``: 1.1 x each objective's worst value over the domain); moocore computes the
+hypervolume. Medians over seeds.
+
+    python benchmarks/known_fronts.py [--trials 100] [--seeds 5] [--png docs/benchmarks/known_fronts.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+
+# Fewer variables than the usual 30 (ZDT) / 11 (DTLZ2): a sweep has ~10 parameters and
+# ~100 trials, and with 30 variables no sampler gets near the front in 100 trials.
+PROBLEMS = {
+    "zdt1": {"n_var": 5},
+    "zdt2": {"n_var": 5},
+    "zdt3": {"n_var": 5},
+    "dtlz2": {"n_var": 6, "n_obj": 2},
+}
+# Reference points: 1.1 x the worst value each objective takes anywhere in the domain
+# (ZDT: f1 <= 1, f2 <= g <= 10; DTLZ2 with 5 distance variables: f <= 1 + 5/4), so every
+# evaluated point counts and the ratio says how close to the true front each sampler gets.
+REFS = {"zdt1": (1.1, 11.0), "zdt2": (1.1, 11.0), "zdt3": (1.1, 11.0), "dtlz2": (2.475, 2.475)}
+SAMPLERS = ("random", "tpe", "nsga2", "gp", "ray-optunasearch")
+CHECKPOINTS = (25, 50, 100)
+
+
+def hv(points: np.ndarray, ref: np.ndarray) -> float:
+    import moocore
+
+    pts = points[np.all(points < ref, axis=1)]
+    return float(moocore.hypervolume(pts, ref=ref)) if len(pts) else 0.0
+
+
+def true_front(problem: Any) -> np.ndarray:
+    """pymoo's true front, dense enough that its hypervolume is exact to ~1e-3."""
+    if problem.name().lower().startswith("dtlz"):
+        from pymoo.util.ref_dirs import get_reference_directions
+
+        return np.asarray(problem.pareto_front(get_reference_directions("uniform", 2, n_partitions=1999)))
+    return np.asarray(problem.pareto_front(n_pareto_points=2000))
+
+
+def run_optuna(problem: Any, kind: str, seed: int, trials: int) -> list[np.ndarray]:
+    import optuna
+
+    from vlsweep.search.study import make_sampler
+
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=make_sampler(kind, seed))
+    n = problem.n_var
+    found: list[np.ndarray] = []
+    pending: list[Any] = []
+    for _ in range(trials):
+        trial = study.ask()
+        pending.append((trial, np.array([trial.suggest_float(f"x{i}", 0.0, 1.0) for i in range(n)])))
+        while pending and (len(pending) == 2 or len(found) + len(pending) == trials):
+            t, x = pending.pop(0)
+            f = problem.evaluate(x)
+            study.tell(t, [float(f[0]), float(f[1])])
+            found.append(np.asarray(f, dtype=float))
+    return found
+
+
+def run_ray_stock(problem: Any, seed: int, trials: int) -> list[np.ndarray]:
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    space = {f"x{i}": tune.uniform(0.0, 1.0) for i in range(problem.n_var)}
+    searcher = OptunaSearch(metric=["f1", "f2"], mode=["min", "min"], seed=seed)
+    searcher.set_search_properties(None, None, space)  # what Tune does with param_space
+    found: list[np.ndarray] = []
+    pending: list[tuple[str, np.ndarray]] = []
+    for k in range(trials):
+        tid = f"t{k}"
+        cfg = searcher.suggest(tid)
+        pending.append((tid, np.array([cfg[f"x{i}"] for i in range(problem.n_var)])))
+        while pending and (len(pending) == 2 or len(found) + len(pending) == trials):
+            t, x = pending.pop(0)
+            f = problem.evaluate(x)
+            searcher.on_trial_complete(t, {"f1": float(f[0]), "f2": float(f[1])})
+            found.append(np.asarray(f, dtype=float))
+    return found
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, default=100)
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--samplers", default=",".join(SAMPLERS))
+    ap.add_argument("--problems", default=",".join(PROBLEMS))
+    ap.add_argument("--png", default=None, help="write the hypervolume-ratio plot here")
+    ap.add_argument("--quick", action="store_true", help="zdt1, 2 seeds, 20 trials, no gp (CI smoke run)")
+    args = ap.parse_args()
+    if args.quick:
+        args.trials, args.seeds, args.problems = 20, 2, "zdt1"
+        args.samplers = "random,tpe,nsga2,ray-optunasearch"
+
+    import optuna
+    from pymoo.problems import get_problem
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    import warnings
+
+    warnings.simplefilter("ignore")
+    samplers = args.samplers.split(",")
+    checkpoints = [c for c in CHECKPOINTS if c <= args.trials] or [args.trials]
+    if args.trials not in checkpoints:
+        checkpoints.append(args.trials)
+    # ratio[problem][sampler][checkpoint] -> list over seeds
+    ratio: dict[str, dict[str, dict[int, list[float]]]] = {}
+    seconds: dict[str, float] = {s: 0.0 for s in samplers}
+    for name in args.problems.split(","):
+        problem = get_problem(name, **PROBLEMS[name])
+        ref = np.asarray(REFS[name])
+        best = hv(true_front(problem), ref)
+        ratio[name] = {s: {c: [] for c in checkpoints} for s in samplers}
+        for kind in samplers:
+            for seed in range(args.seeds):
+                t0 = time.perf_counter()
+                if kind == "ray-optunasearch":
+                    found = run_ray_stock(problem, seed, args.trials)
+                else:
+                    found = run_optuna(problem, kind, seed, args.trials)
+                seconds[kind] += time.perf_counter() - t0
+                for c in checkpoints:
+                    ratio[name][kind][c].append(hv(np.asarray(found[:c]), ref) / best)
+            med = statistics.median(ratio[name][kind][args.trials])
+            print(f"{name:6s} {kind:17s} median HV ratio at {args.trials} trials: {med:.3f}", flush=True)
+
+    print(
+        f"\nmedian hypervolume ratio at {args.trials} trials ({args.seeds} seeds; reference points in REFS):"
+    )
+    print("| problem | " + " | ".join(samplers) + " |")
+    print("|---|" + "---|" * len(samplers))
+    for name, by in ratio.items():
+        print(
+            f"| {name} | "
+            + " | ".join(f"{statistics.median(by[s][args.trials]):.3f}" for s in samplers)
+            + " |"
+        )
+    overall = {
+        s: statistics.median([v for by in ratio.values() for v in by[s][args.trials]]) for s in samplers
+    }
+    print("| all (median) | " + " | ".join(f"{overall[s]:.3f}" for s in samplers) + " |")
+    print(
+        "seconds per run: " + ", ".join(f"{s} {seconds[s] / (args.seeds * len(ratio)):.1f}" for s in samplers)
+    )
+    if "tpe" in overall and "ray-optunasearch" in overall:
+        ok = overall["tpe"] >= overall["ray-optunasearch"]
+        print(f"default (tpe) >= stock Ray OptunaSearch: {ok}")
+    if args.png:
+        _plot(ratio, samplers, checkpoints, args.png)
+
+
+def _plot(ratio: dict, samplers: list[str], checkpoints: list[int], path: str) -> None:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from vlsweep.report import find_browser
+
+    names = list(ratio)
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names)
+    for i, name in enumerate(names, start=1):
+        for j, s in enumerate(samplers):
+            ys = [statistics.median(ratio[name][s][c]) for c in checkpoints]
+            fig.add_trace(
+                go.Scatter(
+                    x=checkpoints,
+                    y=ys,
+                    mode="lines+markers",
+                    name=s,
+                    legendgroup=s,
+                    showlegend=i == 1,
+                    line={"color": ["#7f7f7f", "#1f77b4", "#2ca02c", "#9467bd", "#d62728"][j % 5]},
+                ),
+                row=1,
+                col=i,
+            )
+        fig.update_xaxes(title_text="trials", row=1, col=i)
+    fig.update_yaxes(title_text="HV / true-front HV (median)", row=1, col=1)
+    fig.update_layout(
+        title="Hypervolume ratio against trials, 2 in flight", template="plotly_white", height=400
+    )
+    import os
+
+    browser = find_browser()
+    if browser is None:
+        raise SystemExit("error: --png needs Chromium (apt install chromium) or BROWSER_PATH")
+    os.environ["BROWSER_PATH"] = browser
+    fig.write_image(path, width=1300, height=420)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Learning curves of the tiny-VLM demo: (cer, iou) every 20 steps for random configs.
+
+Records the data the multi-fidelity benchmark replays (``benchmarks/mf_replay.py``): the
+embedded demo's model, data, budget (200 steps) and default search space, configs drawn
+by Optuna's RandomSampler from a fixed seed, each trained with the trial engine and
+evaluated every 20 steps. One JSON line per config in
+``benchmarks/data/learning_curves.jsonl``; a rerun appends only the configs still
+missing, so it can be stopped and continued, and the same seed gives the same configs.
+
+    python benchmarks/learning_curves.py [--configs 300] [--workers 2] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import time
+from pathlib import Path
+from typing import Any
+
+OUT = Path(__file__).parent / "data" / "learning_curves.jsonl"
+EVERY = 20
+
+
+def configs(n: int, seed: int) -> list[dict[str, Any]]:
+    """The first ``n`` configs of the demo's default space drawn by RandomSampler(seed)."""
+    import optuna
+
+    from vlsweep.search.config import load_sweep_config
+    from vlsweep.search.study import make_sampler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cfg, _ = load_sweep_config(Path(__file__).parents[1] / "vlsweep" / "configs" / "demo-sweep.yaml")
+    space, settings = cfg.parsed_space(), cfg.settings()
+    study = optuna.create_study(directions=["minimize", "maximize"], sampler=make_sampler("random", seed))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        out.append(space.suggest(trial, settings))
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    return out
+
+
+_STATE: dict[str, Any] = {}
+
+
+def _init() -> None:
+    import torch
+
+    from vlsweep.search.config import load_sweep_config
+    from vlsweep.trials.engine import load_data
+    from vlsweep.trials.modeling import load_base
+
+    torch.set_num_threads(1)
+    cfg, base_dir = load_sweep_config(Path(__file__).parents[1] / "vlsweep" / "configs" / "demo-sweep.yaml")
+    spec = cfg.train_config()
+    spec.budget.eval_every = EVERY
+    _STATE.update(spec=spec, base=load_base(spec.model), data=load_data(spec.data, base_dir))
+
+
+def _run(job: tuple[int, dict[str, Any]]) -> dict[str, Any]:
+    from vlsweep.spaces import to_trial_params
+    from vlsweep.trials.engine import run_trial
+
+    index, values = job
+    curve: list[dict[str, float]] = []
+
+    def report(step: int, metrics: dict[str, float]) -> None:
+        curve.append({"steps": step, "cer": metrics["cer"], "iou": metrics["iou"]})
+
+    t0 = time.perf_counter()
+    try:
+        result = run_trial(
+            to_trial_params(values),
+            _STATE["spec"].budget,
+            report,
+            spec=_STATE["spec"],
+            data=_STATE["data"],
+            base=_STATE["base"],
+        )
+        error = None
+        train_seconds = result["train_seconds"]
+    except Exception as exc:  # a diverged config is data too: it stops at the step it failed
+        error, train_seconds = f"{type(exc).__name__}: {exc}", None
+    return {
+        "config": index,
+        "params": values,
+        "curve": curve,
+        "error": error,
+        "train_seconds": train_seconds,
+        "wall_seconds": time.perf_counter() - t0,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", type=int, default=300)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+
+    todo_all = list(enumerate(configs(args.configs, args.seed)))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    done = set()
+    if args.out.exists():
+        done = {json.loads(line)["config"] for line in args.out.read_text().splitlines() if line.strip()}
+    todo = [job for job in todo_all if job[0] not in done]
+    print(f"{len(done)} configs recorded, {len(todo)} to go, {args.workers} workers", flush=True)
+    t0 = time.perf_counter()
+    with mp.get_context("spawn").Pool(args.workers, initializer=_init) as pool, args.out.open("a") as f:
+        for k, row in enumerate(pool.imap_unordered(_run, todo), start=1):
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            if k % 10 == 0 or k == len(todo):
+                print(f"{k}/{len(todo)} in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

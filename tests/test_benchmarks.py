@@ -1,0 +1,58 @@
+"""The multi-fidelity replay's bookkeeping on a synthetic curve table (no training)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+
+import mf_replay  # noqa: E402
+
+
+@pytest.fixture
+def table():
+    import optuna
+
+    from vlsweep.search.config import load_sweep_config
+    from vlsweep.search.study import make_sampler
+
+    cfg, _ = load_sweep_config(Path(__file__).parents[1] / "vlsweep" / "configs" / "demo-sweep.yaml")
+    space, settings = cfg.parsed_space(), cfg.settings()
+    study = optuna.create_study(directions=["minimize", "maximize"], sampler=make_sampler("random", 0))
+    rows = []
+    for i in range(40):
+        params = space.suggest(study.ask(), settings)
+        quality = (i % 10) / 10  # some configs are simply better, at every step
+        curve = [
+            {"steps": s, "cer": 1 - 0.5 * quality * s / 200, "iou": 0.1 * quality * s / 200}
+            for s in range(20, 201, 20)
+        ]
+        if i == 7:
+            curve = curve[:3]  # diverged after 60 steps
+        rows.append({"config": i, "params": params, "curve": curve})
+    return mf_replay.Table(rows, space), space, settings
+
+
+def test_nearest_returns_the_recorded_config_itself(table):
+    t, _, _ = table
+    for row in t.rows[:5]:
+        assert t.nearest(row["params"]) is row
+
+
+def test_full_budget_spends_200_steps_per_trial_and_mo_asha_stops_some(table):
+    t, space, settings = table
+    budget = 10 * mf_replay.MAX_T
+    full, full_started = mf_replay.simulate("tpe-full", t, space, settings, 0, budget, 2)
+    assert [s for s, _ in full[1:]] == [200 * k for k in range(1, len(full))] or any(
+        s % 200 for s, _ in full
+    )  # whole trials, unless one diverged early
+    assert [hv for _, hv in full] == sorted(hv for _, hv in full)  # the front only grows
+    assert len(full) - 1 <= budget // mf_replay.MAX_T
+    asha, asha_started = mf_replay.simulate("moasha-random", t, space, settings, 0, budget, 2)
+    # The same steps buy MO-ASHA many more configs: most stop at the first rungs.
+    assert asha_started > full_started
+    assert len(asha) - 1 < asha_started
+    assert mf_replay.at(t.rows[7], 80) is None and mf_replay.at(t.rows[7], 60) is not None
