@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -176,7 +177,7 @@ def _plot(ratio: dict, samplers: list[str], checkpoints: list[int], path: str) -
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from vlsweep.report import find_browser
+    from vlsweep.report import write_png
 
     names = list(ratio)
     fig = make_subplots(rows=1, cols=len(names), subplot_titles=names)
@@ -201,13 +202,7 @@ def _plot(ratio: dict, samplers: list[str], checkpoints: list[int], path: str) -
     fig.update_layout(
         title="Hypervolume ratio against trials, 2 in flight", template="plotly_white", height=400
     )
-    import os
-
-    browser = find_browser()
-    if browser is None:
-        raise SystemExit("error: --png needs Chromium (apt install chromium) or BROWSER_PATH")
-    os.environ["BROWSER_PATH"] = browser
-    fig.write_image(path, width=1300, height=420)
+    write_png(fig, Path(path), width=1300, height=420)
     print(f"wrote {path}")
 
 

@@ -213,11 +213,9 @@ def main() -> None:
 
 
 def _plot(runs: dict, budget: int, path: str) -> None:
-    import os
-
     import plotly.graph_objects as go
 
-    from vlsweep.report import find_browser
+    from vlsweep.report import write_png
 
     xs = np.linspace(0, budget, 49)
     fig = go.Figure()
@@ -238,11 +236,7 @@ def _plot(runs: dict, budget: int, path: str) -> None:
         template="plotly_white",
         height=420,
     )
-    browser = find_browser()
-    if browser is None:
-        raise SystemExit("error: --png needs Chromium (apt install chromium) or BROWSER_PATH")
-    os.environ["BROWSER_PATH"] = browser
-    fig.write_image(path, width=1000, height=420)
+    write_png(fig, Path(path), width=1000, height=420)
     print(f"wrote {path}")
 
 

@@ -58,3 +58,17 @@ def train_config(model: Path | str, data: Path, **overrides) -> dict:
         else:
             cfg[key] = value
     return cfg
+
+
+def wait_for_http(url: str, proc, seconds: float = 30.0) -> bytes:
+    """The body at ``url`` once the server process ``proc`` answers; fails if it dies first."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + seconds
+    while True:
+        try:
+            return urllib.request.urlopen(url, timeout=2).read()
+        except OSError:
+            assert time.time() < deadline and proc.poll() is None, f"nothing answered at {url}"
+            time.sleep(0.3)

@@ -12,8 +12,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import optuna
@@ -21,7 +19,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from tests.conftest import train_config
+from tests.conftest import train_config, wait_for_http
 
 pytestmark = pytest.mark.browser
 
@@ -90,15 +88,7 @@ def test_dashboard_shows_the_pareto_front_with_cer_and_iou(finished_sweep, brows
         text=True,
     )
     try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    raise AssertionError("the dashboard did not start") from None
-                time.sleep(0.3)
+        wait_for_http(f"http://127.0.0.1:{port}/api/studies", server)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"http://127.0.0.1:{port}/dashboard/studies/{study._study_id}")
         page.wait_for_function(

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tests.conftest import train_config
+from tests.conftest import train_config, wait_for_http
 from vlsweep.cli import app
 
 runner = CliRunner()
@@ -173,8 +173,6 @@ def test_train_writes_metrics_and_adapter(tmp_path, tiny_checkpoint, demo_data):
 @pytest.mark.parametrize(("host", "warns"), [("127.0.0.1", False), ("0.0.0.0", True)])
 def test_dashboard_listens_on_loopback_and_warns_otherwise(tmp_path, host, warns):
     import socket
-    import time
-    import urllib.request
 
     import optuna
 
@@ -201,14 +199,7 @@ def test_dashboard_listens_on_loopback_and_warns_otherwise(tmp_path, host, warns
         text=True,
     )
     try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2).read()
-                break
-            except OSError:
-                assert time.time() < deadline and proc.poll() is None, "the dashboard did not start"
-                time.sleep(0.3)
+        body = wait_for_http(f"http://127.0.0.1:{port}/api/studies", proc)
         assert b'"study_name": "s"' in body
     finally:
         proc.terminate()

@@ -57,38 +57,15 @@ def pareto_figure(results: SweepResults, picked_number: int | None) -> Any:
                 hovertemplate=f"%{{text}}<br>{x_name}=%{{x:.4g}}<br>{y_name}=%{{y:.4g}}<extra></extra>",
             )
         )
+    baseline = {"size": 14, "symbol": "diamond-open", "color": "#2ca02c", "line": {"width": 2}}
+    star = {"size": 20, "symbol": "star", "color": "#ff7f0e", "line": {"width": 1, "color": "black"}}
     for p in points:
         if p.baseline:
             fig.add_trace(
-                go.Scatter(
-                    x=[p.values[0]],
-                    y=[p.values[1]],
-                    mode="markers+text",
-                    marker={"size": 14, "symbol": "diamond-open", "color": "#2ca02c", "line": {"width": 2}},
-                    text=[f"baseline #{p.number}"],
-                    textposition="bottom center",
-                    name="baseline (un-tuned defaults)",
-                    hoverinfo="skip",
-                )
+                _highlight(p, f"baseline #{p.number}", "baseline (un-tuned defaults)", baseline, "bottom")
             )
         if p.picked:
-            fig.add_trace(
-                go.Scatter(
-                    x=[p.values[0]],
-                    y=[p.values[1]],
-                    mode="markers+text",
-                    marker={
-                        "size": 20,
-                        "symbol": "star",
-                        "color": "#ff7f0e",
-                        "line": {"width": 1, "color": "black"},
-                    },
-                    text=[f"picked #{p.number}"],
-                    textposition="top center",
-                    name="picked trial",
-                    hoverinfo="skip",
-                )
-            )
+            fig.add_trace(_highlight(p, f"picked #{p.number}", "picked trial", star, "top"))
     fig.update_layout(
         title=f"Pareto front of {results.name!r}: {len(points)} full-budget trials",
         xaxis_title=_axis_title(x_name, results.directions[0]),
@@ -98,6 +75,21 @@ def pareto_figure(results: SweepResults, picked_number: int | None) -> Any:
         height=520,
     )
     return fig
+
+
+def _highlight(p: Any, text: str, name: str, marker: dict[str, Any], where: str) -> Any:
+    import plotly.graph_objects as go
+
+    return go.Scatter(
+        x=[p.values[0]],
+        y=[p.values[1]],
+        mode="markers+text",
+        marker=marker,
+        text=[text],
+        textposition=f"{where} center",
+        name=name,
+        hoverinfo="skip",
+    )
 
 
 def hypervolume_figure(results: SweepResults) -> Any:
@@ -291,8 +283,8 @@ def find_browser() -> str | None:
     return None
 
 
-def write_pngs(figs: dict[str, Any], stem: Path) -> list[Path]:
-    """One PNG per plot through kaleido and the system's Chromium; never downloads one."""
+def write_png(fig: Any, path: Path, width: int = 1100, height: int | None = None) -> None:
+    """One figure as PNG through kaleido and the system's Chromium; never downloads one."""
     browser = find_browser()
     if browser is None:
         raise UserInputError(
@@ -300,15 +292,19 @@ def write_pngs(figs: dict[str, Any], stem: Path) -> list[Path]:
             "apt install chromium) or set BROWSER_PATH to its executable; vlsweep does not download one"
         )
     os.environ["BROWSER_PATH"] = browser
+    try:
+        fig.write_image(str(path), width=width, height=height or int(fig.layout.height or 500), scale=1)
+    except Exception as exc:  # kaleido's errors are long; the first line says what broke
+        raise UserInputError(
+            f"--png: rendering {path.name} with {browser} failed: {str(exc).strip().splitlines()[0]}"
+        ) from None
+
+
+def write_pngs(figs: dict[str, Any], stem: Path) -> list[Path]:
     out = []
     for key, fig in figs.items():
         path = stem.with_name(f"{stem.name}-{key}.png")
-        try:
-            fig.write_image(str(path), width=1100, height=int(fig.layout.height or 500), scale=1)
-        except Exception as exc:  # kaleido's errors are long; the first line says what broke
-            raise UserInputError(
-                f"--png: rendering {key} with {browser} failed: {str(exc).strip().splitlines()[0]}"
-            ) from None
+        write_png(fig, path)
         out.append(path)
     return out
 
