@@ -23,6 +23,7 @@ hypervolume. Medians over seeds.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from pathlib import Path
@@ -59,6 +60,8 @@ def true_front(problem: Any) -> np.ndarray:
         from pymoo.util.ref_dirs import get_reference_directions
 
         return np.asarray(problem.pareto_front(get_reference_directions("uniform", 2, n_partitions=1999)))
+    if problem.name().lower() == "zdt3":  # a disconnected front: points per region
+        return np.asarray(problem.pareto_front(n_points=2000))
     return np.asarray(problem.pareto_front(n_pareto_points=2000))
 
 
@@ -103,26 +106,9 @@ def run_ray_stock(problem: Any, seed: int, trials: int) -> list[np.ndarray]:
     return found
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--trials", type=int, default=100)
-    ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--samplers", default=",".join(SAMPLERS))
-    ap.add_argument("--problems", default=",".join(PROBLEMS))
-    ap.add_argument("--png", default=None, help="write the hypervolume-ratio plot here")
-    ap.add_argument("--quick", action="store_true", help="zdt1, 2 seeds, 20 trials, no gp (CI smoke run)")
-    args = ap.parse_args()
-    if args.quick:
-        args.trials, args.seeds, args.problems = 20, 2, "zdt1"
-        args.samplers = "random,tpe,nsga2,ray-optunasearch"
-
-    import optuna
+def measure(args: argparse.Namespace) -> tuple[dict, dict, dict, list[str], list[int]]:
     from pymoo.problems import get_problem
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    import warnings
-
-    warnings.simplefilter("ignore")
     samplers = args.samplers.split(",")
     checkpoints = [c for c in CHECKPOINTS if c <= args.trials] or [args.trials]
     if args.trials not in checkpoints:
@@ -148,6 +134,51 @@ def main() -> None:
             med = statistics.median(ratio[name][kind][args.trials])
             print(f"{name:6s} {kind:17s} median HV ratio at {args.trials} trials: {med:.3f}", flush=True)
 
+    runs = {s: args.seeds * len(ratio) for s in samplers}
+    return ratio, seconds, runs, samplers, checkpoints
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, default=100)
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--samplers", default=",".join(SAMPLERS))
+    ap.add_argument("--problems", default=",".join(PROBLEMS))
+    ap.add_argument("--png", default=None, help="write the hypervolume-ratio plot here")
+    ap.add_argument("--save", default=None, help="also write the ratios as JSON (to --merge later)")
+    ap.add_argument(
+        "--merge", nargs="+", default=None, help="report from saved JSON files instead of running"
+    )
+    ap.add_argument("--quick", action="store_true", help="zdt1, 2 seeds, 20 trials, no gp (CI smoke run)")
+    args = ap.parse_args()
+    if args.quick:
+        args.trials, args.seeds, args.problems = 20, 2, "zdt1"
+        args.samplers = "random,tpe,nsga2,ray-optunasearch"
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    import warnings
+
+    warnings.simplefilter("ignore")
+    if args.merge:
+        ratio, seconds, runs = {}, {}, {}
+        for path in args.merge:
+            saved = json.loads(Path(path).read_text())
+            for name, by in saved["ratio"].items():
+                for kind, cps in by.items():
+                    ratio.setdefault(name, {})[kind] = {int(c): v for c, v in cps.items()}
+            for kind, sec in saved["seconds"].items():
+                seconds[kind] = seconds.get(kind, 0.0) + sec
+                runs[kind] = runs.get(kind, 0) + saved["runs"][kind]
+        samplers = [k for k in SAMPLERS if all(k in by for by in ratio.values())]
+        args.trials = max(max(cps) for by in ratio.values() for cps in by.values())
+        args.seeds = len(next(iter(next(iter(ratio.values())).values()))[args.trials])
+        checkpoints = sorted(next(iter(next(iter(ratio.values())).values())))
+    else:
+        ratio, seconds, runs, samplers, checkpoints = measure(args)
+        if args.save:
+            Path(args.save).write_text(json.dumps({"ratio": ratio, "seconds": seconds, "runs": runs}))
     print(
         f"\nmedian hypervolume ratio at {args.trials} trials ({args.seeds} seeds; reference points in REFS):"
     )
@@ -163,9 +194,7 @@ def main() -> None:
         s: statistics.median([v for by in ratio.values() for v in by[s][args.trials]]) for s in samplers
     }
     print("| all (median) | " + " | ".join(f"{overall[s]:.3f}" for s in samplers) + " |")
-    print(
-        "seconds per run: " + ", ".join(f"{s} {seconds[s] / (args.seeds * len(ratio)):.1f}" for s in samplers)
-    )
+    print("seconds per run: " + ", ".join(f"{s} {seconds[s] / runs[s]:.1f}" for s in samplers))
     if "tpe" in overall and "ray-optunasearch" in overall:
         ok = overall["tpe"] >= overall["ray-optunasearch"]
         print(f"default (tpe) >= stock Ray OptunaSearch: {ok}")
