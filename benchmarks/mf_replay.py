@@ -12,8 +12,8 @@ Methods, each over the same total budget of training steps:
 
 - ``tpe-full``: every trial runs 200 steps; TPE (vlsweep's default sampler) is told
   each trial's final values;
-- ``moasha-random``: random proposals, ``MOASHAScheduler`` (rungs 20, 60, 180; eta 3)
-  stops trials at rungs;
+- ``moasha-random``: random proposals, ``MOASHAScheduler`` stops trials at rungs
+  (``--grace`` and ``--eta``; default rungs 20, 60, 180 steps with eta 3);
 - ``moasha-tpe``: TPE proposals under MO-ASHA; a stopped trial is told PRUNED, a
   finished one COMPLETE, as in a sweep.
 
@@ -86,9 +86,18 @@ def hypervolume(points: list[tuple[float, float]]) -> float:
 
 
 def simulate(
-    method: str, table: Table, space: Any, settings: dict, seed: int, budget: int, workers: int
-) -> list:
-    """Run one replayed sweep; returns [(steps spent, hypervolume of the full-budget front)]."""
+    method: str,
+    table: Table,
+    space: Any,
+    settings: dict,
+    seed: int,
+    budget: int,
+    workers: int,
+    grace: int = GRACE,
+    eta: int = ETA,
+) -> tuple[list[tuple[int, float]], int]:
+    """Run one replayed sweep; returns ([(steps spent, hypervolume of the full-budget
+    front)] at each full-budget trial, number of trials started)."""
     import optuna
 
     from vlsweep.search.moasha import MOASHAScheduler
@@ -101,8 +110,8 @@ def simulate(
             metrics=["cer", "iou"],
             modes=["min", "max"],
             max_t=MAX_T,
-            grace_period=GRACE,
-            reduction_factor=ETA,
+            grace_period=grace,
+            reduction_factor=eta,
         )
         if method.startswith("moasha")
         else None
@@ -162,6 +171,8 @@ def main() -> None:
     ap.add_argument("--budget-trials", type=int, default=48, help="budget = this many full-budget trials")
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--png", default=None)
+    ap.add_argument("--grace", type=int, default=GRACE, help="first rung, in steps (a multiple of 20)")
+    ap.add_argument("--eta", type=int, default=ETA, help="reduction factor")
     ap.add_argument("--quick", action="store_true", help="2 seeds, 12 trials of budget (CI smoke run)")
     args = ap.parse_args()
     if args.quick:
@@ -170,6 +181,7 @@ def main() -> None:
     import optuna
 
     from vlsweep.search.config import load_sweep_config
+    from vlsweep.search.moasha import rungs
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     import warnings
@@ -183,14 +195,18 @@ def main() -> None:
     methods = ("tpe-full", "moasha-random", "moasha-tpe")
     runs, started = {}, {}
     for m in methods:
-        out = [simulate(m, table, space, settings, s, budget, args.workers) for s in range(args.seeds)]
+        out = [
+            simulate(m, table, space, settings, s, budget, args.workers, args.grace, args.eta)
+            for s in range(args.seeds)
+        ]
         runs[m], started[m] = [h for h, _ in out], statistics.median(n for _, n in out)
 
     full = runs["tpe-full"]
     final = statistics.median(hv_at(h, budget) for h in full)
     print(
         f"{len(rows)} recorded configs; budget {budget} steps = {args.budget_trials} full trials; "
-        f"{args.workers} workers; {args.seeds} seeds; reference point cer=1, iou=0"
+        f"{args.workers} workers; {args.seeds} seeds; MO-ASHA rungs "
+        f"{rungs(args.grace, args.eta, MAX_T)} (eta {args.eta}); reference point cer=1, iou=0"
     )
     print(f"full-budget TPE: median final hypervolume {final:.4f}\n")
     print("| method | trials started | HV at 25% of steps | at 40% | at 100% | steps to 95% of TPE's final |")
