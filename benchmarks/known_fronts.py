@@ -65,24 +65,34 @@ def true_front(problem: Any) -> np.ndarray:
     return np.asarray(problem.pareto_front(n_pareto_points=2000))
 
 
+def two_in_flight(problem: Any, trials: int, ask: Any, tell: Any) -> list[np.ndarray]:
+    """Ask two, then tell the older and ask again, as a sweep with max_concurrent 2 does.
+
+    ``ask()`` returns (handle, x); ``tell(handle, f)`` reports the objectives of x."""
+    found: list[np.ndarray] = []
+    pending: list[tuple[Any, np.ndarray]] = []
+    for _ in range(trials):
+        pending.append(ask())
+        while pending and (len(pending) == 2 or len(found) + len(pending) == trials):
+            handle, x = pending.pop(0)
+            f = np.asarray(problem.evaluate(x), dtype=float)
+            tell(handle, f)
+            found.append(f)
+    return found
+
+
 def run_optuna(problem: Any, kind: str, seed: int, trials: int) -> list[np.ndarray]:
     import optuna
 
     from vlsweep.search.study import make_sampler
 
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=make_sampler(kind, seed))
-    n = problem.n_var
-    found: list[np.ndarray] = []
-    pending: list[Any] = []
-    for _ in range(trials):
+
+    def ask() -> tuple[Any, np.ndarray]:
         trial = study.ask()
-        pending.append((trial, np.array([trial.suggest_float(f"x{i}", 0.0, 1.0) for i in range(n)])))
-        while pending and (len(pending) == 2 or len(found) + len(pending) == trials):
-            t, x = pending.pop(0)
-            f = problem.evaluate(x)
-            study.tell(t, [float(f[0]), float(f[1])])
-            found.append(np.asarray(f, dtype=float))
-    return found
+        return trial, np.array([trial.suggest_float(f"x{i}", 0.0, 1.0) for i in range(problem.n_var)])
+
+    return two_in_flight(problem, trials, ask, lambda t, f: study.tell(t, [float(f[0]), float(f[1])]))
 
 
 def run_ray_stock(problem: Any, seed: int, trials: int) -> list[np.ndarray]:
@@ -92,18 +102,17 @@ def run_ray_stock(problem: Any, seed: int, trials: int) -> list[np.ndarray]:
     space = {f"x{i}": tune.uniform(0.0, 1.0) for i in range(problem.n_var)}
     searcher = OptunaSearch(metric=["f1", "f2"], mode=["min", "min"], seed=seed)
     searcher.set_search_properties(None, None, space)  # what Tune does with param_space
-    found: list[np.ndarray] = []
-    pending: list[tuple[str, np.ndarray]] = []
-    for k in range(trials):
-        tid = f"t{k}"
+    ids = iter(range(trials))
+
+    def ask() -> tuple[str, np.ndarray]:
+        tid = f"t{next(ids)}"
         cfg = searcher.suggest(tid)
-        pending.append((tid, np.array([cfg[f"x{i}"] for i in range(problem.n_var)])))
-        while pending and (len(pending) == 2 or len(found) + len(pending) == trials):
-            t, x = pending.pop(0)
-            f = problem.evaluate(x)
-            searcher.on_trial_complete(t, {"f1": float(f[0]), "f2": float(f[1])})
-            found.append(np.asarray(f, dtype=float))
-    return found
+        return tid, np.array([cfg[f"x{i}"] for i in range(problem.n_var)])
+
+    def tell(tid: str, f: np.ndarray) -> None:
+        searcher.on_trial_complete(tid, {"f1": float(f[0]), "f2": float(f[1])})
+
+    return two_in_flight(problem, trials, ask, tell)
 
 
 def measure(args: argparse.Namespace) -> tuple[dict, dict, dict, list[str], list[int]]:

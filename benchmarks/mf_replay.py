@@ -47,26 +47,28 @@ class Table:
         from vlsweep.spaces import CategoricalSpec, FloatSpec
 
         self.rows = rows
-        self.keys = [k for k in space.specs if all(k in r["params"] for r in rows)]
-        cols = []
-        for k in self.keys:
-            spec = space.specs[k]
+        # Per searched parameter: name, log scale?, and the (lo, hi) it is normalized by.
+        self.cols: list[tuple[str, bool, float, float]] = []
+        columns = []
+        for k, spec in space.specs.items():
+            if not all(k in r["params"] for r in rows):
+                continue
             log = isinstance(spec, FloatSpec) and spec.log or isinstance(spec, CategoricalSpec)
-            cols.append((k, log))
-        self.cols = cols
-        self.x = np.stack(
-            [self._norm_col(k, log, np.array([float(r["params"][k]) for r in rows])) for k, log in cols], 1
-        )
+            v = np.array([float(r["params"][k]) for r in rows])
+            v = np.log(v) if log else v
+            self.cols.append((k, log, float(v.min()), float(v.max())))
+            columns.append(v)
+        self.x = np.stack([self._norm(c, v) for c, v in zip(self.cols, columns, strict=True)], 1)
 
-    def _norm_col(self, k: str, log: bool, v: np.ndarray) -> np.ndarray:
-        all_v = np.array([float(r["params"][k]) for r in self.rows])
-        if log:
-            all_v, v = np.log(all_v), np.log(v)
-        lo, hi = all_v.min(), all_v.max()
+    @staticmethod
+    def _norm(col: tuple[str, bool, float, float], v: Any) -> Any:
+        _, _, lo, hi = col
         return (v - lo) / ((hi - lo) or 1.0)
 
     def nearest(self, params: dict[str, Any]) -> dict[str, Any]:
-        q = np.array([self._norm_col(k, log, np.array([float(params[k])]))[0] for k, log in self.cols])
+        q = np.array(
+            [self._norm(c, math.log(float(params[c[0]])) if c[1] else float(params[c[0]])) for c in self.cols]
+        )
         return self.rows[int(np.argmin(((self.x - q) ** 2).sum(1)))]
 
 

@@ -240,10 +240,11 @@ WhereOpt = Annotated[
 def _results_and_pick(name: str, storage: str | None, how: str, where: list[str] | None, *, optional: bool):  # noqa: ANN202
     """The study's results and the picked trial (None when ``optional`` and nothing is COMPLETE)."""
     from vlsweep.results import SweepResults, parse_where, pick
+    from vlsweep.search.config import METRICS
     from vlsweep.search.study import load_existing, storage_url
 
     results = SweepResults.of(load_existing(storage_url(storage), name))
-    known = results.metric_names + ["acc_iou50", "parse_fail_rate", "val_loss_ocr", "val_loss_grounding"]
+    known = list(dict.fromkeys([*results.metric_names, *METRICS]))
     conds = parse_where(where or [], known)
     if optional and not results.complete:
         return results, None

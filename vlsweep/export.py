@@ -264,7 +264,7 @@ def export_swift(results: SweepResults, trial: FrozenTrial, out: Path, steps: in
     if cfg.lora.projector != "frozen" and "lr_projector" in v:
         args.append(("--aligner_lr", f"{float(v['lr_projector']):.6g}"))
     if cfg.lora.projector == "full":
-        plan = _plan(cfg, v)
+        plan, _ = _plan(cfg, v)
         if plan.modules_to_save:
             args.append(("--modules_to_save", plan.modules_to_save))
             notes.append("the projector is trained fully (modules_to_save), as in the sweep.")
@@ -298,14 +298,15 @@ def export_swift(results: SweepResults, trial: FrozenTrial, out: Path, steps: in
     return [path]
 
 
-def _plan(cfg: Any, values: dict[str, Any]) -> Any:
+def _plan(cfg: Any, values: dict[str, Any]) -> tuple[Any, dict[str, str]]:
+    """The trial's LoRA plan on the model's skeleton, and the module-group regexes."""
     from vlsweep.spaces import to_trial_params
     from vlsweep.trials.lora import plan_lora
     from vlsweep.trials.modeling import model_skeleton
 
     model, _, groups = model_skeleton(cfg.model)
     try:
-        return plan_lora(model, groups, to_trial_params(values), cfg.lora)
+        return plan_lora(model, groups, to_trial_params(values), cfg.lora), groups
     except ValueError as exc:
         raise UserInputError(f"lora: {exc}") from None
 
@@ -317,13 +318,10 @@ def export_peft(results: SweepResults, trial: FrozenTrial, out: Path, steps: int
     cfg = sweep_config(results)
     v = trial_values(results, trial)
     params = to_trial_params(v)
-    plan = _plan(cfg, v)
+    plan, groups = _plan(cfg, v)
     lora = peft_config(plan, params, cfg.lora)
     lora.base_model_name_or_path = _model_name(cfg)
     lora.save_pretrained(str(out))
-    from vlsweep.trials.modeling import model_skeleton
-
-    _, _, groups = model_skeleton(cfg.model)
     lrs = {"vision": params.lr_vision, "projector": params.lr_projector, "llm": params.lr_llm}
     trainable = {"llm": True, "vision": cfg.lora.vision, "projector": cfg.lora.projector != "frozen"}
     prov = provenance(results, trial)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import optuna
@@ -45,16 +46,16 @@ class SweepResults:
             config=study.user_attrs.get("config") or {},
         )
 
-    @property
+    @cached_property
     def complete(self) -> list[FrozenTrial]:
         """Full-budget trials with finite objectives (the searcher tells nothing else COMPLETE)."""
         return [t for t in self.trials if t.state == TrialState.COMPLETE and t.values]
 
-    @property
+    @cached_property
     def front(self) -> list[FrozenTrial]:
         return studies.pareto_front(self.study, self.trials)
 
-    @property
+    @cached_property
     def baseline(self) -> FrozenTrial | None:
         return next((t for t in self.complete if t.user_attrs.get("baseline")), None)
 

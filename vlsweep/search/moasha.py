@@ -125,7 +125,6 @@ class MOASHAScheduler(FIFOScheduler):
         self.max_t, self.eta, self.time_attr = max_t, reduction_factor, time_attr
         self.rungs = [Rung(m) for m in rungs(grace_period, reduction_factor, max_t)]
         self._next_rung: dict[str, int] = {}  # trial id -> index of the next rung to record
-        self.decisions: list[tuple[str, int, str]] = []  # (trial id, milestone, CONTINUE/STOP)
 
     def _vector(self, result: dict[str, Any]) -> list[float] | None:
         out = []
@@ -155,7 +154,6 @@ class MOASHAScheduler(FIFOScheduler):
             keep = math.ceil(len(ids) / self.eta)
             top = {ids[i] for i in rank([rung.recorded[x] for x in ids])[:keep]}
             decision = TrialScheduler.CONTINUE if trial_id in top else TrialScheduler.STOP
-            self.decisions.append((trial_id, rung.milestone, decision))
             if decision == TrialScheduler.STOP:
                 action = decision
                 break
