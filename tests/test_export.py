@@ -21,8 +21,8 @@ from tests.llamafactory_keys import LLAMAFACTORY_KEYS
 from tests.swift_keys import SWIFT_SFT_KEYS
 from vlsweep.export import export
 from vlsweep.results import SweepResults
-from vlsweep.search.config import load_sweep_config
-from vlsweep.search.runner import _distributions, sanitized_config
+from vlsweep.search.config import distributions, load_sweep_config
+from vlsweep.search.runner import sanitized_config
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def study_url(tmp_path, tiny_checkpoint, demo_data):
     study = optuna.create_study(study_name="exp", storage=url, directions=["minimize", "maximize"])
     study.set_metric_names(["cer", "iou"])
     study.set_user_attr("config", sanitized_config(cfg, base_dir))
-    dists = _distributions(cfg.parsed_space())
+    dists = distributions(cfg.parsed_space())
     for i, (cer, iou) in enumerate([(0.4, 0.1), (0.2, 0.5), (0.1, 0.2)]):
         params = {
             "lr_vision": 1e-4 * (i + 1),

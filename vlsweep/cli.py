@@ -10,11 +10,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from vlsweep.errors import UserInputError
+from vlsweep.errors import SweepInterrupted, SweepStopped, UserInputError
+
+if TYPE_CHECKING:  # heavy imports stay inside the commands (`vlsweep --help` is fast)
+    from vlsweep.search.config import SweepConfig
+    from vlsweep.trials.engine import TrialData
 
 app = typer.Typer(
     name="vlsweep",
@@ -31,6 +35,13 @@ def _fail(err: UserInputError) -> NoReturn:
     for line in err.problems:
         typer.echo(f"error: {line}", err=True)
     raise typer.Exit(2)
+
+
+def _stopped(err: SweepStopped) -> NoReturn:
+    """A sweep that ended early: its reason once, then the exit code that says why."""
+    # An interruption is not an error: its message starts "interrupted (Ctrl-C): ...".
+    typer.echo(str(err) if isinstance(err, SweepInterrupted) else f"error: {err}", err=True)
+    raise typer.Exit(err.exit_code)
 
 
 def _echo(msg: str) -> None:
@@ -85,16 +96,17 @@ def validate(config: Annotated[Path, typer.Argument(help="config YAML to check")
         from vlsweep.config import load_train_config, read_yaml
         from vlsweep.search.config import SWEEP_KEYS, load_sweep_config
         from vlsweep.trials.engine import load_data
+        from vlsweep.trials.modeling import check_model
 
         raw = read_yaml(config)
         kind = "sweep" if SWEEP_KEYS & set(raw) else "train"
         if kind == "sweep":
             sweep, base_dir = load_sweep_config(config, raw)
-            data_cfg = sweep.data
+            data = _preflight(sweep, base_dir)
         else:
             cfg, base_dir = load_train_config(config)
-            data_cfg = cfg.data
-        data = load_data(data_cfg, base_dir)
+            data = load_data(cfg.data, base_dir)
+            check_model(cfg.model)
     except UserInputError as err:
         _fail(err)
     typer.echo(
@@ -118,6 +130,19 @@ def _default_sweep_config() -> Path:
     return Path(str(files("vlsweep") / "configs" / "demo-sweep.yaml"))
 
 
+def _preflight(cfg: SweepConfig, base_dir: Path) -> TrialData:
+    """Every problem with a sweep's data, model and objectives, before a study is opened
+    or Ray started: a bad sweep config writes nothing. Returns the loaded data."""
+    from vlsweep.search.config import check_metrics_measurable
+    from vlsweep.trials.engine import load_data
+    from vlsweep.trials.modeling import check_model
+
+    data = load_data(cfg.data, base_dir)
+    check_metrics_measurable(cfg, sorted({r.task for r in data.val}))
+    check_model(cfg.model)
+    return data
+
+
 def _print_front(study: object) -> None:
     from vlsweep.search.status import front_table
 
@@ -138,16 +163,17 @@ def launch(
         from vlsweep.search.config import load_sweep_config
         from vlsweep.search.runner import run_sweep
         from vlsweep.search.study import storage_url
-        from vlsweep.trials.engine import load_data
 
         path = config or _default_sweep_config()
         cfg, base_dir = load_sweep_config(path)
-        load_data(cfg.data, base_dir)  # every data problem before Ray starts
+        _preflight(cfg, base_dir)
         url = storage_url(storage, cfg.storage)
         _echo(f"vlsweep launch: {path if config else 'embedded demo (examples/demo-sweep.yaml)'}")
         study = run_sweep(cfg, base_dir, url, address=address, log=_echo)
     except UserInputError as err:
         _fail(err)
+    except SweepStopped as err:
+        _stopped(err)
     _print_front(study)
 
 
@@ -174,6 +200,8 @@ def resume(
         study = run_sweep(cfg, Path.cwd(), url, address=address, resume=True, log=_echo)
     except UserInputError as err:
         _fail(err)
+    except SweepStopped as err:
+        _stopped(err)
     _print_front(study)
 
 

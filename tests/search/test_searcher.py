@@ -11,8 +11,7 @@ from vlsweep.search.searcher import OptunaAskTellSearcher
 from vlsweep.spaces import parse_space
 
 
-@pytest.fixture
-def searcher(tmp_path):
+def _searcher(tmp_path, **kwargs) -> OptunaAskTellSearcher:
     storage = f"sqlite:///{tmp_path / 's.db'}"
     study = optuna.create_study(study_name="t", storage=storage, directions=["minimize", "maximize"])
     study.set_metric_names(["cer", "iou"])
@@ -24,7 +23,13 @@ def searcher(tmp_path):
         ["cer", "iou"],
         100,
         constraints=[("cer", "<=", 0.5)],
+        **kwargs,
     )
+
+
+@pytest.fixture
+def searcher(tmp_path):
+    return _searcher(tmp_path)
 
 
 def _only(s):
@@ -81,12 +86,71 @@ def test_worker_failure_gets_rays_message_and_close_leaves_nothing_running(searc
     searcher.on_trial_complete("a", error=True)
     searcher.fail("a", "the Ray worker failed: ActorDiedError")
     searcher.on_trial_complete("b", error=True)  # its message never arrives
-    searcher.close()
-    states = {t.user_attrs["ray_trial_id"]: t for t in searcher.study.get_trials()}
+    assert searcher.close("interrupted (Ctrl-C)") == [2]
+    trials = searcher.study.get_trials()
+    states = {t.user_attrs["ray_trial_id"]: t for t in trials if "ray_trial_id" in t.user_attrs}
     assert all(t.state == TrialState.FAIL for t in states.values())
     assert "ActorDiedError" in states["a"].user_attrs["error"]
     assert "worker failed" in states["b"].user_attrs["error"]
-    assert "sweep ended" in states["c"].user_attrs["error"]
+    # The trial that never finished is re-queued with its parameters, for `vlsweep resume`.
+    assert states["c"].user_attrs["error"] == "interrupted (Ctrl-C); re-queued"
+    assert states["c"].user_attrs["requeued"] is True
+    (queued,) = [t for t in trials if t.state == TrialState.WAITING]
+    assert queued.user_attrs["retry_of"] == 2 and queued.system_attrs["fixed_params"] == states["c"].params
+
+
+def test_close_without_requeue_only_fails_what_is_open(searcher):
+    searcher.suggest("a")
+    assert searcher.close("stopped: search.time_budget_s (5 s) reached", requeue=False) == []
+    (t,) = searcher.study.get_trials()
+    assert t.state == TrialState.FAIL and t.user_attrs["error"].startswith("stopped: search.time_budget_s")
+    assert "requeued" not in t.user_attrs
+
+
+def _fail_with(searcher, trial_id: str, error: str) -> None:
+    searcher.suggest(trial_id)
+    searcher.on_trial_result(trial_id, {"vlsweep_error": error, "steps": 3})
+    searcher.on_trial_complete(trial_id, {"vlsweep_error": error, "steps": 3})
+
+
+def _complete(searcher, trial_id: str) -> None:
+    searcher.suggest(trial_id)
+    result = {"steps": searcher.budget_steps, "cer": 0.5, "iou": 0.1}
+    searcher.on_trial_result(trial_id, result)
+    searcher.on_trial_complete(trial_id, result)
+
+
+def test_fail_fast_trips_when_the_first_trials_fail_alike(tmp_path):
+    searcher = _searcher(tmp_path, fail_fast=3)
+    for i, size in enumerate(("2.00", "4.50", "1.25")):
+        assert searcher.abort_reason is None
+        _fail_with(searcher, f"t{i}", f"out of memory: CUDA out of memory. Tried to allocate {size} GiB")
+    assert searcher.abort_reason is not None
+    expected = "the first 3 trials all failed with the same error: out of memory"
+    assert searcher.abort_reason.startswith(expected)
+    # What is still running when it trips is stopped, FAIL with the reason, never PRUNED.
+    searcher.suggest("late")
+    searcher.on_trial_complete("late", {"steps": 2, "cer": 0.5, "iou": 0.1})
+    late = searcher.study.get_trials()[-1]
+    assert late.state == TrialState.FAIL and late.user_attrs["error"].startswith("stopped: the first 3")
+
+
+@pytest.mark.parametrize(
+    "history",
+    [
+        ["fail:A", "fail:B", "fail:A"],  # different errors
+        ["fail:A", "ok", "fail:A", "fail:A"],  # one success: the sweep works
+        ["fail:A", "fail:A"],  # fewer than fail_fast finished
+    ],
+)
+def test_fail_fast_keeps_going_otherwise(tmp_path, history):
+    searcher = _searcher(tmp_path, fail_fast=3)
+    for i, event in enumerate(history):
+        if event == "ok":
+            _complete(searcher, f"t{i}")
+        else:
+            _fail_with(searcher, f"t{i}", f"RuntimeError: {event}")
+    assert searcher.abort_reason is None
 
 
 def test_pickle_holds_no_storage(searcher, tmp_path):

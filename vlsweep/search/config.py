@@ -79,6 +79,9 @@ class SearchConfig(_Strict):
     # Stop starting trials after this many seconds of the sweep (running ones are stopped
     # and end PRUNED); the trial budget still caps the count.
     time_budget_s: float | None = Field(default=None, gt=0)
+    # Stop the sweep when the first N trials to finish all fail with the same error (a
+    # broken model path, dataset or GPU setup); 0 turns this off.
+    fail_fast: int = Field(default=3, ge=0)
     # Run the un-tuned baseline (vlsweep.spaces.BASELINE) as trial 0.
     baseline: bool = True
     warm_start: list[WarmStart] = Field(default_factory=list)
@@ -247,6 +250,86 @@ def load_sweep_config(path: str | Path, data: dict[str, Any] | None = None) -> t
                 unknown = [k for k in point["params"] if k not in PARAM_NAMES]
                 if unknown:
                     problems.append(f"{path}: search.warm_start.{i}.params: unknown parameter(s) {unknown}")
+    if cfg is not None and not problems:
+        problems += [f"{path}: {p}" for p in _warm_start_problems(cfg)]
     if problems or cfg is None:
         raise UserInputError(problems)
     return cfg, path.resolve().parent
+
+
+def distributions(space: Space) -> dict[str, Any]:
+    """Optuna's distribution for each parameter of the space."""
+    import optuna
+
+    from vlsweep.spaces import CategoricalSpec, FloatSpec
+
+    out: dict[str, optuna.distributions.BaseDistribution] = {}
+    for name, spec in space.specs.items():
+        if isinstance(spec, FloatSpec):
+            out[name] = optuna.distributions.FloatDistribution(
+                spec.low, spec.high, log=spec.log, step=spec.step
+            )
+        elif isinstance(spec, CategoricalSpec):
+            out[name] = optuna.distributions.CategoricalDistribution(spec.choices)
+        else:
+            out[name] = optuna.distributions.IntDistribution(
+                spec.low, spec.high, log=spec.log, step=spec.step
+            )
+    return out
+
+
+def _warm_start_problems(cfg: SweepConfig) -> list[str]:
+    """Warm-start points outside the space, or with values missing an objective: found
+    before the study is opened, so a bad config writes nothing."""
+    dists = distributions(cfg.parsed_space())
+    names = [o.name for o in cfg.objectives]
+    problems = []
+    for i, ws in enumerate(cfg.search.warm_start):
+        outside = []
+        for k, v in ws.params.items():
+            if k not in dists:
+                continue
+            try:
+                inside = dists[k]._contains(dists[k].to_internal_repr(v))
+            except (TypeError, ValueError):
+                inside = False
+            if not inside:
+                outside.append(f"{k}={v!r}")
+        if outside:
+            problems.append(
+                f"search.warm_start.{i}.params: {', '.join(outside)} outside the search space "
+                "(widen `space` or change the point)"
+            )
+        if ws.values is not None:
+            missing = [m for m in names if m not in ws.values]
+            if missing:
+                problems.append(
+                    f"search.warm_start.{i}.values: missing objective(s) {missing}; give a value for each "
+                    f"of {names}, or drop `values` to run the point"
+                )
+    return problems
+
+
+# The task each metric is measured on: an objective or constraint needs its task's samples.
+METRIC_TASK = {
+    "cer": "ocr",
+    "val_loss_ocr": "ocr",
+    "iou": "grounding",
+    "acc_iou50": "grounding",
+    "parse_fail_rate": "grounding",
+    "val_loss_grounding": "grounding",
+}
+
+
+def check_metrics_measurable(cfg: SweepConfig, val_tasks: list[str]) -> None:
+    """Every objective and constraint is a metric the trials will produce on this data."""
+    wanted = [("objectives", o.name) for o in cfg.objectives]
+    wanted += [("constraints", m) for m, _, _ in cfg.parsed_constraints()]
+    problems = [
+        f"{where}: {metric!r} is measured on {METRIC_TASK[metric]} samples, and data.val has none; "
+        f"add {METRIC_TASK[metric]} samples to data.val, or drop {metric!r}"
+        for where, metric in wanted
+        if metric in METRIC_TASK and METRIC_TASK[metric] not in val_tasks
+    ]
+    if problems:
+        raise UserInputError(problems)

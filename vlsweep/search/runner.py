@@ -9,19 +9,24 @@ failed with a reason and re-queued with the same parameters.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from ray import tune
 from ray.tune import Callback
 
-from vlsweep.errors import UserInputError
+from vlsweep.errors import SweepFailed, SweepInterrupted, UserInputError
 from vlsweep.search import study as studies
-from vlsweep.search.config import SweepConfig
+from vlsweep.search.config import SweepConfig, distributions
 from vlsweep.search.searcher import OptunaAskTellSearcher
 from vlsweep.spaces import BASELINE, Space
 
@@ -46,42 +51,18 @@ def sanitized_config(cfg: SweepConfig, base_dir: Path) -> dict[str, Any]:
     return raw
 
 
-def _distributions(space: Space) -> dict[str, optuna.distributions.BaseDistribution]:
-    from vlsweep.spaces import CategoricalSpec, FloatSpec
-
-    out: dict[str, optuna.distributions.BaseDistribution] = {}
-    for name, spec in space.specs.items():
-        if isinstance(spec, FloatSpec):
-            out[name] = optuna.distributions.FloatDistribution(
-                spec.low, spec.high, log=spec.log, step=spec.step
-            )
-        elif isinstance(spec, CategoricalSpec):
-            out[name] = optuna.distributions.CategoricalDistribution(spec.choices)
-        else:
-            out[name] = optuna.distributions.IntDistribution(
-                spec.low, spec.high, log=spec.log, step=spec.step
-            )
-    return out
-
-
 def _seed_points(study: optuna.Study, cfg: SweepConfig, space: Space) -> None:
     """Baseline (trial 0) and warm-start points, once, when the study is new."""
     settings = cfg.settings()
     if cfg.search.baseline:
         point = {k: v for k, v in BASELINE.items() if space.active(k, settings, BASELINE)}
         study.enqueue_trial(point, user_attrs={"baseline": True})
-    dists = _distributions(space)
-    for i, ws in enumerate(cfg.search.warm_start):
+    dists = distributions(space)
+    for i, ws in enumerate(cfg.search.warm_start):  # checked by load_sweep_config
         params = {k: v for k, v in ws.params.items() if k in dists}
         if ws.values is None:
             study.enqueue_trial(params, user_attrs={"warm_start": i})
             continue
-        missing = [m for m in study.metric_names or [] if m not in ws.values]
-        if missing:
-            raise UserInputError(f"search.warm_start.{i}.values: missing objective(s) {missing}")
-        outside = [k for k, v in params.items() if not dists[k]._contains(dists[k].to_internal_repr(v))]
-        if outside:
-            raise UserInputError(f"search.warm_start.{i}.params: {outside} outside the search space")
         study.add_trial(
             optuna.trial.create_trial(
                 params=params,
@@ -126,11 +107,15 @@ def progress_line(study: optuna.Study, names: list[str], started: float, total: 
     )
 
 
-def _ray_init(cfg: SweepConfig, address: str | None, log: Log) -> None:
+LOCAL_RAY_ATTR = "local_ray"
+
+
+def _ray_init(cfg: SweepConfig, address: str | None, log: Log, study: optuna.Study) -> bool:
+    """Start (or join) Ray; True when this call started a local Ray that we must stop."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     address = address or cfg.ray.address
     if address is None:
         # A local, single-user Ray: token auth only gets in the way (DESIGN.md, field notes).
@@ -144,6 +129,42 @@ def _ray_init(cfg: SweepConfig, address: str | None, log: Log) -> None:
         kwargs["address"] = address
     log(f"starting Ray ({'local' if address is None else address}) ...")
     ray.init(**kwargs)
+    if address is not None:
+        return False
+    # The local Ray's processes (GCS, raylet, agents) are this driver's children. Some of
+    # them outlive a SIGKILLed driver and ignore SIGTERM (DESIGN.md, field notes), so we
+    # record them on the study; the next driver of this sweep stops what is left.
+    import psutil
+
+    procs = [[p.pid, p.create_time()] for p in psutil.Process().children(recursive=True)]
+    record = {"host": socket.gethostname(), "driver_pid": os.getpid(), "procs": procs}
+    study.set_user_attr(LOCAL_RAY_ATTR, record)
+    return True
+
+
+def reap_local_ray(study: optuna.Study, log: Log) -> int:
+    """Stop the local Ray processes a dead driver of this sweep left on this host."""
+    import psutil
+
+    info = study.user_attrs.get(LOCAL_RAY_ATTR)
+    if not info or info.get("host") != socket.gethostname() or psutil.pid_exists(info["driver_pid"]):
+        return 0
+    left: list[psutil.Process] = []
+    for pid, created in info["procs"]:
+        try:
+            proc = psutil.Process(pid)
+            if abs(proc.create_time() - created) < 1e-3:  # the same process, not a reused pid
+                left += [proc, *proc.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+    for proc in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(left, timeout=10)
+    study.set_user_attr(LOCAL_RAY_ATTR, None)
+    if left:
+        log(f"stopped {len(left)} Ray process(es) left by the previous driver (pid {info['driver_pid']})")
+    return len(left)
 
 
 def run_sweep(
@@ -155,6 +176,7 @@ def run_sweep(
     resume: bool = False,
     scheduler: Any = None,
     trainable: Callable[[dict[str, Any]], None] | None = None,
+    callbacks: list[Callback] | None = None,
     log: Log = print,
 ) -> optuna.Study:
     """Run (or continue) the sweep to its trial budget; returns the study.
@@ -162,9 +184,13 @@ def run_sweep(
     ``scheduler`` replaces the one ``search.early_stopping`` names (any Ray Tune scheduler).
     ``trainable`` replaces the trial engine (a Ray Tune function trainable taking the
     searcher's config); the overhead benchmark runs the sweep machinery on trivial trials.
-    """
-    from ray import tune
+    ``callbacks`` are more Ray Tune callbacks for the driver (the fault-injection tests'
+    hooks).
 
+    Raises ``SweepFailed`` when the first ``search.fail_fast`` trials all fail with the
+    same error, and ``SweepInterrupted`` after Ctrl-C or SIGTERM (trials that were running
+    are re-queued for ``vlsweep resume``).
+    """
     from vlsweep import __version__
 
     space = cfg.parsed_space()
@@ -175,9 +201,11 @@ def run_sweep(
     directions = [o.direction or "minimize" for o in cfg.objectives]
     study = studies.create_or_check(storage, cfg.name, directions, names, sampler)
     driver = studies.claim_driver(study)
+    reap_local_ray(study, log)
     out_root = Path(cfg.output_dir or f"runs/{cfg.name}")
     out_root = (out_root if out_root.is_absolute() else Path.cwd() / out_root).resolve()
     searcher: OptunaAskTellSearcher | None = None
+    started_ray = False
     try:
         if not resume or not study.user_attrs.get("config"):
             study.set_user_attr("config", sanitized_config(cfg, base_dir))
@@ -193,7 +221,7 @@ def run_sweep(
         )
         if remaining <= 0:
             return study
-        _ray_init(cfg, address, log)
+        started_ray = _ray_init(cfg, address, log, study)
         spec = cfg.train_config().model_dump(mode="json")
         spec["data"] = sanitized_config(cfg, base_dir)["data"]
         # Trials evaluate at every rung, so early stopping judges measured metrics.
@@ -219,9 +247,11 @@ def run_sweep(
             cfg.budget.steps,
             constraints=cfg.parsed_constraints(),
             run_id=driver,
+            fail_fast=cfg.search.fail_fast,
         )
         started = time.time()
         events = Events(searcher, study, driver, names, started, cfg.search.trials, log)
+        stop = StopRequests(searcher, log)
         if scheduler is None:
             scheduler = make_scheduler(cfg, names, directions)
         tuner = tune.Tuner(
@@ -240,19 +270,91 @@ def run_sweep(
                 name=f"{cfg.name}-{int(started)}",
                 storage_path=str(out_root / "ray"),
                 verbose=0,
-                callbacks=[events, *loggers],
+                callbacks=[events, *loggers, *(callbacks or [])],
                 failure_config=tune.FailureConfig(max_failures=cfg.resources.retries),
+                stop=stop,
             ),
         )
-        tuner.fit()
+        with stop.catching_signals():
+            tuner.fit()
+        _finish_run(cfg, searcher, stop, started, log)
         final = progress_line(study, names, started, cfg.search.trials)
         if final.split("]", 1)[1] != events.last_line.split("]", 1)[-1]:
             log(final)
     finally:
         if searcher is not None:
-            searcher.close()
+            searcher.close("the sweep driver stopped before this trial finished")
         studies.release_driver(study, driver)
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+            study.set_user_attr(LOCAL_RAY_ATTR, None)
     return study
+
+
+def _finish_run(
+    cfg: SweepConfig, searcher: OptunaAskTellSearcher, stop: StopRequests, started: float, log: Log
+) -> None:
+    """Close the trials Tune left unfinished, saying why; raise when the sweep stopped early."""
+    if searcher.abort_reason:
+        searcher.close(f"stopped: {searcher.abort_reason}", requeue=False)
+        raise SweepFailed(searcher.abort_reason)
+    if stop.signal_name:
+        requeued = searcher.close(f"interrupted ({stop.signal_name})")
+        raise SweepInterrupted(
+            f"interrupted ({stop.signal_name}): "
+            + (f"{len(requeued)} running trial(s) re-queued {requeued}; " if requeued else "")
+            + f"`vlsweep resume {cfg.name}` continues the sweep"
+        )
+    budget = cfg.search.time_budget_s
+    if budget is not None and time.time() - started >= budget:
+        searcher.close(f"stopped: search.time_budget_s ({budget:g} s) reached", requeue=False)
+
+
+class StopRequests(tune.Stopper):
+    """Ctrl-C and SIGTERM stop the sweep cleanly: no new trials, running ones stopped (and
+    re-queued), the study left consistent. A second Ctrl-C stops at once (KeyboardInterrupt;
+    the driver still re-queues what ran). Also ends the sweep when fail-fast trips."""
+
+    def __init__(self, searcher: OptunaAskTellSearcher, log: Log):
+        self.searcher, self.log = searcher, log
+        self.signal_name: str | None = None
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.signal_name is not None or self.searcher.abort_reason is not None
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.signal_name is None:
+            self.signal_name = "Ctrl-C" if signum == signal.SIGINT else name
+            self.log(
+                f"{self.signal_name}: stopping the sweep; running trials are re-queued "
+                "(Ctrl-C again to stop at once)"
+            )
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+    @contextlib.contextmanager
+    def catching_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signals reach the main thread only; Tune's own handling applies
+            return
+        # Tune's own SIGINT handler only ends its loop, leaving the searcher's trials open.
+        previous_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            if previous_env is None:
+                os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+            else:
+                os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = previous_env
 
 
 def rung_steps(cfg: SweepConfig) -> list[int]:
@@ -352,10 +454,17 @@ class Events(Callback):
         self.started, self.total, self.log = started, total, log
         self.last = 0.0
         self.last_line = ""
+        self.restarts: dict[str, int] = {}
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # Where Tune's loggers write this trial's curves (TensorBoard event files).
         self.searcher.note(trial.trial_id, "log_dir", str(trial.path))
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # Ray restarts the trial (resources.retries) after its worker died: same Optuna trial.
+        self.restarts[trial.trial_id] = self.restarts.get(trial.trial_id, 0) + 1
+        self.searcher.note(trial.trial_id, "worker_restarts", self.restarts[trial.trial_id])
+        self.log(f"trial {trial.config.get('optuna_trial')}: its Ray worker died; restarting it")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         message = "the Ray worker failed"

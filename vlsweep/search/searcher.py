@@ -16,6 +16,7 @@ Ray's stock ``OptunaSearch`` is not used (DESIGN.md, field notes, lists why). Th
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import optuna
@@ -49,6 +50,7 @@ class OptunaAskTellSearcher(Searcher):
         budget_steps: int,
         constraints: list[tuple[str, str, float]] | None = None,
         run_id: str = "",
+        fail_fast: int = 0,
     ):
         super().__init__(metric=None, mode=None)
         self.study = study
@@ -63,6 +65,11 @@ class OptunaAskTellSearcher(Searcher):
         self._reported_error: dict[str, str] = {}
         self._awaiting_error: dict[str, optuna.Trial] = {}
         self._where: dict[str, dict[str, Any]] = {}
+        # Fail fast: the errors of the first ``fail_fast`` trials this run finished, while
+        # every one of them failed; ``abort_reason`` is set once they all failed alike.
+        self.fail_fast = fail_fast
+        self._first_errors: list[str] | None = [] if fail_fast > 0 else None
+        self.abort_reason: str | None = None
 
     # -- Tune's hooks ----------------------------------------------------------------------
 
@@ -113,13 +120,35 @@ class OptunaAskTellSearcher(Searcher):
         if trial is not None:
             self._tell_fail(trial_id, trial, message)
 
-    def close(self, reason: str = "the sweep ended before this trial finished") -> None:
-        """Fail every trial still open, so nothing stays RUNNING."""
-        for trial_id, trial in [*self._live.items(), *self._awaiting_error.items()]:
-            msg = reason if trial_id in self._live else "the Ray worker failed (no message was recorded)"
-            self._tell_fail(trial_id, trial, msg)
+    def open_trials(self) -> list[int]:
+        """Numbers of the Optuna trials Ray started and never finished."""
+        return [t.number for t in self._live.values()]
+
+    def close(
+        self, reason: str = "the sweep stopped before this trial finished", requeue: bool = True
+    ) -> list[int]:
+        """Finish every trial still open, so nothing stays RUNNING; returns the re-queued ones.
+
+        A trial that never finished (Ctrl-C, the driver stopping) is FAIL with ``reason``;
+        with ``requeue`` it is queued again with the same parameters, so ``vlsweep resume``
+        runs it, and like a trial lost with a killed driver it does not count toward the
+        trial budget.
+        """
+        requeued = []
+        self._first_errors = None  # these trials did not fail on their own
+        for trial_id, trial in list(self._live.items()):
+            if requeue:
+                self.study.enqueue_trial(
+                    trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False
+                )
+                trial.set_user_attr("requeued", True)
+                requeued.append(trial.number)
+            self._tell_fail(trial_id, trial, f"{reason}; re-queued" if requeue else reason)
+        for trial_id, trial in list(self._awaiting_error.items()):
+            self._tell_fail(trial_id, trial, "the Ray worker failed (no message was recorded)")
         self._live.clear()
         self._awaiting_error.clear()
+        return requeued
 
     # State lives in the study database; Tune's experiment checkpoint gets nothing else.
     def save(self, checkpoint_path: str) -> None:
@@ -141,11 +170,16 @@ class OptunaAskTellSearcher(Searcher):
         self.study = None  # type: ignore[assignment]
         self._live, self._steps, self._reported_error, self._awaiting_error = {}, {}, {}, {}
         self._where = {}
+        self._first_errors, self.abort_reason = None, None
 
     # -- telling Optuna --------------------------------------------------------------------
 
     def _finish(self, trial_id: str, trial: optuna.Trial, result: dict[str, Any] | None) -> None:
         self._where.pop(trial_id, None)
+        if self.abort_reason is not None:
+            # Stopped because the sweep is aborting: not a scheduler's verdict on the trial.
+            self._tell_fail(trial_id, trial, f"stopped: {self.abort_reason}", self._steps.get(trial_id))
+            return
         steps = self._steps.pop(trial_id, None)
         error = self._reported_error.pop(trial_id, None) or (result or {}).get(ERROR_KEY)
         if error:
@@ -163,6 +197,7 @@ class OptunaAskTellSearcher(Searcher):
         if steps < self.budget_steps:
             # Stopped early by a scheduler: never a COMPLETE point on the front.
             self.study.tell(trial, state=TrialState.PRUNED)
+            self._first_errors = None
             return
         values = []
         for name in self.objectives:
@@ -191,6 +226,7 @@ class OptunaAskTellSearcher(Searcher):
                 f"{metric} {op} {bound:g}", float(value) - bound if op == "<=" else bound - float(value)
             )
         self.study.tell(trial, values)
+        self._first_errors = None  # a trial succeeded: the sweep works
 
     def _tell_fail(self, trial_id: str, trial: optuna.Trial, message: str, steps: int | None = None) -> None:
         self._steps.pop(trial_id, None)
@@ -200,3 +236,23 @@ class OptunaAskTellSearcher(Searcher):
         if steps is not None:
             trial.set_user_attr("steps", steps)
         self.study.tell(trial, state=TrialState.FAIL)
+        self._watch_failures(message)
+
+    def _watch_failures(self, message: str) -> None:
+        """Abort when the first ``fail_fast`` trials to finish all failed with the same error:
+        a broken model path, dataset or GPU setup would otherwise burn the whole budget."""
+        if self._first_errors is None or self.abort_reason is not None or message.startswith("stopped:"):
+            return
+        self._first_errors.append(message)
+        if len(self._first_errors) < self.fail_fast:
+            return
+        if len({_error_kind(m) for m in self._first_errors}) == 1:
+            self.abort_reason = (
+                f"the first {self.fail_fast} trials all failed with the same error: {message.strip()[-500:]}"
+            )
+        self._first_errors = None
+
+
+def _error_kind(message: str) -> str:
+    """An error with its numbers blanked: OOMs of different sizes are the same failure."""
+    return re.sub(r"\d+(\.\d+)?", "#", message.strip().splitlines()[0] if message.strip() else "")

@@ -8,9 +8,12 @@ killed sweep can be resumed from the database alone (no pickle needed).
 from __future__ import annotations
 
 import copy
+import functools
+import logging
 import math
 import os
 import socket
+import threading
 import time
 import warnings
 from typing import Any
@@ -20,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from vlsweep.errors import UserInputError
 
+_log = logging.getLogger("vlsweep")
 DEFAULT_STORAGE = "sqlite:///vlsweep.db"
 STORAGE_ENV = "VLSWEEP_STORAGE"
 # A driver that has not written its heartbeat for this long is considered gone.
@@ -60,7 +64,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     else:
         kwargs["pool_pre_ping"] = True
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        storage = ResilientStorage(url, engine_kwargs=kwargs)
         if sqlite and parsed.database not in (None, "", ":memory:"):
             _sqlite_wal(storage)
         return storage
@@ -71,10 +75,101 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         ) from None
     except Exception as exc:
         # SQLAlchemy's messages can quote the URL; never echo a password.
-        text = str(exc).splitlines()[0]
+        text = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         if parsed.password:
             text = text.replace(parsed.password, "***")
-        raise UserInputError(f"--storage {masked(url)}: cannot open the database: {text}") from None
+        where = f"the database server at {parsed.host}:{parsed.port or 5432}" if parsed.host else "it"
+        raise UserInputError(
+            f"--storage {masked(url)}: cannot open {where}: {text}; check that the server is up "
+            "and reachable from here, and the user, password (PGPASSWORD) and database name"
+        ) from None
+
+
+# -- a storage that rides out a database restart --------------------------------------------
+
+# How long a sweep waits for its database to come back before giving up (a PostgreSQL
+# restart or failover takes seconds; a sweep that runs for days should not die of it).
+STORAGE_RETRY_ENV = "VLSWEEP_STORAGE_RETRY_SECONDS"
+STORAGE_RETRY_SECONDS = 300.0
+
+
+def _transient(exc: BaseException) -> bool:
+    """A lost or refused connection (worth retrying), not bad data or a broken schema."""
+    from sqlalchemy import exc as sa
+
+    cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) else exc
+    if isinstance(cause, sa.DBAPIError) and cause.connection_invalidated:
+        return True
+    return isinstance(cause, (sa.OperationalError, sa.InterfaceError))
+
+
+class ResilientStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage, retrying each call while the database is unreachable.
+
+    Optuna's own RDBStorage raises on the first dropped connection, which would end a
+    days-long sweep because PostgreSQL restarted. ``pool_pre_ping`` replaces dead pooled
+    connections; this retries the call itself, with backoff, for up to
+    ``$VLSWEEP_STORAGE_RETRY_SECONDS`` (300 s). Our own few lines rather than a retry
+    library: what matters is which SQLAlchemy errors are transient and the one message
+    while waiting. Opening the storage is not retried: a database that is down at start
+    is an error the user should see at once. A write whose commit reached the server just
+    before the connection died may be applied twice; trial writes here are set-attribute
+    and set-state calls, for which that is harmless.
+    """
+
+    _local = threading.local()
+
+    def _retry(self, method: Any, args: tuple, kwargs: dict) -> Any:
+        if getattr(self._local, "active", False):  # the outer call retries the whole thing
+            return method(self, *args, **kwargs)
+        limit = float(os.environ.get(STORAGE_RETRY_ENV, STORAGE_RETRY_SECONDS))
+        deadline, delay, warned = time.monotonic() + limit, 0.5, False
+        self._local.active = True
+        try:
+            while True:
+                try:
+                    result = method(self, *args, **kwargs)
+                    if warned:
+                        _log.warning("vlsweep: the study database is reachable again")
+                    return result
+                except Exception as exc:
+                    if not _transient(exc) or time.monotonic() + delay > deadline:
+                        raise
+                    if not warned:
+                        _log.warning(
+                            "vlsweep: lost the study database (%s); retrying for up to %.0f s",
+                            str(getattr(exc, "__cause__", None) or exc).strip().splitlines()[0][:200],
+                            limit,
+                        )
+                        warned = True
+                    time.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+        finally:
+            self._local.active = False
+
+
+def _retrying(name: str) -> Any:
+    method = getattr(optuna.storages.RDBStorage, name)
+
+    @functools.wraps(method)
+    def call(self: ResilientStorage, *args: Any, **kwargs: Any) -> Any:
+        return self._retry(method, args, kwargs)
+
+    return call
+
+
+# Every call that reads or writes the database, including those Optuna's cache layer makes.
+for _name in (
+    *(n for n in dir(optuna.storages.BaseStorage) if not n.startswith("_") and n != "remove_session"),
+    "_create_new_trial",
+    "_get_best_trial_id",
+    "_get_stale_trial_ids",
+    "_get_trials",
+    "_set_trial_param",
+    "record_heartbeat",
+):
+    if callable(getattr(optuna.storages.RDBStorage, _name, None)):
+        setattr(ResilientStorage, _name, _retrying(_name))
 
 
 def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:

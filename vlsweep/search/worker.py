@@ -74,8 +74,7 @@ def run(config: dict[str, Any], *, spec: dict[str, Any], base_dir: str, out_root
             params, cfg.budget, report, spec=cfg, data=data, base=base, output_dir=out, on_log_row=log_row
         )
     except Exception as exc:  # a trial-level failure: recorded on the trial, not retried
-        tail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        tune.report({ERROR_KEY: tail, **where, "steps": steps})
+        tune.report({ERROR_KEY: describe_failure(exc), **where, "steps": steps})
         return
     # The engine reported each evaluation; a final report carries the run's timings.
     tune.report(
@@ -84,4 +83,31 @@ def run(config: dict[str, Any], *, spec: dict[str, Any], base_dir: str, out_root
             **where,
             "steps": result["steps"],
         }
+    )
+
+
+def describe_failure(exc: BaseException) -> str:
+    """The reason a trial failed, as recorded on the Optuna trial (``error`` user attr).
+
+    An out-of-memory error says what to change, and the worker frees what it can so the
+    next trial in this (reused) process starts clean.
+    """
+    import gc
+
+    import torch
+
+    tail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    oom = isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+    if not oom:
+        return tail
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    first = tail.splitlines()[0][:300]
+    return (
+        f"out of memory: {first} (lower budget.batch_size or budget.eval_batch_size, set "
+        "model.gradient_checkpointing: true, or give each trial more of a GPU with "
+        "resources.gpus_per_trial)"
     )

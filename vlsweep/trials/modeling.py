@@ -74,6 +74,51 @@ def _safetensors_check(path: Path, allow_pickle: bool) -> None:
         )
 
 
+def check_model(cfg: ModelConfig) -> None:
+    """What can be known about the model before a sweep starts, without loading weights:
+    a builtin name exists, a local checkpoint exists, has safetensors weights (or
+    ``allow_pickle``) and a readable config that needs no custom code unless
+    ``trust_remote_code``. A Hub id is left to the workers, which may reach the Hub."""
+    source = cfg.name_or_path
+    if source.startswith("builtin:"):
+        from vlsweep.trials.builtin import RECIPES
+
+        if source.removeprefix("builtin:") not in RECIPES:
+            raise UserInputError(
+                f"model.name_or_path: unknown builtin model {source!r}; "
+                f"choose one of {sorted('builtin:' + n for n in RECIPES)}"
+            )
+        return
+    path = Path(source).expanduser()
+    if not path.exists():
+        if source.startswith((".", "/", "~")):
+            raise UserInputError(f"model.name_or_path: directory {source} does not exist")
+        return
+    if not (path / "config.json").is_file():
+        raise UserInputError(
+            f"model.name_or_path: {path} has no config.json; give a checkpoint directory "
+            "saved with save_pretrained"
+        )
+    _safetensors_check(path, cfg.allow_pickle)
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(str(path), trust_remote_code=cfg.trust_remote_code)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise UserInputError(
+                f"model.name_or_path: {source!r} needs custom code; set "
+                "model.trust_remote_code: true only if you trust its repository"
+            ) from None
+        raise UserInputError(
+            f"model.name_or_path: {path / 'config.json'}: {str(exc).splitlines()[0]}"
+        ) from None
+    except (OSError, KeyError) as exc:
+        raise UserInputError(
+            f"model.name_or_path: cannot read {path / 'config.json'} ({str(exc).splitlines()[0]})"
+        ) from None
+
+
 def load_base(cfg: ModelConfig) -> Base:
     """Load the model and processor through the Auto classes, as for any checkpoint."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
