@@ -133,13 +133,14 @@ def _default_sweep_config() -> Path:
 def _preflight(cfg: SweepConfig, base_dir: Path) -> TrialData:
     """Every problem with a sweep's data, model and objectives, before a study is opened
     or Ray started: a bad sweep config writes nothing. Returns the loaded data."""
-    from vlsweep.search.config import check_metrics_measurable
+    from vlsweep.search.config import check_loggers, check_metrics_measurable
     from vlsweep.trials.engine import load_data
     from vlsweep.trials.modeling import check_model
 
     data = load_data(cfg.data, base_dir)
     check_metrics_measurable(cfg, sorted({r.task for r in data.val}))
     check_model(cfg.model)
+    check_loggers(cfg)
     return data
 
 

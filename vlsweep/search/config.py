@@ -310,6 +310,17 @@ def _warm_start_problems(cfg: SweepConfig) -> list[str]:
     return problems
 
 
+def check_loggers(cfg: SweepConfig) -> None:
+    """A logger the config asks for must be installed (before anything is written)."""
+    import importlib.util
+
+    for key, package, label in (("mlflow", "mlflow", "MLflow"), ("wandb", "wandb", "wandb")):
+        if getattr(cfg.logging, key) is not None and importlib.util.find_spec(package) is None:
+            raise UserInputError(
+                f"logging.{key}: {label} is not installed; pip install {package}, or remove the key"
+            )
+
+
 # The task each metric is measured on: an objective or constraint needs its task's samples.
 METRIC_TASK = {
     "cer": "ocr",

@@ -24,9 +24,9 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune import Callback
 
-from vlsweep.errors import SweepFailed, SweepInterrupted, UserInputError
+from vlsweep.errors import SweepFailed, SweepInterrupted
 from vlsweep.search import study as studies
-from vlsweep.search.config import SweepConfig, distributions
+from vlsweep.search.config import SweepConfig, check_loggers, distributions
 from vlsweep.search.searcher import OptunaAskTellSearcher
 from vlsweep.spaces import BASELINE, Space
 
@@ -43,6 +43,10 @@ def sanitized_config(cfg: SweepConfig, base_dir: Path) -> dict[str, Any]:
     from vlsweep.trials.data import DEMO_DATA
 
     raw = cfg.model_dump(mode="json", exclude={"storage"})
+    model = Path(raw["model"]["name_or_path"]).expanduser()
+    if not raw["model"]["name_or_path"].startswith("builtin:") and model.exists():
+        # A local checkpoint, as the launching shell saw it: resume may run elsewhere.
+        raw["model"]["name_or_path"] = str(model.resolve())
     for split in ("train", "val"):
         for src in raw["data"][split]:
             p = src["path"]
@@ -404,18 +408,13 @@ def _trial_name(trial: Any) -> str:
 
 def logger_callbacks(cfg: SweepConfig) -> list[Callback]:
     """Ray Tune's own logger callbacks for the trials' training curves, as the config asks."""
-    import importlib.util
-
+    check_loggers(cfg)
     out: list[Callback] = []
     if cfg.logging.tensorboard:
         from ray.tune.logger import TBXLoggerCallback
 
         out.append(TBXLoggerCallback())
     if cfg.logging.mlflow is not None:
-        if importlib.util.find_spec("mlflow") is None:
-            raise UserInputError(
-                "logging.mlflow: MLflow is not installed; pip install mlflow, or remove the key"
-            )
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 
         out.append(
@@ -425,10 +424,6 @@ def logger_callbacks(cfg: SweepConfig) -> list[Callback]:
             )
         )
     if cfg.logging.wandb is not None:
-        if importlib.util.find_spec("wandb") is None:
-            raise UserInputError(
-                "logging.wandb: wandb is not installed; pip install wandb, or remove the key"
-            )
         from ray.air.integrations.wandb import WandbLoggerCallback
 
         out.append(
