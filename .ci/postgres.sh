@@ -27,3 +27,5 @@ PGPASSWORD=$PASSWORD "$BIN/psql" -h 127.0.0.1 -p "$PORT" -U vlsweep -d postgres 
 echo "export VLSWEEP_TEST_PG_URL=postgresql+psycopg2://vlsweep@127.0.0.1:$PORT/vlsweep_test"
 echo "export PGPASSWORD=$PASSWORD"
 echo "export VLSWEEP_TEST_PG_STOP='${RUN[*]} $BIN/pg_ctl -D $DIR/data stop -m fast'"
+# The fault tests take the server down mid-sweep and bring it back.
+echo "export VLSWEEP_TEST_PG_START='${RUN[*]} $BIN/pg_ctl -D $DIR/data -o \"-p $PORT -k $DIR -c listen_addresses=127.0.0.1\" -l $DIR/log -w start'"

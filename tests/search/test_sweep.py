@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -15,39 +13,12 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from tests.conftest import train_config
+from tests.search.sweeps import check_invariants, sweep_cfg
 from vlsweep.errors import UserInputError
 from vlsweep.search.config import load_sweep_config
 from vlsweep.search.runner import run_sweep
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
-
-
-def _sweep_cfg(tmp_path: Path, ckpt: Path, data: Path, **search) -> Path:
-    cfg = train_config(ckpt, data, budget={"steps": 4, "batch_size": 4, "max_new_tokens": 8, "eval_every": 2})
-    cfg.pop("seed")
-    cfg.update(
-        name="t",
-        space={
-            "lr_llm": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-            "lora_r": {"type": "categorical", "choices": [2, 4]},
-        },
-        search={"trials": 4, "max_concurrent": 2, "baseline": False, **search},
-        output_dir=str(tmp_path / "runs"),
-    )
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def _stop_trial_2():
@@ -63,39 +34,10 @@ def _stop_trial_2():
     return StopTrial2()
 
 
-def _check_invariants(study: optuna.Study) -> None:
-    trials = study.get_trials()
-    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in trials), [
-        (t.number, t.state) for t in trials
-    ]
-    ray_ids = [t.user_attrs["ray_trial_id"] for t in trials if "ray_trial_id" in t.user_attrs]
-    assert len(ray_ids) == len(set(ray_ids)), "a Ray trial maps to more than one Optuna trial"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def storage(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'db.sqlite'}"
-    url = os.environ.get("VLSWEEP_TEST_PG_URL")
-    if not url:
-        if os.environ.get("VLSWEEP_REQUIRE_PG"):
-            pytest.fail('VLSWEEP_REQUIRE_PG is set but no server: eval "$(bash .ci/postgres.sh)"')
-        pytest.skip('no PostgreSQL server (eval "$(bash .ci/postgres.sh)" starts one)')
-    # A fresh database per test: the server outlives it.
-    import sqlalchemy
-
-    name = f"t_{os.getpid()}_{int(time.time() * 1000)}"
-    engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
-    engine.dispose()
-    return url.rsplit("/", 1)[0] + "/" + name
-
-
 def test_sweep_records_fail_prune_warm_start_and_reopens_in_plain_optuna(
     ray_local, tmp_path, tiny_checkpoint, demo_data, storage
 ):
-    path = _sweep_cfg(
+    path = sweep_cfg(
         tmp_path,
         tiny_checkpoint("qwen2_vl"),
         demo_data,
@@ -113,7 +55,7 @@ def test_sweep_records_fail_prune_warm_start_and_reopens_in_plain_optuna(
     assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE"]
     assert study.metric_names == ["cer", "iou"]
     assert {"config", "vlsweep_version"} <= set(study.user_attrs)
-    _check_invariants(study)
+    check_invariants(study)
     by_number = {t.number: t for t in study.get_trials()}
     assert by_number[0].state == TrialState.COMPLETE and by_number[0].values == [0.9, 0.01]
     assert by_number[1].state == TrialState.FAIL
@@ -145,7 +87,7 @@ def test_missing_objective_metric_fails_the_trial(ray_local, tmp_path, tiny_chec
     for split in ("train", "val"):
         lines = (demo_data / f"{split}.jsonl").read_text().splitlines()
         (ocr_only / f"{split}.jsonl").write_text("\n".join(x for x in lines if '"ocr"' in x) + "\n")
-    path = _sweep_cfg(tmp_path, tiny_checkpoint("qwen2_vl"), ocr_only, trials=1)
+    path = sweep_cfg(tmp_path, tiny_checkpoint("qwen2_vl"), ocr_only, trials=1)
     cfg, base_dir = load_sweep_config(path)
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     run_sweep(cfg, base_dir, url, log=lambda _m: None)
@@ -163,7 +105,7 @@ def test_a_logger_that_is_not_installed_is_an_error_before_anything_is_written(
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a)
     )
-    path = _sweep_cfg(tmp_path, tiny_checkpoint("qwen2_vl"), demo_data)
+    path = sweep_cfg(tmp_path, tiny_checkpoint("qwen2_vl"), demo_data)
     raw = yaml.safe_load(path.read_text())
     raw["logging"] = {"mlflow": {"tracking_uri": "file:///tmp/mlruns"}}
     path.write_text(yaml.safe_dump(raw))
@@ -177,62 +119,9 @@ def test_a_logger_that_is_not_installed_is_an_error_before_anything_is_written(
 def test_reopening_with_other_objectives_is_an_error(tmp_path, tiny_checkpoint, demo_data):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     optuna.create_study(study_name="t", storage=url, directions=["minimize", "minimize"])
-    cfg, base_dir = load_sweep_config(_sweep_cfg(tmp_path, tiny_checkpoint("qwen2_vl"), demo_data))
+    cfg, base_dir = load_sweep_config(sweep_cfg(tmp_path, tiny_checkpoint("qwen2_vl"), demo_data))
     with pytest.raises(UserInputError, match="exists with objectives"):
         run_sweep(cfg, base_dir, url, log=lambda _m: None)
-
-
-def _vlsweep(*args: str, cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "vlsweep.cli", *args],
-        cwd=cwd,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def test_sigkill_then_resume_keeps_the_study_consistent(tmp_path, tiny_checkpoint, demo_data):
-    path = _sweep_cfg(tmp_path, tiny_checkpoint("qwen2_vl"), demo_data, trials=6)
-    raw = yaml.safe_load(path.read_text())
-    raw["budget"]["steps"] = 30
-    path.write_text(yaml.safe_dump(raw))
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    proc = _vlsweep("launch", str(path), "--storage", url, cwd=tmp_path)
-    deadline = time.time() + 240
-    killed_running: list[int] = []
-    while time.time() < deadline:
-        time.sleep(1)
-        try:
-            trials = optuna.load_study(study_name="t", storage=url).get_trials()
-        except Exception:
-            continue
-        done = [t for t in trials if t.state == TrialState.COMPLETE]
-        running = [t for t in trials if t.state == TrialState.RUNNING]
-        if done and running:
-            os.kill(proc.pid, signal.SIGKILL)
-            killed_running = [t.number for t in running]
-            break
-    proc.wait(30)
-    assert killed_running, "the sweep never had a finished and a running trial at once"
-    lost_params = {n: optuna.load_study(study_name="t", storage=url).trials[n].params for n in killed_running}
-
-    res = _vlsweep("resume", "t", "--storage", url, cwd=tmp_path)
-    out, _ = res.communicate(timeout=400)
-    assert res.returncode == 0, out
-    study = optuna.load_study(study_name="t", storage=url)
-    _check_invariants(study)
-    trials = study.get_trials()
-    counted = [t for t in trials if not t.user_attrs.get("requeued")]
-    assert len(counted) == 6, [(t.number, t.state, t.user_attrs) for t in trials]
-    for n, params in lost_params.items():
-        lost = trials[n]
-        assert lost.state == TrialState.FAIL and lost.user_attrs["requeued"]
-        rerun = [t for t in trials if t.user_attrs.get("retry_of") == n]
-        assert len(rerun) == 1 and rerun[0].params == params and rerun[0].state == TrialState.COMPLETE
 
 
 def test_reused_actor_never_carries_weights_to_the_next_trial(
@@ -243,7 +132,7 @@ def test_reused_actor_never_carries_weights_to_the_next_trial(
     leftover adapter or a projector not restored after B would change it."""
     a = {"lr_llm": 1e-3, "lr_projector": 1e-3}
     b = {"lr_llm": 3e-2, "lr_projector": 3e-2}
-    path = _sweep_cfg(
+    path = sweep_cfg(
         tmp_path,
         tiny_checkpoint("qwen2_vl"),
         demo_data,
@@ -284,7 +173,7 @@ def test_vlsweep_export_reproduces_the_trial_with_vlsweep_train(
     from vlsweep.export import export
     from vlsweep.results import SweepResults, pick
 
-    path = _sweep_cfg(tmp_path, tiny_checkpoint("qwen2_vl"), demo_data, trials=3)
+    path = sweep_cfg(tmp_path, tiny_checkpoint("qwen2_vl"), demo_data, trials=3)
     cfg, base_dir = load_sweep_config(path)
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     run_sweep(cfg, base_dir, url, log=lambda _m: None)
@@ -340,7 +229,7 @@ def _tensorboard_tags(log_dir: Path) -> set[str]:
 def test_mo_asha_sweep_prunes_at_rungs_and_only_full_budget_trials_complete(
     ray_local, tmp_path, tiny_checkpoint, demo_data
 ):
-    path = _sweep_cfg(tmp_path, tiny_checkpoint("qwen2_vl"), demo_data, trials=8, max_concurrent=2)
+    path = sweep_cfg(tmp_path, tiny_checkpoint("qwen2_vl"), demo_data, trials=8, max_concurrent=2)
     raw = yaml.safe_load(path.read_text())
     raw["budget"].update(steps=9, eval_every=None)
     raw["search"].update(early_stopping="mo-asha", grace_steps=1, reduction_factor=3)
@@ -349,7 +238,7 @@ def test_mo_asha_sweep_prunes_at_rungs_and_only_full_budget_trials_complete(
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     run_sweep(cfg, base_dir, url, log=lambda _m: None)
     study = optuna.load_study(study_name="t", storage=url)
-    _check_invariants(study)
+    check_invariants(study)
     trials = study.get_trials()
     assert len(trials) == 8
     pruned = [t for t in trials if t.state == TrialState.PRUNED]

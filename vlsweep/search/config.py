@@ -279,12 +279,15 @@ def distributions(space: Space) -> dict[str, Any]:
 
 
 def _warm_start_problems(cfg: SweepConfig) -> list[str]:
-    """Warm-start points outside the space, or with values missing an objective: found
-    before the study is opened, so a bad config writes nothing."""
+    """Known points (with ``values``) outside the space or missing an objective: found
+    before the study is opened, so a bad config writes nothing. A point to run may lie
+    outside the space (Optuna runs an enqueued point as given), e.g. today's config."""
     dists = distributions(cfg.parsed_space())
     names = [o.name for o in cfg.objectives]
     problems = []
     for i, ws in enumerate(cfg.search.warm_start):
+        if ws.values is None:
+            continue
         outside = []
         for k, v in ws.params.items():
             if k not in dists:
@@ -300,13 +303,12 @@ def _warm_start_problems(cfg: SweepConfig) -> list[str]:
                 f"search.warm_start.{i}.params: {', '.join(outside)} outside the search space "
                 "(widen `space` or change the point)"
             )
-        if ws.values is not None:
-            missing = [m for m in names if m not in ws.values]
-            if missing:
-                problems.append(
-                    f"search.warm_start.{i}.values: missing objective(s) {missing}; give a value for each "
-                    f"of {names}, or drop `values` to run the point"
-                )
+        missing = [m for m in names if m not in ws.values]
+        if missing:
+            problems.append(
+                f"search.warm_start.{i}.values: missing objective(s) {missing}; give a value for each "
+                f"of {names}, or drop `values` to run the point"
+            )
     return problems
 
 

@@ -180,6 +180,7 @@ def run_sweep(
     resume: bool = False,
     scheduler: Any = None,
     trainable: Callable[[dict[str, Any]], None] | None = None,
+    worker_fn: Callable[..., None] | None = None,
     callbacks: list[Callback] | None = None,
     log: Log = print,
 ) -> optuna.Study:
@@ -188,8 +189,9 @@ def run_sweep(
     ``scheduler`` replaces the one ``search.early_stopping`` names (any Ray Tune scheduler).
     ``trainable`` replaces the trial engine (a Ray Tune function trainable taking the
     searcher's config); the overhead benchmark runs the sweep machinery on trivial trials.
-    ``callbacks`` are more Ray Tune callbacks for the driver (the fault-injection tests'
-    hooks).
+    ``worker_fn`` replaces only the function each worker runs per trial (default
+    ``vlsweep.search.worker.run``, same arguments), and ``callbacks`` adds Ray Tune
+    callbacks to the driver: the fault-injection tests' hooks.
 
     Raises ``SweepFailed`` when the first ``search.fail_fast`` trials all fail with the
     same error, and ``SweepInterrupted`` after Ctrl-C or SIGTERM (trials that were running
@@ -234,7 +236,7 @@ def run_sweep(
 
         if trainable is None:
             trainable = tune.with_parameters(
-                worker.run,
+                worker_fn or worker.run,
                 spec=spec,
                 base_dir=str(base_dir),
                 out_root=str(out_root),
@@ -454,6 +456,14 @@ class Events(Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # Where Tune's loggers write this trial's curves (TensorBoard event files).
         self.searcher.note(trial.trial_id, "log_dir", str(trial.path))
+
+    # Tune pickles its callbacks into tuner.pkl; a study would carry its storage URL, and
+    # with it any password. Nothing here is needed to restore a sweep (the study is).
+    def __getstate__(self) -> dict[str, Any]:
+        return {"names": self.names, "total": self.total}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # Ray restarts the trial (resources.retries) after its worker died: same Optuna trial.

@@ -105,7 +105,7 @@ def describe_failure(exc: BaseException) -> str:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    first = tail.splitlines()[0][:300]
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
     return (
         f"out of memory: {first} (lower budget.batch_size or budget.eval_batch_size, set "
         "model.gradient_checkpointing: true, or give each trial more of a GPU with "

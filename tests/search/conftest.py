@@ -1,0 +1,42 @@
+"""Fixtures of the sweep tests: a local Ray, and the study storages they run against."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def fresh_pg_database() -> str:
+    """A new database on the test PostgreSQL server (.ci/postgres.sh); skips without one."""
+    url = os.environ.get("VLSWEEP_TEST_PG_URL")
+    if not url:
+        if os.environ.get("VLSWEEP_REQUIRE_PG"):
+            pytest.fail('VLSWEEP_REQUIRE_PG is set but no server: eval "$(bash .ci/postgres.sh)"')
+        pytest.skip('no PostgreSQL server (eval "$(bash .ci/postgres.sh)" starts one)')
+    import sqlalchemy
+
+    name = f"t_{os.getpid()}_{int(time.time() * 1000)}"
+    engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'db.sqlite'}"
+    return fresh_pg_database()

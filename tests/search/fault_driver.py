@@ -1,0 +1,59 @@
+"""A sweep driver that SIGKILLs itself at a chosen moment (tests/search/test_faults.py).
+
+    python tests/search/fault_driver.py MOMENT CONFIG STORAGE_URL
+
+MOMENT:
+- ``running``: one second after the third trial starts (others finished or running);
+- ``reporting``: in Ray Tune's result callback for the first full-budget evaluation, after
+  the searcher saw the result and before the trial is told to Optuna;
+- ``completed``: in the completion callback of the first trial, right after it was told.
+
+Everything but the hook is the real sweep: ``run_sweep`` on a local Ray, as ``vlsweep
+launch`` runs it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from vlsweep.search.config import load_sweep_config
+from vlsweep.search.runner import run_sweep
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillAt(Callback):
+    def __init__(self, moment: str, budget_steps: int):
+        self.moment, self.budget_steps = moment, budget_steps
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.moment == "running" and trial.config["optuna_trial"] >= 2:
+            threading.Timer(1.0, _die).start()
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if self.moment == "reporting" and result.get("steps") == self.budget_steps and "cer" in result:
+            _die()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.moment == "completed":
+            _die()
+
+
+def main() -> None:
+    moment, config, url = sys.argv[1:4]
+    cfg, base_dir = load_sweep_config(Path(config))
+    run_sweep(cfg, base_dir, url, callbacks=[KillAt(moment, cfg.budget.steps)], log=print)
+    sys.exit(f"the driver was not killed at {moment!r}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,375 @@
+"""Fault injection: a sweep survives crashes, bad trials and a database restart, and loses
+no finished trial. Real local Ray, real SQLite and PostgreSQL, the tiny checkpoint.
+
+Run with ``pytest -m fault`` (CI runs it with the PostgreSQL server of .ci/postgres.sh).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import psutil
+import pytest
+from optuna.trial import TrialState
+from ray.tune import Callback
+
+from tests.search.conftest import fresh_pg_database
+from tests.search.sweeps import check_invariants, edit_yaml, sweep_cfg, vlsweep
+from vlsweep.errors import SweepFailed
+from vlsweep.search.config import load_sweep_config
+from vlsweep.search.runner import run_sweep
+
+pytestmark = pytest.mark.fault
+
+DRIVER = Path(__file__).with_name("fault_driver.py")
+
+
+def _trials(url: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name="t", storage=url).get_trials()
+
+
+def _alive(procs: list[list[float]], grace: float = 20.0) -> list[str]:
+    """Recorded (pid, create_time) processes still running after ``grace`` seconds (Ray's
+    processes exit asynchronously after ``ray.shutdown``)."""
+    deadline = time.time() + grace
+    while True:
+        out = []
+        for pid, created in procs:
+            try:
+                proc = psutil.Process(int(pid))
+                if abs(proc.create_time() - created) < 1e-3 and proc.status() != psutil.STATUS_ZOMBIE:
+                    out.append(f"{pid} {' '.join(proc.cmdline())[:80]}")
+            except psutil.NoSuchProcess:
+                pass
+        if not out or time.time() > deadline:
+            return out
+        time.sleep(0.5)
+
+
+def _run_watching_children(proc: subprocess.Popen, timeout: float) -> tuple[str, list[list[float]]]:
+    """Wait for ``proc``; returns its output and every descendant process seen meanwhile."""
+    seen: dict[int, float] = {}
+    deadline = time.time() + timeout
+
+    def watch() -> None:
+        while proc.poll() is None and time.time() < deadline:
+            try:
+                for child in psutil.Process(proc.pid).children(recursive=True):
+                    seen.setdefault(child.pid, child.create_time())
+            except psutil.Error:
+                pass
+            time.sleep(0.3)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    out, _ = proc.communicate(timeout=timeout)
+    watcher.join()
+    return out, [[pid, created] for pid, created in seen.items()]
+
+
+def _ray_trial_dirs(runs: Path) -> dict[str, int]:
+    """Ray trial id -> Optuna trial number, from the trial directories Ray Tune wrote."""
+    out = {}
+    for d in runs.glob("ray/*/trial-*"):
+        _, number, ray_id = d.name.split("-", 2)
+        out[ray_id] = int(number)
+    return out
+
+
+def _check_resumed(url: str, runs: Path, budget: int, before: dict[int, list[float]]) -> None:
+    """After resume: budget reached, nothing RUNNING, no finished trial lost or doubled, one
+    Optuna trial per Ray trial (and the other way round), lost trials re-run once."""
+    study = optuna.load_study(study_name="t", storage=url)
+    check_invariants(study)
+    trials = study.get_trials()
+    counted = [t for t in trials if "ray_trial_id" in t.user_attrs and not t.user_attrs.get("requeued")]
+    assert len(counted) == budget, [(t.number, t.state, t.user_attrs.get("error")) for t in trials]
+    by_number = {t.number: t for t in trials}
+    for number, values in before.items():
+        assert by_number[number].state == TrialState.COMPLETE and by_number[number].values == values
+    for t in trials:
+        if t.user_attrs.get("requeued"):
+            reruns = [r for r in trials if r.user_attrs.get("retry_of") == t.number]
+            assert len(reruns) == 1 and reruns[0].params == t.params, t.number
+            assert reruns[0].state == TrialState.COMPLETE
+    ray_to_optuna = {t.user_attrs["ray_trial_id"]: t.number for t in trials if "ray_trial_id" in t.user_attrs}
+    dirs = _ray_trial_dirs(runs)
+    # Every Ray trial that ran has its Optuna trial, under the number its directory names.
+    assert dirs and all(ray_to_optuna.get(ray_id) == number for ray_id, number in dirs.items()), (
+        dirs,
+        ray_to_optuna,
+    )
+
+
+@pytest.mark.parametrize("moment", ["running", "reporting", "completed"])
+def test_driver_sigkill_then_resume(moment, tmp_path, tiny_checkpoint, demo_data):
+    path = sweep_cfg(tmp_path, tiny_checkpoint("qwen2_vl"), demo_data, trials=5)
+    edit_yaml(path, budget={"steps": 20, "eval_every": 10})
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    killed = subprocess.run(
+        [sys.executable, str(DRIVER), moment, str(path), url],
+        cwd=tmp_path,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
+    study = optuna.load_study(study_name="t", storage=url)
+    left_behind = study.user_attrs["local_ray"]["procs"]
+    before = {t.number: t.values for t in study.get_trials() if t.state == TrialState.COMPLETE}
+    if moment == "completed":
+        assert len(before) == 1  # killed right after the first tell
+    if moment == "reporting":
+        # The trial's final evaluation reached the driver, which died before telling Optuna.
+        assert not before and any(t.state == TrialState.RUNNING for t in study.get_trials())
+    assert any(t.state == TrialState.RUNNING for t in study.get_trials()) or moment == "completed"
+
+    out, resumed_procs = _run_watching_children(vlsweep("resume", "t", "--storage", url, cwd=tmp_path), 400)
+    assert "re-queued" in out or moment == "completed", out
+    _check_resumed(url, tmp_path / "runs", 5, before)
+    # No Ray process of either driver is left: the killed driver's are reaped by the resume,
+    # the resume's own stop with it.
+    assert _alive(left_behind + resumed_procs) == [], out
+
+
+def test_ctrl_c_stops_cleanly_and_resume_continues(tmp_path, tiny_checkpoint, demo_data):
+    path = sweep_cfg(tmp_path, tiny_checkpoint("qwen2_vl"), demo_data, trials=5)
+    edit_yaml(path, budget={"steps": 30})
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    proc = vlsweep("launch", str(path), "--storage", url, cwd=tmp_path)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        try:
+            states = [t.state for t in _trials(url)]
+        except Exception:
+            continue
+        if TrialState.COMPLETE in states and TrialState.RUNNING in states:
+            break
+    else:
+        pytest.fail("the sweep never had a finished and a running trial at once")
+    before = {t.number: t.values for t in _trials(url) if t.state == TrialState.COMPLETE}
+    # Ctrl-C in a terminal signals the whole foreground process group.
+    os.killpg(proc.pid, signal.SIGINT)
+    out, procs = _run_watching_children(proc, 120)
+    assert proc.returncode == 130, out
+    assert "interrupted (Ctrl-C)" in out and "`vlsweep resume t` continues" in out, out
+    assert "Traceback" not in out, out
+    trials = _trials(url)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    stopped = [t for t in trials if t.user_attrs.get("requeued")]
+    assert stopped and all(t.user_attrs["error"] == "interrupted (Ctrl-C); re-queued" for t in stopped)
+    assert _alive(procs) == []
+
+    res = vlsweep("resume", "t", "--storage", url, cwd=tmp_path)
+    out, procs = _run_watching_children(res, 400)
+    assert res.returncode == 0, out
+    _check_resumed(url, tmp_path / "runs", 5, before)
+    assert _alive(procs) == []
+
+
+class _KillWorker(Callback):
+    """SIGKILL the Ray worker of one trial at its first result, once."""
+
+    def __init__(self, optuna_trial: int):
+        self.optuna_trial, self.killed = optuna_trial, 0
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if trial.config["optuna_trial"] == self.optuna_trial and not self.killed and "worker_pid" in result:
+            self.killed = int(result["worker_pid"])
+            os.kill(self.killed, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("retries", [1, 0])
+def test_a_worker_killed_mid_trial_is_retried_and_recorded_once(
+    retries, ray_local, tmp_path, tiny_checkpoint, demo_data
+):
+    path = sweep_cfg(tmp_path, tiny_checkpoint("qwen2_vl"), demo_data, trials=3)
+    edit_yaml(path, budget={"steps": 12}, resources={"retries": retries})
+    cfg, base_dir = load_sweep_config(path)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    kill = _KillWorker(1)
+    logged: list[str] = []
+    run_sweep(cfg, base_dir, url, callbacks=[kill], log=logged.append)
+    assert kill.killed
+    study = optuna.load_study(study_name="t", storage=url)
+    check_invariants(study)
+    trials = study.get_trials()
+    assert len(trials) == 3, [(t.number, t.state) for t in trials]  # recorded once, not twice
+    hit = trials[1]
+    if retries:
+        assert hit.state == TrialState.COMPLETE and hit.user_attrs["worker_restarts"] == 1
+        assert hit.user_attrs["steps"] == 12
+        assert any("its Ray worker died; restarting it" in line for line in logged)
+    else:
+        assert hit.state == TrialState.FAIL and hit.user_attrs["error"].startswith("the Ray worker failed")
+    assert all(t.state == TrialState.COMPLETE for t in trials if t.number != 1)
+
+
+def _faulty_worker(plan: dict[int, str]):
+    """The real worker, with a fault injected into the trials ``plan`` names: ``raise`` (a
+    RuntimeError at step 2) or ``oom`` (torch's OutOfMemoryError at step 2). A closure, so
+    Ray ships it by value to its workers."""
+
+    def run(config, **kwargs):
+        import torch
+
+        from vlsweep.search import worker
+        from vlsweep.trials import engine
+
+        fault = plan.get(config["optuna_trial"])
+        real = engine.run_trial
+
+        def run_trial(*args, on_log_row=None, **kw):
+            def log_row(row):
+                if fault and row["step"] >= 2:
+                    if fault == "oom":
+                        raise torch.OutOfMemoryError(
+                            "CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.11 GiB total)"
+                        )
+                    raise RuntimeError(f"injected fault in trial {config['optuna_trial']}")
+                if on_log_row is not None:
+                    on_log_row(row)
+
+            return real(*args, on_log_row=log_row, **kw)
+
+        engine.run_trial = run_trial
+        try:
+            worker.run(config, **kwargs)
+        finally:
+            engine.run_trial = real  # a reused actor runs the next trial unpatched
+
+    return run
+
+
+def test_failing_trials_are_recorded_and_the_sweep_goes_on(ray_local, tmp_path, tiny_checkpoint, demo_data):
+    path = sweep_cfg(
+        tmp_path,
+        tiny_checkpoint("qwen2_vl"),
+        demo_data,
+        trials=5,
+        # Every point given: trial 1's learning rate makes the loss overflow to nan.
+        warm_start=[{"params": {"lr_llm": lr, "lora_r": 2}} for lr in (1e-3, 1e30, 1e-3, 1e-3, 2e-3)],
+    )
+    edit_yaml(path, budget={"steps": 6})
+    cfg, base_dir = load_sweep_config(path)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    run_sweep(cfg, base_dir, url, worker_fn=_faulty_worker({2: "raise", 3: "oom"}), log=lambda _m: None)
+    study = optuna.load_study(study_name="t", storage=url)
+    check_invariants(study)
+    trials = study.get_trials()
+    assert len(trials) == 5
+    errors = {t.number: t.user_attrs.get("error", "") for t in trials}
+    assert errors[1].startswith("FloatingPointError: ") and "nan" in errors[1]
+    assert errors[2] == "RuntimeError: injected fault in trial 2"
+    assert errors[3].startswith("out of memory: CUDA out of memory. Tried to allocate 20.00 GiB")
+    assert "lower budget.batch_size" in errors[3]
+    assert [t.state for t in trials] == [
+        TrialState.COMPLETE,
+        TrialState.FAIL,
+        TrialState.FAIL,
+        TrialState.FAIL,
+        TrialState.COMPLETE,
+    ]
+
+
+def test_the_sweep_stops_when_the_first_trials_all_fail_alike(
+    ray_local, tmp_path, tiny_checkpoint, demo_data
+):
+    path = sweep_cfg(tmp_path, tiny_checkpoint("qwen2_vl"), demo_data, trials=12)
+    edit_yaml(path, budget={"steps": 6})
+    cfg, base_dir = load_sweep_config(path)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    with pytest.raises(SweepFailed, match="the first 3 trials all failed with the same error: out of memory"):
+        run_sweep(cfg, base_dir, url, worker_fn=_faulty_worker(dict.fromkeys(range(12), "oom")), log=print)
+    study = optuna.load_study(study_name="t", storage=url)
+    check_invariants(study)
+    trials = study.get_trials()
+    # Three failed; at most one more was running (2 at a time) and was stopped.
+    assert 3 <= len(trials) <= 4 and all(t.state == TrialState.FAIL for t in trials)
+
+
+def test_cli_states_a_repeated_failure_once_and_exits_1(tmp_path, demo_data):
+    """A Hub id that no worker can load (no network here): every trial fails the same way."""
+    path = sweep_cfg(tmp_path, Path("no-such-org/no-such-model"), demo_data, trials=8)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    proc = vlsweep("launch", str(path), "--storage", url, cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"})
+    out, procs = _run_watching_children(proc, 300)
+    assert proc.returncode == 1, out
+    errors = [line for line in out.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "the first 3 trials all failed with the same error" in errors[0], out
+    assert "no-such-org/no-such-model" in errors[0] and "Traceback" not in out
+    assert _alive(procs) == []
+
+
+def test_postgresql_down_at_start_is_a_clear_error(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"postgresql+psycopg2://vlsweep@127.0.0.1:{port}/sweeps"
+    for args in (["status", "t"], ["resume", "t"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "vlsweep.cli", *args, "--storage", url],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
+        assert out.returncode == 2, out.stderr
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+        assert f"the database server at 127.0.0.1:{port}" in lines[0] and "Connection refused" in lines[0]
+
+
+class _RestartPostgres(Callback):
+    """Stop PostgreSQL when the first trial completes; start it again 6 s later, while the
+    driver keeps going (its next writes meet a dead server)."""
+
+    done = threading.Event()  # on the class: Tune pickles its callbacks with the experiment
+
+    def __init__(self):
+        self.started = False
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if self.started:
+            return
+        self.started = True
+        subprocess.run(os.environ["VLSWEEP_TEST_PG_STOP"], shell=True, check=True, capture_output=True)
+
+        def start_later():
+            time.sleep(6)
+            subprocess.run(os.environ["VLSWEEP_TEST_PG_START"], shell=True, check=True, capture_output=True)
+            _RestartPostgres.done.set()
+
+        threading.Thread(target=start_later, daemon=True).start()
+
+
+def test_postgresql_restarted_during_a_sweep(ray_local, tmp_path, tiny_checkpoint, demo_data, caplog):
+    url = fresh_pg_database()
+    if "VLSWEEP_TEST_PG_START" not in os.environ:
+        pytest.skip("the PostgreSQL server was not started by .ci/postgres.sh")
+    path = sweep_cfg(tmp_path, tiny_checkpoint("qwen2_vl"), demo_data, trials=5)
+    edit_yaml(path, budget={"steps": 6})
+    cfg, base_dir = load_sweep_config(path)
+    restart = _RestartPostgres()
+    _RestartPostgres.done.clear()
+    try:
+        run_sweep(cfg, base_dir, url, callbacks=[restart], log=lambda _m: None)
+    finally:
+        assert restart.done.wait(30), "PostgreSQL did not come back"
+    assert "lost the study database" in caplog.text and "reachable again" in caplog.text
+    study = optuna.load_study(study_name="t", storage=url)
+    check_invariants(study)
+    trials = study.get_trials()
+    assert len(trials) == 5 and all(t.state == TrialState.COMPLETE for t in trials), [
+        (t.number, t.state, t.user_attrs.get("error")) for t in trials
+    ]
