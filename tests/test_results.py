@@ -113,6 +113,29 @@ def test_hypervolume_against_the_stated_reference_point():
     assert [round(v, 6) for _, v in history] == [0.25, 0.25, 0.325, 0.325]
 
 
+def test_hypervolume_history_equals_recomputing_from_every_point_so_far():
+    """The incremental history (front updates only) against the definition, on random
+    points with ties, duplicates and points beyond the reference."""
+    import random
+
+    rng = random.Random(7)
+    points = [
+        None if rng.random() < 0.1 else (round(rng.uniform(0, 1.2), 1), round(rng.uniform(0, 1), 1))
+        for _ in range(80)
+    ]
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    for p in points:
+        study.add_trial(create_trial(state=TrialState.FAIL) if p is None else create_trial(values=list(p)))
+    res = SweepResults.of(study)
+    ref = reference_point(res)
+    expected, seen = [], []
+    for i, p in enumerate(points):
+        if p is not None:
+            seen.append(list(p))
+        expected.append((i, hypervolume(seen, ref, res.directions)))
+    assert hypervolume_history(res, ref) == [(n, pytest.approx(v, abs=1e-12)) for n, v in expected]
+
+
 def test_reference_point_covers_a_cer_above_one():
     res = SweepResults.of(_study([(1.4, 0.1), (0.5, 0.3)]))
     assert reference_point(res) == [1.4, 0.0]

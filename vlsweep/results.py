@@ -244,13 +244,25 @@ def hypervolume(points: list[list[float]], ref: list[float], directions: list[st
 def hypervolume_history(results: SweepResults, ref: list[float] | None = None) -> list[tuple[int, float]]:
     """(trial number, hypervolume of the feasible COMPLETE trials up to it), in trial order."""
     ref = ref or reference_point(results)
-    out, seen = [], []
+    directions = results.directions
+    out: list[tuple[int, float]] = []
+    front: list[list[float]] = []  # the non-dominated points so far: they alone set the volume
+    hv = 0.0
     for t in sorted(results.trials, key=lambda t: t.number):
         if t.state == TrialState.COMPLETE and t.values and studies.feasible(t):
-            seen.append(list(t.values))
+            p = _to_min(list(t.values), directions)
+            if not any(_weakly_dominates(f, p) for f in front):
+                front = [f for f in front if not _weakly_dominates(p, f)] + [p]
+                # Recomputed only when the front moves: linear in trials, not quadratic.
+                hv = hypervolume(front, _to_min(ref, directions), ["minimize"] * len(directions))
         if t.state.is_finished():
-            out.append((t.number, hypervolume(seen, ref, results.directions)))
+            out.append((t.number, hv))
     return out
+
+
+def _weakly_dominates(a: list[float], b: list[float]) -> bool:
+    """``a`` is at least as good as ``b`` everywhere (minimizing every objective)."""
+    return all(x <= y for x, y in zip(a, b, strict=True))
 
 
 def importances(results: SweepResults) -> dict[str, dict[str, float]]:
@@ -270,7 +282,8 @@ def importances(results: SweepResults) -> dict[str, dict[str, float]]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 imp = optuna.importance.get_param_importances(
-                    results.study, target=lambda t, i=i, s=sign: s * t.values[i]
+                    studies.TrialsSnapshot(results.study, results.trials),  # no second read
+                    target=lambda t, i=i, s=sign: s * t.values[i],
                 )
             out[name] = {k: float(v) for k, v in imp.items()}
         except (RuntimeError, ValueError):

@@ -197,8 +197,7 @@ def create_or_check(
     sampler: optuna.samplers.BaseSampler,
 ) -> optuna.Study:
     """Create the study, or re-open it after checking directions and objective names match."""
-    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
-    if name in existing:
+    if name in optuna.get_all_study_names(storage):
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
         have_dirs = [d.name.lower() for d in study.directions]
         have_names = study.metric_names
@@ -244,11 +243,11 @@ class OneReadPerAsk(optuna.samplers.BaseSampler):
 
     def __init__(self, inner: optuna.samplers.BaseSampler):
         self.inner = inner
-        self._view: _TrialsSnapshot | None = None
+        self._view: TrialsSnapshot | None = None
 
     def _seen(self, study: optuna.Study) -> Any:
         if self._view is None or self._view.study is not study:
-            self._view = _TrialsSnapshot(study)
+            self._view = TrialsSnapshot(study)
         return self._view
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -272,12 +271,13 @@ class OneReadPerAsk(optuna.samplers.BaseSampler):
         self.inner.reseed_rng()
 
 
-class _TrialsSnapshot:
-    """The study as a sampler sees it, with its trials read once (lazily)."""
+class TrialsSnapshot:
+    """A study whose trials are read once (lazily, or given): what a sampler sees during one
+    ask, or what Optuna's importance evaluators read in a report that already holds them."""
 
-    def __init__(self, study: optuna.Study):
+    def __init__(self, study: optuna.Study, trials: list[FrozenTrial] | None = None):
         self.study = study
-        self._trials: list[FrozenTrial] | None = None
+        self._trials = trials
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.study, name)
@@ -408,7 +408,8 @@ def fmt(value: float | None) -> str:
 
 def load_existing(url: str, name: str) -> optuna.Study:
     storage = open_storage(url)
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    # Study names only: Optuna's study summaries read every trial of every study.
+    names = optuna.get_all_study_names(storage)
     if name not in names:
         raise UserInputError(
             f"no study {name!r} in {masked(url)}; studies there: {names or 'none'} (see --storage)"
