@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 TARGET_SECONDS = 10.0
@@ -51,7 +52,9 @@ def make_study(url: str, name: str, n: int, seed: int = 0) -> float:
     study = optuna.create_study(
         study_name=name, storage=open_storage(url), directions=["minimize", "maximize"], sampler=sampler
     )
-    study.set_metric_names(["cer", "iou"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["cer", "iou"])
     study.set_user_attr("config", sanitized_config(cfg, base_dir))
     study.set_user_attr("vlsweep_version", __version__)
     trials = []

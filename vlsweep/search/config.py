@@ -76,8 +76,8 @@ class SearchConfig(_Strict):
     # grace_steps defaults to budget.steps / reduction_factor**2 (three rungs with the last).
     grace_steps: int | None = Field(default=None, ge=1)
     reduction_factor: int = Field(default=3, ge=2)
-    # Stop starting trials after this many seconds of the sweep (running ones are stopped
-    # and end PRUNED); the trial budget still caps the count.
+    # Stop the sweep after this many seconds (running trials are stopped and end FAIL,
+    # "stopped: search.time_budget_s ... reached"); the trial budget still caps the count.
     time_budget_s: float | None = Field(default=None, gt=0)
     # Stop the sweep when the first N trials to finish all fail with the same error (a
     # broken model path, dataset or GPU setup); 0 turns this off.
