@@ -14,7 +14,8 @@ BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 DIR=$(mktemp -d /tmp/vlsweep-pg.XXXXXX)
 chmod 755 "$DIR"
 cd "$DIR"  # the server user may not be allowed into the caller's directory
-PORT=${VLSWEEP_PG_PORT:-55432}
+# A free port unless one is given (a developer's own test server may hold 55432).
+PORT=${VLSWEEP_PG_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 PASSWORD=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
 RUN=()
 echo "$PASSWORD" > "$DIR/pw"

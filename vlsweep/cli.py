@@ -162,15 +162,20 @@ def launch(
     """Run a sweep: Ray Tune runs the trials, Optuna proposes them (Pareto front of CER and IoU)."""
     try:
         from vlsweep.search.config import load_sweep_config
-        from vlsweep.search.runner import run_sweep
-        from vlsweep.search.study import storage_url
+        from vlsweep.search.runner import run_sweep, run_sweep_via_client
+        from vlsweep.search.study import load_existing, storage_url
 
         path = config or _default_sweep_config()
         cfg, base_dir = load_sweep_config(path)
         _preflight(cfg, base_dir)
         url = storage_url(storage, cfg.storage)
         _echo(f"vlsweep launch: {path if config else 'embedded demo (examples/demo-sweep.yaml)'}")
-        study = run_sweep(cfg, base_dir, url, address=address, log=_echo)
+        address = address or cfg.ray.address
+        if address and address.startswith("ray://"):
+            run_sweep_via_client(cfg, base_dir, url, address, log=_echo)
+            study = load_existing(url, cfg.name)
+        else:
+            study = run_sweep(cfg, base_dir, url, address=address, log=_echo)
     except UserInputError as err:
         _fail(err)
     except SweepStopped as err:

@@ -104,10 +104,17 @@ class ResourcesConfig(_Strict):
 
 
 class RayConfig(_Strict):
-    # None: start a local Ray on this machine; "auto" or "ray://host:10001": join a cluster.
+    # None: start a local Ray on this machine (or, inside `ray job submit`, join the job's
+    # cluster); "auto" or "ray://host:10001": join a running cluster.
     address: str | None = None
     num_cpus: int | None = Field(default=None, ge=1)
     num_gpus: int | None = Field(default=None, ge=0)
+    # Where Ray Tune keeps the experiment and each trial's results (TensorBoard files):
+    # a URI (s3://, gs://, ...) or a path; default <output_dir>/ray. On a cluster of
+    # several nodes a path must be on storage every node mounts: say so with
+    # shared_storage (it also covers output_dir, where trials write their adapters).
+    storage_path: str | None = None
+    shared_storage: bool = False
 
 
 class MlflowConfig(_Strict):

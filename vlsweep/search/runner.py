@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune import Callback
 
-from vlsweep.errors import SweepFailed, SweepInterrupted
+from vlsweep.errors import SweepFailed, SweepInterrupted, UserInputError
 from vlsweep.search import study as studies
 from vlsweep.search.config import SweepConfig, check_loggers, distributions
 from vlsweep.search.searcher import OptunaAskTellSearcher
@@ -120,7 +120,8 @@ def _ray_init(cfg: SweepConfig, address: str | None, log: Log, study: optuna.Stu
 
     if ray.is_initialized():
         return False
-    address = address or cfg.ray.address
+    # Inside `ray job submit`, the job's cluster is RAY_ADDRESS.
+    address = address or cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address is None:
         # A local, single-user Ray: token auth only gets in the way (DESIGN.md, field notes).
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -144,6 +145,23 @@ def _ray_init(cfg: SweepConfig, address: str | None, log: Log, study: optuna.Stu
     record = {"host": socket.gethostname(), "driver_pid": os.getpid(), "procs": procs}
     study.set_user_attr(LOCAL_RAY_ATTR, record)
     return True
+
+
+def check_shared_storage(cfg: SweepConfig, storage_path: str) -> None:
+    """On a cluster of several nodes, Ray Tune's results must go where every node can write
+    and the driver can read: a URI, or a path the config declares shared. Said before any
+    trial starts."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2 or cfg.ray.shared_storage or "://" in storage_path:
+        return
+    raise UserInputError(
+        f"ray.storage_path: {storage_path} is a local path, but the Ray cluster has {len(nodes)} "
+        "nodes, whose trials would write their results to their own disks; give a URI "
+        "(s3://bucket/runs, gs://...), or a path on a mount every node shares and set "
+        "ray.shared_storage: true (docs/cluster.md)"
+    )
 
 
 def reap_local_ray(study: optuna.Study, log: Log) -> int:
@@ -228,8 +246,11 @@ def run_sweep(
         if remaining <= 0:
             return study
         started_ray = _ray_init(cfg, address, log, study)
+        storage_path = cfg.ray.storage_path or str(out_root / "ray")
+        check_shared_storage(cfg, storage_path)
         spec = cfg.train_config().model_dump(mode="json")
-        spec["data"] = sanitized_config(cfg, base_dir)["data"]
+        sanitized = sanitized_config(cfg, base_dir)
+        spec["data"], spec["model"] = sanitized["data"], sanitized["model"]
         # Trials evaluate at every rung, so early stopping judges measured metrics.
         spec["budget"]["eval_at"] = sorted({*spec["budget"]["eval_at"], *rung_steps(cfg)})
         from vlsweep.search import worker
@@ -241,6 +262,7 @@ def run_sweep(
                 base_dir=str(base_dir),
                 out_root=str(out_root),
                 threads=max(1, int(cfg.resources.cpus_per_trial)),
+                driver_dir=os.getcwd(),
             )
         resourced = tune.with_resources(
             trainable, {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial}
@@ -274,7 +296,7 @@ def run_sweep(
             ),
             run_config=tune.RunConfig(
                 name=f"{cfg.name}-{int(started)}",
-                storage_path=str(out_root / "ray"),
+                storage_path=storage_path,
                 verbose=0,
                 callbacks=[events, *loggers, *(callbacks or [])],
                 failure_config=tune.FailureConfig(max_failures=cfg.resources.retries),
@@ -361,6 +383,64 @@ class StopRequests(tune.Stopper):
                 os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
             else:
                 os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = previous_env
+
+
+def same_database(a: str, b: str) -> bool:
+    """Two storage URLs name the same database (passwords aside)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        ua, ub = make_url(a), make_url(b)
+    except Exception:
+        return False
+    return ua.set(password=None) == ub.set(password=None)
+
+
+def _drive_on_cluster(cfg_json: dict[str, Any], base_dir: str, storage_url: str) -> str:
+    """The sweep driver, run as a Ray task on the cluster's head node (Ray Client mode)."""
+    cfg = SweepConfig.model_validate(cfg_json)
+    # The head's own VLSWEEP_STORAGE, when it names the same database, carries the password:
+    # no password crosses the Ray Client connection.
+    here = os.environ.get(studies.STORAGE_ENV)
+    url = here if here and same_database(here, storage_url) else storage_url
+    try:
+        run_sweep(cfg, Path(base_dir), url, log=lambda line: print(line, flush=True))
+    except UserInputError as err:
+        head = socket.gethostname()
+        raise UserInputError([f"on the Ray head node {head}: {p}" for p in err.problems]) from None
+    return cfg.name
+
+
+def run_sweep_via_client(cfg: SweepConfig, base_dir: Path, storage_url: str, address: str, log: Log) -> None:
+    """``--address ray://HOST:10001``: the whole driver (searcher, fail fast, progress) runs
+    as one Ray task on the cluster's head node, which must reach the study database; this
+    process streams its output and waits. Ray Tune on a Ray Client would instead pickle the
+    searcher to the cluster without its study (and so without any password)."""
+    import ray
+    from sqlalchemy.engine import make_url
+
+    if make_url(storage_url).get_backend_name() == "sqlite":
+        raise UserInputError(
+            f"--storage {studies.masked(storage_url)}: with --address ray://..., the sweep's driver runs on "
+            "the cluster, which must reach the study: use a PostgreSQL storage (see docs/cluster.md)"
+        )
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    log(f"connecting to {address} (Ray Client); the sweep's driver runs on the head node ...")
+    ray.init(address=address, log_to_driver=True, logging_level="ERROR")
+    try:
+        sanitized = studies.strip_password(storage_url)
+        drive = ray.remote(num_cpus=0, max_retries=0, resources={"node:__internal_head__": 0.001})(
+            _drive_on_cluster
+        )
+        try:
+            ray.get(drive.remote(sanitized_config(cfg, base_dir), str(base_dir), sanitized))
+        except ray.exceptions.RayTaskError as err:
+            cause = err.cause if isinstance(err.cause, BaseException) else None
+            if isinstance(cause, (UserInputError, SweepFailed, SweepInterrupted)):
+                raise cause from None
+            raise
+    finally:
+        ray.shutdown()
 
 
 def rung_steps(cfg: SweepConfig) -> list[int]:

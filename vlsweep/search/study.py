@@ -45,6 +45,13 @@ def masked(url: str) -> str:
         return "<storage URL>"
 
 
+def strip_password(url: str) -> str:
+    """The URL without its password (libpq then reads PGPASSWORD where it runs)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(password=None).render_as_string(hide_password=False)
+
+
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     """An RDB storage for ``url``; a PostgreSQL password may come from PGPASSWORD."""
     from sqlalchemy.engine import make_url

@@ -9,12 +9,18 @@ trained module) before returning, so no trained weight reaches the next trial.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import traceback
 from pathlib import Path
 from typing import Any
 
 _BASE: dict[str, Any] = {}
 _DATA: dict[str, Any] = {}
+# This process's working directory when Ray started it, before Ray Tune moves each trial
+# into its own directory. Under `ray job submit --working-dir`, it is this node's copy of
+# the job's files.
+_START_DIR = os.getcwd()
 
 # The result key a trial-level failure is reported under (the searcher tells FAIL with it).
 ERROR_KEY = "vlsweep_error"
@@ -27,10 +33,45 @@ def _cached(cache: dict[str, Any], key: str, make: Any) -> Any:
     return cache[key]
 
 
-def run(config: dict[str, Any], *, spec: dict[str, Any], base_dir: str, out_root: str, threads: int) -> None:
-    """Ray Tune function trainable: ``config`` is what the searcher suggested."""
-    import os
+def localize(path: str, driver_dir: str | None, start_dir: str | None = None) -> str:
+    """A path as the driver resolved it, as this node sees it.
 
+    A path this node can read is used as is (one machine, a shared mount). A path inside
+    the driver's working directory that this node cannot see is looked up in this node's
+    own copy of that directory (``ray job submit --working-dir`` ships the directory to
+    every node, each under its own temporary path)."""
+    if not driver_dir or Path(path).exists():
+        return path
+    try:
+        rel = Path(path).relative_to(driver_dir)
+    except ValueError:
+        return path
+    here = Path(start_dir or _START_DIR) / rel
+    return str(here) if here.exists() else path
+
+
+def _localized(spec: dict[str, Any], base_dir: str, driver_dir: str | None) -> tuple[dict[str, Any], str]:
+    spec = json.loads(json.dumps(spec))
+    for split in ("train", "val"):
+        for src in spec["data"][split]:
+            if Path(src["path"]).is_absolute():
+                src["path"] = localize(src["path"], driver_dir)
+    model = spec["model"]["name_or_path"]
+    if Path(model).is_absolute():
+        spec["model"]["name_or_path"] = localize(model, driver_dir)
+    return spec, localize(base_dir, driver_dir)
+
+
+def run(
+    config: dict[str, Any],
+    *,
+    spec: dict[str, Any],
+    base_dir: str,
+    out_root: str,
+    threads: int,
+    driver_dir: str | None = None,
+) -> None:
+    """Ray Tune function trainable: ``config`` is what the searcher suggested."""
     import ray
     import torch
     from ray import tune
@@ -51,6 +92,7 @@ def run(config: dict[str, Any], *, spec: dict[str, Any], base_dir: str, out_root
         tune.report({**metrics, **where, "steps": step})
 
     try:
+        spec, base_dir = _localized(spec, base_dir, driver_dir)
         cfg = TrainConfig.model_validate(spec)
         params = to_trial_params(config["params"])
         base = _cached(_BASE, json.dumps(spec["model"], sort_keys=True), lambda: load_base(cfg.model))
@@ -96,7 +138,12 @@ def describe_failure(exc: BaseException) -> str:
 
     import torch
 
+    from vlsweep.errors import UserInputError
+
     tail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    if isinstance(exc, (UserInputError, FileNotFoundError, PermissionError)):
+        # A model or data path this worker cannot read: say which machine could not.
+        return f"on node {socket.gethostname()} ({_START_DIR}): {tail}"
     oom = isinstance(exc, torch.OutOfMemoryError) or (
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
     )

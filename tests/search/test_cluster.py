@@ -1,0 +1,162 @@
+"""A real multi-node Ray cluster on one machine: a head and a second node started with
+`ray start` on loopback (each with its own temp dir), the study in PostgreSQL, sweeps sent
+with `ray job submit` and with `vlsweep launch --address ray://...`.
+
+Run alone with ``pytest -m cluster`` (CI does): it starts Ray nodes of its own, with
+PostgreSQL from .ci/postgres.sh (its PGPASSWORD reaches the nodes' environment, as a
+cluster's secret would; never a command line).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import psutil
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from tests.search.conftest import fresh_pg_database
+
+pytestmark = pytest.mark.cluster
+
+RAY = str(Path(sys.executable).with_name("ray"))
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ours(temp_dirs: list[Path]) -> list[psutil.Process]:
+    """The processes of our Ray nodes (their command lines name our temp dirs) and children."""
+    found: list[psutil.Process] = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if any(str(d) in cmd for d in temp_dirs):
+            found.append(proc)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                found += proc.children(recursive=True)
+    return found
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Head (1 CPU, job server) and a second node (1 CPU): trials can run on either."""
+    root = tmp_path_factory.mktemp("cluster")
+    # Ray's socket paths must stay short: temp dirs right under /tmp.
+    dirs = [Path(f"/tmp/vlsweep-ray-{os.getpid()}-{name}") for name in ("head", "node2")]
+    port, dash, client = _free_port(), _free_port(), _free_port()
+    head = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1"]
+    head += [f"--temp-dir={dirs[0]}", "--include-dashboard=true", "--dashboard-host=127.0.0.1"]
+    head += [f"--dashboard-port={dash}", f"--ray-client-server-port={client}", "--disable-usage-stats"]
+    node2 = [RAY, "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", "--num-cpus=1"]
+    node2 += [f"--temp-dir={dirs[1]}", "--disable-usage-stats"]
+    try:
+        for cmd in (head, node2):
+            out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
+            assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        yield {"root": root, "jobs": f"http://127.0.0.1:{dash}", "client": f"ray://127.0.0.1:{client}"}
+    finally:
+        procs = _ours(dirs)
+        for proc in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(signal.SIGKILL)
+        psutil.wait_procs(procs, timeout=20)
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+    assert _ours(dirs) == [], "a Ray process of the test cluster is left"
+
+
+def _working_dir(root: Path, name: str, tiny_checkpoint, demo_data, **ray_cfg) -> Path:
+    """A sweep directory as a user would submit it: config, checkpoint and data, relative."""
+    wd = root / name
+    wd.mkdir()
+    shutil.copytree(tiny_checkpoint("qwen2_vl"), wd / "ckpt")
+    shutil.copytree(demo_data, wd / "data")
+    cfg = {
+        "name": name,
+        "model": {"name_or_path": "ckpt"},
+        "data": {"train": "data/train.jsonl", "val": "data/val.jsonl"},
+        "budget": {"steps": 4, "batch_size": 4, "max_new_tokens": 8},
+        "space": {"lr_llm": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+        "search": {"trials": 4, "max_concurrent": 2, "baseline": False},
+        "resources": {"cpus_per_trial": 1},
+        # One machine: the nodes share this disk, as nodes share a mount on a real cluster.
+        "ray": {"shared_storage": True, **ray_cfg},
+        "output_dir": str(root / "shared" / name),
+    }
+    (wd / "sweep.yaml").write_text(yaml.safe_dump(cfg))
+    return wd
+
+
+def _check_ran_on_both_nodes(url: str, name: str) -> None:
+    trials = optuna.load_study(study_name=name, storage=url).get_trials()
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials), [
+        (t.number, t.state, t.user_attrs.get("error")) for t in trials
+    ]
+    assert len({t.user_attrs["node_id"] for t in trials}) == 2, "the trials ran on one node only"
+
+
+def test_ray_job_submit_runs_trials_on_both_nodes(cluster, tiny_checkpoint, demo_data):
+    url = fresh_pg_database()
+    wd = _working_dir(cluster["root"], "jobsweep", tiny_checkpoint, demo_data)
+    out = subprocess.run(
+        [RAY, "job", "submit", f"--address={cluster['jobs']}", f"--working-dir={wd}", "--"]
+        + ["vlsweep", "launch", "sweep.yaml", "--storage", url],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0 and "succeeded" in out.stdout + out.stderr, (
+        out.stdout[-3000:] + out.stderr[-2000:]
+    )
+    _check_ran_on_both_nodes(url, "jobsweep")
+
+
+def test_launch_through_ray_client_runs_trials_on_both_nodes(cluster, tiny_checkpoint, demo_data):
+    url = fresh_pg_database()
+    wd = _working_dir(cluster["root"], "clientsweep", tiny_checkpoint, demo_data)
+    out = subprocess.run(
+        [sys.executable, "-m", "vlsweep.cli", "launch", "sweep.yaml", "--storage", url]
+        + ["--address", cluster["client"]],
+        env=ENV,
+        cwd=wd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "Pareto front of 'clientsweep'" in out.stdout
+    _check_ran_on_both_nodes(url, "clientsweep")
+
+
+def test_a_local_results_path_on_a_multi_node_cluster_is_refused_before_any_trial(
+    cluster, tiny_checkpoint, demo_data
+):
+    url = fresh_pg_database()
+    wd = _working_dir(cluster["root"], "localpath", tiny_checkpoint, demo_data, shared_storage=False)
+    out = subprocess.run(
+        [RAY, "job", "submit", f"--address={cluster['jobs']}", f"--working-dir={wd}", "--"]
+        + ["vlsweep", "launch", "sweep.yaml", "--storage", url],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    logs = out.stdout + out.stderr
+    assert out.returncode != 0 and "exit code 2" in logs, logs[-3000:]
+    assert "error: ray.storage_path:" in logs and "the Ray cluster has 2 nodes" in logs
+    trials = optuna.load_study(study_name="localpath", storage=url).get_trials()
+    assert all(t.state == TrialState.WAITING or "ray_trial_id" not in t.user_attrs for t in trials)
