@@ -144,6 +144,18 @@ def _preflight(cfg: SweepConfig, base_dir: Path) -> TrialData:
     return data
 
 
+def _run_sweep(cfg: SweepConfig, base_dir: Path, url: str, address: str | None, *, resume: bool) -> object:
+    """Run the sweep here, or with ``ray://`` its driver on the cluster's head (Ray Client)."""
+    from vlsweep.search.runner import run_sweep, run_sweep_via_client
+    from vlsweep.search.study import load_existing
+
+    address = address or cfg.ray.address
+    if address and address.startswith("ray://"):
+        run_sweep_via_client(cfg, base_dir, url, address, log=_echo, resume=resume)
+        return load_existing(url, cfg.name)
+    return run_sweep(cfg, base_dir, url, address=address, resume=resume, log=_echo)
+
+
 def _print_front(study: object) -> None:
     from vlsweep.search.status import front_table
 
@@ -162,20 +174,14 @@ def launch(
     """Run a sweep: Ray Tune runs the trials, Optuna proposes them (Pareto front of CER and IoU)."""
     try:
         from vlsweep.search.config import load_sweep_config
-        from vlsweep.search.runner import run_sweep, run_sweep_via_client
-        from vlsweep.search.study import load_existing, storage_url
+        from vlsweep.search.study import storage_url
 
         path = config or _default_sweep_config()
         cfg, base_dir = load_sweep_config(path)
         _preflight(cfg, base_dir)
         url = storage_url(storage, cfg.storage)
         _echo(f"vlsweep launch: {path if config else 'embedded demo (examples/demo-sweep.yaml)'}")
-        address = address or cfg.ray.address
-        if address and address.startswith("ray://"):
-            run_sweep_via_client(cfg, base_dir, url, address, log=_echo)
-            study = load_existing(url, cfg.name)
-        else:
-            study = run_sweep(cfg, base_dir, url, address=address, log=_echo)
+        study = _run_sweep(cfg, base_dir, url, address, resume=False)
     except UserInputError as err:
         _fail(err)
     except SweepStopped as err:
@@ -192,7 +198,6 @@ def resume(
     """Continue an interrupted sweep to its trial budget (lost trials re-run with their parameters)."""
     try:
         from vlsweep.search.config import SweepConfig
-        from vlsweep.search.runner import run_sweep
         from vlsweep.search.study import load_existing, storage_url
 
         url = storage_url(storage)
@@ -203,7 +208,7 @@ def resume(
                 f"study {name!r} was not made by vlsweep launch (no config attr); cannot resume"
             )
         cfg = SweepConfig.model_validate(raw)
-        study = run_sweep(cfg, Path.cwd(), url, address=address, resume=True, log=_echo)
+        study = _run_sweep(cfg, Path.cwd(), url, address, resume=True)
     except UserInputError as err:
         _fail(err)
     except SweepStopped as err:

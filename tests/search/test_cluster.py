@@ -140,6 +140,17 @@ def test_launch_through_ray_client_runs_trials_on_both_nodes(cluster, tiny_check
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     assert "Pareto front of 'clientsweep'" in out.stdout
     _check_ran_on_both_nodes(url, "clientsweep")
+    # Resume goes the same way (its driver on the head); here nothing is left to run.
+    again = subprocess.run(
+        [sys.executable, "-m", "vlsweep.cli", "resume", "clientsweep", "--storage", url]
+        + ["--address", cluster["client"]],
+        env=ENV,
+        cwd=wd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0 and "0 of 4 trials to run" in again.stdout + again.stderr, again.stderr[-3000:]
 
 
 def test_a_local_results_path_on_a_multi_node_cluster_is_refused_before_any_trial(

@@ -396,7 +396,7 @@ def same_database(a: str, b: str) -> bool:
     return ua.set(password=None) == ub.set(password=None)
 
 
-def _drive_on_cluster(cfg_json: dict[str, Any], base_dir: str, storage_url: str) -> str:
+def _drive_on_cluster(cfg_json: dict[str, Any], base_dir: str, storage_url: str, resume: bool) -> str:
     """The sweep driver, run as a Ray task on the cluster's head node (Ray Client mode)."""
     cfg = SweepConfig.model_validate(cfg_json)
     # The head's own VLSWEEP_STORAGE, when it names the same database, carries the password:
@@ -404,14 +404,16 @@ def _drive_on_cluster(cfg_json: dict[str, Any], base_dir: str, storage_url: str)
     here = os.environ.get(studies.STORAGE_ENV)
     url = here if here and same_database(here, storage_url) else storage_url
     try:
-        run_sweep(cfg, Path(base_dir), url, log=lambda line: print(line, flush=True))
+        run_sweep(cfg, Path(base_dir), url, resume=resume, log=lambda line: print(line, flush=True))
     except UserInputError as err:
         head = socket.gethostname()
         raise UserInputError([f"on the Ray head node {head}: {p}" for p in err.problems]) from None
     return cfg.name
 
 
-def run_sweep_via_client(cfg: SweepConfig, base_dir: Path, storage_url: str, address: str, log: Log) -> None:
+def run_sweep_via_client(
+    cfg: SweepConfig, base_dir: Path, storage_url: str, address: str, log: Log, resume: bool = False
+) -> None:
     """``--address ray://HOST:10001``: the whole driver (searcher, fail fast, progress) runs
     as one Ray task on the cluster's head node, which must reach the study database; this
     process streams its output and waits. Ray Tune on a Ray Client would instead pickle the
@@ -433,7 +435,7 @@ def run_sweep_via_client(cfg: SweepConfig, base_dir: Path, storage_url: str, add
             _drive_on_cluster
         )
         try:
-            ray.get(drive.remote(sanitized_config(cfg, base_dir), str(base_dir), sanitized))
+            ray.get(drive.remote(sanitized_config(cfg, base_dir), str(base_dir), sanitized, resume))
         except ray.exceptions.RayTaskError as err:
             cause = err.cause if isinstance(err.cause, BaseException) else None
             if isinstance(cause, (UserInputError, SweepFailed, SweepInterrupted)):
