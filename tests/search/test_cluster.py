@@ -150,7 +150,8 @@ def test_launch_through_ray_client_runs_trials_on_both_nodes(cluster, tiny_check
         text=True,
         timeout=300,
     )
-    assert again.returncode == 0 and "0 of 4 trials to run" in again.stdout + again.stderr, again.stderr[-3000:]
+    logs = again.stdout + again.stderr
+    assert again.returncode == 0 and "0 of 4 trials to run" in logs, logs[-3000:]
 
 
 def test_a_local_results_path_on_a_multi_node_cluster_is_refused_before_any_trial(
