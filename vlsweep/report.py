@@ -101,7 +101,8 @@ def hypervolume_figure(results: SweepResults) -> Any:
         go.Scatter(
             x=[n for n, _ in history],
             y=[hv for _, hv in history],
-            mode="lines+markers",
+            # A marker per trial reads well for a few hundred; beyond that they merge into a band.
+            mode="lines+markers" if len(history) <= 500 else "lines",
             line={"shape": "hv"},
             name="hypervolume",
         )
