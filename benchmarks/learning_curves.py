@@ -67,7 +67,10 @@ def _run(job: tuple[int, dict[str, Any]]) -> dict[str, Any]:
     curve: list[dict[str, float]] = []
 
     def report(step: int, metrics: dict[str, float]) -> None:
-        curve.append({"steps": step, "cer": metrics["cer"], "iou": metrics["iou"]})
+        # The objectives, and the per-task validation losses (smoother candidates for
+        # ranking at early rungs; the first 300-config table predates them).
+        keys = ("cer", "iou", "val_loss_ocr", "val_loss_grounding")
+        curve.append({"steps": step, **{k: metrics[k] for k in keys if k in metrics}})
 
     t0 = time.perf_counter()
     try:
