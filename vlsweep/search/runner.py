@@ -112,6 +112,8 @@ def progress_line(study: optuna.Study, names: list[str], started: float, total: 
 
 
 LOCAL_RAY_ATTR = "local_ray"
+# Set on the study to ask the running driver to stop cleanly (as Ctrl-C would).
+STOP_ATTR = "stop_requested"
 
 
 def _ray_init(cfg: SweepConfig, address: str | None, log: Log, study: optuna.Study) -> bool:
@@ -225,6 +227,8 @@ def run_sweep(
     directions = [o.direction or "minimize" for o in cfg.objectives]
     study = studies.create_or_check(storage, cfg.name, directions, names, sampler)
     driver = studies.claim_driver(study)
+    if study.user_attrs.get(STOP_ATTR):
+        study.set_user_attr(STOP_ATTR, None)  # a request meant for an earlier driver
     reap_local_ray(study, log)
     out_root = Path(cfg.output_dir or f"runs/{cfg.name}")
     out_root = (out_root if out_root.is_absolute() else Path.cwd() / out_root).resolve()
@@ -279,7 +283,7 @@ def run_sweep(
         )
         started = time.time()
         events = Events(searcher, study, driver, names, started, cfg.search.trials, log)
-        stop = StopRequests(searcher, log)
+        stop = StopRequests(searcher, log, study)
         if scheduler is None:
             scheduler = make_scheduler(cfg, names, directions)
         tuner = tune.Tuner(
@@ -345,9 +349,30 @@ class StopRequests(tune.Stopper):
     re-queued), the study left consistent. A second Ctrl-C stops at once (KeyboardInterrupt;
     the driver still re-queues what ran). Also ends the sweep when fail-fast trips."""
 
-    def __init__(self, searcher: OptunaAskTellSearcher, log: Log):
-        self.searcher, self.log = searcher, log
+    def __init__(self, searcher: OptunaAskTellSearcher, log: Log, study: optuna.Study | None = None):
+        self.searcher, self.log, self.study = searcher, log, study
         self.signal_name: str | None = None
+        self._watching = threading.Event()
+
+    # Tune pickles its stopper into tuner.pkl: never the study (its URL may hold a password).
+    def __getstate__(self) -> dict[str, Any]:
+        return {"signal_name": self.signal_name}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, searcher=None, log=print, study=None, _watching=threading.Event())
+
+    def _watch_requests(self) -> None:
+        """A stop asked for through the study (`vlsweep launch --address ray://` on Ctrl-C,
+        when this driver runs on the cluster): checked every 2 s."""
+        while self._watching.is_set() and self.signal_name is None:
+            try:
+                request = self.study.user_attrs.get(STOP_ATTR) if self.study is not None else None
+            except Exception:  # the storage retries on its own; try again next time
+                request = None
+            if request:
+                self.signal_name = f"stop requested from {request.get('host', '?')}"
+                self.log(f"{self.signal_name}: stopping the sweep; running trials are re-queued")
+            time.sleep(2.0)
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         return False
@@ -367,6 +392,17 @@ class StopRequests(tune.Stopper):
 
     @contextlib.contextmanager
     def catching_signals(self) -> Iterator[None]:
+        self._watching.set()
+        watcher = threading.Thread(target=self._watch_requests, daemon=True)
+        watcher.start()
+        try:
+            with self._signal_handlers():
+                yield
+        finally:
+            self._watching.clear()
+
+    @contextlib.contextmanager
+    def _signal_handlers(self) -> Iterator[None]:
         if threading.current_thread() is not threading.main_thread():
             yield  # signals reach the main thread only; Tune's own handling applies
             return
@@ -434,8 +470,24 @@ def run_sweep_via_client(
         drive = ray.remote(num_cpus=0, max_retries=0, resources={"node:__internal_head__": 0.001})(
             _drive_on_cluster
         )
+        ref = drive.remote(sanitized_config(cfg, base_dir), str(base_dir), sanitized, resume)
         try:
-            ray.get(drive.remote(sanitized_config(cfg, base_dir), str(base_dir), sanitized, resume))
+            # Waiting in short slices keeps Ctrl-C here responsive; it then interrupts the
+            # driver on the head, which re-queues the running trials as a local Ctrl-C does.
+            while not ray.wait([ref], timeout=1.0)[0]:
+                pass
+            ray.get(ref)
+        except KeyboardInterrupt:
+            # Asked through the study, not by cancelling the task: the driver stops as on a
+            # Ctrl-C of its own, and leaving before it has would end the Ray Client session
+            # and kill it mid-way. Its last act is releasing the study; a second Ctrl-C
+            # leaves at once.
+            log("Ctrl-C: asking the sweep's driver on the head node to stop ...")
+            _request_stop_and_wait(storage_url, cfg.name, seconds=180)
+            raise SweepInterrupted(
+                f"interrupted (Ctrl-C): running trials re-queued; `vlsweep resume {cfg.name} "
+                f"--address {address}` continues the sweep"
+            ) from None
         except ray.exceptions.RayTaskError as err:
             cause = err.cause if isinstance(err.cause, BaseException) else None
             if isinstance(cause, (UserInputError, SweepFailed, SweepInterrupted)):
@@ -443,6 +495,17 @@ def run_sweep_via_client(
             raise
     finally:
         ray.shutdown()
+
+
+def _request_stop_and_wait(storage_url: str, name: str, seconds: float) -> None:
+    try:
+        study = studies.load_existing(storage_url, name)
+    except UserInputError:
+        return  # the driver never created the study
+    study.set_user_attr(STOP_ATTR, {"host": socket.gethostname(), "at": time.time()})
+    deadline = time.time() + seconds
+    while study.user_attrs.get("driver") and time.time() < deadline:
+        time.sleep(0.5)
 
 
 def rung_steps(cfg: SweepConfig) -> list[int]:
