@@ -464,7 +464,18 @@ def run_sweep_via_client(
         )
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     log(f"connecting to {address} (Ray Client); the sweep's driver runs on the head node ...")
-    ray.init(address=address, log_to_driver=True, logging_level="ERROR")
+    for attempt in range(3):
+        try:
+            ray.init(address=address, log_to_driver=True, logging_level="ERROR")
+            break
+        except ConnectionError as err:
+            # The client server starts a server per session; that start can fail while an
+            # earlier session's one is still shutting down. Twice more, as a user would.
+            if attempt == 2:
+                msg = f"--address {address}: cannot connect through Ray Client ({err})"
+                raise UserInputError(msg) from None
+            log(f"Ray Client connection failed ({str(err).strip().splitlines()[-1][:200]}); retrying in 5 s")
+            time.sleep(5)
     try:
         sanitized = studies.strip_password(storage_url)
         drive = ray.remote(num_cpus=0, max_retries=0, resources={"node:__internal_head__": 0.001})(
