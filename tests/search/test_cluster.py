@@ -136,17 +136,34 @@ def _check_ran_on_both_nodes(url: str, name: str) -> None:
     assert len({t.user_attrs["node_id"] for t in trials}) == 2, "the trials ran on one node only"
 
 
-def test_ray_job_submit_runs_trials_on_both_nodes(cluster, tiny_checkpoint, demo_data):
-    url = fresh_pg_database()
-    wd = _working_dir(cluster["root"], "jobsweep", tiny_checkpoint, demo_data)
-    out = subprocess.run(
+def _vlsweep(cluster, wd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`vlsweep ARGS --address ray://...` from the sweep directory, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "vlsweep.cli", *args, "--address", cluster["client"]],
+        env=ENV,
+        cwd=wd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _submit(cluster, wd: Path, url: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`ray job submit --working-dir WD -- vlsweep launch sweep.yaml`."""
+    return subprocess.run(
         [RAY, "job", "submit", f"--address={cluster['jobs']}", f"--working-dir={wd}", "--"]
         + ["vlsweep", "launch", "sweep.yaml", "--storage", url],
         env=ENV,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
+
+
+def test_ray_job_submit_runs_trials_on_both_nodes(cluster, tiny_checkpoint, demo_data):
+    url = fresh_pg_database()
+    wd = _working_dir(cluster["root"], "jobsweep", tiny_checkpoint, demo_data)
+    out = _submit(cluster, wd, url)
     assert out.returncode == 0 and "succeeded" in out.stdout + out.stderr, (
         out.stdout[-3000:] + out.stderr[-2000:]
     )
@@ -156,28 +173,12 @@ def test_ray_job_submit_runs_trials_on_both_nodes(cluster, tiny_checkpoint, demo
 def test_launch_through_ray_client_runs_trials_on_both_nodes(cluster, tiny_checkpoint, demo_data):
     url = fresh_pg_database()
     wd = _working_dir(cluster["root"], "clientsweep", tiny_checkpoint, demo_data)
-    out = subprocess.run(
-        [sys.executable, "-m", "vlsweep.cli", "launch", "sweep.yaml", "--storage", url]
-        + ["--address", cluster["client"]],
-        env=ENV,
-        cwd=wd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    out = _vlsweep(cluster, wd, "launch", "sweep.yaml", "--storage", url)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     assert "Pareto front of 'clientsweep'" in out.stdout
     _check_ran_on_both_nodes(url, "clientsweep")
     # Resume goes the same way (its driver on the head); here nothing is left to run.
-    again = subprocess.run(
-        [sys.executable, "-m", "vlsweep.cli", "resume", "clientsweep", "--storage", url]
-        + ["--address", cluster["client"]],
-        env=ENV,
-        cwd=wd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    again = _vlsweep(cluster, wd, "resume", "clientsweep", "--storage", url, timeout=300)
     # (The head's own log lines stream back asynchronously, so only the outcome is checked.)
     assert again.returncode == 0 and "Pareto front of 'clientsweep'" in again.stdout, again.stderr[-3000:]
     _check_ran_on_both_nodes(url, "clientsweep")  # still exactly the 4 trials
@@ -217,14 +218,7 @@ def test_ctrl_c_through_ray_client_stops_the_driver_on_the_head(cluster, tiny_ch
     trials = optuna.load_study(study_name="ctrlc", storage=url).get_trials()
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     assert [t for t in trials if t.user_attrs.get("requeued")], [(t.state, t.user_attrs) for t in trials]
-    again = subprocess.run(
-        [*cmd, "resume", "ctrlc", "--storage", url, "--address", cluster["client"]],
-        env=ENV,
-        cwd=wd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    again = _vlsweep(cluster, wd, "resume", "ctrlc", "--storage", url)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     trials = optuna.load_study(study_name="ctrlc", storage=url).get_trials()
     done = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -236,14 +230,7 @@ def test_a_local_results_path_on_a_multi_node_cluster_is_refused_before_any_tria
 ):
     url = fresh_pg_database()
     wd = _working_dir(cluster["root"], "localpath", tiny_checkpoint, demo_data, shared_storage=False)
-    out = subprocess.run(
-        [RAY, "job", "submit", f"--address={cluster['jobs']}", f"--working-dir={wd}", "--"]
-        + ["vlsweep", "launch", "sweep.yaml", "--storage", url],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = _submit(cluster, wd, url, timeout=300)
     logs = out.stdout + out.stderr
     assert out.returncode != 0 and "exit code 2" in logs, logs[-3000:]
     assert "error: ray.storage_path:" in logs and "the Ray cluster has 2 nodes" in logs

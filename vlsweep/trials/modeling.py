@@ -123,12 +123,8 @@ def load_base(cfg: ModelConfig) -> Base:
     """Load the model and processor through the Auto classes, as for any checkpoint."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+    check_model(cfg)  # the same checks `vlsweep launch` makes before a sweep
     source = resolve_source(cfg)
-    path = Path(source)
-    if path.exists():
-        _safetensors_check(path, cfg.allow_pickle)
-    elif source.startswith((".", "/", "~")):
-        raise UserInputError(f"model.name_or_path: directory {source} does not exist")
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     common: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
