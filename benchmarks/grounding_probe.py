@@ -13,7 +13,7 @@ and prints, per style:
 - the IoU of pointing at a randomly chosen word of the same scene with its exact box:
   what a model that finds words but not colours would score.
 
-    python benchmarks/grounding_probe.py [--model builtin:tiny-qwen2-vl] [--samples 64]
+    python benchmarks/grounding_probe.py [--model builtin:tiny-qwen2-vl] [--samples 64] [--words 1]
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 
-def scenes(out: Path, style: str, n: int, seed: int) -> tuple[list[Any], list[dict[str, list[int]]]]:
+def scenes(
+    out: Path, style: str, n: int, seed: int, n_words: int | None = None
+) -> tuple[list[Any], list[dict[str, list[int]]]]:
     """``n`` grounding records of ``style`` (images written under ``out``) and, for
     each, the boxes of every word in its scene."""
     from vlsweep.trials.data import Record
@@ -35,7 +37,7 @@ def scenes(out: Path, style: str, n: int, seed: int) -> tuple[list[Any], list[di
     rng = random.Random(seed)
     records, all_boxes = [], []
     for i in range(n):
-        img, boxes = grounding_scene(rng, STYLES[style])
+        img, boxes = grounding_scene(rng, STYLES[style], n_words)
         target = rng.choice(sorted(boxes))
         path = out / f"{style}-{i:04d}.png"
         img.save(path)
@@ -52,6 +54,13 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=64, help="grounding scenes per style")
     ap.add_argument("--seed", type=int, default=5, help="data seed (the demo's own data is seed 0)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--words",
+        type=int,
+        choices=(1, 2, 3),
+        default=None,
+        help="words per scene (default: 2-3, as in the data)",
+    )
     args = ap.parse_args()
 
     import torch
@@ -67,12 +76,16 @@ def main() -> None:
     spec, _ = load_train_config(Path(__file__).parents[1] / "examples" / "demo-train.yaml")
     spec = spec.model_copy(update={"model": spec.model.model_copy(update={"name_or_path": args.model})})
     base = load_base(spec.model)
-    print(f"{args.model}, {args.samples} grounding scenes per style, greedy decoding of the base model")
+    words = f"{args.words} word(s)" if args.words else "2-3 words"
+    print(
+        f"{args.model}, {args.samples} grounding scenes of {words} per style, "
+        "greedy decoding of the base model"
+    )
     print("| style | IoU | IoU >= 0.5 | IoU with any word | distinct answers | random word of the scene |")
     print("|---|---|---|---|---|---|")
     for style in ("pretrain", "demo"):
         with tempfile.TemporaryDirectory() as tmp:
-            records, all_boxes = scenes(Path(tmp), style, args.samples, args.seed)
+            records, all_boxes = scenes(Path(tmp), style, args.samples, args.seed, args.words)
             trainer = Trainer(
                 spec.params.to_trial_params(),
                 spec.budget,

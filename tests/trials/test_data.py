@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from vlsweep.trials.data import TaskMixer, load_records, task_probabilities
-from vlsweep.trials.synth import write_dataset
+from vlsweep.trials.synth import STYLES, grounding_scene, write_dataset
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 100.0])
@@ -46,6 +47,18 @@ def test_demo_dataset_is_deterministic_by_seed(tmp_path: Path):
     records, problems = load_records(a["train"])
     assert not problems and len(records) == 6
     assert {r.task for r in records} == {"ocr", "grounding"}
+
+
+@pytest.mark.parametrize("n_words", [None, 1, 3])
+def test_grounding_scene_words_sit_in_distinct_cells_inside_the_image(n_words):
+    rng = random.Random(3)
+    for _ in range(20):
+        img, boxes = grounding_scene(rng, STYLES["demo"], n_words)
+        assert len(boxes) == n_words if n_words else 2 <= len(boxes) <= 3
+        cells = {(b[0] * 2 // img.width, b[1] * 3 // img.height) for b in boxes.values()}
+        assert len(cells) == len(boxes)
+        for x1, y1, x2, y2 in boxes.values():
+            assert 0 <= x1 < x2 <= img.width and 0 <= y1 < y2 <= img.height
 
 
 def _write(path: Path, lines: list[object]) -> Path:

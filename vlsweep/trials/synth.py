@@ -91,14 +91,14 @@ def ocr_sample(rng: random.Random, style: Style):  # noqa: ANN201
     return img, text
 
 
-def grounding_scene(rng: random.Random, style: Style):  # noqa: ANN201
-    """An image with 2-3 coloured words in distinct cells of a 2x3 grid; returns
-    (image, {colour name: exact pixel box of its word})."""
+def grounding_scene(rng: random.Random, style: Style, n_words: int | None = None):  # noqa: ANN201
+    """An image with 2-3 (or ``n_words``) coloured words in distinct cells of a 2x3 grid;
+    returns (image, {colour name: exact pixel box of its word})."""
     from PIL import Image, ImageDraw
 
     img = Image.new("RGB", GROUNDING_SIZE, rng.choice(style.backgrounds))
     draw = ImageDraw.Draw(img)
-    names = rng.sample(COLOR_NAMES, rng.randint(2, 3))
+    names = rng.sample(COLOR_NAMES, rng.randint(2, 3) if n_words is None else n_words)
     cols, rows = 2, 3
     cell_w, cell_h = GROUNDING_SIZE[0] // cols, GROUNDING_SIZE[1] // rows
     cells = rng.sample([(c, r) for c in range(cols) for r in range(rows)], len(names))
