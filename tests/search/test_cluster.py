@@ -33,10 +33,15 @@ RAY = str(Path(sys.executable).with_name("ray"))
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports. The sockets stay bound until all are picked: one at a
+    time, the kernel can hand out a just-closed port again (seen in CI: Ray refused a
+    node whose client server and agent got the same port)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
 
 
 def _ours(temp_dirs: list[Path]) -> list[psutil.Process]:
@@ -57,16 +62,17 @@ def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("cluster")
     # Ray's socket paths must stay short: temp dirs right under /tmp.
     dirs = [Path(f"/tmp/vlsweep-ray-{os.getpid()}-{name}") for name in ("head", "node2")]
-    port, dash, client = _free_port(), _free_port(), _free_port()
+    ports = iter(_free_ports(3 + 2 * 4))
+    port, dash, client = next(ports), next(ports), next(ports)
 
     def agent_ports() -> list[str]:
         # Each node's agents on ports of their own: the defaults collide with any other Ray
         # on the machine (a developer's, or the other node), and its job agent never starts.
         return [
-            f"--dashboard-agent-listen-port={_free_port()}",
-            f"--dashboard-agent-grpc-port={_free_port()}",
-            f"--metrics-export-port={_free_port()}",
-            f"--runtime-env-agent-port={_free_port()}",
+            f"--dashboard-agent-listen-port={next(ports)}",
+            f"--dashboard-agent-grpc-port={next(ports)}",
+            f"--metrics-export-port={next(ports)}",
+            f"--runtime-env-agent-port={next(ports)}",
         ]
 
     head = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1"]
