@@ -3,7 +3,8 @@
     python tests/search/fault_driver.py MOMENT CONFIG STORAGE_URL
 
 MOMENT:
-- ``running``: one second after the third trial starts (others finished or running);
+- ``running``: when the third trial reports its first evaluation short of the budget: that
+  trial is mid-training (it cannot have finished), whatever the machine's speed;
 - ``reporting``: in Ray Tune's result callback for the first full-budget evaluation, after
   the searcher saw the result and before the trial is told to Optuna;
 - ``completed``: in the completion callback of the first trial, right after it was told.
@@ -17,7 +18,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +35,16 @@ class KillAt(Callback):
     def __init__(self, moment: str, budget_steps: int):
         self.moment, self.budget_steps = moment, budget_steps
 
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if self.moment == "running" and trial.config["optuna_trial"] >= 2:
-            threading.Timer(1.0, _die).start()
-
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        if self.moment == "reporting" and result.get("steps") == self.budget_steps and "cer" in result:
+        if "cer" not in result:  # a training-curve row, not an evaluation
+            return
+        if (
+            self.moment == "running"
+            and trial.config["optuna_trial"] >= 2
+            and result["steps"] < self.budget_steps
+        ):
+            _die()
+        if self.moment == "reporting" and result["steps"] == self.budget_steps:
             _die()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
