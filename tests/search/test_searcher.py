@@ -208,3 +208,65 @@ def test_one_read_per_ask_samples_exactly_what_the_plain_sampler_does(tmp_path, 
     assert max(wrapped_reads) <= 2
     if kind == "tpe":
         assert max(plain_reads[11:]) > 5  # what the wrapper saves: one read per parameter
+
+
+def _run_sweep_by_hand(tmp_path, name, order_of_completion, reproducible):
+    """Two slots, 14 trials, finishing in the given order within each pair in flight; each
+    trial's values depend on its parameters only. Returns the points proposed."""
+    from vlsweep.search.study import make_sampler
+
+    window = 2 if reproducible else None
+    storage = f"sqlite:///{tmp_path / (name + '.db')}"
+    study = optuna.create_study(
+        study_name="t",
+        storage=storage,
+        directions=["minimize", "maximize"],
+        sampler=make_sampler("tpe", 0, window),
+    )
+    space, _ = parse_space(None)
+    searcher = OptunaAskTellSearcher(
+        study,
+        space,
+        {"lora.vision": True, "lora.projector": "full"},
+        ["cer", "iou"],
+        100,
+        reproducible_window=window,
+    )
+
+    def result(cfg):
+        p = cfg["params"]
+        return {
+            "steps": 100,
+            "cer": abs(math.log10(p["lr_llm"]) + 3),
+            "iou": p["weight_ocr"] * p["lora_dropout"] * 10,
+        }
+
+    proposed, live, waited = {}, {}, 0
+    for step in range(60):
+        while len(live) < 2 and len(proposed) < 14:
+            tid = f"r{len(proposed)}-{step}"
+            cfg = searcher.suggest(tid)
+            if cfg is None:
+                waited += 1
+                break
+            proposed[cfg["optuna_trial"]] = cfg["params"]
+            live[tid] = cfg
+        if not live:
+            break
+        # Which of the trials in flight finishes first: given by the order, else the oldest.
+        first = order_of_completion[step % len(order_of_completion)]
+        tid = sorted(live, key=lambda t: live[t]["optuna_trial"])[min(first, len(live) - 1)]
+        searcher.on_trial_complete(tid, result(live.pop(tid)))
+    assert len(proposed) == 14 and all(t.state == TrialState.COMPLETE for t in study.get_trials())
+    return [proposed[k] for k in sorted(proposed)], waited
+
+
+def test_a_reproducible_sweep_proposes_the_same_points_whatever_finishes_first(tmp_path):
+    oldest_first, _ = _run_sweep_by_hand(tmp_path, "a", [0], reproducible=True)
+    newest_first, waited = _run_sweep_by_hand(tmp_path, "b", [1, 1, 0], reproducible=True)
+    assert oldest_first == newest_first
+    assert waited > 0  # the newer trial finished first, so the next ask waited for the older
+    # Without it, TPE's proposals follow the order in which results came in.
+    plain_a, _ = _run_sweep_by_hand(tmp_path, "c", [0], reproducible=False)
+    plain_b, _ = _run_sweep_by_hand(tmp_path, "d", [1, 1, 0], reproducible=False)
+    assert plain_a != plain_b

@@ -23,6 +23,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from vlsweep.search.study import reproducible_slot
 from vlsweep.search.worker import ERROR_KEY
 from vlsweep.spaces import Space
 
@@ -51,6 +52,7 @@ class OptunaAskTellSearcher(Searcher):
         constraints: list[tuple[str, str, float]] | None = None,
         run_id: str = "",
         fail_fast: int = 0,
+        reproducible_window: int | None = None,
     ):
         super().__init__(metric=None, mode=None)
         self.study = study
@@ -70,10 +72,21 @@ class OptunaAskTellSearcher(Searcher):
         self.fail_fast = fail_fast
         self._first_errors: list[str] | None = [] if fail_fast > 0 else None
         self.abort_reason: str | None = None
+        # Reproducible sweeps (search.reproducible): trial k is asked for only once every
+        # trial ``window`` or more numbers before it has ended (see study.OneReadPerAsk).
+        self.window = reproducible_window
+        self._held = False  # the last suggest() waited; re-read the study only after a trial ends
 
     # -- Tune's hooks ----------------------------------------------------------------------
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self.window and self._held:
+            return None  # nothing ended since the last look
+        if self.window:
+            _, unfinished = reproducible_slot(self.study.get_trials(deepcopy=False), self.window)
+            self._held = bool(unfinished)
+            if unfinished:
+                return None  # Tune asks again later
         trial = self.study.ask()
         values = self.space.suggest(trial, self.settings)
         trial.set_user_attr("ray_trial_id", trial_id)
@@ -98,6 +111,7 @@ class OptunaAskTellSearcher(Searcher):
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
+        self._held = False
         trial = self._live.pop(trial_id, None)
         if trial is None:
             return
@@ -116,6 +130,7 @@ class OptunaAskTellSearcher(Searcher):
 
     def fail(self, trial_id: str, message: str) -> None:
         """Finish a trial whose Ray worker failed (after Ray's own retries)."""
+        self._held = False
         trial = self._awaiting_error.pop(trial_id, None) or self._live.pop(trial_id, None)
         if trial is not None:
             self._tell_fail(trial_id, trial, message)
@@ -171,6 +186,7 @@ class OptunaAskTellSearcher(Searcher):
         self._live, self._steps, self._reported_error, self._awaiting_error = {}, {}, {}, {}
         self._where = {}
         self._first_errors, self.abort_reason = None, None
+        self.window, self._held = None, False
 
     # -- telling Optuna --------------------------------------------------------------------
 

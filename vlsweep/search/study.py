@@ -221,8 +221,11 @@ def create_or_check(
     return study
 
 
-def make_sampler(kind: str, seed: int | None) -> optuna.samplers.BaseSampler:
-    """Optuna's sampler with Optuna's defaults, reading the study once per ask."""
+def make_sampler(kind: str, seed: int | None, window: int | None = None) -> optuna.samplers.BaseSampler:
+    """Optuna's sampler with Optuna's defaults, reading the study once per ask. With
+    ``window`` (the sweep's concurrency), each ask sees a history that depends on the
+    trial's number only (``OneReadPerAsk``), so a seeded sweep proposes the same points
+    however its trials' completions interleave."""
     if kind == "tpe":
         inner: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(seed=seed)
     elif kind == "nsga2":
@@ -233,7 +236,18 @@ def make_sampler(kind: str, seed: int | None) -> optuna.samplers.BaseSampler:
         inner = optuna.samplers.RandomSampler(seed=seed)
     else:
         raise UserInputError(f"search.sampler: unknown sampler {kind!r}; choose tpe, nsga2, gp or random")
-    return OneReadPerAsk(inner)
+    return OneReadPerAsk(inner, window=window)
+
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def reproducible_slot(trials: list[FrozenTrial], window: int) -> tuple[int, list[int]]:
+    """The number the next ask gets, and the trials that must finish before it may be
+    asked for a reproducible sweep: every trial ``window`` or more numbers before it."""
+    waiting = [t.number for t in trials if t.state == TrialState.WAITING]
+    number = min(waiting) if waiting else len(trials)
+    return number, [t.number for t in trials if t.number <= number - window and t.state not in FINISHED]
 
 
 class OneReadPerAsk(optuna.samplers.BaseSampler):
@@ -246,15 +260,24 @@ class OneReadPerAsk(optuna.samplers.BaseSampler):
     second driver is refused), and the one thing that changes, the asked trial's own
     parameters, is what samplers exclude; so one read per ask gives the sampler the same
     trials. The sampling itself is ``inner``'s, unchanged.
+
+    With ``window`` (reproducible sweeps), trial k sees trials up to k - window as they
+    ended, and the ``window - 1`` trials before it as still running, whether or not they
+    have finished by then (the searcher asks for trial k only once the earlier ones have
+    ended). What a trial is proposed then depends on its number, not on which of the
+    trials in flight happened to finish first.
     """
 
-    def __init__(self, inner: optuna.samplers.BaseSampler):
+    def __init__(self, inner: optuna.samplers.BaseSampler, window: int | None = None):
         self.inner = inner
+        self.window = window
         self._view: TrialsSnapshot | None = None
 
-    def _seen(self, study: optuna.Study) -> Any:
+    def _seen(self, study: optuna.Study, trial: FrozenTrial) -> Any:
         if self._view is None or self._view.study is not study:
             self._view = TrialsSnapshot(study)
+            if self.window:
+                self._view._trials = _as_of(self._view.get_trials(deepcopy=False), trial.number, self.window)
         return self._view
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -262,13 +285,13 @@ class OneReadPerAsk(optuna.samplers.BaseSampler):
         self.inner.before_trial(study, trial)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
-        return self.inner.infer_relative_search_space(self._seen(study), trial)
+        return self.inner.infer_relative_search_space(self._seen(study, trial), trial)
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict:
-        return self.inner.sample_relative(self._seen(study), trial, search_space)
+        return self.inner.sample_relative(self._seen(study, trial), trial, search_space)
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, name: str, dist: Any) -> Any:
-        return self.inner.sample_independent(self._seen(study), trial, name, dist)
+        return self.inner.sample_independent(self._seen(study, trial), trial, name, dist)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
         self._view = None
@@ -276,6 +299,19 @@ class OneReadPerAsk(optuna.samplers.BaseSampler):
 
     def reseed_rng(self) -> None:
         self.inner.reseed_rng()
+
+
+def _as_of(trials: list[FrozenTrial], number: int, window: int) -> list[FrozenTrial]:
+    """The trials as trial ``number`` of a reproducible sweep sees them: the ones less than
+    ``window`` numbers before it as RUNNING, their parameters kept, their outcome hidden."""
+    out = []
+    for t in trials:
+        if number - window < t.number < number and t.state in FINISHED:
+            t = copy.copy(t)
+            t.state, t.values, t.datetime_complete = TrialState.RUNNING, None, None
+            t.intermediate_values = {}
+        out.append(t)
+    return out
 
 
 class TrialsSnapshot:
