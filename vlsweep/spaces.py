@@ -9,6 +9,9 @@ lora_dropout: 0.05                                      # a fixed value
 lr_vision: {type: float, low: 1.0e-6, high: 1.0e-3, log: true, when: {lora.vision: true}}
 ```
 
+``{same_as: lr_llm}`` ties a parameter to another one of the space: it is not sampled
+but takes the other's value (``lr_vision: {same_as: lr_llm}`` searches one shared LR).
+
 ``when`` makes a parameter conditional: it is suggested only when every named key (a
 config key such as ``lora.vision`` or an earlier parameter) has the given value (or one
 of a list of values). An inactive parameter keeps the engine's default, which the trial
@@ -88,11 +91,15 @@ _SPEC_TYPES = {"float": FloatSpec, "int": IntSpec, "categorical": CategoricalSpe
 
 
 class Space:
-    """A parsed, checked search space: ordered parameter specs and fixed values."""
+    """A parsed, checked search space: ordered parameter specs, fixed values, and ties
+    (a parameter that takes another one's value)."""
 
-    def __init__(self, specs: dict[str, ParamSpec], fixed: dict[str, Scalar]):
+    def __init__(
+        self, specs: dict[str, ParamSpec], fixed: dict[str, Scalar], tied: dict[str, str] | None = None
+    ):
         self.specs = specs
         self.fixed = fixed
+        self.tied = tied or {}
 
     def suggest(self, trial: Any, settings: dict[str, Any]) -> dict[str, Any]:
         """Suggest every active parameter on an Optuna trial; returns name -> value.
@@ -109,9 +116,13 @@ class Space:
                 chosen[name] = trial.suggest_int(name, spec.low, spec.high, log=spec.log, step=spec.step)
             else:
                 chosen[name] = trial.suggest_categorical(name, spec.choices)
+        for name, target in self.tied.items():
+            if target in chosen:
+                chosen[name] = chosen[target]
         return chosen
 
     def active(self, name: str, settings: dict[str, Any], chosen: dict[str, Any]) -> bool:
+        """Whether ``name`` is sampled here (a tied parameter is not: it follows its target)."""
         spec = self.specs.get(name)
         return spec is not None and _active(spec.when, {**settings, **chosen})
 
@@ -179,6 +190,7 @@ def parse_space(raw: dict[str, Any] | None, where: str = "space") -> tuple[Space
     problems: list[str] = []
     specs: dict[str, ParamSpec] = {}
     fixed: dict[str, Scalar] = {}
+    tied: dict[str, str] = {}
     if not isinstance(raw, dict):
         return Space({}, {}), [f"{where}: must be a mapping of parameter name to range, got {raw!r}"]
     for name, value in raw.items():
@@ -187,6 +199,22 @@ def parse_space(raw: dict[str, Any] | None, where: str = "space") -> tuple[Space
             problems.append(f"{loc}: unknown parameter; known: {', '.join(PARAM_NAMES)}")
             continue
         want_int = PARAM_TYPES.get(name) is int
+        if isinstance(value, dict) and "same_as" in value:
+            target = value.get("same_as")
+            if set(value) != {"same_as"}:
+                problems.append(f"{loc}: a tie is {{same_as: PARAMETER}} alone, got {value!r}")
+            elif (
+                target not in raw
+                or target == name
+                or isinstance(raw.get(target), dict)
+                and "same_as" in raw[target]
+            ):
+                problems.append(f"{loc}.same_as: {target!r} must be another, untied parameter of this space")
+            elif PARAM_TYPES.get(target) is not PARAM_TYPES.get(name):
+                problems.append(f"{loc}.same_as: {name} and {target} take different types")
+            else:
+                tied[name] = target
+            continue
         if isinstance(value, dict):
             kind = value.get("type")
             cls = _SPEC_TYPES.get(kind)  # type: ignore[arg-type]
@@ -239,7 +267,7 @@ def parse_space(raw: dict[str, Any] | None, where: str = "space") -> tuple[Space
                 continue
             problems += _check_values(name, loc, value)
             fixed[name] = value
-    return Space(specs, fixed), problems
+    return Space(specs, fixed, tied), problems
 
 
 def _check_values(name: str, loc: str, spec: ParamSpec | Scalar) -> list[str]:

@@ -90,3 +90,47 @@ def test_sweep_config_problems_are_reported_together(tmp_path):
     ):
         assert f": {field}" in text, (field, text)
     assert "secret" not in text
+
+
+def test_a_tied_parameter_follows_its_target_and_is_not_sampled():
+    import optuna
+
+    space, problems = parse_space(
+        {
+            "lr_llm": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+            "lr_vision": {"same_as": "lr_llm"},
+            "lr_projector": {"same_as": "lr_llm"},
+            "lora_r": 8,
+        }
+    )
+    assert problems == []
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    values = space.suggest(trial, {})
+    assert values["lr_vision"] == values["lr_projector"] == values["lr_llm"]
+    assert set(trial.params) == {"lr_llm"}  # one dimension in the study
+    assert not space.active("lr_vision", {}, values)
+    # What export replays from a trial's params gives the tied values back.
+    again = space.suggest(optuna.trial.FixedTrial({"lr_llm": 3e-4}), {})
+    assert again["lr_vision"] == again["lr_projector"] == 3e-4
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"lr_vision": {"same_as": "lr_llm"}}, "space.lr_vision.same_as: 'lr_llm' must be another, untied"),
+        ({"lr_llm": 1e-3, "lr_vision": {"same_as": "lr_vision"}}, "must be another, untied parameter"),
+        ({"lora_r": 8, "lr_vision": {"same_as": "lora_r"}}, "lr_vision and lora_r take different types"),
+        (
+            {"lr_llm": 1e-3, "lr_vision": {"same_as": "lr_llm", "low": 1}},
+            "a tie is {same_as: PARAMETER} alone",
+        ),
+        (
+            {"lr_llm": 1e-3, "lr_projector": {"same_as": "lr_llm"}, "lr_vision": {"same_as": "lr_projector"}},
+            "space.lr_vision.same_as: 'lr_projector' must be another, untied",
+        ),
+    ],
+)
+def test_bad_ties_name_the_parameter(raw, message):
+    _, problems = parse_space(raw)
+    assert any(message in p for p in problems), problems
