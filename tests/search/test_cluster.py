@@ -166,6 +166,89 @@ def _submit(cluster, wd: Path, url: str, timeout: float = 600) -> subprocess.Com
     )
 
 
+def test_trials_wait_for_an_autoscaler_and_run_on_the_node_it_adds(tmp_path, tiny_checkpoint, demo_data):
+    """A head whose real Ray autoscaler (Ray's fake multi-node provider: it starts nodes as
+    local processes) can add a node with a GPU, and none has one yet: the sweep says it
+    waits for the autoscaler instead of refusing, and its trials run on the added node."""
+    temp = Path(f"/tmp/vlsweep-ray-{os.getpid()}-scale")
+    port, client = _free_ports(2)
+    config = {
+        "cluster_name": "vlsweep-test",
+        "max_workers": 1,
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "gcs_address": f"127.0.0.1:{port}",
+        },
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0},
+            "gpu-worker": {
+                "resources": {"CPU": 1, "GPU": 1},
+                "node_config": {},
+                "min_workers": 0,
+                "max_workers": 1,
+            },
+        },
+        "head_node_type": "ray.head.default",
+        "idle_timeout_minutes": 5,
+        "upscaling_speed": 1.0,
+        "auth": {},
+        "docker": {},
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+        **{k: [] for k in ("initialization_commands", "setup_commands", "head_setup_commands")},
+        **{k: [] for k in ("worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands")},
+    }
+    (tmp_path / "autoscaler.yaml").write_text(yaml.safe_dump(config))
+    head = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1"]
+    head += [f"--autoscaling-config={tmp_path / 'autoscaler.yaml'}", f"--temp-dir={temp}"]
+    head += ["--include-dashboard=false", f"--ray-client-server-port={client}", "--disable-usage-stats"]
+    env = {**ENV, "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_FAKE_CLUSTER": "1"}
+    wd = _working_dir(tmp_path, "scaled", tiny_checkpoint, demo_data)
+    raw = yaml.safe_load((wd / "sweep.yaml").read_text())
+    raw["resources"] = {"cpus_per_trial": 1, "gpus_per_trial": 1}
+    raw["search"].update(trials=2, max_concurrent=1)
+    (wd / "sweep.yaml").write_text(yaml.safe_dump(raw))
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    try:
+        started = subprocess.run(head, env=env, capture_output=True, text=True, timeout=120)
+        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+        out = subprocess.run(
+            [sys.executable, "-m", "vlsweep.cli", "launch", "sweep.yaml", "--storage", url]
+            + ["--address", f"127.0.0.1:{port}"],
+            env=ENV,
+            cwd=wd,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        procs = _ours([temp])
+        for proc in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(signal.SIGKILL)
+        psutil.wait_procs(procs, timeout=20)
+        shutil.rmtree(temp, ignore_errors=True)
+    logs = out.stdout + out.stderr
+    assert out.returncode == 0, logs[-3000:]
+    assert "each trial asks for 1 CPU, 1 GPU, but no node of the Ray cluster has that" in logs, logs[-3000:]
+    assert "the cluster's autoscaler may add such a node: trials wait for it" in logs
+    trials = optuna.load_study(study_name="scaled", storage=url).get_trials()
+    assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials), [
+        (t.number, t.state, t.user_attrs.get("error")) for t in trials
+    ]
+    head_node = {t.user_attrs["node_id"] for t in trials}
+    assert len(head_node) == 1 and not head_node.pop().endswith("00000"), (
+        "ran on the head, not the added node"
+    )
+    assert _ours([temp]) == [], "a Ray process of the autoscaling cluster is left"
+
+
 def test_ray_job_submit_runs_trials_on_both_nodes(cluster, tiny_checkpoint, demo_data):
     url = fresh_pg_database()
     wd = _working_dir(cluster["root"], "jobsweep", tiny_checkpoint, demo_data)
@@ -240,5 +323,5 @@ def test_a_local_results_path_on_a_multi_node_cluster_is_refused_before_any_tria
     logs = out.stdout + out.stderr
     assert out.returncode != 0 and "exit code 2" in logs, logs[-3000:]
     assert "error: ray.storage_path:" in logs and "the Ray cluster has 2 nodes" in logs
-    trials = optuna.load_study(study_name="localpath", storage=url).get_trials()
-    assert all(t.state == TrialState.WAITING or "ray_trial_id" not in t.user_attrs for t in trials)
+    # Refused before any trial ran: the study it had just made is not kept.
+    assert "localpath" not in optuna.get_all_study_names(url)

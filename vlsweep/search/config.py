@@ -84,12 +84,19 @@ class SearchConfig(_Strict):
     fail_fast: int = Field(default=3, ge=0)
     # Run the un-tuned baseline (vlsweep.spaces.BASELINE) as trial 0.
     baseline: bool = True
+    # The same points for the same seed however the trials' completions interleave: trial
+    # k is proposed from trials 0..k-max_concurrent as they ended (the ones in flight count
+    # as running), waiting for those to end if need be. Costs idle slots when trial
+    # durations differ a lot; the demo turns it on.
+    reproducible: bool = False
     warm_start: list[WarmStart] = Field(default_factory=list)
 
 
 class ResourcesConfig(_Strict):
     cpus_per_trial: float = Field(default=1.0, gt=0)
     gpus_per_trial: float = Field(default=0.0, ge=0)
+    # Ray's logical memory resource per trial (GiB); none = no memory request.
+    memory_gb_per_trial: float | None = Field(default=None, gt=0)
     # Ray restarts a trial whose worker died (node lost, OOM-killed) this many times.
     retries: int = Field(default=1, ge=0)
     # Keep workers (and the loaded base model) between trials.
@@ -115,6 +122,9 @@ class RayConfig(_Strict):
     # shared_storage (it also covers output_dir, where trials write their adapters).
     storage_path: str | None = None
     shared_storage: bool = False
+    # Whether an autoscaler may add nodes (then a trial that fits no node waits for one
+    # instead of being an error); none = ask the cluster (Ray's cluster launcher, KubeRay).
+    autoscaling: bool | None = None
 
 
 class MlflowConfig(_Strict):

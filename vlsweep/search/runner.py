@@ -10,6 +10,7 @@ failed with a reason and re-queued with the same parameters.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -92,7 +93,17 @@ def requeue_lost(study: optuna.Study, log: Log) -> int:
     return len(lost)
 
 
-def progress_line(study: optuna.Study, names: list[str], started: float, total: int) -> str:
+def progress_line(
+    study: optuna.Study,
+    names: list[str],
+    started: float,
+    total: int,
+    tune_trials: list[Any] | None = None,
+    waiting: str = "",
+) -> str:
+    """One line of sweep progress. Finished trials come from the study; running and pending
+    ones from Ray Tune (``tune_trials``) when given: an Optuna trial is RUNNING from the
+    moment it is asked for, while Ray may still be waiting for resources to start it."""
     trials = study.get_trials(deepcopy=False)  # one read of the study per line
     c = studies.counts(trials)
     done = studies.finished_toward_budget(trials)
@@ -103,11 +114,127 @@ def progress_line(study: optuna.Study, names: list[str], started: float, total: 
         )
         for t in front[:4]
     )
+    if tune_trials is None:
+        active = f"{c['RUNNING']} running"
+    else:
+        running = sum(t.status == "RUNNING" for t in tune_trials)
+        pending = sum(t.status == "PENDING" for t in tune_trials)
+        active = f"{running} running, {pending} pending" + (f" ({waiting})" if pending and waiting else "")
     el = time.time() - started
     return (
         f"[{int(el // 60):02d}:{int(el % 60):02d}] {done}/{total} trials done: "
-        f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed, {c['RUNNING']} running"
+        f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed, {active}"
         + (f" | front: {shown}" + (" ..." if len(front) > 4 else "") if front else "")
+    )
+
+
+# Ray's resource names for what a trial asks for, and the config keys that set them.
+RESOURCE_KEYS = {
+    "CPU": "resources.cpus_per_trial",
+    "GPU": "resources.gpus_per_trial",
+    "memory": "resources.memory_gb_per_trial",
+}
+
+
+def trial_resources(cfg: SweepConfig) -> dict[str, float]:
+    """What each trial asks Ray for, in Ray's resource names (memory in bytes)."""
+    request = {"CPU": cfg.resources.cpus_per_trial, "GPU": cfg.resources.gpus_per_trial}
+    if cfg.resources.memory_gb_per_trial is not None:
+        request["memory"] = cfg.resources.memory_gb_per_trial * 2**30
+    return {k: v for k, v in request.items() if v > 0}
+
+
+def describe_resources(resources: dict[str, float], keys: tuple[str, ...] = ("CPU", "GPU", "memory")) -> str:
+    parts = []
+    for key in keys:
+        value = resources.get(key, 0.0)
+        if key == "memory":
+            parts.append(f"{value / 2**30:.1f} GiB memory")
+        else:
+            parts.append(f"{value:g} {key}{'' if value == 1 else 's'}")
+    return ", ".join(parts)
+
+
+def autoscaling(cfg: SweepConfig) -> bool:
+    """Whether an autoscaler may add nodes to the cluster Ray is connected to."""
+    if cfg.ray.autoscaling is not None:
+        return cfg.ray.autoscaling
+    # Ray has no public call for this; these are the marks its own tools read: the cluster
+    # launcher's bootstrap file on the head (what Ray Tune checks), the v2 autoscaler's
+    # flag, and the status the v1 autoscaler writes. Every Ray head runs a v1 monitor, a
+    # read-only one on a fixed cluster, whose node types are the nodes themselves
+    # ("node_<id>"); a real one (KubeRay's, the cluster launcher's) names the node types
+    # of its config.
+    try:
+        from ray.tune.execution.cluster_info import _is_ray_cluster
+
+        if _is_ray_cluster():
+            return True
+        from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+        if is_autoscaler_v2(fetch_from_server=True):
+            return True
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        raw = _internal_kv_get("__autoscaling_status")
+        mapping = json.loads(raw).get("autoscaler_report", {}).get("node_type_mapping") or {} if raw else {}
+        return any(kind != f"node_{node}" for node, kind in mapping.items())
+    except Exception:  # an older or newer Ray without these marks: assume a fixed cluster
+        return False
+
+
+def check_trial_fits(cfg: SweepConfig, log: Log) -> bool:
+    """A trial that no node of the cluster can ever hold is an error before any trial
+    starts (Ray would keep it pending forever, silently), unless an autoscaler may add
+    such a node: then say so and wait. Returns whether trials may wait for an autoscaler."""
+    import ray
+
+    request = trial_resources(cfg)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+
+    def fits(node: dict[str, Any]) -> bool:
+        return all(node.get("Resources", {}).get(k, 0.0) >= v for k, v in request.items())
+
+    scaling = autoscaling(cfg)
+    if any(fits(n) for n in nodes):
+        return scaling
+    keys = tuple(k for k in RESOURCE_KEYS if k in request or k != "memory")
+    have = "; ".join(f"{describe_resources(n.get('Resources', {}), keys)}" for n in nodes)
+    short = [
+        RESOURCE_KEYS[k]
+        for k, v in request.items()
+        if not any(n.get("Resources", {}).get(k, 0.0) >= v for n in nodes)
+    ]
+    what = (
+        f"each trial asks for {describe_resources(request, tuple(request))}, but no node of the Ray "
+        f"cluster has that ({len(nodes)} node{'s' if len(nodes) != 1 else ''}: {have})"
+    )
+    if scaling:
+        log(f"{what}; the cluster's autoscaler may add such a node: trials wait for it")
+        return True
+    fix = (
+        "lower "
+        + " / ".join(short or list(RESOURCE_KEYS.values()))
+        + " (gpus_per_trial: 0 trains on the CPU), or run on a cluster with such a node"
+        + " (ray.autoscaling: true if an autoscaler will add one)"
+    )
+    raise UserInputError(f"{', '.join(short) or 'resources'}: {what}; {fix}")
+
+
+def waiting_reason(request: dict[str, float], scaling: bool) -> str:
+    """Why a pending trial is not running yet, for the progress line."""
+    import ray
+
+    try:
+        free = ray.available_resources()
+    except Exception:
+        return ""
+    if all(free.get(k, 0.0) >= v for k, v in request.items()):
+        return "starting"
+    return (
+        f"waiting for resources: each asks for {describe_resources(request, tuple(request))}, "
+        f"free now {describe_resources(free, tuple(request))}"
+        + ("; the autoscaler may add nodes" if scaling else "")
     )
 
 
@@ -191,6 +318,18 @@ def reap_local_ray(study: optuna.Study, log: Log) -> int:
     return len(left)
 
 
+def ensure_model(cfg: SweepConfig, log: Log) -> None:
+    """A builtin model is built here, once, before any trial starts: the trials on this
+    machine then load it from the cache instead of each building it in a worker whose
+    output nobody sees. (A worker on another node without a shared cache builds its own
+    copy on first use, one per node, under the same lock.)"""
+    source = cfg.model.name_or_path
+    if source.startswith("builtin:"):
+        from vlsweep.trials.builtin import ensure_builtin
+
+        ensure_builtin(source.removeprefix("builtin:"), log=log)
+
+
 def run_sweep(
     cfg: SweepConfig,
     base_dir: Path,
@@ -222,9 +361,11 @@ def run_sweep(
     space = cfg.parsed_space()
     loggers = logger_callbacks(cfg)  # a missing logger package is an error before anything is written
     storage = studies.open_storage(storage_url)
-    sampler = studies.make_sampler(cfg.search.sampler, cfg.search.seed)
+    window = cfg.search.max_concurrent if cfg.search.reproducible else None
+    sampler = studies.make_sampler(cfg.search.sampler, cfg.search.seed, window)
     names = [o.name for o in cfg.objectives]
     directions = [o.direction or "minimize" for o in cfg.objectives]
+    new_study = cfg.name not in optuna.get_all_study_names(storage)
     study = studies.create_or_check(storage, cfg.name, directions, names, sampler)
     driver = studies.claim_driver(study)
     if study.user_attrs.get(STOP_ATTR):
@@ -234,6 +375,7 @@ def run_sweep(
     out_root = (out_root if out_root.is_absolute() else Path.cwd() / out_root).resolve()
     searcher: OptunaAskTellSearcher | None = None
     started_ray = False
+    discard = False  # a study this call created, refused before any trial ran: not kept
     try:
         if not resume or not study.user_attrs.get("config"):
             study.set_user_attr("config", sanitized_config(cfg, base_dir))
@@ -249,9 +391,11 @@ def run_sweep(
         )
         if remaining <= 0:
             return study
+        ensure_model(cfg, log)
         started_ray = _ray_init(cfg, address, log, study)
         storage_path = cfg.ray.storage_path or str(out_root / "ray")
         check_shared_storage(cfg, storage_path)
+        scaling = check_trial_fits(cfg, log)
         spec = cfg.train_config().model_dump(mode="json")
         sanitized = sanitized_config(cfg, base_dir)
         spec["data"], spec["model"] = sanitized["data"], sanitized["model"]
@@ -268,8 +412,14 @@ def run_sweep(
                 threads=max(1, int(cfg.resources.cpus_per_trial)),
                 driver_dir=os.getcwd(),
             )
+        request = trial_resources(cfg)
         resourced = tune.with_resources(
-            trainable, {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial}
+            trainable,
+            {
+                "cpu": request.get("CPU", 0.0),
+                "gpu": request.get("GPU", 0.0),
+                "memory": request.get("memory", 0),
+            },
         )
         searcher = OptunaAskTellSearcher(
             study,
@@ -280,9 +430,11 @@ def run_sweep(
             constraints=cfg.parsed_constraints(),
             run_id=driver,
             fail_fast=cfg.search.fail_fast,
+            reproducible_window=window,
         )
         started = time.time()
         events = Events(searcher, study, driver, names, started, cfg.search.trials, log)
+        events.request, events.scaling = request, scaling
         stop = StopRequests(searcher, log, study)
         if scheduler is None:
             scheduler = make_scheduler(cfg, names, directions)
@@ -310,9 +462,12 @@ def run_sweep(
         with stop.catching_signals():
             tuner.fit()
         _finish_run(cfg, searcher, stop, started, log)
-        final = progress_line(study, names, started, cfg.search.trials)
+        final = progress_line(study, names, started, cfg.search.trials, events.tune_trials)
         if final.split("]", 1)[1] != events.last_line.split("]", 1)[-1]:
             log(final)
+    except UserInputError:
+        discard = new_study and all(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
+        raise
     finally:
         if searcher is not None:
             searcher.close("the sweep driver stopped before this trial finished")
@@ -322,6 +477,8 @@ def run_sweep(
 
             ray.shutdown()
             study.set_user_attr(LOCAL_RAY_ATTR, None)
+        if discard:
+            optuna.delete_study(study_name=cfg.name, storage=storage)
     return study
 
 
@@ -608,6 +765,9 @@ class Events(Callback):
         self.last = 0.0
         self.last_line = ""
         self.restarts: dict[str, int] = {}
+        self.tune_trials: list[Any] | None = None
+        self.request: dict[str, float] = {}
+        self.scaling = False
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # Where Tune's loggers write this trial's curves (TensorBoard event files).
@@ -635,9 +795,11 @@ class Events(Callback):
         self.searcher.fail(trial.trial_id, message)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.tune_trials = trials
         self._tick(force=True)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.tune_trials = trials
         self._tick()
 
     def _tick(self, force: bool = False) -> None:
@@ -645,5 +807,9 @@ class Events(Callback):
         if now - self.last >= (PROGRESS_MIN_SECONDS if force else PROGRESS_EVERY_SECONDS):
             self.last = now
             studies.heartbeat(self.study, self.driver)
-            self.last_line = progress_line(self.study, self.names, self.started, self.total)
+            pending = any(t.status == "PENDING" for t in self.tune_trials or [])
+            waiting = waiting_reason(self.request, self.scaling) if pending else ""
+            self.last_line = progress_line(
+                self.study, self.names, self.started, self.total, self.tune_trials, waiting
+            )
             self.log(self.last_line)
