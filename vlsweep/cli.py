@@ -348,8 +348,8 @@ def export(
 def data_demo(
     out: Annotated[Path, typer.Argument(help="directory to write train.jsonl, val.jsonl, img/")],
     seed: Annotated[int, typer.Option(help="random seed (same seed, same files)")] = 0,
-    n_train: Annotated[int, typer.Option("--n-train", min=2)] = 320,
-    n_val: Annotated[int, typer.Option("--n-val", min=2)] = 64,
+    n_train: Annotated[int, typer.Option("--n-train", min=2)] = 640,
+    n_val: Annotated[int, typer.Option("--n-val", min=2)] = 384,
     style: Annotated[str, typer.Option(help="rendering style: demo or pretrain")] = "demo",
 ) -> None:
     """Write a synthetic OCR + grounding dataset (rendered text, exact boxes)."""

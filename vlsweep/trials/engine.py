@@ -31,7 +31,7 @@ from vlsweep.trials.optim import build_param_groups, group_grad_norms, make_opti
 from vlsweep.trials.params import TrialParams
 
 Report = Callable[[int, dict[str, float]], None]
-DEMO_DATA_VERSION = 2
+DEMO_DATA_VERSION = 3
 
 
 @dataclass
