@@ -22,5 +22,32 @@ def test_demo_train_improves_cer_and_iou_over_the_base_model(tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     base = metrics["base"]
-    assert metrics["cer"] < base["cer"], (metrics["cer"], base)
-    assert metrics["iou"] > base["iou"], (metrics["iou"], base)
+    # Each by more than the noise of the validation set: CER by a wide margin, IoU by more
+    # than the standard error of the base's mean IoU over the grounding samples.
+    assert metrics["cer"] < base["cer"] - 0.1, (metrics["cer"], base)
+    assert metrics["iou"] - base["iou"] > base["iou_se"], (metrics["iou"], base)
+
+
+@pytest.mark.slow
+def test_the_embedded_demo_sweep_finds_a_front_that_beats_the_baseline(tmp_path):
+    """The README's first command, as a user runs it: `vlsweep launch` in an empty
+    directory (real local Ray, TPE over all three module learning rates, 16 trials)."""
+    import subprocess
+    import sys
+
+    import optuna
+
+    run = subprocess.run(
+        [sys.executable, "-m", "vlsweep.cli", "launch"], cwd=tmp_path, capture_output=True, text=True, timeout=1800
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "Pareto front of 'demo'" in run.stdout
+    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{tmp_path / 'vlsweep.db'}")
+    trials = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert len(trials) == 16
+    assert all({"lr_vision", "lr_projector", "lr_llm"} <= set(t.params) for t in trials if t.number)
+    (baseline,) = [t for t in trials if t.user_attrs.get("baseline")]
+    front = study.best_trials
+    assert len(front) >= 2, [t.values for t in front]
+    # Some trial of the front is better than the un-tuned baseline at both tasks.
+    assert any(t.values[0] < baseline.values[0] and t.values[1] > baseline.values[1] for t in front)
