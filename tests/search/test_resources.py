@@ -123,3 +123,18 @@ def test_trials_waiting_for_an_autoscaler_say_so_while_they_wait(
     assert "0 running, 2 pending (waiting for resources: each asks for 1 CPU, 1 GPU, free now" in waiting
     assert "0 GPUs; the autoscaler may add nodes)" in waiting, waiting
     assert any("the cluster's autoscaler may add such a node" in x for x in lines)
+
+
+@pytest.mark.integration
+def test_trials_the_cluster_can_hold_are_never_said_to_wait_for_resources(
+    ray_local, tmp_path, tiny_checkpoint, demo_data, monkeypatch
+):
+    """While Ray starts trials it has already reserved their CPUs, so "free now 0 CPUs" would
+    be true and misleading: trials that fit are "starting", not waiting."""
+    monkeypatch.setattr(runner, "PROGRESS_EVERY_SECONDS", 0.2)
+    monkeypatch.setattr(runner, "PROGRESS_MIN_SECONDS", 0.0)
+    cfg, base_dir = _cfg(tmp_path, tiny_checkpoint, demo_data, cpus_per_trial=1)
+    lines: list[str] = []
+    run_sweep(cfg, base_dir, f"sqlite:///{tmp_path / 'db.sqlite'}", log=lines.append)
+    progress = [x for x in lines if "trials done" in x]
+    assert progress and not [x for x in progress if "waiting for resources" in x], progress

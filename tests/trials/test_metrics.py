@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import statistics
+
 import pytest
 
 from vlsweep.trials.metrics import corpus_cer, grounding_scores, iou
@@ -42,3 +44,5 @@ def test_unparseable_answers_score_zero_and_count_as_parse_failures():
     assert scores["iou"] == pytest.approx((1.0 + 0.0 + 0.5) / 3)
     assert scores["acc_iou50"] == pytest.approx(2 / 3)
     assert scores["parse_fail_rate"] == pytest.approx(1 / 3)
+    # The standard error of that mean over the three samples (sample s.d. / sqrt(n)).
+    assert scores["iou_se"] == pytest.approx(statistics.stdev([1.0, 0.0, 0.5]) / 3**0.5)

@@ -221,15 +221,24 @@ def check_trial_fits(cfg: SweepConfig, log: Log) -> bool:
     raise UserInputError(f"{', '.join(short) or 'resources'}: {what}; {fix}")
 
 
-def waiting_reason(request: dict[str, float], scaling: bool) -> str:
-    """Why a pending trial is not running yet, for the progress line."""
+def waiting_reason(request: dict[str, float], scaling: bool, active: int) -> str:
+    """Why a pending trial is not running yet, for the progress line. ``active`` counts the
+    running and pending trials: while the cluster's nodes can hold that many, the pending
+    ones are being started (Ray has already reserved what they asked for, so the free
+    resources alone would say "waiting")."""
     import ray
 
     try:
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
         free = ray.available_resources()
     except Exception:
         return ""
-    if all(free.get(k, 0.0) >= v for k, v in request.items()):
+    room = (
+        sum(int(min(node.get(k, 0.0) // v for k, v in request.items())) for node in nodes)
+        if request
+        else active
+    )
+    if active <= room:
         return "starting"
     return (
         f"waiting for resources: each asks for {describe_resources(request, tuple(request))}, "
@@ -807,8 +816,10 @@ class Events(Callback):
         if now - self.last >= (PROGRESS_MIN_SECONDS if force else PROGRESS_EVERY_SECONDS):
             self.last = now
             studies.heartbeat(self.study, self.driver)
-            pending = any(t.status == "PENDING" for t in self.tune_trials or [])
-            waiting = waiting_reason(self.request, self.scaling) if pending else ""
+            trials = self.tune_trials or []
+            pending = any(t.status == "PENDING" for t in trials)
+            active = sum(t.status in ("PENDING", "RUNNING") for t in trials)
+            waiting = waiting_reason(self.request, self.scaling, active) if pending else ""
             self.last_line = progress_line(
                 self.study, self.names, self.started, self.total, self.tune_trials, waiting
             )

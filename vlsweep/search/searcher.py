@@ -33,6 +33,7 @@ _ATTR_KEYS = (
     "eval_seconds",
     "parse_fail_rate",
     "acc_iou50",
+    "iou_se",
     "val_loss_ocr",
     "val_loss_grounding",
     "samples_per_second",

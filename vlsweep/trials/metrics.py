@@ -36,12 +36,16 @@ def iou(a: Box | None, b: Box) -> float:
 
 
 def grounding_scores(predicted: Sequence[Box | None], targets: Sequence[Box]) -> dict[str, float]:
-    """Mean IoU (unparsed = 0), accuracy at IoU >= 0.5 and the parse failure rate."""
+    """Mean IoU (unparsed = 0), its standard error over the samples, accuracy at IoU >= 0.5
+    and the parse failure rate."""
     if not targets:
-        return {"iou": 0.0, "acc_iou50": 0.0, "parse_fail_rate": 0.0}
+        return {"iou": 0.0, "iou_se": 0.0, "acc_iou50": 0.0, "parse_fail_rate": 0.0}
     ious = [iou(p, t) for p, t in zip(predicted, targets, strict=True)]
+    mean = sum(ious) / len(ious)
+    var = sum((v - mean) ** 2 for v in ious) / (len(ious) - 1) if len(ious) > 1 else 0.0
     return {
-        "iou": sum(ious) / len(ious),
+        "iou": mean,
+        "iou_se": (var / len(ious)) ** 0.5,
         "acc_iou50": sum(v >= 0.5 for v in ious) / len(ious),
         "parse_fail_rate": sum(p is None for p in predicted) / len(predicted),
     }
