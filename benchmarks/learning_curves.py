@@ -7,7 +7,7 @@ evaluated every 20 steps. One JSON line per config in
 ``benchmarks/data/learning_curves.jsonl``; a rerun appends only the configs still
 missing, so it can be stopped and continued, and the same seed gives the same configs.
 
-    python benchmarks/learning_curves.py [--configs 300] [--workers 2] [--out FILE]
+    python benchmarks/learning_curves.py [--configs 300] [--workers 2] [--out FILE] [--every 20]
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def configs(n: int, seed: int) -> list[dict[str, Any]]:
 _STATE: dict[str, Any] = {}
 
 
-def _init() -> None:
+def _init(every: int) -> None:
     import torch
 
     from vlsweep.search.config import load_sweep_config
@@ -55,7 +55,7 @@ def _init() -> None:
     torch.set_num_threads(1)
     cfg, base_dir = load_sweep_config(Path(__file__).parents[1] / "vlsweep" / "configs" / "demo-sweep.yaml")
     spec = cfg.train_config()
-    spec.budget.eval_every = EVERY
+    spec.budget.eval_every = every
     _STATE.update(spec=spec, base=load_base(spec.model), data=load_data(spec.data, base_dir))
 
 
@@ -102,6 +102,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument(
+        "--every",
+        type=int,
+        default=EVERY,
+        help="evaluate every N steps (each evaluation runs the whole val set)",
+    )
     args = ap.parse_args()
 
     todo_all = list(enumerate(configs(args.configs, args.seed)))
@@ -112,7 +118,10 @@ def main() -> None:
     todo = [job for job in todo_all if job[0] not in done]
     print(f"{len(done)} configs recorded, {len(todo)} to go, {args.workers} workers", flush=True)
     t0 = time.perf_counter()
-    with mp.get_context("spawn").Pool(args.workers, initializer=_init) as pool, args.out.open("a") as f:
+    with (
+        mp.get_context("spawn").Pool(args.workers, initializer=_init, initargs=(args.every,)) as pool,
+        args.out.open("a") as f,
+    ):
         for k, row in enumerate(pool.imap_unordered(_run, todo), start=1):
             f.write(json.dumps(row) + "\n")
             f.flush()

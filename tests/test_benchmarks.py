@@ -56,3 +56,23 @@ def test_full_budget_spends_200_steps_per_trial_and_mo_asha_stops_some(table):
     assert asha_started > full_started
     assert len(asha) - 1 < asha_started
     assert mf_replay.at(t.rows[7], 80) is None and mf_replay.at(t.rows[7], 60) is not None
+
+
+def test_early_signal_correlates_each_step_with_the_final_value():
+    import early_signal
+
+    rows = []
+    for i in range(12):
+        # IoU keeps its ranks from the start; CER's early ranks are the reverse of its last.
+        curve = [
+            {"steps": s, "iou": 0.1 + 0.01 * i * s / 100, "cer": 0.5 + (0.01 * i if s < 200 else -0.01 * i)}
+            for s in (40, 100, 200)
+        ]
+        rows.append({"config": i, "curve": curve})
+    rows.append({"config": 99, "curve": rows[0]["curve"][:1]})  # stopped before the end
+    out = early_signal.early_signal(rows)
+    assert (out["configs"], out["diverged"]) == (12, 1)
+    first = out["steps"][0]
+    assert (first["steps"], first["fraction"]) == (40, 0.2)
+    assert first["spearman_iou"] == 1.0 and first["spearman_cer"] == -1.0
+    assert [r["median_iou"] for r in out["steps"]] == sorted(r["median_iou"] for r in out["steps"])

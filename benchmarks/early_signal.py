@@ -1,0 +1,66 @@
+"""Is there early signal for early stopping? Read recorded learning curves and report, for
+each evaluation step, the Spearman rank correlation of IoU (and CER) there with the final
+value over the configs, and the median IoU and CER across configs.
+
+The curves come from ``benchmarks/learning_curves.py`` (the demo's default space, configs
+drawn by RandomSampler, each evaluated every 20 of its 200 steps):
+
+    python benchmarks/learning_curves.py --configs 30 --seed 1 --out /tmp/pilot.jsonl
+    python benchmarks/early_signal.py /tmp/pilot.jsonl [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+
+def early_signal(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    from scipy.stats import spearmanr
+
+    full = [r for r in rows if not r.get("error") and r["curve"]]
+    final_step = max(p["steps"] for r in full for p in r["curve"])
+    full = [r for r in full if r["curve"][-1]["steps"] == final_step]
+    steps = sorted({p["steps"] for r in full for p in r["curve"]})
+    out: dict[str, Any] = {"configs": len(full), "diverged": len(rows) - len(full), "steps": []}
+    for s in steps:
+        at = {r["config"]: next((p for p in r["curve"] if p["steps"] == s), None) for r in full}
+        pairs = [(at[r["config"]], r["curve"][-1]) for r in full if at[r["config"]] is not None]
+        row: dict[str, Any] = {"steps": s, "fraction": s / final_step}
+        for metric in ("iou", "cer"):
+            now = [a[metric] for a, _ in pairs]
+            end = [b[metric] for _, b in pairs]
+            rho = spearmanr(now, end).statistic if s != final_step else 1.0
+            row[f"spearman_{metric}"] = round(float(rho), 3)
+            row[f"median_{metric}"] = round(statistics.median(now), 4)
+        out["steps"].append(row)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("curves", type=Path)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    rows = [json.loads(line) for line in args.curves.read_text().splitlines() if line.strip()]
+    result = early_signal(rows)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{result['configs']} configs that ran to the end ({result['diverged']} diverged or failed)")
+    print(
+        "| step | share of steps | Spearman IoU vs final | median IoU | Spearman CER vs final | median CER |"
+    )
+    print("|---|---|---|---|---|---|")
+    for r in result["steps"]:
+        print(
+            f"| {r['steps']} | {r['fraction']:.0%} | {r['spearman_iou']:+.2f} | {r['median_iou']:.3f} | "
+            f"{r['spearman_cer']:+.2f} | {r['median_cer']:.3f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
