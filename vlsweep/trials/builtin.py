@@ -392,6 +392,7 @@ def build(name: str, out: Path, *, progress: BuildProgress | None = None) -> dic
     import random
 
     from transformers import get_cosine_schedule_with_warmup
+    from transformers.utils import logging as hf_logging
 
     from vlsweep.config import DEFAULT_PROMPTS
     from vlsweep.trials.batching import Encoder, collate
@@ -515,8 +516,16 @@ def build(name: str, out: Path, *, progress: BuildProgress | None = None) -> dic
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
+    # The build prints its own progress; a "Writing model shards" bar for one small file
+    # is noise in a sweep's log.
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(out)
+        processor.save_pretrained(out)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
     info = {
         "recipe": name,
         "recipe_version": RECIPE_VERSION,
