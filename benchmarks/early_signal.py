@@ -22,6 +22,8 @@ def early_signal(rows: list[dict[str, Any]]) -> dict[str, Any]:
     from scipy.stats import spearmanr
 
     full = [r for r in rows if not r.get("error") and r["curve"]]
+    if not full:
+        raise SystemExit("error: no config in the table has a learning curve; record some first")
     final_step = max(p["steps"] for r in full for p in r["curve"])
     full = [r for r in full if r["curve"][-1]["steps"] == final_step]
     steps = sorted({p["steps"] for r in full for p in r["curve"]})

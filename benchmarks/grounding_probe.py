@@ -105,7 +105,7 @@ def probe(model: str, samples: int, seed: int, words: int | None) -> dict[str, A
         out["styles"][style] = {
             "cer": round(metrics["cer"], 4),
             "iou": round(metrics["iou"], 4),
-            "iou_stderr": round(statistics.stdev(ious) / n**0.5, 4),
+            "iou_stderr": round(statistics.stdev(ious) / n**0.5, 4) if n > 1 else None,
             "acc_iou50": round(metrics["acc_iou50"], 4),
             "iou_any_word": round(any_word / n, 4),
             "distinct_answers": len(counts),

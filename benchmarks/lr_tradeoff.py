@@ -156,8 +156,8 @@ def _sweep(mode: str, seed: int, trials: int, steps: int | None, root: Path) -> 
     cfg = SweepConfig.model_validate(raw)
     url = f"sqlite:///{root / 'studies.db'}"
     t0 = time.perf_counter()
-    log = (root / f"{mode}-s{seed}.log").open("w")
-    study = run_sweep(cfg, base_dir, url, log=lambda line: print(line, file=log, flush=True))
+    with (root / f"{mode}-s{seed}.log").open("w") as log:
+        study = run_sweep(cfg, base_dir, url, log=lambda line: print(line, file=log, flush=True))
     results = SweepResults.of(study)
     front = [[t.values[0], t.values[1]] for t in results.front]
     hv = hypervolume(front, [1.0, 0.0], ["minimize", "maximize"]) if front else 0.0

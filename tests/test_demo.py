@@ -38,7 +38,11 @@ def test_the_embedded_demo_sweep_finds_a_front_that_beats_the_baseline(tmp_path)
     import optuna
 
     run = subprocess.run(
-        [sys.executable, "-m", "vlsweep.cli", "launch"], cwd=tmp_path, capture_output=True, text=True, timeout=1800
+        [sys.executable, "-m", "vlsweep.cli", "launch"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=1800,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "Pareto front of 'demo'" in run.stdout

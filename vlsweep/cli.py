@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 
 from vlsweep.errors import SweepInterrupted, SweepStopped, UserInputError
+from vlsweep.trials.synth import DEMO_TRAIN, DEMO_VAL
 
 if TYPE_CHECKING:  # heavy imports stay inside the commands (`vlsweep --help` is fast)
     from vlsweep.search.config import SweepConfig
@@ -348,8 +349,8 @@ def export(
 def data_demo(
     out: Annotated[Path, typer.Argument(help="directory to write train.jsonl, val.jsonl, img/")],
     seed: Annotated[int, typer.Option(help="random seed (same seed, same files)")] = 0,
-    n_train: Annotated[int, typer.Option("--n-train", min=2)] = 640,
-    n_val: Annotated[int, typer.Option("--n-val", min=2)] = 384,
+    n_train: Annotated[int, typer.Option("--n-train", min=2)] = DEMO_TRAIN,
+    n_val: Annotated[int, typer.Option("--n-val", min=2)] = DEMO_VAL,
     style: Annotated[str, typer.Option(help="rendering style: demo or pretrain")] = "demo",
 ) -> None:
     """Write a synthetic OCR + grounding dataset (rendered text, exact boxes)."""

@@ -203,6 +203,8 @@ def parse_space(raw: dict[str, Any] | None, where: str = "space") -> tuple[Space
             target = value.get("same_as")
             if set(value) != {"same_as"}:
                 problems.append(f"{loc}: a tie is {{same_as: PARAMETER}} alone, got {value!r}")
+            elif not isinstance(target, str):
+                problems.append(f"{loc}.same_as: give one parameter name, got {target!r}")
             elif (
                 target not in raw
                 or target == name
@@ -267,6 +269,15 @@ def parse_space(raw: dict[str, Any] | None, where: str = "space") -> tuple[Space
                 continue
             problems += _check_values(name, loc, value)
             fixed[name] = value
+    for name, target in tied.items():
+        loc = f"{where}.{name}.same_as"
+        source = specs.get(target, fixed.get(target))
+        if isinstance(source, (FloatSpec, IntSpec, CategoricalSpec)) and source.when:
+            # A conditional target may be inactive, and the tied parameter would then
+            # silently fall back to the engine's default.
+            problems.append(f"{loc}: {target} is conditional (when: ...); tie to an unconditional parameter")
+        elif source is not None:
+            problems += _check_values(name, loc, source)
     return Space(specs, fixed, tied), problems
 
 

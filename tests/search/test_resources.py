@@ -42,8 +42,18 @@ def test_progress_line_tells_pending_from_running():
     assert "2 running" in progress_line(study, ["cer", "iou"], time.time(), 16)
     # Nothing pending: no reason shown.
     running = [SimpleNamespace(status="RUNNING")] * 2
-    assert line.split("|")[0] != progress_line(study, ["cer", "iou"], time.time(), 16, running, "x")
-    assert "2 running, 0 pending |" in progress_line(study, ["cer", "iou"], time.time(), 16, running, "x")
+    quiet = progress_line(study, ["cer", "iou"], time.time(), 16, running, "x")
+    assert "2 running, 0 pending |" in quiet and "(x)" not in quiet, quiet
+    # A reproducible sweep holding a free slot until an older trial ends says so.
+    held = progress_line(study, ["cer", "iou"], time.time(), 16, running[:1], "", [3])
+    assert "1 running, 0 pending, 1 slot held (search.reproducible: trial 3 must end first) |" in held
+
+
+def test_a_node_holds_as_many_trials_as_ray_would_place_on_it():
+    # Ray counts resources in units of 1e-4; float floor division would say 1.0 // 0.2 = 4.
+    assert runner._fits_times({"CPU": 2.0, "GPU": 1.0}, {"CPU": 0.1, "GPU": 0.2}) == 5
+    assert runner._fits_times({"CPU": 16.0, "GPU": 1.0}, {"CPU": 4.0, "GPU": 0.5}) == 2
+    assert runner._fits_times({"CPU": 8.0}, {"CPU": 1.0, "GPU": 1.0}) == 0  # no GPU key at all
 
 
 def _cfg(tmp_path, tiny_checkpoint, demo_data, **resources):
@@ -138,3 +148,23 @@ def test_trials_the_cluster_can_hold_are_never_said_to_wait_for_resources(
     run_sweep(cfg, base_dir, f"sqlite:///{tmp_path / 'db.sqlite'}", log=lines.append)
     progress = [x for x in lines if "trials done" in x]
     assert progress and not [x for x in progress if "waiting for resources" in x], progress
+
+
+def test_the_driver_keeps_its_claim_fresh_while_the_builtin_model_builds(monkeypatch):
+    """A first-run build takes minutes, longer than a driver's claim on the study stays
+    fresh; the driver renews it meanwhile. The build here waits until it has been renewed
+    twice (the moment is the test's, not a clock's)."""
+    from vlsweep.trials import builtin
+
+    monkeypatch.setattr(runner, "DRIVER_BEAT_SECONDS", 0.01)
+    beats = threading.Semaphore(0)
+    built: list[str] = []
+
+    def build(name: str, log) -> None:
+        assert beats.acquire(timeout=30) and beats.acquire(timeout=30)
+        built.append(name)
+
+    monkeypatch.setattr(builtin, "ensure_builtin", build)
+    cfg = SimpleNamespace(model=SimpleNamespace(name_or_path="builtin:tiny-qwen2-vl"))
+    runner.ensure_model(cfg, print, beat=beats.release)
+    assert built == ["tiny-qwen2-vl"]

@@ -248,6 +248,8 @@ def _run_sweep_by_hand(tmp_path, name, order_of_completion, reproducible):
             cfg = searcher.suggest(tid)
             if cfg is None:
                 waited += 1
+                # What the progress line names: the older trial still in flight.
+                assert searcher.holding == [c["optuna_trial"] for c in live.values()]
                 break
             proposed[cfg["optuna_trial"]] = cfg["params"]
             live[tid] = cfg

@@ -129,8 +129,41 @@ def test_a_tied_parameter_follows_its_target_and_is_not_sampled():
             {"lr_llm": 1e-3, "lr_projector": {"same_as": "lr_llm"}, "lr_vision": {"same_as": "lr_projector"}},
             "space.lr_vision.same_as: 'lr_projector' must be another, untied",
         ),
+        ({"lr_llm": 1e-3, "lr_vision": {"same_as": ["lr_llm"]}}, "give one parameter name, got ['lr_llm']"),
+        (
+            {
+                "lr_vision": {"type": "float", "low": 1e-5, "high": 1e-3, "when": {"lora.vision": True}},
+                "lr_llm": {"same_as": "lr_vision"},
+            },
+            "space.lr_llm.same_as: lr_vision is conditional (when: ...)",
+        ),
+        (
+            {
+                "mix_temperature": {"type": "float", "low": 1, "high": 4},
+                "weight_ocr": {"same_as": "mix_temperature"},
+            },
+            "space.weight_ocr.same_as: weight_ocr must be in [0, 1], got 4.0",
+        ),
     ],
 )
 def test_bad_ties_name_the_parameter(raw, message):
     _, problems = parse_space(raw)
     assert any(message in p for p in problems), problems
+
+
+def test_a_warm_start_point_that_sets_a_tied_parameter_is_an_error():
+    from pathlib import Path
+
+    from vlsweep.search.config import SweepConfig, WarmStart, _warm_start_problems, load_sweep_config
+
+    cfg, _ = load_sweep_config(Path(__file__).parents[2] / "vlsweep" / "configs" / "demo-sweep.yaml")
+    raw = cfg.model_dump(mode="json", exclude={"storage"})
+    raw["space"] = {
+        "lr_llm": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+        "lr_vision": {"same_as": "lr_llm"},
+    }
+    cfg = SweepConfig.model_validate(raw)
+    cfg.search.warm_start = [WarmStart(params={"lr_llm": 1e-3, "lr_vision": 1e-4})]
+    assert _warm_start_problems(cfg) == [
+        "search.warm_start.0.params: lr_vision follow(s) lr_llm (same_as); give that parameter instead"
+    ]

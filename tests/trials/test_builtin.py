@@ -136,6 +136,7 @@ def test_build_progress_in_a_log_is_a_line_every_tenth_with_an_estimate():
             progress.update(loss=0.5)
     assert len(lines) == 20, lines
     assert lines[0].startswith("  building builtin:x, stage 1 of 2 (vision tower): 10% (3/30 steps, ")
+    assert [line.split(": ")[1].split(" ")[0] for line in lines[:10]] == [f"{10 * k}%" for k in range(1, 11)]
     assert lines[10].startswith("  building builtin:x, stage 2 of 2 (language model): 10% (20/200 steps, ")
     assert "s left, loss 0.500)" in lines[10]
     assert lines[-1].startswith("  building builtin:x, stage 2 of 2 (language model): 100% (200/200 steps, ")

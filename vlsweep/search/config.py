@@ -299,10 +299,17 @@ def _warm_start_problems(cfg: SweepConfig) -> list[str]:
     """Known points (with ``values``) outside the space or missing an objective: found
     before the study is opened, so a bad config writes nothing. A point to run may lie
     outside the space (Optuna runs an enqueued point as given), e.g. today's config."""
-    dists = distributions(cfg.parsed_space())
+    space = cfg.parsed_space()
+    dists = distributions(space)
     names = [o.name for o in cfg.objectives]
     problems = []
     for i, ws in enumerate(cfg.search.warm_start):
+        tied = sorted(k for k in ws.params if k in space.tied)
+        if tied:
+            problems.append(
+                f"search.warm_start.{i}.params: {', '.join(tied)} follow(s) "
+                f"{', '.join(sorted({space.tied[k] for k in tied}))} (same_as); give that parameter instead"
+            )
         if ws.values is None:
             continue
         outside = []

@@ -37,6 +37,9 @@ Log = Callable[[str], None]
 # reads the whole study).
 PROGRESS_EVERY_SECONDS = 10.0
 PROGRESS_MIN_SECONDS = 2.0
+# How often the driver renews its claim on the study while it builds the builtin model
+# (a claim older than study.HEARTBEAT_STALE_SECONDS may be taken over).
+DRIVER_BEAT_SECONDS = 20.0
 
 
 def sanitized_config(cfg: SweepConfig, base_dir: Path) -> dict[str, Any]:
@@ -100,6 +103,7 @@ def progress_line(
     total: int,
     tune_trials: list[Any] | None = None,
     waiting: str = "",
+    held: list[int] | None = None,
 ) -> str:
     """One line of sweep progress. Finished trials come from the study; running and pending
     ones from Ray Tune (``tune_trials``) when given: an Optuna trial is RUNNING from the
@@ -120,6 +124,8 @@ def progress_line(
         running = sum(t.status == "RUNNING" for t in tune_trials)
         pending = sum(t.status == "PENDING" for t in tune_trials)
         active = f"{running} running, {pending} pending" + (f" ({waiting})" if pending and waiting else "")
+    if held:  # search.reproducible: a free slot waits until these trials have ended
+        active += f", 1 slot held (search.reproducible: trial {held[0]} must end first)"
     el = time.time() - started
     return (
         f"[{int(el // 60):02d}:{int(el % 60):02d}] {done}/{total} trials done: "
@@ -205,20 +211,28 @@ def check_trial_fits(cfg: SweepConfig, log: Log) -> bool:
         for k, v in request.items()
         if not any(n.get("Resources", {}).get(k, 0.0) >= v for n in nodes)
     ]
+    asked = [RESOURCE_KEYS[k] for k in request]
     what = (
         f"each trial asks for {describe_resources(request, tuple(request))}, but no node of the Ray "
-        f"cluster has that ({len(nodes)} node{'s' if len(nodes) != 1 else ''}: {have})"
+        f"cluster has that{'' if short else ' all at once'} "
+        f"({len(nodes)} node{'s' if len(nodes) != 1 else ''}: {have})"
     )
     if scaling:
         log(f"{what}; the cluster's autoscaler may add such a node: trials wait for it")
         return True
     fix = (
         "lower "
-        + " / ".join(short or list(RESOURCE_KEYS.values()))
-        + " (gpus_per_trial: 0 trains on the CPU), or run on a cluster with such a node"
-        + " (ray.autoscaling: true if an autoscaler will add one)"
+        + " / ".join(short or asked)
+        + (" (gpus_per_trial: 0 trains on the CPU)" if "resources.gpus_per_trial" in short else "")
+        + ", or run on a cluster with such a node (ray.autoscaling: true if an autoscaler will add one)"
     )
-    raise UserInputError(f"{', '.join(short) or 'resources'}: {what}; {fix}")
+    raise UserInputError(f"{', '.join(short or asked)}: {what}; {fix}")
+
+
+def _fits_times(node: dict[str, float], request: dict[str, float]) -> int:
+    """How many trials a node's resources hold at once. In Ray's own fixed-point units
+    (1e-4 of a resource), since float floor division gets 1.0 // 0.2 = 4."""
+    return min(round(node.get(k, 0.0) * 10_000) // round(v * 10_000) for k, v in request.items())
 
 
 def waiting_reason(request: dict[str, float], scaling: bool, active: int) -> str:
@@ -233,11 +247,7 @@ def waiting_reason(request: dict[str, float], scaling: bool, active: int) -> str
         free = ray.available_resources()
     except Exception:
         return ""
-    room = (
-        sum(int(min(node.get(k, 0.0) // v for k, v in request.items())) for node in nodes)
-        if request
-        else active
-    )
+    room = sum(_fits_times(node, request) for node in nodes) if request else active
     if active <= room:
         return "starting"
     return (
@@ -327,16 +337,34 @@ def reap_local_ray(study: optuna.Study, log: Log) -> int:
     return len(left)
 
 
-def ensure_model(cfg: SweepConfig, log: Log) -> None:
+def ensure_model(cfg: SweepConfig, log: Log, beat: Callable[[], None] | None = None) -> None:
     """A builtin model is built here, once, before any trial starts: the trials on this
     machine then load it from the cache instead of each building it in a worker whose
     output nobody sees. (A worker on another node without a shared cache builds its own
-    copy on first use, one per node, under the same lock.)"""
+    copy on first use, one per node, under the same lock.) ``beat`` is called every
+    ``DRIVER_BEAT_SECONDS`` meanwhile, so the driver's claim on the study stays fresh
+    through a build of minutes."""
     source = cfg.model.name_or_path
-    if source.startswith("builtin:"):
-        from vlsweep.trials.builtin import ensure_builtin
+    if not source.startswith("builtin:"):
+        return
+    from vlsweep.trials.builtin import ensure_builtin
 
+    done = threading.Event()
+
+    def beating() -> None:
+        while not done.wait(DRIVER_BEAT_SECONDS):
+            with contextlib.suppress(Exception):  # a storage hiccup here must not kill the build
+                beat()  # type: ignore[misc]
+
+    thread = threading.Thread(target=beating, daemon=True) if beat is not None else None
+    if thread is not None:
+        thread.start()
+    try:
         ensure_builtin(source.removeprefix("builtin:"), log=log)
+    finally:
+        done.set()
+        if thread is not None:
+            thread.join()
 
 
 def run_sweep(
@@ -400,11 +428,11 @@ def run_sweep(
         )
         if remaining <= 0:
             return study
-        ensure_model(cfg, log)
         started_ray = _ray_init(cfg, address, log, study)
         storage_path = cfg.ray.storage_path or str(out_root / "ray")
         check_shared_storage(cfg, storage_path)
-        scaling = check_trial_fits(cfg, log)
+        scaling = check_trial_fits(cfg, log)  # before a build of minutes, not after it
+        ensure_model(cfg, log, beat=lambda: studies.heartbeat(study, driver))
         spec = cfg.train_config().model_dump(mode="json")
         sanitized = sanitized_config(cfg, base_dir)
         spec["data"], spec["model"] = sanitized["data"], sanitized["model"]
@@ -821,6 +849,12 @@ class Events(Callback):
             active = sum(t.status in ("PENDING", "RUNNING") for t in trials)
             waiting = waiting_reason(self.request, self.scaling, active) if pending else ""
             self.last_line = progress_line(
-                self.study, self.names, self.started, self.total, self.tune_trials, waiting
+                self.study,
+                self.names,
+                self.started,
+                self.total,
+                self.tune_trials,
+                waiting,
+                self.searcher.holding,
             )
             self.log(self.last_line)

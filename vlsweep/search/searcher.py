@@ -77,6 +77,7 @@ class OptunaAskTellSearcher(Searcher):
         # trial ``window`` or more numbers before it has ended (see study.OneReadPerAsk).
         self.window = reproducible_window
         self._held = False  # the last suggest() waited; re-read the study only after a trial ends
+        self.holding: list[int] = []  # the trials that wait holds for, for the progress line
 
     # -- Tune's hooks ----------------------------------------------------------------------
 
@@ -86,6 +87,7 @@ class OptunaAskTellSearcher(Searcher):
         if self.window:
             _, unfinished = reproducible_slot(self.study.get_trials(deepcopy=False), self.window)
             self._held = bool(unfinished)
+            self.holding = unfinished
             if unfinished:
                 return None  # Tune asks again later
         trial = self.study.ask()
@@ -112,7 +114,7 @@ class OptunaAskTellSearcher(Searcher):
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
-        self._held = False
+        self._held, self.holding = False, []
         trial = self._live.pop(trial_id, None)
         if trial is None:
             return
@@ -131,7 +133,7 @@ class OptunaAskTellSearcher(Searcher):
 
     def fail(self, trial_id: str, message: str) -> None:
         """Finish a trial whose Ray worker failed (after Ray's own retries)."""
-        self._held = False
+        self._held, self.holding = False, []
         trial = self._awaiting_error.pop(trial_id, None) or self._live.pop(trial_id, None)
         if trial is not None:
             self._tell_fail(trial_id, trial, message)
@@ -187,7 +189,7 @@ class OptunaAskTellSearcher(Searcher):
         self._live, self._steps, self._reported_error, self._awaiting_error = {}, {}, {}, {}
         self._where = {}
         self._first_errors, self.abort_reason = None, None
-        self.window, self._held = None, False
+        self.window, self._held, self.holding = None, False, []
 
     # -- telling Optuna --------------------------------------------------------------------
 

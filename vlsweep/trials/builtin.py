@@ -63,7 +63,7 @@ class Recipe:
     # every image, and the LLM learns to ignore them; a wider init makes them informative.
     vision_init_std: float = 0.1
     # What the build takes on 2 CPU cores, for the message shown while it runs.
-    minutes: float = 4.5
+    minutes: float = 5.0
 
 
 RECIPES = {
@@ -117,7 +117,10 @@ def ensure_builtin(name: str, *, log: Any = print) -> Path:
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        who = owner.read_text().strip() if owner.is_file() else "another process"
+        try:
+            who = owner.read_text().strip() or "another process"
+        except OSError:  # not written yet, or already removed by a builder that just finished
+            who = "another process"
         log(f"waiting for builtin:{name}: {who} is building it (first run only) ...")
         lock.acquire()
     try:
@@ -140,6 +143,7 @@ def ensure_builtin(name: str, *, log: Any = print) -> Path:
                     build(name, tmp, progress=progress)
             finally:
                 torch.set_num_threads(threads)
+            tmp.chmod(0o755)  # mkdtemp makes it 0700: others sharing the cache read it too
             tmp.rename(path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -163,7 +167,7 @@ class BuildProgress:
         self.total = 0
         self.done = 0
         self.t0 = time.perf_counter()
-        self.next_line = 0.1
+        self.tenth = 1  # the next line is due at tenth / 10 of the steps
         self.label = title
 
     def __enter__(self) -> BuildProgress:
@@ -179,7 +183,7 @@ class BuildProgress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        self.total, self.done, self.next_line = total, 0, 0.1
+        self.total, self.done, self.tenth = total, 0, 1
         self.t0 = time.perf_counter()
         self.label = f"{self.title}, {stage}" if stage else self.title
         if getattr(self.stream, "isatty", lambda: False)():
@@ -194,8 +198,8 @@ class BuildProgress:
             if stats:
                 self.bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()}, refresh=False)
             return
-        if self.total and self.done >= self.next_line * self.total:
-            self.next_line += 0.1
+        if self.total and 10 * self.done >= self.tenth * self.total:
+            self.tenth = 10 * self.done // self.total + 1
             elapsed = time.perf_counter() - self.t0
             left = elapsed * (self.total - self.done) / max(self.done, 1)
             extra = "".join(f", {k} {v:.3f}" for k, v in stats.items())
@@ -474,8 +478,6 @@ def build(name: str, out: Path, *, progress: BuildProgress | None = None) -> dic
     vision_loss = float(loss.detach())
 
     # Stage 2: the language model on the answers, the vision side frozen.
-    if progress is not None:
-        progress.start(recipe.pretrain_steps, "stage 2 of 2 (language model)")
     for n_, p in model.named_parameters():
         p.requires_grad_(not side.match(n_))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -498,6 +500,8 @@ def build(name: str, out: Path, *, progress: BuildProgress | None = None) -> dic
     random.seed(recipe.seed)
     per_task = torch.zeros(len(tasks))
     forward = _frozen_vision_forward(model, full)
+    if progress is not None:  # after the visual tokens are computed, so the estimate is the steps'
+        progress.start(recipe.pretrain_steps, "stage 2 of 2 (language model)")
     for step in range(1, recipe.pretrain_steps + 1):
         ix, mixer = mixers[0] if step <= recipe.one_word_steps else mixers[1]
         idx = [ix[i] for i in mixer.batch(recipe.batch_size)]
