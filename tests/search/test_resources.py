@@ -168,3 +168,24 @@ def test_the_driver_keeps_its_claim_fresh_while_the_builtin_model_builds(monkeyp
     cfg = SimpleNamespace(model=SimpleNamespace(name_or_path="builtin:tiny-qwen2-vl"))
     runner.ensure_model(cfg, print, beat=beats.release)
     assert built == ["tiny-qwen2-vl"]
+
+
+@pytest.mark.integration
+def test_a_cluster_checks_its_nodes_cache_for_the_builtin_model_in_a_task_on_each(ray_local, tmp_path):
+    """On a cluster the builtin model is made sure of on every node that can run a trial,
+    by a task pinned there, before any trial: here a node whose cache holds it already."""
+    import ray
+
+    from vlsweep.trials import builtin
+
+    cache = tmp_path / "cache"
+    entry = cache / "models" / builtin.builtin_path("tiny-qwen2-vl").name
+    entry.mkdir(parents=True)
+    (entry / "config.json").write_text("{}")  # what marks a finished build
+    lines: list[str] = []
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    runner.build_on_nodes(
+        "tiny-qwen2-vl", nodes, lines.append, runtime_env={"env_vars": {"VLSWEEP_CACHE": str(cache)}}
+    )
+    assert lines[0].startswith("making sure builtin:tiny-qwen2-vl is cached on 1 node ")
+    assert lines[1].startswith("  node ") and f"cached ({entry})" in lines[1], lines

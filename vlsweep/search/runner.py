@@ -338,12 +338,15 @@ def reap_local_ray(study: optuna.Study, log: Log) -> int:
 
 
 def ensure_model(cfg: SweepConfig, log: Log, beat: Callable[[], None] | None = None) -> None:
-    """A builtin model is built here, once, before any trial starts: the trials on this
-    machine then load it from the cache instead of each building it in a worker whose
-    output nobody sees. (A worker on another node without a shared cache builds its own
-    copy on first use, one per node, under the same lock.) ``beat`` is called every
+    """A builtin model is built before any trial starts, once per machine, with its
+    progress shown here: on one machine by this process, on a cluster of several nodes by
+    one Ray task on each node that can run a trial (each caches its own copy, unless
+    ``$VLSWEEP_CACHE`` is a mount they share). Otherwise every node's first trial would
+    build it in a worker whose output nobody sees. ``beat`` is called every
     ``DRIVER_BEAT_SECONDS`` meanwhile, so the driver's claim on the study stays fresh
     through a build of minutes."""
+    import ray
+
     source = cfg.model.name_or_path
     if not source.startswith("builtin:"):
         return
@@ -360,11 +363,55 @@ def ensure_model(cfg: SweepConfig, log: Log, beat: Callable[[], None] | None = N
     if thread is not None:
         thread.start()
     try:
-        ensure_builtin(source.removeprefix("builtin:"), log=log)
+        name = source.removeprefix("builtin:")
+        nodes = [n for n in ray.nodes() if n.get("Alive")] if ray.is_initialized() else []
+        if len(nodes) <= 1:
+            ensure_builtin(name, log=log)
+        else:
+            request = trial_resources(cfg)
+            build_on_nodes(name, [n for n in nodes if _fits_times(n.get("Resources", {}), request) > 0], log)
     finally:
         done.set()
         if thread is not None:
             thread.join()
+
+
+def build_on_nodes(name: str, nodes: list[dict[str, Any]], log: Log, runtime_env: dict | None = None) -> None:
+    """Make sure each of ``nodes`` has builtin:NAME in its cache: one task pinned to each
+    (no CPU reserved, so it runs beside whatever holds the node), with a line here every
+    ``PROGRESS_EVERY_SECONDS`` until all are done."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from vlsweep.trials.builtin import ensure_builtin
+
+    def build_here() -> tuple[str, list[str]]:
+        lines: list[str] = []
+        path = ensure_builtin(name, log=lines.append)
+        return str(path), lines
+
+    task = ray.remote(num_cpus=0, max_retries=0)(build_here)
+    pending = {}
+    for node in nodes:
+        strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
+        ref = task.options(scheduling_strategy=strategy, runtime_env=runtime_env).remote()
+        pending[ref] = node.get("NodeManagerHostname") or node["NodeID"][:8]
+    log(
+        f"making sure builtin:{name} is cached on {len(nodes)} nodes (a build is first run only, about 5 min)"
+    )
+    started = time.time()
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=PROGRESS_EVERY_SECONDS)
+        for ref in ready:
+            where = pending.pop(ref)
+            path, lines = ray.get(ref)
+            built = [line for line in lines if line.startswith("built ")]
+            log(f"  node {where}: {built[0] if built else 'cached'} ({path})")
+        if pending:
+            log(
+                f"  [{time.time() - started:.0f} s] builtin:{name} still building on "
+                + ", ".join(sorted(pending.values()))
+            )
 
 
 def run_sweep(
