@@ -397,7 +397,8 @@ def build_on_nodes(name: str, nodes: list[dict[str, Any]], log: Log, runtime_env
         ref = task.options(scheduling_strategy=strategy, runtime_env=runtime_env).remote()
         pending[ref] = node.get("NodeManagerHostname") or node["NodeID"][:8]
     log(
-        f"making sure builtin:{name} is cached on {len(nodes)} nodes (a build is first run only, about 5 min)"
+        f"making sure builtin:{name} is cached on {len(nodes)} node{'' if len(nodes) == 1 else 's'} "
+        "(a build is first run only, about 5 min)"
     )
     started = time.time()
     while pending:
