@@ -96,7 +96,8 @@ def _ink(rng: random.Random, style: Style) -> RGB:
 def _palette(rng: random.Random, style: Style) -> tuple[RGB, dict[str, RGB]]:
     """A grounding scene's background and colours. A varied style draws a light
     background of any hue and, for each colour, a shade within 18 degrees of its hue, of
-    saturation 0.55-1 and value 0.45-1 (the demo's shades lie inside these ranges)."""
+    saturation 0.55-1 and value 0.45-1 (the demo's shades lie inside these ranges but for
+    its green, 20 degrees from the base green)."""
     background = _background(rng, style)
     if not style.varied:
         return background, style.colors
