@@ -727,8 +727,18 @@ def run_sweep_via_client(
         try:
             # Waiting in short slices keeps Ctrl-C here responsive; it then interrupts the
             # driver on the head, which re-queues the running trials as a local Ctrl-C does.
-            while not ray.wait([ref], timeout=1.0)[0]:
-                pass
+            # The Ctrl-C is taken as a flag between slices: raised inside Ray Client's gRPC
+            # call, a KeyboardInterrupt can be swallowed there and the wait goes on.
+            interrupted = threading.Event()
+            main = threading.current_thread() is threading.main_thread()
+            previous = signal.signal(signal.SIGINT, lambda _s, _f: interrupted.set()) if main else None
+            try:
+                while not ray.wait([ref], timeout=1.0)[0]:
+                    if interrupted.is_set():
+                        raise KeyboardInterrupt
+            finally:
+                if main:
+                    signal.signal(signal.SIGINT, previous)  # a second Ctrl-C leaves at once
             ray.get(ref)
         except KeyboardInterrupt:
             # Asked through the study, not by cancelling the task: the driver stops as on a
