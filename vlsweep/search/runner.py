@@ -198,11 +198,8 @@ def check_trial_fits(cfg: SweepConfig, log: Log) -> bool:
     request = trial_resources(cfg)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
 
-    def fits(node: dict[str, Any]) -> bool:
-        return all(node.get("Resources", {}).get(k, 0.0) >= v for k, v in request.items())
-
     scaling = autoscaling(cfg)
-    if any(fits(n) for n in nodes):
+    if not request or any(_fits_times(n.get("Resources", {}), request) > 0 for n in nodes):
         return scaling
     keys = tuple(k for k in RESOURCE_KEYS if k in request or k != "memory")
     have = "; ".join(f"{describe_resources(n.get('Resources', {}), keys)}" for n in nodes)
