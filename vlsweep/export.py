@@ -24,9 +24,8 @@ import yaml
 from optuna.trial import FrozenTrial
 
 from vlsweep.errors import UserInputError
+from vlsweep.params import GROUP_LR, TASKS, TrialParams
 from vlsweep.results import SweepResults
-
-FORMATS = ("vlsweep", "llamafactory", "swift", "peft")
 
 # LLaMA-Factory's chat template per vlsweep family (src/llamafactory/data/template.py).
 LLAMAFACTORY_TEMPLATES = {
@@ -74,20 +73,29 @@ def sweep_config(results: SweepResults) -> Any:
 
 
 def trial_values(results: SweepResults, trial: FrozenTrial) -> dict[str, Any]:
-    """Every hyperparameter the trial ran with: the space's fixed values plus its samples,
-    replayed through the space so conditional parameters resolve exactly as in the sweep."""
+    """The space's fixed values plus the trial's samples, replayed through the space so
+    conditional and tied parameters resolve exactly as in the sweep."""
     cfg = sweep_config(results)
     space = cfg.parsed_space()
     return space.suggest(optuna.trial.FixedTrial(dict(trial.params), number=trial.number), cfg.settings())
 
 
-def export_vlsweep(results: SweepResults, trial: FrozenTrial, out: Path, steps: int | None) -> list[Path]:
-    from vlsweep.spaces import PARAM_NAMES
+def trial_params(results: SweepResults, trial: FrozenTrial) -> TrialParams:
+    """Every hyperparameter the trial ran with, as its worker built them: the space's
+    values over the engine defaults. Each format writes these, never defaults of its own."""
+    return TrialParams.of(trial_values(results, trial))
 
+
+def _trained_lrs(cfg: Any, params: TrialParams) -> dict[str, float]:
+    """Learning rate per module group that trains in this config."""
+    trains = {"vision": cfg.lora.vision, "projector": cfg.lora.projector != "frozen", "llm": True}
+    return {g: params.lr_for(g) for g in GROUP_LR if trains[g]}
+
+
+def export_vlsweep(results: SweepResults, trial: FrozenTrial, out: Path, steps: int | None) -> list[Path]:
     cfg = sweep_config(results)
     train = cfg.train_config().model_dump(mode="json")
-    values = trial_values(results, trial)
-    train["params"] = {k: v for k, v in values.items() if k in PARAM_NAMES}
+    train["params"] = trial_params(results, trial).to_dict()
     train["name"] = f"{results.name}-trial-{trial.number}"
     train["output_dir"] = f"runs/{results.name}-trial-{trial.number}"
     if steps is not None:
@@ -103,45 +111,44 @@ def export_vlsweep(results: SweepResults, trial: FrozenTrial, out: Path, steps: 
     return [path]
 
 
+def _resolved(cfg: Any) -> Any:
+    """The sweep config with builtin names made concrete (a builtin model: its cached
+    checkpoint, built if need be), so other tools can load what it names."""
+    from vlsweep import demo
+
+    return demo.resolve(cfg)
+
+
 def _train_counts(cfg: Any) -> dict[str, int]:
     """Training records per task, for the mixing probabilities (reads the data files)."""
-    from vlsweep.trials.engine import load_data
+    from vlsweep import demo
+    from vlsweep.trials import load_data
 
-    data = load_data(cfg.data, Path.cwd())
+    data = load_data(demo.resolve_data(cfg.data), Path.cwd())
     counts: dict[str, int] = {}
     for r in data.train:
         counts[r.task] = counts.get(r.task, 0) + 1
     return counts
 
 
-def _mix(cfg: Any, values: dict[str, Any]) -> dict[str, float]:
-    from vlsweep.trials.data import task_probabilities
+def _mix(cfg: Any, params: TrialParams) -> dict[str, float]:
+    from vlsweep.trials import task_probabilities
 
-    return task_probabilities(_train_counts(cfg), float(values.get("mix_temperature", 1.0)))
-
-
-def _warmup_steps(values: dict[str, Any], steps: int) -> int:
-    """The trial's warmup as whole steps (the engine warms up over ratio x steps)."""
-    return int(round(float(values.get("warmup_ratio", 0.0)) * steps))
+    return task_probabilities(_train_counts(cfg), params.mix_temperature)
 
 
 def _model_name(cfg: Any) -> str:
     """A path or Hub id other tools can load (a builtin model: its cached checkpoint)."""
-    from vlsweep.trials.modeling import resolve_source
-
-    return resolve_source(cfg.model)
+    return str(_resolved(cfg).model.name_or_path)
 
 
 def _family(cfg: Any) -> str | None:
     from transformers import AutoConfig
 
-    from vlsweep.trials.families import family_for
-    from vlsweep.trials.modeling import resolve_source
+    from vlsweep.trials import family_for
 
     try:
-        hf = AutoConfig.from_pretrained(
-            resolve_source(cfg.model), trust_remote_code=cfg.model.trust_remote_code
-        )
+        hf = AutoConfig.from_pretrained(_model_name(cfg), trust_remote_code=cfg.model.trust_remote_code)
     except OSError:
         return None
     fam = family_for(hf.model_type)
@@ -152,27 +159,25 @@ def export_llamafactory(
     results: SweepResults, trial: FrozenTrial, out: Path, steps: int | None
 ) -> list[Path]:
     cfg = sweep_config(results)
-    v = trial_values(results, trial)
-    r = int(v.get("lora_r", 8))
-    alpha = float(v.get("lora_alpha_ratio", 2.0)) * r
-    probs = _mix(cfg, v)
+    params = trial_params(results, trial)
+    r = params.lora_r
+    alpha = params.lora_alpha
+    probs = _mix(cfg, params)
     tasks = list(probs)
     family = _family(cfg)
     notes = []
-    lrs = {k: v[k] for k in ("lr_vision", "lr_projector", "lr_llm") if k in v}
-    others = {k: x for k, x in lrs.items() if k != "lr_llm" and x != v.get("lr_llm")}
+    others = {g: x for g, x in _trained_lrs(cfg, params).items() if g != "llm" and x != params.lr_llm}
     if others:
-        shown = ", ".join(f"{k}={x:.3g}" for k, x in others.items())
+        shown = ", ".join(f"{GROUP_LR[g]}={x:.3g}" for g, x in others.items())
         notes.append(
-            f"LLaMA-Factory has one learning_rate for every trainable parameter: the searched {shown} "
-            f"cannot be expressed; learning_rate is the LLM's ({v['lr_llm']:.3g}). For per-module "
+            f"LLaMA-Factory has one learning_rate for every trainable parameter: the trial's {shown} "
+            f"cannot be expressed; learning_rate is the LLM's ({params.lr_llm:.3g}). For per-module "
             "rates use --format swift (vit_lr / aligner_lr) or --format peft (param_groups.json)."
         )
-    if "weight_ocr" in v:
-        notes.append(
-            f"LLaMA-Factory has no per-task loss weight: weight_ocr={v['weight_ocr']:.3g} is not applied; "
-            "interleave_probs carries the task mix from mix_temperature."
-        )
+    notes.append(
+        f"LLaMA-Factory has no per-task loss weight: weight_ocr={params.weight_ocr:.3g} is not applied; "
+        "interleave_probs carries the task mix from mix_temperature."
+    )
     if cfg.lora.projector == "lora":
         notes.append("LoRA on the projector alone is not expressible; the projector stays frozen.")
     if cfg.lora.targets or cfg.lora.rank:
@@ -190,7 +195,7 @@ def export_llamafactory(
         "finetuning_type": "lora",
         "lora_rank": r,
         "lora_alpha": int(round(alpha)),
-        "lora_dropout": float(v.get("lora_dropout", 0.0)),
+        "lora_dropout": params.lora_dropout,
         "lora_target": "all",
         "use_rslora": cfg.lora.use_rslora,
         "freeze_vision_tower": not cfg.lora.vision,
@@ -206,11 +211,11 @@ def export_llamafactory(
         "report_to": "none",
         "per_device_train_batch_size": budget.batch_size,
         "gradient_accumulation_steps": 1,
-        "learning_rate": float(v.get("lr_llm", 1e-4)),
+        "learning_rate": params.lr_llm,
         "max_steps": steps or budget.steps,
         "lr_scheduler_type": "cosine",
         # Steps, not warmup_ratio: transformers 5 dropped that argument.
-        "warmup_steps": _warmup_steps(v, steps or budget.steps),
+        "warmup_steps": params.warmup_steps(steps or budget.steps),
         "weight_decay": cfg.optim.weight_decay,
         "adam_beta1": cfg.optim.betas[0],
         "adam_beta2": cfg.optim.betas[1],
@@ -237,34 +242,31 @@ def export_llamafactory(
 
 def export_swift(results: SweepResults, trial: FrozenTrial, out: Path, steps: int | None) -> list[Path]:
     cfg = sweep_config(results)
-    v = trial_values(results, trial)
-    r = int(v.get("lora_r", 8))
-    probs = _mix(cfg, v)
-    notes = []
-    if "weight_ocr" in v:
-        notes.append(
-            f"ms-swift has no per-task loss weight: weight_ocr={v['weight_ocr']:.3g} is not applied."
-        )
+    params = trial_params(results, trial)
+    r = params.lora_r
+    probs = _mix(cfg, params)
+    lrs = _trained_lrs(cfg, params)
+    notes = [f"ms-swift has no per-task loss weight: weight_ocr={params.weight_ocr:.3g} is not applied."]
     args: list[tuple[str, Any]] = [
         ("--model", _model_name(cfg)),
         ("--tuner_type", "lora"),
         ("--dataset", [f"vlsweep_{t}.jsonl" for t in probs]),
         ("--interleave_prob", [f"{p:.4f}" for p in probs.values()]),
-        ("--learning_rate", f"{float(v.get('lr_llm', 1e-4)):.6g}"),
+        ("--learning_rate", repr(params.lr_llm)),
         ("--lora_rank", r),
-        ("--lora_alpha", int(round(float(v.get("lora_alpha_ratio", 2.0)) * r))),
-        ("--lora_dropout", f"{float(v.get('lora_dropout', 0.0)):.4g}"),
+        ("--lora_alpha", int(round(params.lora_alpha))),
+        ("--lora_dropout", repr(params.lora_dropout)),
         ("--use_rslora", str(cfg.lora.use_rslora).lower()),
         ("--freeze_llm", "false"),
         ("--freeze_vit", str(not cfg.lora.vision).lower()),
         ("--freeze_aligner", str(cfg.lora.projector != "lora").lower()),
     ]
-    if cfg.lora.vision and "lr_vision" in v:
-        args.append(("--vit_lr", f"{float(v['lr_vision']):.6g}"))
-    if cfg.lora.projector != "frozen" and "lr_projector" in v:
-        args.append(("--aligner_lr", f"{float(v['lr_projector']):.6g}"))
+    if "vision" in lrs:
+        args.append(("--vit_lr", repr(lrs["vision"])))
+    if "projector" in lrs:
+        args.append(("--aligner_lr", repr(lrs["projector"])))
     if cfg.lora.projector == "full":
-        plan, _ = _plan(cfg, v)
+        plan, _ = _plan(cfg, params)
         if plan.modules_to_save:
             args.append(("--modules_to_save", plan.modules_to_save))
             notes.append("the projector is trained fully (modules_to_save), as in the sweep.")
@@ -274,7 +276,7 @@ def export_swift(results: SweepResults, trial: FrozenTrial, out: Path, steps: in
         ("--max_steps", steps or cfg.budget.steps),
         ("--per_device_train_batch_size", cfg.budget.batch_size),
         ("--lr_scheduler_type", "cosine"),
-        ("--warmup_steps", _warmup_steps(v, steps or cfg.budget.steps)),
+        ("--warmup_steps", params.warmup_steps(steps or cfg.budget.steps)),
         ("--weight_decay", cfg.optim.weight_decay),
         ("--seed", cfg.seed),
         ("--output_dir", f"output/{results.name}-trial-{trial.number}"),
@@ -298,32 +300,27 @@ def export_swift(results: SweepResults, trial: FrozenTrial, out: Path, steps: in
     return [path]
 
 
-def _plan(cfg: Any, values: dict[str, Any]) -> tuple[Any, dict[str, str]]:
+def _plan(cfg: Any, params: TrialParams) -> tuple[Any, dict[str, str]]:
     """The trial's LoRA plan on the model's skeleton, and the module-group regexes."""
-    from vlsweep.spaces import to_trial_params
-    from vlsweep.trials.lora import plan_lora
-    from vlsweep.trials.modeling import model_skeleton
+    from vlsweep.trials import model_skeleton, plan_lora
 
-    model, _, groups = model_skeleton(cfg.model)
+    model, _, groups = model_skeleton(_resolved(cfg).model)
     try:
-        return plan_lora(model, groups, to_trial_params(values), cfg.lora), groups
+        return plan_lora(model, groups, params, cfg.lora), groups
     except ValueError as exc:
         raise UserInputError(f"lora: {exc}") from None
 
 
 def export_peft(results: SweepResults, trial: FrozenTrial, out: Path, steps: int | None) -> list[Path]:
-    from vlsweep.spaces import to_trial_params
-    from vlsweep.trials.lora import peft_config
+    from vlsweep.trials import peft_config
 
     cfg = sweep_config(results)
-    v = trial_values(results, trial)
-    params = to_trial_params(v)
-    plan, groups = _plan(cfg, v)
+    params = trial_params(results, trial)
+    plan, groups = _plan(cfg, params)
     lora = peft_config(plan, params, cfg.lora)
     lora.base_model_name_or_path = _model_name(cfg)
     lora.save_pretrained(str(out))
-    lrs = {"vision": params.lr_vision, "projector": params.lr_projector, "llm": params.lr_llm}
-    trainable = {"llm": True, "vision": cfg.lora.vision, "projector": cfg.lora.projector != "frozen"}
+    lrs = _trained_lrs(cfg, params)
     prov = provenance(results, trial)
     doc = {
         "vlsweep": prov,
@@ -334,8 +331,8 @@ def export_peft(results: SweepResults, trial: FrozenTrial, out: Path, steps: int
         ),
         "groups": [
             {"name": g, "regex": groups[g], "lr": lrs[g], "lora_targets": plan.targets.get(g)}
-            for g in ("vision", "projector", "llm")
-            if trainable[g]
+            for g in GROUP_LR
+            if g in lrs
         ],
         "projector_fully_trained": plan.modules_to_save,
         "loraplus_lr_ratio": cfg.lora.loraplus_lr_ratio,
@@ -346,11 +343,10 @@ def export_peft(results: SweepResults, trial: FrozenTrial, out: Path, steps: int
         "schedule": {
             "kind": "cosine",
             "warmup_ratio": params.warmup_ratio,
+            "warmup_steps": params.warmup_steps(steps or cfg.budget.steps),
             "steps": steps or cfg.budget.steps,
         },
-        "task_loss_weights": params.weights_for(["ocr", "grounding"])
-        if params.task_weights is None
-        else params.task_weights,
+        "task_loss_weights": params.weights_for(list(TASKS)),
         "mix_temperature": params.mix_temperature,
     }
     groups_path = out / "param_groups.json"
@@ -360,12 +356,15 @@ def export_peft(results: SweepResults, trial: FrozenTrial, out: Path, steps: int
     return [out / "adapter_config.json", groups_path, prov_path]
 
 
+# Format name -> exporter (results, trial, output directory, steps) -> the files written.
+# A new format is a function here and its entry (the CLI's --format help names them all).
 EXPORTERS = {
     "vlsweep": export_vlsweep,
     "llamafactory": export_llamafactory,
     "swift": export_swift,
     "peft": export_peft,
 }
+FORMATS = tuple(EXPORTERS)
 
 
 def export(

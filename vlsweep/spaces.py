@@ -1,6 +1,6 @@
 """Search spaces: declared in the sweep YAML, suggested define-by-run through Optuna.
 
-A space maps parameter names (DESIGN.md section 2) to one of:
+A space maps parameter names (the fields of ``vlsweep.params.TrialParams``) to one of:
 
 ```
 lr_llm: {type: float, low: 1.0e-5, high: 1.0e-2, log: true}
@@ -25,15 +25,11 @@ and conditionals are natural in it; the YAML form is what users and the study re
 from __future__ import annotations
 
 import math
-from dataclasses import fields
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from vlsweep.trials.params import TrialParams
-
-PARAM_TYPES: dict[str, type] = {"lora_r": int}
-PARAM_NAMES = tuple(f.name for f in fields(TrialParams) if f.name not in ("task_weights", "extra"))
+from vlsweep.params import DEFAULT_SPACE, PARAM_NAMES, PARAM_TYPES, check_value
 
 Scalar = bool | int | float | str
 
@@ -87,7 +83,11 @@ class CategoricalSpec(_Spec):
 
 
 ParamSpec = FloatSpec | IntSpec | CategoricalSpec
-_SPEC_TYPES = {"float": FloatSpec, "int": IntSpec, "categorical": CategoricalSpec}
+_SPEC_TYPES: dict[str, type[FloatSpec] | type[IntSpec] | type[CategoricalSpec]] = {
+    "float": FloatSpec,
+    "int": IntSpec,
+    "categorical": CategoricalSpec,
+}
 
 
 class Space:
@@ -121,10 +121,40 @@ class Space:
                 chosen[name] = chosen[target]
         return chosen
 
+    def outside(self, point: dict[str, Any], *, fixed: bool = True) -> list[str]:
+        """The parameters of ``point`` (as ``name=value``) that the space cannot produce: off
+        a range or its step, not among the choices, or (with ``fixed``) not the fixed value.
+        Names the space does not search are not judged."""
+        out = []
+        for name, value in point.items():
+            spec = self.specs.get(name)
+            if spec is None:
+                bad = fixed and name in self.fixed and value != self.fixed[name]
+            else:
+                bad = not _inside(spec, value)
+            if bad:
+                out.append(f"{name}={value!r}")
+        return out
+
     def active(self, name: str, settings: dict[str, Any], chosen: dict[str, Any]) -> bool:
         """Whether ``name`` is sampled here (a tied parameter is not: it follows its target)."""
         spec = self.specs.get(name)
         return spec is not None and _active(spec.when, {**settings, **chosen})
+
+
+def _inside(spec: ParamSpec, value: Any) -> bool:
+    if isinstance(spec, CategoricalSpec):
+        return value in spec.choices
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if not spec.low <= value <= spec.high:
+        return False
+    if isinstance(spec, IntSpec):
+        return value == int(value) and (int(value) - spec.low) % spec.step == 0
+    if spec.step is not None:
+        k = (value - spec.low) / spec.step
+        return abs(k - round(k)) < 1e-8
+    return True
 
 
 def _active(when: dict[str, Any] | None, values: dict[str, Any]) -> bool:
@@ -139,47 +169,6 @@ def _active(when: dict[str, Any] | None, values: dict[str, Any]) -> bool:
             return False
     return True
 
-
-def to_trial_params(values: dict[str, Any]) -> TrialParams:
-    """Sampled values (plus the engine's defaults for inactive ones) as TrialParams."""
-    known = {k: v for k, v in values.items() if k in PARAM_NAMES}
-    return TrialParams(**known)
-
-
-# The default space for a multi-task VLM LoRA fine-tune. Learning rates are searched per
-# module group on a log scale (their useful ranges differ by an order of magnitude); the
-# vision and projector LRs exist only when those groups train.
-DEFAULT_SPACE: dict[str, Any] = {
-    "lr_vision": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True, "when": {"lora.vision": True}},
-    "lr_projector": {
-        "type": "float",
-        "low": 1e-5,
-        "high": 1e-2,
-        "log": True,
-        "when": {"lora.projector": ["full", "lora"]},
-    },
-    "lr_llm": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
-    "lora_r": {"type": "categorical", "choices": [4, 8, 16, 32]},
-    "lora_alpha_ratio": {"type": "categorical", "choices": [0.5, 1.0, 2.0, 4.0]},
-    "lora_dropout": {"type": "float", "low": 0.0, "high": 0.1},
-    "weight_ocr": {"type": "float", "low": 0.1, "high": 0.9},
-    "mix_temperature": {"type": "float", "low": 1.0, "high": 4.0, "log": True},
-    "warmup_ratio": 0.1,
-}
-
-# Trial 0 of a sweep: the un-tuned hyperparameters most people start from (one LR for
-# everything, LLaMA-Factory's LoRA default 1e-4, rank 8, alpha 16, equal task weights).
-BASELINE: dict[str, Any] = {
-    "lr_vision": 1e-4,
-    "lr_projector": 1e-4,
-    "lr_llm": 1e-4,
-    "lora_r": 8,
-    "lora_alpha_ratio": 2.0,
-    "lora_dropout": 0.0,
-    "weight_ocr": 0.5,
-    "mix_temperature": 1.0,
-    "warmup_ratio": 0.1,
-}
 
 CONDITION_KEYS = ("lora.vision", "lora.projector", "lora.use_rslora")
 
@@ -283,6 +272,7 @@ def parse_space(raw: dict[str, Any] | None, where: str = "space") -> tuple[Space
 
 def _check_values(name: str, loc: str, spec: ParamSpec | Scalar) -> list[str]:
     """The ends of a range (or the fixed value) must be valid for the engine."""
+    candidates: list[Any]
     if isinstance(spec, (FloatSpec, IntSpec)):
         candidates = [spec.low, spec.high]
     elif isinstance(spec, CategoricalSpec):
@@ -290,8 +280,7 @@ def _check_values(name: str, loc: str, spec: ParamSpec | Scalar) -> list[str]:
     else:
         candidates = [spec]
     for value in candidates:
-        try:
-            TrialParams(**{name: value})
-        except (TypeError, ValueError) as exc:
-            return [f"{loc}: {exc}"]
+        problem = check_value(name, value)
+        if problem:
+            return [f"{loc}: {problem}"]
     return []

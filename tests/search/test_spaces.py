@@ -2,20 +2,37 @@ import optuna
 import pytest
 
 from vlsweep.errors import UserInputError
+from vlsweep.params import BASELINE, DEFAULT_SPACE, TrialParams
 from vlsweep.search.config import load_sweep_config
-from vlsweep.spaces import BASELINE, DEFAULT_SPACE, parse_space, to_trial_params
+from vlsweep.spaces import parse_space
 
 
 def test_default_space_parses_and_baseline_is_inside_it():
     space, problems = parse_space(None)
     assert problems == []
+    # Optuna runs an enqueued point as given, in range or not (it only warns): containment
+    # is checked on the space itself.
+    assert space.outside(BASELINE) == []
     study = optuna.create_study(directions=["minimize", "maximize"])
     study.enqueue_trial(BASELINE)
-    trial = study.ask()
-    values = space.suggest(trial, {"lora.vision": True, "lora.projector": "full"})
-    for name, value in BASELINE.items():
-        assert values[name] == pytest.approx(value), name
-    to_trial_params(values)
+    values = space.suggest(study.ask(), {"lora.vision": True, "lora.projector": "full"})
+    assert values == BASELINE
+    assert TrialParams.of(values) == TrialParams(**BASELINE)
+
+
+def test_a_point_off_the_space_is_named():
+    space, _ = parse_space(
+        {
+            "lr_llm": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+            "lora_r": {"type": "categorical", "choices": [16, 32]},
+            "lora_dropout": {"type": "float", "low": 0.0, "high": 0.1, "step": 0.05},
+            "warmup_ratio": 0.2,
+        }
+    )
+    point = {"lr_llm": 1e-4, "lora_r": 8, "lora_dropout": 0.07, "warmup_ratio": 0.1, "weight_ocr": 0.5}
+    assert space.outside(point) == ["lr_llm=0.0001", "lora_r=8", "lora_dropout=0.07", "warmup_ratio=0.1"]
+    assert space.outside(point, fixed=False) == ["lr_llm=0.0001", "lora_r=8", "lora_dropout=0.07"]
+    assert space.outside({"lr_llm": 2e-3, "lora_r": 16, "lora_dropout": 0.05, "warmup_ratio": 0.2}) == []
 
 
 def test_conditionals_skip_inactive_parameters():

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from tests.search.sweeps import check_invariants, sweep_cfg
 from vlsweep.errors import UserInputError
 from vlsweep.search.config import load_sweep_config
-from vlsweep.search.runner import run_sweep
+from vlsweep.search.sweep import run_sweep
 
 pytestmark = pytest.mark.integration
 
@@ -246,3 +246,86 @@ def test_mo_asha_sweep_prunes_at_rungs_and_only_full_budget_trials_complete(
     assert pruned and complete, [(t.number, t.state, t.user_attrs.get("steps")) for t in trials]
     assert {t.user_attrs["steps"] for t in pruned} <= {1, 3}  # stopped at a rung
     assert all(t.user_attrs["steps"] == 9 for t in complete)
+
+
+def test_every_export_format_writes_the_values_the_trial_ran_with(
+    ray_local, tmp_path, tiny_checkpoint, demo_data
+):
+    """A space that leaves parameters out (lr_llm, warmup_ratio, weight_ocr: the engine's
+    defaults apply) and fixes others: each format writes what the trial's metrics.json says
+    it trained with, never a default of its own."""
+    import json
+    import shlex
+
+    from peft import LoraConfig
+
+    from vlsweep.export import export
+    from vlsweep.results import SweepResults
+
+    path = sweep_cfg(tmp_path, tiny_checkpoint("qwen2_vl"), demo_data, trials=1)
+    raw = yaml.safe_load(path.read_text())
+    raw["lora"] = {"vision": True, "projector": "full"}
+    raw["space"] = {
+        "lr_vision": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+        "lr_projector": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+        "lora_r": {"type": "categorical", "choices": [2, 4]},
+        "lora_alpha_ratio": 1.5,
+        "lora_dropout": 0.05,
+        "mix_temperature": {"type": "float", "low": 1.0, "high": 3.0},
+    }
+    path.write_text(yaml.safe_dump(raw))
+    cfg, base_dir = load_sweep_config(path)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    run_sweep(cfg, base_dir, url, log=lambda _m: None)
+    results = SweepResults.of(optuna.load_study(study_name="t", storage=url))
+    (trial,) = results.complete
+    ran = json.loads((tmp_path / "runs" / f"trial-{trial.number:04d}" / "metrics.json").read_text())
+    p, probs, steps = ran["params"], ran["task_probabilities"], cfg.budget.steps
+    assert p["lr_llm"] == 1e-3 and p["warmup_ratio"] == 0.1 and p["weight_ocr"] == 0.5  # defaults
+    assert p["lora_alpha_ratio"] == 1.5 and p["lora_dropout"] == 0.05  # fixed
+    warmup = round(p["warmup_ratio"] * steps)
+    alpha = p["lora_alpha_ratio"] * p["lora_r"]
+
+    export(results, trial, "vlsweep", tmp_path / "v")
+    assert yaml.safe_load((tmp_path / "v" / "train.yaml").read_text())["params"] == p
+
+    export(results, trial, "llamafactory", tmp_path / "lf")
+    lf = yaml.safe_load((tmp_path / "lf" / "llamafactory.yaml").read_text())
+    assert (lf["learning_rate"], lf["lora_rank"], lf["lora_alpha"], lf["lora_dropout"]) == (
+        p["lr_llm"],
+        p["lora_r"],
+        round(alpha),
+        p["lora_dropout"],
+    )
+    assert lf["warmup_steps"] == warmup
+    tasks = [d.removeprefix("vlsweep_") for d in lf["dataset"].split(",")]
+    mix = dict(zip(tasks, map(float, lf["interleave_probs"].split(",")), strict=True))
+    assert mix == pytest.approx(probs, abs=1e-4)
+
+    export(results, trial, "swift", tmp_path / "sw")
+    script = (tmp_path / "sw" / "swift_sft.sh").read_text()
+    argv = shlex.split(" ".join(x.rstrip("\\") for x in script.splitlines() if not x.startswith("#")))
+    flag = {a[2:]: argv[i + 1] for i, a in enumerate(argv) if a.startswith("--")}
+    assert float(flag["learning_rate"]) == p["lr_llm"] and float(flag["vit_lr"]) == p["lr_vision"]
+    assert float(flag["aligner_lr"]) == p["lr_projector"] and float(flag["lora_dropout"]) == p["lora_dropout"]
+    assert (int(flag["lora_rank"]), int(flag["lora_alpha"]), int(flag["warmup_steps"])) == (
+        p["lora_r"],
+        round(alpha),
+        warmup,
+    )
+
+    export(results, trial, "peft", tmp_path / "peft")
+    lora = LoraConfig.from_pretrained(str(tmp_path / "peft"))
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (p["lora_r"], alpha, p["lora_dropout"])
+    groups = json.loads((tmp_path / "peft" / "param_groups.json").read_text())
+    assert {g["name"]: g["lr"] for g in groups["groups"]} == {
+        "vision": p["lr_vision"],
+        "projector": p["lr_projector"],
+        "llm": p["lr_llm"],
+    }
+    assert (
+        groups["schedule"]["warmup_ratio"] == p["warmup_ratio"]
+        and groups["schedule"]["warmup_steps"] == warmup
+    )
+    assert groups["task_loss_weights"] == {"ocr": p["weight_ocr"], "grounding": 1 - p["weight_ocr"]}
+    assert groups["mix_temperature"] == p["mix_temperature"]

@@ -1,0 +1,156 @@
+"""The searchable hyperparameters of one short fine-tune: the one definition of their
+names, types, valid ranges, engine defaults, baseline values and default search ranges.
+
+Everything else reads this: the train config's ``params`` section is ``TrialParams``, the
+sweep's default space and baseline trial are built from the ``Searched`` marks below,
+the engine takes a ``TrialParams``, and every export format writes ``TrialParams``
+fields, so a value the trial ran with is the value each format writes. A parameter is
+added here once (a field with its range and its ``Searched`` mark) and the space, the
+config, the engine and the exporters see it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import annotated_types
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+TASKS = ("ocr", "grounding")
+# The module groups that get a learning rate of their own, and the parameter that holds it.
+GROUP_LR = {"vision": "lr_vision", "projector": "lr_projector", "llm": "lr_llm"}
+
+
+@dataclass(frozen=True)
+class Searched:
+    """How a sweep treats the parameter by default: the value the un-tuned baseline trial
+    runs with, and its entry in the default space (a range in the space's YAML form, or a
+    fixed value)."""
+
+    baseline: float | int
+    space: dict[str, Any] | float | int
+
+
+def _log_range(low: float, high: float, **when: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "float", "low": low, "high": high, "log": True}
+    if when:
+        out["when"] = {k.replace("__", "."): v for k, v in when.items()}
+    return out
+
+
+class TrialParams(BaseModel):
+    """One point of the search space, already valid (names as the study's parameters).
+
+    The defaults are what ``vlsweep train`` runs when its config leaves a parameter out;
+    the baseline (``BASELINE``) is what most people start from. Learning rates are per
+    module group (``lr_for``); the vision and projector ones apply only when those groups
+    train (``lora.vision``, ``lora.projector``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, validate_default=True)
+
+    # Learning rates are searched per group on a log scale: their useful ranges differ by
+    # an order of magnitude. The baseline is LLaMA-Factory's LoRA default, one LR for all.
+    lr_vision: Annotated[
+        float, Field(ge=0), Searched(1e-4, _log_range(1e-5, 1e-3, lora__vision=True))
+    ] = 2e-4
+    lr_projector: Annotated[
+        float, Field(ge=0), Searched(1e-4, _log_range(1e-5, 1e-2, lora__projector=["full", "lora"]))
+    ] = 1e-3
+    lr_llm: Annotated[float, Field(ge=0), Searched(1e-4, _log_range(1e-5, 1e-2))] = 1e-3
+    lora_r: Annotated[int, Field(ge=1), Searched(8, {"type": "categorical", "choices": [4, 8, 16, 32]})] = 8
+    # lora_alpha = ratio x rank, so the ratio (the scale of the update) is searched apart
+    # from the rank.
+    lora_alpha_ratio: Annotated[
+        float, Field(gt=0), Searched(2.0, {"type": "categorical", "choices": [0.5, 1.0, 2.0, 4.0]})
+    ] = 2.0
+    lora_dropout: Annotated[
+        float, Field(ge=0, lt=1), Searched(0.0, {"type": "float", "low": 0.0, "high": 0.1})
+    ] = 0.0
+    # Loss weight of the OCR task; grounding gets 1 - weight_ocr.
+    weight_ocr: Annotated[
+        float, Field(ge=0, le=1), Searched(0.5, {"type": "float", "low": 0.1, "high": 0.9})
+    ] = 0.5
+    # Task sampling: probability of a task proportional to its record count ** (1 / T).
+    mix_temperature: Annotated[
+        float, Field(gt=0), Searched(1.0, {"type": "float", "low": 1.0, "high": 4.0, "log": True})
+    ] = 1.0
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1), Searched(0.1, 0.1)] = 0.1
+
+    @property
+    def lora_alpha(self) -> float:
+        return self.lora_alpha_ratio * self.lora_r
+
+    def lr_for(self, group: str) -> float:
+        """The learning rate of a module group (vision, projector, llm)."""
+        return float(getattr(self, GROUP_LR[group]))
+
+    def weights_for(self, tasks: list[str]) -> dict[str, float]:
+        """Loss weight per task present in the data."""
+        unknown = [t for t in tasks if t not in TASKS]
+        if unknown:
+            raise ValueError(f"no loss weight for task(s) {unknown}; weight_ocr covers {TASKS}")
+        weights = {"ocr": self.weight_ocr, "grounding": 1 - self.weight_ocr}
+        return {t: weights[t] for t in tasks}
+
+    def warmup_steps(self, steps: int) -> int:
+        """The warmup in whole steps, as the engine's schedule and every export count it."""
+        return round(self.warmup_ratio * steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    @classmethod
+    def of(cls, values: dict[str, Any]) -> TrialParams:
+        """The parameters a trial runs with: ``values`` (a space's fixed values and samples;
+        other keys are ignored) over the engine defaults."""
+        return cls(**{k: v for k, v in values.items() if k in PARAM_NAMES})
+
+
+PARAM_NAMES: tuple[str, ...] = tuple(TrialParams.model_fields)
+PARAM_TYPES: dict[str, type] = {n: f.annotation for n, f in TrialParams.model_fields.items()}  # type: ignore[misc]
+
+
+def _searched(name: str) -> Searched:
+    return next(m for m in TrialParams.model_fields[name].metadata if isinstance(m, Searched))
+
+
+# Trial 0 of a sweep: the un-tuned hyperparameters most people start from (one LR for
+# everything, LLaMA-Factory's LoRA default 1e-4, rank 8, alpha 16, equal task weights).
+BASELINE: dict[str, Any] = {n: _searched(n).baseline for n in PARAM_NAMES}
+# The space a sweep searches when its config gives none.
+DEFAULT_SPACE: dict[str, Any] = {n: _searched(n).space for n in PARAM_NAMES}
+
+
+def rule(name: str) -> str:
+    """The valid range of a parameter in words ("in [0, 1)", ">= 0"), from its field."""
+    bounds: dict[str, Any] = {}
+    for m in TrialParams.model_fields[name].metadata:
+        for kind in ("ge", "gt", "le", "lt"):
+            if isinstance(m, getattr(annotated_types, kind.capitalize())):
+                bounds[kind] = getattr(m, kind)
+    lo = ("[", bounds["ge"]) if "ge" in bounds else ("(", bounds["gt"]) if "gt" in bounds else None
+    hi = ("]", bounds["le"]) if "le" in bounds else (")", bounds["lt"]) if "lt" in bounds else None
+    kind = "an integer" if PARAM_TYPES[name] is int else "a finite number"
+    if lo and hi:
+        return f"in {lo[0]}{lo[1]:g}, {hi[1]:g}{hi[0]}"
+    if lo:
+        return f"{kind} {'>=' if lo[0] == '[' else '>'} {lo[1]:g}"
+    return kind
+
+
+def check_value(name: str, value: Any) -> str | None:
+    """Why ``value`` is not valid for parameter ``name`` (None when it is)."""
+    if PARAM_TYPES[name] is int and (isinstance(value, bool) or not isinstance(value, int)):
+        return f"{name} must be an integer, got {value!r}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{name} must be a number, got {value!r}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{name} must be {rule(name)}, got {value!r}"
+    try:
+        TrialParams.model_validate({name: value})
+    except ValidationError:
+        return f"{name} must be {rule(name)}, got {value!r}"
+    return None
