@@ -22,9 +22,10 @@ def run(tmp: Path, name: str, early_stopping: str, seconds: float) -> dict[str, 
     import optuna
     import yaml
 
-    from vlsweep.results import SweepResults, hypervolume
+    from vlsweep.pareto import hypervolume
+    from vlsweep.results import SweepResults
     from vlsweep.search.config import load_sweep_config
-    from vlsweep.search.runner import run_sweep
+    from vlsweep.search.sweep import run_sweep
 
     demo = Path(__file__).parents[1] / "vlsweep" / "configs" / "demo-sweep.yaml"
     raw = yaml.safe_load(demo.read_text())

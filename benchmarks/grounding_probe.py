@@ -33,8 +33,8 @@ def scenes(
 ) -> tuple[list[Any], list[dict[str, list[int]]]]:
     """``n`` grounding records of ``style`` (images written under ``out``) and, for
     each, the boxes of every word in its scene."""
+    from vlsweep.demo.synth import STYLES, grounding_scene
     from vlsweep.trials.data import Record
-    from vlsweep.trials.synth import STYLES, grounding_scene
 
     rng = random.Random(seed)
     records, all_boxes = [], []
@@ -51,8 +51,8 @@ def scenes(
 
 
 def ocr_records(out: Path, style: str, n: int, seed: int) -> list[Any]:
+    from vlsweep.demo.synth import STYLES, ocr_sample
     from vlsweep.trials.data import Record
-    from vlsweep.trials.synth import STYLES, ocr_sample
 
     rng = random.Random(seed)
     records = []
@@ -67,15 +67,17 @@ def ocr_records(out: Path, style: str, n: int, seed: int) -> list[Any]:
 def probe(model: str, samples: int, seed: int, words: int | None) -> dict[str, Any]:
     import torch  # noqa: F401  (loaded before transformers, as the engine does)
 
+    from vlsweep import demo
     from vlsweep.config import load_train_config
+    from vlsweep.metrics import iou
+    from vlsweep.trials import load_base
     from vlsweep.trials.engine import Trainer, TrialData
-    from vlsweep.trials.metrics import iou
-    from vlsweep.trials.modeling import load_base
 
     # The demo's training settings (prompts, LoRA plan, eval batch size); only the model
     # and the data change.
     spec, _ = load_train_config(Path(__file__).parents[1] / "examples" / "demo-train.yaml")
     spec = spec.model_copy(update={"model": spec.model.model_copy(update={"name_or_path": model})})
+    spec = demo.resolve(spec)
     base = load_base(spec.model)
     out: dict[str, Any] = {"model": model, "samples": samples, "words": words or "2-3", "styles": {}}
     for style in ("pretrain", "demo"):
@@ -83,7 +85,7 @@ def probe(model: str, samples: int, seed: int, words: int | None) -> dict[str, A
             records, all_boxes = scenes(Path(tmp), style, samples, seed, words)
             ocr = ocr_records(Path(tmp), style, samples, seed + 1)
             trainer = Trainer(
-                spec.params.to_trial_params(),
+                spec.params,
                 spec.budget,
                 spec=spec,
                 # Nothing is trained: one train record names each task and is encoded

@@ -48,19 +48,19 @@ _STATE: dict[str, Any] = {}
 def _init(every: int) -> None:
     import torch
 
+    from vlsweep import demo
     from vlsweep.search.config import load_sweep_config
-    from vlsweep.trials.engine import load_data
-    from vlsweep.trials.modeling import load_base
+    from vlsweep.trials import load_base, load_data
 
     torch.set_num_threads(1)
     cfg, base_dir = load_sweep_config(Path(__file__).parents[1] / "vlsweep" / "configs" / "demo-sweep.yaml")
-    spec = cfg.train_config()
+    spec = demo.resolve(cfg.train_config())
     spec.budget.eval_every = every
     _STATE.update(spec=spec, base=load_base(spec.model), data=load_data(spec.data, base_dir))
 
 
 def _run(job: tuple[int, dict[str, Any]]) -> dict[str, Any]:
-    from vlsweep.spaces import to_trial_params
+    from vlsweep.params import TrialParams
     from vlsweep.trials.engine import run_trial
 
     index, values = job
@@ -75,7 +75,7 @@ def _run(job: tuple[int, dict[str, Any]]) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         result = run_trial(
-            to_trial_params(values),
+            TrialParams.of(values),
             _STATE["spec"].budget,
             report,
             spec=_STATE["spec"],

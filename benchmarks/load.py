@@ -34,10 +34,9 @@ def make_study(url: str, name: str, n: int, seed: int = 0) -> float:
     import yaml
 
     from vlsweep import __version__
-    from vlsweep.search.config import distributions, load_sweep_config
-    from vlsweep.search.runner import sanitized_config
+    from vlsweep.params import BASELINE
+    from vlsweep.search.config import distributions, load_sweep_config, sanitized_config
     from vlsweep.search.study import open_storage
-    from vlsweep.spaces import BASELINE
 
     demo = Path(__file__).parents[1] / "vlsweep" / "configs" / "demo-sweep.yaml"
     raw = yaml.safe_load(demo.read_text())

@@ -41,25 +41,25 @@ _STATE: dict[str, Any] = {}
 def _init(steps: int | None) -> None:
     import torch
 
+    from vlsweep import demo
     from vlsweep.search.config import load_sweep_config
-    from vlsweep.trials.engine import load_data
-    from vlsweep.trials.modeling import load_base
+    from vlsweep.trials import load_base, load_data
 
     torch.set_num_threads(1)
     cfg, base_dir = load_sweep_config(DEMO)
-    spec = cfg.train_config()
+    spec = demo.resolve(cfg.train_config())
     if steps is not None:
         spec.budget.steps = steps
     _STATE.update(spec=spec, base=load_base(spec.model), data=load_data(spec.data, base_dir))
 
 
 def _train(job: tuple[float, int]) -> dict[str, Any]:
-    from vlsweep.spaces import BASELINE, to_trial_params
-    from vlsweep.trials.engine import run_trial
+    from vlsweep.params import BASELINE, TrialParams
+    from vlsweep.trials import run_trial
 
     lr, seed = job
     spec = _STATE["spec"].model_copy(update={"seed": seed})
-    params = to_trial_params({**BASELINE, "lr_vision": lr, "lr_projector": lr, "lr_llm": lr})
+    params = TrialParams.of({**BASELINE, "lr_vision": lr, "lr_projector": lr, "lr_llm": lr})
     t0 = time.perf_counter()
     try:
         result = run_trial(params, spec.budget, spec=spec, data=_STATE["data"], base=_STATE["base"])
@@ -70,7 +70,7 @@ def _train(job: tuple[float, int]) -> dict[str, Any]:
 
 
 def scan(lrs: list[float], seeds: list[int], workers: int, steps: int | None) -> list[dict[str, Any]]:
-    from vlsweep.trials.builtin import ensure_builtin
+    from vlsweep.demo import ensure_builtin
 
     ensure_builtin("tiny-qwen2-vl")  # once, here, not in every worker
     jobs = [(lr, seed) for lr in lrs for seed in seeds]
@@ -139,10 +139,11 @@ def scan_figure(rows: list[dict[str, Any]]) -> Any:
 
 def _sweep(mode: str, seed: int, trials: int, steps: int | None, root: Path) -> dict[str, Any]:
     """One real sweep of the demo; its front's hypervolume."""
-    from vlsweep.results import SweepResults, hypervolume
+    from vlsweep.params import DEFAULT_SPACE
+    from vlsweep.pareto import hypervolume
+    from vlsweep.results import SweepResults
     from vlsweep.search.config import SweepConfig, load_sweep_config
-    from vlsweep.search.runner import run_sweep
-    from vlsweep.spaces import DEFAULT_SPACE
+    from vlsweep.search.sweep import run_sweep
 
     cfg, base_dir = load_sweep_config(DEMO)
     raw = cfg.model_dump(mode="json", exclude={"storage"})

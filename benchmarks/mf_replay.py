@@ -102,7 +102,7 @@ def simulate(
     front)] at each full-budget trial, number of trials started)."""
     import optuna
 
-    from vlsweep.search.moasha import MOASHAScheduler
+    from vlsweep.search.schedulers import MOASHAScheduler
     from vlsweep.search.study import make_sampler
 
     sampler = make_sampler("random" if method == "moasha-random" else "tpe", seed)
@@ -183,7 +183,7 @@ def main() -> None:
     import optuna
 
     from vlsweep.search.config import load_sweep_config
-    from vlsweep.search.moasha import rungs
+    from vlsweep.search.schedulers import rungs
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     import warnings

@@ -34,12 +34,11 @@ def main() -> None:
     from peft import get_peft_model
 
     from vlsweep.config import TrainConfig
-    from vlsweep.trials.data import TaskMixer
-    from vlsweep.trials.engine import Trainer, load_data
-    from vlsweep.trials.modeling import load_base
-    from vlsweep.trials.params import TrialParams
-    from vlsweep.trials.synth import write_dataset
-    from vlsweep.trials.tiny import build_qwen2_vl
+    from vlsweep.demo.synth import write_dataset
+    from vlsweep.demo.tiny import build_qwen2_vl
+    from vlsweep.params import TrialParams
+    from vlsweep.trials import TaskMixer, load_base, load_data
+    from vlsweep.trials.engine import Trainer
 
     transformers.logging.set_verbosity_error()
     tmp = Path(tempfile.mkdtemp())

@@ -69,7 +69,7 @@ def vlsweep_sweep(tmp: Path, name: str, args: argparse.Namespace, reuse: bool) -
     from ray import tune
 
     from vlsweep.search.config import load_sweep_config
-    from vlsweep.search.runner import run_sweep
+    from vlsweep.search.sweep import run_sweep
 
     raw = {
         "name": name,

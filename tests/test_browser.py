@@ -19,7 +19,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from tests.conftest import train_config, wait_for_http
+from tests.helpers import train_config, wait_for_http
 
 pytestmark = pytest.mark.browser
 

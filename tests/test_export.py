@@ -16,13 +16,12 @@ import pytest
 import yaml
 from optuna.trial import create_trial
 
-from tests.conftest import train_config
+from tests.helpers import train_config
 from tests.llamafactory_keys import LLAMAFACTORY_KEYS
 from tests.swift_keys import SWIFT_SFT_KEYS
 from vlsweep.export import export
 from vlsweep.results import SweepResults
-from vlsweep.search.config import distributions, load_sweep_config
-from vlsweep.search.runner import sanitized_config
+from vlsweep.search.config import distributions, load_sweep_config, sanitized_config
 
 
 @pytest.fixture

@@ -10,16 +10,19 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from vlsweep.demo import DEMO_TRAIN, DEMO_VAL
 from vlsweep.errors import SweepInterrupted, SweepStopped, UserInputError
-from vlsweep.trials.synth import DEMO_TRAIN, DEMO_VAL
 
 if TYPE_CHECKING:  # heavy imports stay inside the commands (`vlsweep --help` is fast)
+    import optuna
+
+    from vlsweep.config import RunConfig
     from vlsweep.search.config import SweepConfig
-    from vlsweep.trials.engine import TrialData
+    from vlsweep.trials import TrialData
 
 app = typer.Typer(
     name="vlsweep",
@@ -69,20 +72,21 @@ def train(
             if steps < 1:
                 raise UserInputError(f"--steps must be >= 1, got {steps}")
             cfg.budget.steps = steps
-        params = cfg.params.to_trial_params()
         out = output_dir or Path(cfg.output_dir or f"runs/{cfg.name}")
         if not out.is_absolute() and output_dir is None and cfg.output_dir:
             out = base_dir / out
         _echo(f"vlsweep train: {config} -> {out}")
-        from vlsweep.trials.engine import load_data, run_trial
+        from vlsweep import demo
+        from vlsweep.trials import load_data, run_trial
 
+        cfg = demo.resolve(cfg, log=_echo)  # a builtin model is built on first use
         data = load_data(cfg.data, base_dir)
         result = run_trial(
-            params, cfg.budget, spec=cfg, data=data, output_dir=out, eval_base=eval_base, log=_echo
+            cfg.params, cfg.budget, spec=cfg, data=data, output_dir=out, eval_base=eval_base, log=_echo
         )
     except UserInputError as err:
         _fail(err)
-    summary = {k: result[k] for k in ("cer", "iou", "parse_fail_rate") if k in result}
+    summary: dict[str, Any] = {k: result[k] for k in ("cer", "iou", "parse_fail_rate") if k in result}
     if "base" in result:
         summary["base"] = {k: result["base"].get(k) for k in ("cer", "iou")}
     summary["train_seconds"] = round(result["train_seconds"], 2)
@@ -96,8 +100,6 @@ def validate(config: Annotated[Path, typer.Argument(help="config YAML to check")
     try:
         from vlsweep.config import load_train_config, read_yaml
         from vlsweep.search.config import SWEEP_KEYS, load_sweep_config
-        from vlsweep.trials.engine import load_data
-        from vlsweep.trials.modeling import check_model
 
         raw = read_yaml(config)
         kind = "sweep" if SWEEP_KEYS & set(raw) else "train"
@@ -106,8 +108,7 @@ def validate(config: Annotated[Path, typer.Argument(help="config YAML to check")
             data = _preflight(sweep, base_dir)
         else:
             cfg, base_dir = load_train_config(config)
-            data = load_data(cfg.data, base_dir)
-            check_model(cfg.model)
+            data = _check_run(cfg, base_dir)
     except UserInputError as err:
         _fail(err)
     typer.echo(
@@ -135,20 +136,33 @@ def _preflight(cfg: SweepConfig, base_dir: Path) -> TrialData:
     """Every problem with a sweep's data, model and objectives, before a study is opened
     or Ray started: a bad sweep config writes nothing. Returns the loaded data."""
     from vlsweep.search.config import check_loggers, check_metrics_measurable
-    from vlsweep.trials.engine import load_data
-    from vlsweep.trials.modeling import check_model
 
-    data = load_data(cfg.data, base_dir)
+    data = _check_run(cfg, base_dir)
     check_metrics_measurable(cfg, sorted({r.task for r in data.val}))
-    check_model(cfg.model)
     check_loggers(cfg)
     return data
 
 
-def _run_sweep(cfg: SweepConfig, base_dir: Path, url: str, address: str | None, *, resume: bool) -> object:
+def _check_run(cfg: RunConfig, base_dir: Path) -> TrialData:
+    """Load the data and check the model without loading weights (a builtin model is
+    checked by name, not built). Returns the data."""
+    from vlsweep import demo
+    from vlsweep.config import BUILTIN
+    from vlsweep.trials import check_model, load_data
+
+    resolved = demo.resolve(cfg, build=False)
+    data = load_data(resolved.data, base_dir)
+    if not cfg.model.name_or_path.startswith(BUILTIN):
+        check_model(cfg.model)
+    return data
+
+
+def _run_sweep(
+    cfg: SweepConfig, base_dir: Path, url: str, address: str | None, *, resume: bool
+) -> optuna.Study:
     """Run the sweep here, or with ``ray://`` its driver on the cluster's head (Ray Client)."""
-    from vlsweep.search.runner import run_sweep, run_sweep_via_client
     from vlsweep.search.study import load_existing
+    from vlsweep.search.sweep import run_sweep, run_sweep_via_client
 
     address = address or cfg.ray.address
     if address and address.startswith("ray://"):
@@ -157,10 +171,11 @@ def _run_sweep(cfg: SweepConfig, base_dir: Path, url: str, address: str | None, 
     return run_sweep(cfg, base_dir, url, address=address, resume=resume, log=_echo)
 
 
-def _print_front(study: object) -> None:
-    from vlsweep.search.status import front_table
+def _print_front(study: optuna.Study) -> None:
+    from vlsweep.results import SweepResults
+    from vlsweep.status import front_table
 
-    typer.echo(front_table(study))
+    typer.echo(front_table(SweepResults.of(study)))
 
 
 @app.command()
@@ -224,7 +239,7 @@ def status(
 ) -> None:
     """Trial counts by state and the current Pareto front as a table."""
     try:
-        from vlsweep.search.status import status_text
+        from vlsweep.status import status_text
 
         typer.echo(status_text(name, storage))
     except UserInputError as err:
@@ -270,7 +285,7 @@ def dashboard(
 
 
 PickOpt = Annotated[
-    str, typer.Option("--pick", help="knee (balanced, see docs/export.md), best:METRIC or trial:N")
+    str, typer.Option("--pick", help="knee (balanced, see docs/report.md), best:METRIC or trial:N")
 ]
 WhereOpt = Annotated[
     list[str] | None, typer.Option("--where", help="filter first, e.g. 'cer<=0.05' (repeatable)")
@@ -279,8 +294,8 @@ WhereOpt = Annotated[
 
 def _results_and_pick(name: str, storage: str | None, how: str, where: list[str] | None, *, optional: bool):  # noqa: ANN202
     """The study's results and the picked trial (None when ``optional`` and nothing is COMPLETE)."""
+    from vlsweep.metrics import METRICS
     from vlsweep.results import SweepResults, parse_where, pick
-    from vlsweep.search.config import METRICS
     from vlsweep.search.study import load_existing, storage_url
 
     results = SweepResults.of(load_existing(storage_url(storage), name))
@@ -354,7 +369,7 @@ def data_demo(
     style: Annotated[str, typer.Option(help="rendering style: demo or pretrain")] = "demo",
 ) -> None:
     """Write a synthetic OCR + grounding dataset (rendered text, exact boxes)."""
-    from vlsweep.trials.synth import STYLES, write_dataset
+    from vlsweep.demo import STYLES, write_dataset
 
     if style not in STYLES:
         _fail(UserInputError(f"--style must be one of {sorted(STYLES)}, got {style!r}"))
@@ -371,7 +386,7 @@ def data_check(
 ) -> None:
     """Check dataset files; every problem is reported as file:line."""
     from vlsweep.config import DataSource
-    from vlsweep.trials.data import load_records
+    from vlsweep.trials import load_records
 
     try:
         DataSource(path="-", format=format, task=task, box_format=box_format)  # type: ignore[arg-type]

@@ -14,7 +14,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vlsweep.errors import UserInputError
-from vlsweep.trials.params import TrialParams
+from vlsweep.params import TrialParams
+
+# Names in config files that stand for something vlsweep makes (vlsweep.demo): a builtin
+# base model ("builtin:tiny-qwen2-vl") and the demo dataset ("builtin:demo/train").
+BUILTIN = "builtin:"
+DEMO_DATA = BUILTIN + "demo"
 
 
 class _Strict(BaseModel):
@@ -129,21 +134,14 @@ class OptimConfig(_Strict):
     eps: float = Field(default=1e-8, gt=0)
 
 
-class ParamsConfig(_Strict):
-    """Fixed hyperparameters for ``vlsweep train``; names as the study's parameters."""
+# The names of vlsweep.trials.losses.LOSSES (the config layer cannot import the engine).
+LOSS_STRATEGIES = ("weighted_sum",)
 
-    lr_vision: float = Field(default=2e-4, ge=0)
-    lr_projector: float = Field(default=1e-3, ge=0)
-    lr_llm: float = Field(default=1e-3, ge=0)
-    lora_r: int = Field(default=8, ge=1)
-    lora_alpha_ratio: float = Field(default=2.0, gt=0)
-    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
-    weight_ocr: float = Field(default=0.5, ge=0, le=1)
-    mix_temperature: float = Field(default=1.0, gt=0)
-    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
 
-    def to_trial_params(self) -> TrialParams:
-        return TrialParams(**self.model_dump())
+class LossConfig(_Strict):
+    # How the tasks' losses make the training loss: weighted_sum weights each task's mean
+    # token loss by the trial's task weights (weight_ocr).
+    strategy: Literal[LOSS_STRATEGIES] = "weighted_sum"  # type: ignore[valid-type]
 
 
 class RunConfig(_Strict):
@@ -154,6 +152,7 @@ class RunConfig(_Strict):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
     seed: int = 0
     output_dir: str | None = None
 
@@ -162,7 +161,8 @@ class TrainConfig(RunConfig):
     """A ``vlsweep train`` config: one fine-tune with fixed hyperparameters."""
 
     name: str = "train"
-    params: ParamsConfig = Field(default_factory=ParamsConfig)
+    # Fixed hyperparameters, named as the study's parameters (vlsweep.params).
+    params: TrialParams = Field(default_factory=TrialParams)
 
 
 def format_validation_error(err: ValidationError, source: str) -> list[str]:
@@ -183,11 +183,44 @@ def format_validation_error(err: ValidationError, source: str) -> list[str]:
     return lines
 
 
+class _DuplicateKey(yaml.MarkedYAMLError):
+    pass
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (the
+    plain loader keeps the last one silently: a typo'd copy of a block would win)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base class says so
+                break
+            if first is not None:
+                raise _DuplicateKey(
+                    problem=f"key {key!r} is given twice in one mapping (first on line "
+                    f"{first.start_mark.line + 1}); keep one",
+                    problem_mark=key_node.start_mark,
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML strictly (safe types only, no duplicate keys)."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserInputError(f"{path}: no such config file (give the path of a YAML file)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

@@ -24,7 +24,7 @@ from typing import Any
 from ray.tune import Callback
 
 from vlsweep.search.config import load_sweep_config
-from vlsweep.search.runner import run_sweep
+from vlsweep.search.sweep import run_sweep
 
 
 def _die() -> None:

@@ -24,7 +24,7 @@ from tests.search.conftest import fresh_pg_database
 from tests.search.sweeps import check_invariants, edit_yaml, sweep_cfg, vlsweep
 from vlsweep.errors import SweepFailed
 from vlsweep.search.config import load_sweep_config
-from vlsweep.search.runner import run_sweep
+from vlsweep.search.sweep import run_sweep
 
 pytestmark = pytest.mark.fault
 

@@ -7,7 +7,8 @@ import math
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from vlsweep.search.moasha import MOASHAScheduler, crowding_distance, non_dominated_fronts, rank, rungs
+from vlsweep.pareto import crowding_distance, non_dominated_fronts, rank
+from vlsweep.search.schedulers import MOASHAScheduler, rungs
 
 GO, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 

@@ -12,9 +12,11 @@ import pytest
 
 from tests.search.sweeps import edit_yaml, sweep_cfg
 from vlsweep.errors import SweepInterrupted, UserInputError
-from vlsweep.search import runner
+from vlsweep.search import backend, callbacks
+from vlsweep.search.backend import check_trial_fits
+from vlsweep.search.callbacks import progress_line
 from vlsweep.search.config import load_sweep_config
-from vlsweep.search.runner import STOP_ATTR, check_trial_fits, progress_line, run_sweep
+from vlsweep.search.sweep import STOP_ATTR, run_sweep
 
 
 def _study_with_one_complete() -> optuna.Study:
@@ -51,9 +53,9 @@ def test_progress_line_tells_pending_from_running():
 
 def test_a_node_holds_as_many_trials_as_ray_would_place_on_it():
     # Ray counts resources in units of 1e-4; float floor division would say 1.0 // 0.2 = 4.
-    assert runner._fits_times({"CPU": 2.0, "GPU": 1.0}, {"CPU": 0.1, "GPU": 0.2}) == 5
-    assert runner._fits_times({"CPU": 16.0, "GPU": 1.0}, {"CPU": 4.0, "GPU": 0.5}) == 2
-    assert runner._fits_times({"CPU": 8.0}, {"CPU": 1.0, "GPU": 1.0}) == 0  # no GPU key at all
+    assert backend._fits_times({"CPU": 2.0, "GPU": 1.0}, {"CPU": 0.1, "GPU": 0.2}) == 5
+    assert backend._fits_times({"CPU": 16.0, "GPU": 1.0}, {"CPU": 4.0, "GPU": 0.5}) == 2
+    assert backend._fits_times({"CPU": 8.0}, {"CPU": 1.0, "GPU": 1.0}) == 0  # no GPU key at all
 
 
 def _cfg(tmp_path, tiny_checkpoint, demo_data, **resources):
@@ -93,7 +95,7 @@ def test_a_request_that_fits_passes_and_a_local_ray_has_no_autoscaler(
 ):
     cfg, _ = _cfg(tmp_path, tiny_checkpoint, demo_data, cpus_per_trial=2)
     assert check_trial_fits(cfg, log=lambda _m: None) is False
-    assert runner.autoscaling(cfg) is False
+    assert backend.autoscaling(cfg) is False
 
 
 @pytest.mark.integration
@@ -114,7 +116,7 @@ def test_trials_waiting_for_an_autoscaler_say_so_while_they_wait(
 ):
     """Ray keeps a trial it cannot place PENDING; the progress line says what it waits for.
     The test stops the sweep through the study once it has read that line."""
-    monkeypatch.setattr(runner, "PROGRESS_EVERY_SECONDS", 0.5)
+    monkeypatch.setattr(callbacks, "PROGRESS_EVERY_SECONDS", 0.5)
     cfg, base_dir = _cfg(tmp_path, tiny_checkpoint, demo_data, gpus_per_trial=1)
     cfg.ray.autoscaling = True
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
@@ -141,8 +143,8 @@ def test_trials_the_cluster_can_hold_are_never_said_to_wait_for_resources(
 ):
     """While Ray starts trials it has already reserved their CPUs, so "free now 0 CPUs" would
     be true and misleading: trials that fit are "starting", not waiting."""
-    monkeypatch.setattr(runner, "PROGRESS_EVERY_SECONDS", 0.2)
-    monkeypatch.setattr(runner, "PROGRESS_MIN_SECONDS", 0.0)
+    monkeypatch.setattr(callbacks, "PROGRESS_EVERY_SECONDS", 0.2)
+    monkeypatch.setattr(callbacks, "PROGRESS_MIN_SECONDS", 0.0)
     cfg, base_dir = _cfg(tmp_path, tiny_checkpoint, demo_data, cpus_per_trial=1)
     lines: list[str] = []
     run_sweep(cfg, base_dir, f"sqlite:///{tmp_path / 'db.sqlite'}", log=lines.append)
@@ -154,9 +156,9 @@ def test_the_driver_keeps_its_claim_fresh_while_the_builtin_model_builds(monkeyp
     """A first-run build takes minutes, longer than a driver's claim on the study stays
     fresh; the driver renews it meanwhile. The build here waits until it has been renewed
     twice (the moment is the test's, not a clock's)."""
-    from vlsweep.trials import builtin
+    from vlsweep.demo import builtin
 
-    monkeypatch.setattr(runner, "DRIVER_BEAT_SECONDS", 0.01)
+    monkeypatch.setattr(backend, "DRIVER_BEAT_SECONDS", 0.01)
     beats = threading.Semaphore(0)
     built: list[str] = []
 
@@ -166,7 +168,7 @@ def test_the_driver_keeps_its_claim_fresh_while_the_builtin_model_builds(monkeyp
 
     monkeypatch.setattr(builtin, "ensure_builtin", build)
     cfg = SimpleNamespace(model=SimpleNamespace(name_or_path="builtin:tiny-qwen2-vl"))
-    runner.ensure_model(cfg, print, beat=beats.release)
+    backend.ensure_model(cfg, print, beat=beats.release)
     assert built == ["tiny-qwen2-vl"]
 
 
@@ -176,7 +178,7 @@ def test_a_cluster_checks_its_nodes_cache_for_the_builtin_model_in_a_task_on_eac
     by a task pinned there, before any trial: here a node whose cache holds it already."""
     import ray
 
-    from vlsweep.trials import builtin
+    from vlsweep.demo import builtin
 
     cache = tmp_path / "cache"
     entry = cache / "models" / builtin.builtin_path("tiny-qwen2-vl").name
@@ -184,7 +186,7 @@ def test_a_cluster_checks_its_nodes_cache_for_the_builtin_model_in_a_task_on_eac
     (entry / "config.json").write_text("{}")  # what marks a finished build
     lines: list[str] = []
     nodes = [n for n in ray.nodes() if n["Alive"]]
-    runner.build_on_nodes(
+    backend.build_on_nodes(
         "tiny-qwen2-vl", nodes, lines.append, runtime_env={"env_vars": {"VLSWEEP_CACHE": str(cache)}}
     )
     assert lines[0].startswith("making sure builtin:tiny-qwen2-vl is cached on 1 node ")

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from vlsweep.trials.builtin import BuildProgress
+from vlsweep.demo.builtin import BuildProgress
+from vlsweep.errors import UserInputError
 
 # Registers a tiny recipe (1-layer model, a handful of steps) and runs ensure_builtin on it.
 # HOOK runs inside the build: "hold" waits for a file before building, "kill" SIGKILLs the
@@ -27,7 +28,7 @@ SCRIPT = textwrap.dedent(
     """
     import os, signal, sys, time
     from pathlib import Path
-    from vlsweep.trials import builtin
+    from vlsweep.demo import builtin
 
     builtin.RECIPES["test-tiny"] = builtin.Recipe(
         "qwen2_vl", {"hidden": 32, "layers": 1, "vision_layers": 1, "heads": 2},
@@ -146,9 +147,10 @@ def test_build_progress_in_a_log_is_a_line_every_tenth_with_an_estimate():
 def test_the_recipe_builds_a_checkpoint_the_engine_loads(tmp_path, monkeypatch, family):
     """The real recipe's code path at toy size, for each builtin family (Qwen precomputes the
     frozen vision side's output, LLaVA runs the plain forward)."""
+    from vlsweep import demo
     from vlsweep.config import ModelConfig
-    from vlsweep.trials import builtin
-    from vlsweep.trials.modeling import load_base
+    from vlsweep.demo import builtin
+    from vlsweep.trials import load_base
 
     size = {"hidden": 32, "layers": 1, "vision_layers": 1, "heads": 2}
     if family == "llava":
@@ -178,7 +180,9 @@ def test_the_recipe_builds_a_checkpoint_the_engine_loads(tmp_path, monkeypatch, 
     assert any(x.startswith("built builtin:test-tiny in ") for x in logged), logged
     info = json.loads((path / "vlsweep_builtin.json").read_text())
     assert info["recipe_version"] == builtin.RECIPE_VERSION and info["threads"] == builtin.BUILD_THREADS
-    base = load_base(ModelConfig(name_or_path="builtin:test-tiny", device="cpu"))
+    with pytest.raises(UserInputError, match="resolve it to its checkpoint with vlsweep.demo.resolve"):
+        load_base(ModelConfig(name_or_path="builtin:test-tiny", device="cpu"))
+    base = load_base(demo.resolve_model(ModelConfig(name_or_path="builtin:test-tiny", device="cpu")))
     assert base.model_type == family and base.source == str(path)
     assert builtin.ensure_builtin("test-tiny", log=logged.append) == path  # cached: no second build
     assert sum(x.startswith("building") for x in logged) == 1
@@ -190,8 +194,8 @@ def test_the_frozen_vision_shortcut_gives_the_plain_forward_logits(tiny_checkpoi
     import torch
 
     from vlsweep.config import DEFAULT_PROMPTS, ModelConfig
+    from vlsweep.demo.builtin import _frozen_vision_forward
     from vlsweep.trials.batching import Encoder, collate
-    from vlsweep.trials.builtin import _frozen_vision_forward
     from vlsweep.trials.data import load_records
     from vlsweep.trials.modeling import load_base
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from vlsweep.demo.synth import STYLES, grounding_scene, write_dataset
 from vlsweep.trials.data import TaskMixer, load_records, task_probabilities
-from vlsweep.trials.synth import STYLES, grounding_scene, write_dataset
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 100.0])

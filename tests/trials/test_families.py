@@ -3,11 +3,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.tiny_models import BUILDERS
 from vlsweep.config import LoraConfig
+from vlsweep.params import TrialParams
 from vlsweep.trials.families import FAMILIES, GroupResolutionError, resolve_groups, strip_wrappers
 from vlsweep.trials.lora import attach_lora, plan_lora
-from vlsweep.trials.params import TrialParams
-from vlsweep.trials.tiny import BUILDERS
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def _lora_modules(model) -> list[str]:
 
 
 def test_bare_mlp_names_do_not_leak_lora_into_the_qwen2_5_vision_tower():
-    # Qwen2.5-VL's vision MLP reuses gate_proj/up_proj/down_proj (DESIGN.md field notes).
+    # Qwen2.5-VL's vision MLP reuses gate_proj/up_proj/down_proj, the LLM's projection names.
     torch.manual_seed(0)
     model, _ = BUILDERS["qwen2_5_vl"]()
     assert any("visual.blocks.0.mlp.gate_proj" in n for n, _ in model.named_modules())

@@ -4,7 +4,7 @@ import statistics
 
 import pytest
 
-from vlsweep.trials.metrics import corpus_cer, grounding_scores, iou
+from vlsweep.metrics import corpus_cer, grounding_scores, iou
 
 
 def test_cer_is_corpus_level_not_a_mean_of_rates():

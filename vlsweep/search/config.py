@@ -1,4 +1,4 @@
-"""The sweep config: what ``vlsweep launch`` reads (DESIGN.md section 2).
+"""The sweep config: what ``vlsweep launch`` reads (docs/config.md).
 
 It extends a train config (model, data, budget, lora, optim, seed) with the search:
 objectives, constraints, space, sampler, trial budget, resources, storage and Ray
@@ -14,7 +14,8 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from vlsweep.config import (
-    ParamsConfig,
+    BUILTIN,
+    DEMO_DATA,
     RunConfig,
     TrainConfig,
     _Strict,
@@ -22,18 +23,10 @@ from vlsweep.config import (
     read_yaml,
 )
 from vlsweep.errors import UserInputError
-from vlsweep.spaces import Space, parse_space
+from vlsweep.metrics import METRICS, OBJECTIVES
+from vlsweep.params import PARAM_NAMES, TrialParams
+from vlsweep.spaces import CategoricalSpec, FloatSpec, Space, parse_space
 
-# The metrics a trial reports that can be objectives or constraints.
-METRICS = {
-    "cer": "minimize",
-    "iou": "maximize",
-    "acc_iou50": "maximize",
-    "parse_fail_rate": "minimize",
-    "val_loss_ocr": "minimize",
-    "val_loss_grounding": "minimize",
-    "train_seconds": "minimize",
-}
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
 SWEEP_KEYS = {"search", "space", "objectives", "constraints", "resources", "ray", "storage", "logging"}
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -45,10 +38,10 @@ class Objective(_Strict):
 
     @model_validator(mode="after")
     def _known(self) -> Objective:
-        if self.name not in METRICS:
-            raise ValueError(f"unknown metric {self.name!r}; choose from {', '.join(METRICS)}")
+        if self.name not in OBJECTIVES:
+            raise ValueError(f"unknown metric {self.name!r}; choose from {', '.join(OBJECTIVES)}")
         if self.direction is None:
-            self.direction = METRICS[self.name]  # type: ignore[assignment]
+            self.direction = METRICS[self.name].direction
         return self
 
 
@@ -82,7 +75,7 @@ class SearchConfig(_Strict):
     # Stop the sweep when the first N trials to finish all fail with the same error (a
     # broken model path, dataset or GPU setup); 0 turns this off.
     fail_fast: int = Field(default=3, ge=0)
-    # Run the un-tuned baseline (vlsweep.spaces.BASELINE) as trial 0.
+    # Run the un-tuned baseline (vlsweep.params.BASELINE) as trial 0.
     baseline: bool = True
     # The same points for the same seed however the trials' completions interleave: trial
     # k is proposed from trials 0..k-max_concurrent as they ended (the ones in flight count
@@ -197,8 +190,8 @@ class SweepConfig(RunConfig):
             m = _CONSTRAINT.match(c)
             if not m:
                 raise ValueError(f"{c!r}: write a constraint as 'metric <= number' or 'metric >= number'")
-            if m.group(1) not in METRICS:
-                raise ValueError(f"{c!r}: unknown metric {m.group(1)!r}; choose from {', '.join(METRICS)}")
+            if m.group(1) not in OBJECTIVES:
+                raise ValueError(f"{c!r}: unknown metric {m.group(1)!r}; choose from {', '.join(OBJECTIVES)}")
             float(m.group(3))
         return value
 
@@ -241,10 +234,10 @@ class SweepConfig(RunConfig):
             "lora.use_rslora": self.lora.use_rslora,
         }
 
-    def train_config(self, params: ParamsConfig | None = None) -> TrainConfig:
+    def train_config(self, params: TrialParams | None = None) -> TrainConfig:
         """The train config a trial runs (what ``vlsweep export`` writes, with its params)."""
         shared = {f: getattr(self, f) for f in RunConfig.model_fields if f != "output_dir"}
-        return TrainConfig(name=self.name, params=params or ParamsConfig(), **shared)
+        return TrainConfig(name=self.name, params=params or TrialParams(), **shared)
 
 
 def load_sweep_config(path: str | Path, data: dict[str, Any] | None = None) -> tuple[SweepConfig, Path]:
@@ -262,8 +255,6 @@ def load_sweep_config(path: str | Path, data: dict[str, Any] | None = None) -> t
     if isinstance(raw, dict):
         for i, point in enumerate((raw.get("search") or {}).get("warm_start") or []):
             if isinstance(point, dict) and isinstance(point.get("params"), dict):
-                from vlsweep.spaces import PARAM_NAMES
-
                 unknown = [k for k in point["params"] if k not in PARAM_NAMES]
                 if unknown:
                     problems.append(f"{path}: search.warm_start.{i}.params: unknown parameter(s) {unknown}")
@@ -277,8 +268,6 @@ def load_sweep_config(path: str | Path, data: dict[str, Any] | None = None) -> t
 def distributions(space: Space) -> dict[str, Any]:
     """Optuna's distribution for each parameter of the space."""
     import optuna
-
-    from vlsweep.spaces import CategoricalSpec, FloatSpec
 
     out: dict[str, optuna.distributions.BaseDistribution] = {}
     for name, spec in space.specs.items():
@@ -300,7 +289,6 @@ def _warm_start_problems(cfg: SweepConfig) -> list[str]:
     before the study is opened, so a bad config writes nothing. A point to run may lie
     outside the space (Optuna runs an enqueued point as given), e.g. today's config."""
     space = cfg.parsed_space()
-    dists = distributions(space)
     names = [o.name for o in cfg.objectives]
     problems = []
     for i, ws in enumerate(cfg.search.warm_start):
@@ -312,16 +300,7 @@ def _warm_start_problems(cfg: SweepConfig) -> list[str]:
             )
         if ws.values is None:
             continue
-        outside = []
-        for k, v in ws.params.items():
-            if k not in dists:
-                continue
-            try:
-                inside = dists[k]._contains(dists[k].to_internal_repr(v))
-            except (TypeError, ValueError):
-                inside = False
-            if not inside:
-                outside.append(f"{k}={v!r}")
+        outside = space.outside(ws.params, fixed=False)
         if outside:
             problems.append(
                 f"search.warm_start.{i}.params: {', '.join(outside)} outside the search space "
@@ -347,26 +326,30 @@ def check_loggers(cfg: SweepConfig) -> None:
             )
 
 
-# The task each metric is measured on: an objective or constraint needs its task's samples.
-METRIC_TASK = {
-    "cer": "ocr",
-    "val_loss_ocr": "ocr",
-    "iou": "grounding",
-    "acc_iou50": "grounding",
-    "parse_fail_rate": "grounding",
-    "val_loss_grounding": "grounding",
-}
-
-
 def check_metrics_measurable(cfg: SweepConfig, val_tasks: list[str]) -> None:
     """Every objective and constraint is a metric the trials will produce on this data."""
     wanted = [("objectives", o.name) for o in cfg.objectives]
     wanted += [("constraints", m) for m, _, _ in cfg.parsed_constraints()]
     problems = [
-        f"{where}: {metric!r} is measured on {METRIC_TASK[metric]} samples, and data.val has none; "
-        f"add {METRIC_TASK[metric]} samples to data.val, or drop {metric!r}"
+        f"{where}: {metric!r} is measured on {task} samples, and data.val has none; "
+        f"add {task} samples to data.val, or drop {metric!r}"
         for where, metric in wanted
-        if metric in METRIC_TASK and METRIC_TASK[metric] not in val_tasks
+        if (task := METRICS[metric].task) is not None and task not in val_tasks
     ]
     if problems:
         raise UserInputError(problems)
+
+
+def sanitized_config(cfg: SweepConfig, base_dir: Path) -> dict[str, Any]:
+    """The config as stored on the study: data paths made absolute, no storage URL."""
+    raw = cfg.model_dump(mode="json", exclude={"storage"})
+    model = Path(raw["model"]["name_or_path"]).expanduser()
+    if not raw["model"]["name_or_path"].startswith(BUILTIN) and model.exists():
+        # A local checkpoint, as the launching shell saw it: resume may run elsewhere.
+        raw["model"]["name_or_path"] = str(model.resolve())
+    for split in ("train", "val"):
+        for src in raw["data"][split]:
+            p = src["path"]
+            if not p.startswith(DEMO_DATA + "/") and not Path(p).expanduser().is_absolute():
+                src["path"] = str((base_dir / p).resolve())
+    return raw

@@ -1,6 +1,10 @@
 """A Ray Tune ``Searcher`` on Optuna's ask/tell API, written for multi-objective sweeps.
 
-Ray's stock ``OptunaSearch`` is not used (DESIGN.md, field notes, lists why). This one:
+Ray's stock ``OptunaSearch`` is not used: with Ray 2.60 and Optuna 5.0, a NaN or missing
+metric leaves its Optuna trial RUNNING forever, a trial a scheduler stopped is told
+COMPLETE with truncated metrics (and lands on the front), it is single-objective for
+known points, a restore after a killed driver loses and duplicates trials, and its
+pickled storage carries the database URL, password included. This one:
 
 - asks one Optuna trial per Ray trial and records ``ray_trial_id`` on it, in the
   database, before the Ray trial starts;
@@ -23,21 +27,11 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from vlsweep.metrics import METRICS
 from vlsweep.search.study import reproducible_slot
 from vlsweep.search.worker import ERROR_KEY
 from vlsweep.spaces import Space
 
-# Result keys copied onto the Optuna trial as user attrs (DESIGN.md section 2).
-_ATTR_KEYS = (
-    "train_seconds",
-    "eval_seconds",
-    "parse_fail_rate",
-    "acc_iou50",
-    "iou_se",
-    "val_loss_ocr",
-    "val_loss_grounding",
-    "samples_per_second",
-)
 # Where the trial ran (node id, worker process), recorded as reported.
 _WHERE_KEYS = ("node_id", "worker_pid")
 
@@ -209,8 +203,9 @@ class OptunaAskTellSearcher(Searcher):
             return
         steps = int(result.get("steps") or steps or 0)
         trial.set_user_attr("steps", steps)
-        for key in _ATTR_KEYS:
-            value = result.get(key)
+        # Every other metric of the table is recorded on the trial (user attrs).
+        for key in METRICS:
+            value = None if key in self.objectives else result.get(key)
             if isinstance(value, (int, float)) and math.isfinite(value):
                 trial.set_user_attr(key, float(value))
         if steps < self.budget_steps:

@@ -16,11 +16,13 @@ import socket
 import threading
 import time
 import warnings
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from vlsweep import pareto
 from vlsweep.errors import UserInputError
 
 _log = logging.getLogger("vlsweep")
@@ -199,7 +201,7 @@ def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:
 def create_or_check(
     storage: optuna.storages.RDBStorage,
     name: str,
-    directions: list[str],
+    directions: Sequence[Literal["minimize", "maximize"]],
     metric_names: list[str],
     sampler: optuna.samplers.BaseSampler,
 ) -> optuna.Study:
@@ -208,7 +210,7 @@ def create_or_check(
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
         have_dirs = [d.name.lower() for d in study.directions]
         have_names = study.metric_names
-        if have_dirs != directions or (have_names is not None and list(have_names) != metric_names):
+        if have_dirs != list(directions) or (have_names is not None and list(have_names) != metric_names):
             raise UserInputError(
                 f"study {name!r} exists with objectives {have_names} {have_dirs}, but this config asks "
                 f"for {metric_names} {directions}; use another `name`, or the same objectives"
@@ -412,35 +414,15 @@ def feasible(trial: FrozenTrial) -> bool:
 
 
 def pareto_front(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> list[FrozenTrial]:
-    """COMPLETE, feasible, non-dominated trials, sorted by the first objective.
-
-    Our own filter rather than ``study.best_trials``: that one reads the study again on
-    every call, and Optuna's trial-list variant is private; the progress line and the
-    reports already hold the trials. O(n * front size) on trials sorted by objective.
-    """
+    """COMPLETE, feasible, non-dominated trials (equal ones all stay), sorted by the first
+    objective. Not ``study.best_trials``: that one reads the study again on every call,
+    and the progress line and the reports already hold the trials."""
     directions = [d.name.lower() for d in study.directions]
     if trials is None:
         trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.values and feasible(t)]
-    signs = [1.0 if d == "minimize" else -1.0 for d in directions]
-    done.sort(key=lambda t: ([s * v for s, v in zip(signs, t.values, strict=True)], t.number))
-    front: list[FrozenTrial] = []
-    for t in done:
-        # A point sorted later can never dominate an earlier one; equal points both stay.
-        if not any(dominates(f, t, directions) for f in front):
-            front.append(t)
-    return sorted(front, key=lambda t: (t.values[0], t.number))
-
-
-def dominates(a: FrozenTrial, b: FrozenTrial, directions: list[str]) -> bool:
-    better = False
-    for x, y, d in zip(a.values, b.values, directions, strict=True):
-        if d == "maximize":
-            x, y = -x, -y
-        if x > y:
-            return False
-        better = better or x < y
-    return better
+    members = [done[i] for i in pareto.front([t.values for t in done], directions)]
+    return sorted(members, key=lambda t: (t.values[0], t.number))
 
 
 def fmt(value: float | None) -> str:

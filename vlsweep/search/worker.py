@@ -76,10 +76,10 @@ def run(
     import torch
     from ray import tune
 
+    from vlsweep import demo
     from vlsweep.config import TrainConfig
-    from vlsweep.spaces import to_trial_params
-    from vlsweep.trials.engine import load_data, run_trial
-    from vlsweep.trials.modeling import load_base
+    from vlsweep.params import TrialParams
+    from vlsweep.trials import load_base, load_data, run_trial
 
     torch.set_num_threads(max(1, threads))
     steps = 0
@@ -93,8 +93,9 @@ def run(
 
     try:
         spec, base_dir = _localized(spec, base_dir, driver_dir)
-        cfg = TrainConfig.model_validate(spec)
-        params = to_trial_params(config["params"])
+        # A builtin model is resolved to this node's cached copy (the driver made sure of it).
+        cfg = demo.resolve(TrainConfig.model_validate(spec))
+        params = TrialParams.of(config["params"])
         base = _cached(_BASE, json.dumps(spec["model"], sort_keys=True), lambda: load_base(cfg.model))
         data_key = json.dumps([spec["data"], base_dir], sort_keys=True)
         data = _cached(_DATA, data_key, lambda: load_data(cfg.data, Path(base_dir)))

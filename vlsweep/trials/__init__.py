@@ -1,19 +1,88 @@
-"""The trial engine: one short multi-task LoRA fine-tune of a VLM, scored by CER and IoU.
+"""The trial engine: one short multi-task LoRA fine-tune of a VLM, scored by the metrics
+of ``vlsweep.metrics``.
 
-It imports neither Ray nor Optuna; the search drives it through ``run_trial`` and a plain
-``report(step, metrics)`` callback. Heavy imports stay inside the submodules.
+This is the package's one front door: code outside ``vlsweep.trials`` imports from here,
+never from its submodules. It imports neither Ray nor Optuna; the search drives it
+through ``run_trial`` and a plain ``report(step, metrics)`` callback. The names load
+lazily, so ``import vlsweep.trials`` does not import torch until one is used.
 """
 
 from __future__ import annotations
 
-from vlsweep.trials.params import TrialParams
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["TrialParams", "run_trial"]
+from vlsweep.params import TrialParams
+
+if TYPE_CHECKING:
+    from vlsweep.trials.batching import IGNORE, Encoder, collate
+    from vlsweep.trials.codecs import CODECS, BoxCodec
+    from vlsweep.trials.data import Record, TaskMixer, check_tasks, load_records, task_probabilities
+    from vlsweep.trials.engine import TrialData, load_data, run_trial
+    from vlsweep.trials.families import FAMILIES, Family, family_for
+    from vlsweep.trials.lora import peft_config, plan_lora
+    from vlsweep.trials.losses import LOSSES, task_losses
+    from vlsweep.trials.modeling import Base, check_model, load_base, model_skeleton
+
+# Public name -> the submodule that defines it.
+_EXPORTS = {
+    "IGNORE": "batching",
+    "Encoder": "batching",
+    "collate": "batching",
+    "CODECS": "codecs",
+    "BoxCodec": "codecs",
+    "Record": "data",
+    "TaskMixer": "data",
+    "check_tasks": "data",
+    "load_records": "data",
+    "task_probabilities": "data",
+    "TrialData": "engine",
+    "load_data": "engine",
+    "run_trial": "engine",
+    "FAMILIES": "families",
+    "Family": "families",
+    "family_for": "families",
+    "peft_config": "lora",
+    "plan_lora": "lora",
+    "LOSSES": "losses",
+    "task_losses": "losses",
+    "Base": "modeling",
+    "check_model": "modeling",
+    "load_base": "modeling",
+    "model_skeleton": "modeling",
+}
+
+__all__ = [
+    "TrialParams",
+    "IGNORE",
+    "Encoder",
+    "collate",
+    "CODECS",
+    "BoxCodec",
+    "Record",
+    "TaskMixer",
+    "check_tasks",
+    "load_records",
+    "task_probabilities",
+    "TrialData",
+    "load_data",
+    "run_trial",
+    "FAMILIES",
+    "Family",
+    "family_for",
+    "peft_config",
+    "plan_lora",
+    "LOSSES",
+    "task_losses",
+    "Base",
+    "check_model",
+    "load_base",
+    "model_skeleton",
+]
 
 
-def __getattr__(name: str):  # noqa: ANN202 - lazy re-export keeps `import vlsweep.trials` light
-    if name == "run_trial":
-        from vlsweep.trials.engine import run_trial
-
-        return run_trial
-    raise AttributeError(name)
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vlsweep.trials' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"vlsweep.trials.{module}"), name)

@@ -14,7 +14,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-Box = tuple[float, float, float, float]
+from vlsweep.metrics import Box
+
 Size = tuple[int, int]
 
 _INT = r"\s*(-?\d+(?:\.\d+)?)\s*"

@@ -2,7 +2,8 @@
 
 Two input formats:
 
-- vlsweep JSONL (DESIGN.md section 3), one record per line, image paths relative to the file::
+- vlsweep JSONL (README.md, "Your own model and data"), one record per line, image paths
+  relative to the file::
 
     {"image": "img/0001.png", "task": "ocr", "text": "INVOICE 2024-11"}
     {"image": "img/0002.png", "task": "grounding", "query": "the total", "box": [x1, y1, x2, y2]}
@@ -25,11 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vlsweep.params import TASKS
 from vlsweep.trials.codecs import CODECS, Box
-from vlsweep.trials.params import TASKS
-
-# Data paths under this prefix name the generated demo data (engine.demo_data).
-DEMO_DATA = "builtin:demo"
 
 
 @dataclass(frozen=True)
@@ -124,7 +122,7 @@ def _vlsweep_record(obj: Any, base: Path, where: str) -> tuple[Record | None, li
             problems.append(f"{where}: {err}")
         else:
             box = tuple(float(v) for v in obj["box"])  # type: ignore[assignment]
-    if problems or size is None:
+    if problems or size is None or not isinstance(task, str) or not isinstance(image, str):
         return None, problems
     return Record(image=base / image, task=task, size=size, text=text, query=query, box=box, where=where), []
 

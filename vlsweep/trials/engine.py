@@ -17,21 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from vlsweep.config import BudgetConfig, DataConfig, TrainConfig
 from vlsweep.errors import UserInputError
-from vlsweep.trials.batching import IGNORE, Encoder, collate
-from vlsweep.trials.data import DEMO_DATA, Record, TaskMixer, check_tasks, load_records
+from vlsweep.metrics import Evaluation, compute
+from vlsweep.params import GROUP_LR, TrialParams
+from vlsweep.trials.batching import Encoder, collate
+from vlsweep.trials.data import Record, TaskMixer, check_tasks, load_records
 from vlsweep.trials.families import resolve_groups
 from vlsweep.trials.lora import attach_lora, plan_lora
-from vlsweep.trials.metrics import corpus_cer, grounding_scores
-from vlsweep.trials.modeling import Base, cache_dir, load_base
+from vlsweep.trials.losses import LOSSES, task_losses
+from vlsweep.trials.modeling import Base, load_base
 from vlsweep.trials.optim import build_param_groups, group_grad_norms, make_optimizer
-from vlsweep.trials.params import TrialParams
 
 Report = Callable[[int, dict[str, float]], None]
-DEMO_DATA_VERSION = 3
 
 
 @dataclass
@@ -44,27 +43,7 @@ class TrialData:
         return sorted({r.task for r in self.train})
 
 
-def demo_data_dir(seed: int = 0) -> Path:
-    """The synthetic demo dataset, written on first use into the cache (deterministic)."""
-    from vlsweep.trials.synth import write_dataset
-
-    out = cache_dir() / "data" / f"demo-v{DEMO_DATA_VERSION}-seed{seed}"
-    if not (out / "val.jsonl").is_file():
-        tmp = out.with_name(out.name + f".tmp{random.randrange(1 << 30)}")
-        write_dataset(tmp, seed=seed)
-        try:
-            tmp.rename(out)
-        except OSError:  # another process finished first: theirs is identical
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
 def _resolve(path: str, base_dir: Path) -> Path:
-    if path.startswith(DEMO_DATA + "/"):
-        split = path.removeprefix(DEMO_DATA + "/")
-        return demo_data_dir() / f"{split}.jsonl"
     p = Path(path).expanduser()
     return p if p.is_absolute() else base_dir / p
 
@@ -93,27 +72,6 @@ def load_data(cfg: DataConfig, base_dir: Path) -> TrialData:
     return TrialData(train=splits["train"], val=val)
 
 
-def weighted_loss(
-    logits: torch.Tensor, labels: torch.Tensor, task_ids: torch.Tensor, weights: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Token cross-entropy on answer tokens, averaged per task, combined by task weight.
-
-    Returns (weighted loss, per-task mean loss, per-task token count). A task with no
-    tokens in the batch contributes nothing (its mean is reported as 0).
-    """
-    shift_logits = logits[:, :-1]
-    shift_labels = labels[:, 1:]
-    mask = shift_labels != IGNORE
-    rows = mask.nonzero(as_tuple=True)[0]
-    ce = F.cross_entropy(shift_logits[mask].float(), shift_labels[mask], reduction="none")
-    n_tasks = weights.shape[0]
-    token_task = task_ids[rows]
-    sums = torch.zeros(n_tasks, device=ce.device).index_add_(0, token_task, ce)
-    counts = torch.zeros(n_tasks, device=ce.device).index_add_(0, token_task, torch.ones_like(ce))
-    means = sums / counts.clamp(min=1)
-    return (weights * means).sum(), means.detach(), counts
-
-
 class Trainer:
     """The state of one trial: model with a fresh adapter, optimizer, encoded data."""
 
@@ -125,6 +83,7 @@ class Trainer:
         self.task_index = {t: i for i, t in enumerate(self.tasks)}
         weights = params.weights_for(self.tasks)
         self.weights = torch.tensor([weights[t] for t in self.tasks], device=base.device)
+        self.combine = LOSSES[spec.loss.strategy]
         self.encoder = Encoder(
             base.processor, base.family, base.codec, {t: spec.data.prompt(t) for t in ("ocr", "grounding")}
         )
@@ -169,11 +128,7 @@ class Trainer:
         named = list(self.model.named_parameters())
         trainable = {n for n, p in named if p.requires_grad}
         group_of = resolve_groups([n for n, _ in named], self.base.groups, trainable=trainable)
-        lrs = {
-            "vision": self.params.lr_vision,
-            "projector": self.params.lr_projector,
-            "llm": self.params.lr_llm,
-        }
+        lrs = {g: self.params.lr_for(g) for g in GROUP_LR}
         self.groups = build_param_groups(
             named,
             {n: g for n, g in group_of.items() if n in trainable},
@@ -186,7 +141,7 @@ class Trainer:
 
         steps = self.budget.steps
         self.scheduler = get_cosine_schedule_with_warmup(
-            self.optimizer, round(self.params.warmup_ratio * steps), steps
+            self.optimizer, self.params.warmup_steps(steps), steps
         )
 
     def detach(self) -> Any:
@@ -229,7 +184,9 @@ class Trainer:
         batch = self._to_device(batch)
         labels, task_ids = batch.pop("labels"), batch.pop("task_ids")
         logits = self.model(**batch, use_cache=False).logits
-        loss, per_task, _ = weighted_loss(logits, labels, task_ids, self.weights)
+        means, _ = task_losses(logits, labels, task_ids, len(self.tasks))
+        loss = self.combine(means, self.weights)
+        per_task = means.detach()
         loss.backward()
         norms, total = group_grad_norms(self.groups)
         max_norm = self.spec.optim.max_grad_norm
@@ -253,8 +210,7 @@ class Trainer:
         try:
             texts = self._generate(model)
             self.last_predictions = texts
-            metrics = self._score(texts)
-            metrics.update(self._val_loss(model))
+            metrics = compute(self._evaluation(texts, self._val_loss(model)))
         finally:
             model.train(was_training)
         return metrics
@@ -302,25 +258,19 @@ class Trainer:
                 out[i] = tok.decode(row[:cut], skip_special_tokens=not keep_special).strip()
         return out
 
-    def _score(self, texts: list[str]) -> dict[str, float]:
-        ocr = [(t, r) for t, r in zip(texts, self.data.val, strict=True) if r.task == "ocr"]
-        grd = [
-            (t, r, e)
-            for t, r, e in zip(texts, self.data.val, self.val_enc, strict=True)
-            if r.task == "grounding"
-        ]
-        metrics: dict[str, float] = {}
-        if ocr:
-            metrics["cer"] = corpus_cer([t for t, _ in ocr], [r.text or "" for _, r in ocr])
-        if grd:
-            boxes = [self.base.codec.decode(t, r.size, e.resized) for t, r, e in grd]
-            metrics.update(grounding_scores(boxes, [r.box for _, r, _ in grd]))  # type: ignore[misc]
-        return metrics
+    def _evaluation(self, texts: list[str], val_loss: dict[str, float]) -> Evaluation:
+        """The answers next to their references, per task, with boxes decoded."""
+        ev = Evaluation(val_loss=val_loss)
+        for text, rec, enc in zip(texts, self.data.val, self.val_enc, strict=True):
+            if rec.task == "ocr":
+                ev.ocr.append((text, rec.text or ""))
+            elif rec.task == "grounding" and rec.box is not None:
+                ev.grounding.append((self.base.codec.decode(text, rec.size, enc.resized), rec.box))
+        return ev
 
     def _val_loss(self, model: Any) -> dict[str, float]:
         sums = torch.zeros(len(self.tasks))
         counts = torch.zeros(len(self.tasks))
-        ones = torch.ones(len(self.tasks), device=self.base.device)
         bs = self.budget.eval_batch_size
         for start in range(0, len(self.val_enc), bs):
             idx = list(range(start, min(start + bs, len(self.val_enc))))
@@ -331,10 +281,10 @@ class Trainer:
                 [self.task_index[self.data.val[i].task] for i in idx], device=self.base.device
             )
             logits = model(**batch, use_cache=False).logits
-            _, means, n = weighted_loss(logits, labels, task_ids, ones)
+            means, n = task_losses(logits, labels, task_ids, len(self.tasks))
             sums += (means * n).cpu()
             counts += n.cpu()
-        return {f"val_loss_{t}": float(sums[i] / max(counts[i], 1)) for i, t in enumerate(self.tasks)}
+        return {t: float(sums[i] / counts[i].clamp(min=1)) for i, t in enumerate(self.tasks)}
 
 
 def _eval_steps(budget: BudgetConfig) -> set[int]:

@@ -6,7 +6,7 @@ three module groups; the regexes of one family are written to be mutually exclus
 "matches two groups" can only come from a user override, and is reported as an error.
 
 Sources: the transformers 5.x modeling files of each family, cross-checked against the
-public map in ms-swift's ``model_arch.py`` (see DESIGN.md, field notes).
+public map in ms-swift's ``model_arch.py`` (the most complete one).
 """
 
 from __future__ import annotations

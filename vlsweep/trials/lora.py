@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from vlsweep.config import LoraConfig
+from vlsweep.params import TrialParams
 from vlsweep.trials.families import compile_groups
-from vlsweep.trials.params import TrialParams
 
 
 @dataclass
@@ -120,7 +120,7 @@ def peft_config(plan: LoraPlan, params: TrialParams, cfg: LoraConfig) -> Any:
     alpha_pattern = {rx: plan.alpha[g] for g, rx in plan.targets.items() if g != base_group}
     return PeftLoraConfig(
         r=plan.rank[base_group],
-        lora_alpha=plan.alpha[base_group],
+        lora_alpha=plan.alpha[base_group],  # type: ignore[arg-type]  # peft scales by any number
         lora_dropout=params.lora_dropout,
         use_rslora=cfg.use_rslora,
         target_modules=target,

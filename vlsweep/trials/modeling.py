@@ -1,15 +1,17 @@
-"""Loading a base model and its processor: Hub id, local directory, or ``builtin:NAME``."""
+"""Loading a base model and its processor: a Hub id or a local checkpoint directory.
+
+A ``builtin:NAME`` model is resolved to its cached checkpoint before it gets here
+(``vlsweep.demo.resolve``): the engine loads paths and Hub ids only."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vlsweep.config import ModelConfig
+from vlsweep.config import BUILTIN, ModelConfig
 from vlsweep.errors import UserInputError
 from vlsweep.trials.codecs import CODECS, BoxCodec
 from vlsweep.trials.families import Family, family_for
@@ -27,14 +29,6 @@ class Base:
     codec: BoxCodec
     device: torch.device
     source: str  # the resolved path or Hub id that was loaded
-
-
-def cache_dir() -> Path:
-    """Where vlsweep keeps builtin models and demo data ($VLSWEEP_CACHE, else the user cache)."""
-    if env := os.environ.get("VLSWEEP_CACHE"):
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "vlsweep"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -76,19 +70,11 @@ def _safetensors_check(path: Path, allow_pickle: bool) -> None:
 
 def check_model(cfg: ModelConfig) -> None:
     """What can be known about the model before a sweep starts, without loading weights:
-    a builtin name exists, a local checkpoint exists, has safetensors weights (or
-    ``allow_pickle``) and a readable config that needs no custom code unless
-    ``trust_remote_code``. A Hub id is left to the workers, which may reach the Hub."""
+    a local checkpoint exists, has safetensors weights (or ``allow_pickle``) and a
+    readable config that needs no custom code unless ``trust_remote_code``. A Hub id is
+    left to the workers, which may reach the Hub."""
+    resolve_source(cfg)  # refuses a builtin name
     source = cfg.name_or_path
-    if source.startswith("builtin:"):
-        from vlsweep.trials.builtin import RECIPES
-
-        if source.removeprefix("builtin:") not in RECIPES:
-            raise UserInputError(
-                f"model.name_or_path: unknown builtin model {source!r}; "
-                f"choose one of {sorted('builtin:' + n for n in RECIPES)}"
-            )
-        return
     path = Path(source).expanduser()
     if not path.exists():
         if source.startswith((".", "/", "~")):
@@ -147,7 +133,7 @@ def load_base(cfg: ModelConfig) -> Base:
                 "model.trust_remote_code: true only if you trust its repository"
             ) from None
         raise
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # transformers' stub of .to misses devices
     model_type = hf_config.model_type
     family = family_for(model_type)
     groups = module_groups(cfg, model_type)
@@ -172,7 +158,7 @@ def module_groups(cfg: ModelConfig, model_type: str) -> dict[str, str]:
     config's ``module_groups`` over it."""
     family = family_for(model_type)
     if cfg.module_groups:
-        groups = dict(cfg.module_groups)
+        groups: dict[str, str] = {str(k): v for k, v in cfg.module_groups.items()}
         missing = [g for g in ("vision", "projector", "llm") if g not in groups]
         if missing and family is None:
             raise UserInputError(
@@ -188,13 +174,14 @@ def module_groups(cfg: ModelConfig, model_type: str) -> dict[str, str]:
     return dict(family.groups)
 
 
-def resolve_source(cfg: ModelConfig, build: bool = True) -> str:
-    """The checkpoint directory or Hub id ``name_or_path`` stands for (builtin: its cache dir)."""
+def resolve_source(cfg: ModelConfig) -> str:
+    """The checkpoint directory (expanded) or Hub id ``name_or_path`` stands for."""
     source = cfg.name_or_path
-    if source.startswith("builtin:"):
-        from vlsweep.trials.builtin import ensure_builtin
-
-        return str(ensure_builtin(source.removeprefix("builtin:"))) if build else source
+    if source.startswith(BUILTIN):
+        raise UserInputError(
+            f"model.name_or_path: {source!r} is a builtin model: resolve it to its checkpoint "
+            "with vlsweep.demo.resolve before loading it"
+        )
     path = Path(source).expanduser()
     return str(path) if path.exists() else source
 

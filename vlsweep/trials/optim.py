@@ -44,7 +44,7 @@ def build_param_groups(
     for name, param in trainable:
         key = (group_of[name], _no_decay(name, param), bool(loraplus_lr_ratio) and _is_lora_b(name))
         buckets.setdefault(key, []).append((name, param))
-    groups = []
+    groups: list[dict[str, Any]] = []
     for (module_group, no_decay, lora_b), items in sorted(buckets.items()):
         lr = lrs[module_group] * (loraplus_lr_ratio if lora_b else 1.0)  # type: ignore[operator]
         label = module_group + (".no_decay" if no_decay else "") + (".lora_B" if lora_b else "")

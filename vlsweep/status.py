@@ -1,42 +1,40 @@
-"""``vlsweep status``: trial counts by state and the Pareto front as a plain-text table."""
+"""``vlsweep status``: trial counts by state and the Pareto front as a plain-text table,
+rendered from ``vlsweep.results`` (the front, the baseline and dominance are computed
+there, once)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
 
+from vlsweep import pareto
+from vlsweep.results import SweepResults
 from vlsweep.search import study as studies
 
 
-def front_table(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> str:
-    names = study.metric_names or [f"value{i}" for i in range(len(study.directions))]
-    trials = study.get_trials(deepcopy=False) if trials is None else trials
-    front = studies.pareto_front(study, trials)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    baseline = next((t for t in complete if t.user_attrs.get("baseline")), None)
-    dirs = [d.name.lower() for d in study.directions]
+def front_table(results: SweepResults) -> str:
+    front, baseline, names = results.front, results.baseline, results.metric_names
     if not front:
-        return f"study {study.study_name!r}: no COMPLETE trial yet"
+        return f"study {results.name!r}: no COMPLETE trial yet"
     params = sorted({k for t in front for k in t.params})
     header = ["trial", *names, *params]
     rows = []
     for t in front:
-        mark = (
-            ""
-            if baseline is None or t.number == baseline.number
-            else ("*" if studies.dominates(t, baseline, dirs) else "")
+        better = (
+            baseline is not None
+            and t.number != baseline.number
+            and pareto.dominates(t.values, baseline.values, results.directions)
         )
         rows.append(
             [
-                f"#{t.number}{mark}",
+                f"#{t.number}{'*' if better else ''}",
                 *(studies.fmt(v) for v in t.values),
                 *(_short(t.params.get(p)) for p in params),
             ]
         )
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = [f"Pareto front of {study.study_name!r} ({len(front)} of {len(complete)} complete trials):"]
+    lines = [f"Pareto front of {results.name!r} ({len(front)} of {len(results.complete)} complete trials):"]
     lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     if baseline is not None:
@@ -64,15 +62,16 @@ def status_text(name: str | None, storage: str | None) -> str:
             return f"no studies in {studies.masked(url)}"
         return "\n".join(f"{s.study_name}: {s.n_trials} trials" for s in summaries)
     study = studies.load_existing(url, name)
-    trials = study.get_trials(deepcopy=False)
+    results = SweepResults.of(study)
+    trials = results.trials
     c = studies.counts(trials)
     head = ", ".join(f"{c[k]} {k.lower()}" for k in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"))
-    cfg = study.user_attrs.get("config") or {}
+    cfg = results.config
     budget = (cfg.get("search") or {}).get("trials")
     done = studies.finished_toward_budget(trials)
     progress = f"{done}/{budget} trials done" if budget else f"{done} trials done"
     driver = study.user_attrs.get("driver")
     running = f"; driver pid {driver['pid']} on {driver['host']}" if driver else ""
     return (
-        f"study {name!r} in {studies.masked(url)}: {progress} ({head}){running}\n{front_table(study, trials)}"
+        f"study {name!r} in {studies.masked(url)}: {progress} ({head}){running}\n{front_table(results)}"
     )

@@ -136,7 +136,7 @@ def ocr_scene(rng: random.Random, style: Style):  # noqa: ANN201
     pitch = OCR_SIZE[0] // 5
     glyphs: list[tuple[str, list[int]]] = []
     for i, ch in enumerate(text):
-        left, t, r, b = draw.textbbox((0, 0), ch, font=font)
+        left, t, r, b = (int(v) for v in draw.textbbox((0, 0), ch, font=font))
         x = i * pitch + (pitch - (r - left)) // 2 + rng.randint(-3, 3) - left
         y = (OCR_SIZE[1] - (b - t)) // 2 + rng.randint(-2, 2) - t
         draw.text((x, y), ch, font=font, fill=ink)
@@ -166,7 +166,7 @@ def grounding_scene(rng: random.Random, style: Style, n_words: int | None = None
     for name, (c, r) in zip(names, cells, strict=True):
         text = _word(rng, 2, 3)
         font = _font(rng.randint(*style.font_sizes))
-        left, t, rr, b = draw.textbbox((0, 0), text, font=font)
+        left, t, rr, b = (int(v) for v in draw.textbbox((0, 0), text, font=font))
         w, h = rr - left, b - t
         x = c * cell_w + rng.randint(1, max(1, cell_w - w - 2))
         y = r * cell_h + rng.randint(1, max(1, cell_h - h - 2))

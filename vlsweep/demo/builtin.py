@@ -19,6 +19,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vlsweep.trials.modeling import cache_dir
+from vlsweep.cache import cache_dir
+from vlsweep.errors import UserInputError
 
 RECIPE_VERSION = 4
 # The build trains with this many torch threads whatever the machine has: results are
@@ -100,8 +102,6 @@ def ensure_builtin(name: str, *, log: Any = print) -> Path:
     could load; the next build removes what it left.
     """
     from filelock import FileLock, Timeout
-
-    from vlsweep.errors import UserInputError
 
     if name not in RECIPES:
         raise UserInputError(
@@ -233,8 +233,8 @@ def _scenes(
     grounding scene as one sample per word in it."""
     import random
 
-    from vlsweep.trials.data import Record
-    from vlsweep.trials.synth import STYLES, grounding_scene, ocr_scene
+    from vlsweep.demo.synth import STYLES, grounding_scene, ocr_scene
+    from vlsweep.trials import Record
 
     rng = random.Random(seed)
     scenes = []
@@ -275,7 +275,7 @@ def _token_grid(feats: dict[str, torch.Tensor], n_tokens: int) -> tuple[int, int
     return side, side
 
 
-def _overlap(a: list[float], b: list[float]) -> float:
+def _overlap(a: Sequence[float], b: Sequence[float]) -> float:
     w = min(a[2], b[2]) - max(a[0], b[0])
     h = min(a[3], b[3]) - max(a[1], b[1])
     return max(w, 0.0) * max(h, 0.0)
@@ -283,7 +283,7 @@ def _overlap(a: list[float], b: list[float]) -> float:
 
 def _token_targets(scene: _Scene, rows: int, cols: int) -> torch.Tensor:
     """(rows*cols, 4) targets: glyph, colour, row, column; -100 where a target does not apply."""
-    from vlsweep.trials.synth import COLOR_NAMES
+    from vlsweep.demo.synth import COLOR_NAMES
 
     width, height = scene.record.size
     out = torch.full((rows * cols, 4), -100, dtype=torch.long)
@@ -364,7 +364,8 @@ def _frozen_vision_forward(model: Any, samples: list[dict[str, torch.Tensor]]) -
         length = batch["input_ids"].shape[1]
         # Right padding: a pad's position is never attended to, any value does.
         pos = torch.cat([F.pad(positions[i], (0, length - positions[i].shape[-1])) for i in idx], dim=1)
-        images = BaseModelOutputWithPooling(pooler_output=[feats[i] for i in idx])
+        # Qwen's vision tower returns one tensor per image here, as its own forward does.
+        images = BaseModelOutputWithPooling(pooler_output=[feats[i] for i in idx])  # type: ignore[arg-type]
         return model(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
@@ -399,12 +400,8 @@ def build(name: str, out: Path, *, progress: BuildProgress | None = None) -> dic
     from transformers.utils import logging as hf_logging
 
     from vlsweep.config import DEFAULT_PROMPTS
-    from vlsweep.trials.batching import Encoder, collate
-    from vlsweep.trials.codecs import CODECS
-    from vlsweep.trials.data import TaskMixer
-    from vlsweep.trials.engine import weighted_loss
-    from vlsweep.trials.families import FAMILIES
-    from vlsweep.trials.tiny import BUILDERS
+    from vlsweep.demo.tiny import BUILDERS
+    from vlsweep.trials import CODECS, FAMILIES, LOSSES, Encoder, TaskMixer, collate, task_losses
 
     recipe = RECIPES[name]
     t0 = time.perf_counter()
@@ -460,7 +457,7 @@ def build(name: str, out: Path, *, progress: BuildProgress | None = None) -> dic
     ]
     opt1 = torch.optim.AdamW([*vision_params, *head.parameters()], lr=recipe.vision_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(recipe.seed)
-    loss = torch.zeros(())
+    loss: Any = torch.zeros(())
     for _ in range(recipe.vision_steps):
         idx = torch.randint(0, len(v_enc), (recipe.vision_batch_size,), generator=gen).tolist()
         batch = {k: torch.cat([v_enc[i][k] for i in idx]) for k in image_keys}
@@ -474,7 +471,8 @@ def build(name: str, out: Path, *, progress: BuildProgress | None = None) -> dic
         opt1.step()
         opt1.zero_grad(set_to_none=True)
         if progress is not None:
-            progress.update(**{"vision loss": float(loss.detach())})
+            stats: dict[str, Any] = {"vision loss": float(loss.detach())}
+            progress.update(**stats)
     vision_loss = float(loss.detach())
 
     # Stage 2: the language model on the answers, the vision side frozen.
@@ -509,7 +507,8 @@ def build(name: str, out: Path, *, progress: BuildProgress | None = None) -> dic
         labels = batch.pop("labels")
         task_ids = torch.tensor([task_index[records[i].task] for i in idx])
         logits = forward(idx, batch)
-        loss, per_task, _ = weighted_loss(logits, labels, task_ids, weights)
+        means, _ = task_losses(logits, labels, task_ids, len(tasks))
+        loss, per_task = LOSSES["weighted_sum"](means, weights), means.detach()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()

@@ -1,4 +1,8 @@
-"""Multi-objective asynchronous successive halving (MO-ASHA) as a Ray Tune scheduler.
+"""The sweep's early-stopping schedulers: ``make_scheduler`` builds the one
+``search.early_stopping`` names (Ray's ASHA, or MO-ASHA below) and ``rung_steps`` says
+where trials are judged (they evaluate there).
+
+Multi-objective asynchronous successive halving (MO-ASHA) as a Ray Tune scheduler.
 
 Schmucker et al. 2021, "Multi-objective Asynchronous Successive Halving", in its stopping
 form (as Ray's ASHA): rungs at ``grace * eta**k`` training steps below the trial budget.
@@ -18,74 +22,20 @@ which is what a user picking a trade-off later needs. Ties that remain go to the
 recorded first.
 
 Written here because no Ray Tune scheduler is multi-objective and Syne Tune's MO-ASHA
-does not run on Ray; the non-dominated sort is ours too (a few dozen points per rung).
+does not run on Ray. The sorting and crowding distance are ``vlsweep.pareto``'s.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-
-def non_dominated_fronts(points: list[list[float]]) -> list[list[int]]:
-    """Indices of ``points`` (all objectives minimized) by Pareto front, best first."""
-    n = len(points)
-    dominated_by = [0] * n
-    dominates: list[list[int]] = [[] for _ in range(n)]
-    for i in range(n):
-        for j in range(i + 1, n):
-            a, b = points[i], points[j]
-            if all(x <= y for x, y in zip(a, b, strict=True)) and any(
-                x < y for x, y in zip(a, b, strict=True)
-            ):
-                dominates[i].append(j)
-                dominated_by[j] += 1
-            elif all(y <= x for x, y in zip(a, b, strict=True)) and any(
-                y < x for x, y in zip(a, b, strict=True)
-            ):
-                dominates[j].append(i)
-                dominated_by[i] += 1
-    fronts: list[list[int]] = []
-    current = [i for i in range(n) if dominated_by[i] == 0]
-    while current:
-        fronts.append(current)
-        nxt = []
-        for i in current:
-            for j in dominates[i]:
-                dominated_by[j] -= 1
-                if dominated_by[j] == 0:
-                    nxt.append(j)
-        current = sorted(nxt)
-    return fronts
-
-
-def crowding_distance(points: list[list[float]]) -> list[float]:
-    """NSGA-II crowding distance of each point within one front (boundaries: infinite)."""
-    n = len(points)
-    if n <= 2:
-        return [math.inf] * n
-    dist = [0.0] * n
-    for m in range(len(points[0])):
-        order = sorted(range(n), key=lambda i: points[i][m])
-        lo, hi = points[order[0]][m], points[order[-1]][m]
-        dist[order[0]] = dist[order[-1]] = math.inf
-        if hi == lo:
-            continue
-        for k in range(1, n - 1):
-            dist[order[k]] += (points[order[k + 1]][m] - points[order[k - 1]][m]) / (hi - lo)
-    return dist
-
-
-def rank(points: list[list[float]]) -> list[int]:
-    """Indices of ``points`` from best to worst: front, then crowding distance, then index."""
-    out: list[int] = []
-    for front in non_dominated_fronts(points):
-        crowd = crowding_distance([points[i] for i in front])
-        out += [i for _, i in sorted(zip(crowd, front, strict=True), key=lambda ci: (-ci[0], ci[1]))]
-    return out
+from vlsweep.pareto import rank
+from vlsweep.search.config import SweepConfig
 
 
 def rungs(grace: int, eta: int, max_t: int) -> list[int]:
@@ -175,3 +125,39 @@ class MOASHAScheduler(FIFOScheduler):
         return "MO-ASHA rungs: " + ", ".join(
             f"{r.milestone} steps: {len(r.recorded)} trials" for r in self.rungs
         )
+
+
+def rung_steps(cfg: SweepConfig) -> list[int]:
+    """The rungs early stopping judges trials at (none without early stopping)."""
+    if cfg.search.early_stopping == "none":
+        return []
+    return rungs(grace_steps(cfg), cfg.search.reduction_factor, cfg.budget.steps)
+
+
+def grace_steps(cfg: SweepConfig) -> int:
+    return cfg.search.grace_steps or max(1, cfg.budget.steps // cfg.search.reduction_factor**2)
+
+
+def make_scheduler(cfg: SweepConfig, names: list[str], directions: Sequence[str]) -> Any:
+    """The Ray Tune scheduler ``search.early_stopping`` names (None: run every trial to the end)."""
+    modes = ["min" if d == "minimize" else "max" for d in directions]
+    if cfg.search.early_stopping == "mo-asha":
+        return MOASHAScheduler(
+            metrics=names,
+            modes=modes,
+            max_t=cfg.budget.steps,
+            grace_period=grace_steps(cfg),
+            reduction_factor=cfg.search.reduction_factor,
+        )
+    if cfg.search.early_stopping == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        return ASHAScheduler(
+            time_attr="steps",
+            metric=names[0],
+            mode=modes[0],
+            max_t=cfg.budget.steps,
+            grace_period=grace_steps(cfg),
+            reduction_factor=cfg.search.reduction_factor,
+        )
+    return None

@@ -1,0 +1,35 @@
+"""Helpers the tests share (fixtures are in conftest.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def train_config(model: Path | str, data: Path, **overrides) -> dict:
+    """A train config dict on the given checkpoint and dataset directory."""
+    cfg = {
+        "model": {"name_or_path": str(model)},
+        "data": {"train": str(data / "train.jsonl"), "val": str(data / "val.jsonl")},
+        "budget": {"steps": 2, "batch_size": 4, "max_new_tokens": 8},
+        "seed": 0,
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def wait_for_http(url: str, proc, seconds: float = 30.0) -> bytes:
+    """The body at ``url`` once the server process ``proc`` answers; fails if it dies first."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + seconds
+    while True:
+        try:
+            return urllib.request.urlopen(url, timeout=2).read()
+        except OSError:
+            assert time.time() < deadline and proc.poll() is None, f"nothing answered at {url}"
+            time.sleep(0.3)

@@ -1,0 +1,207 @@
+"""The package's layers point one way (ARCHITECTURE.md): no import cycle, function-level
+imports included; each package is entered through its front door; the trial engine
+imports neither Ray nor Optuna; and the help of every command names only files that exist.
+Read from the source (AST), so a lazy import inside a function counts as much as one at
+the top."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "vlsweep"
+
+# Layer of each module, bottom first: a module may import its own layer and those below.
+LAYERS = [
+    (
+        "vlsweep",
+        "vlsweep.errors",
+        "vlsweep.params",
+        "vlsweep.config",
+        "vlsweep.cache",
+        "vlsweep.metrics",
+        "vlsweep.pareto",
+        "vlsweep.spaces",
+    ),
+    ("vlsweep.trials",),
+    ("vlsweep.demo",),
+    ("vlsweep.search",),
+    ("vlsweep.results", "vlsweep.status", "vlsweep.report", "vlsweep.export"),
+    ("vlsweep.cli",),
+]
+FRONT_DOORS = ("vlsweep.trials", "vlsweep.demo")
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in PKG.rglob("*.py")}
+
+
+def _imports(path: Path, known: set[str]) -> set[str]:
+    """Every module ``path`` imports, at any level of the file (functions, TYPE_CHECKING)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for a in node.names:
+                sub = f"{node.module}.{a.name}"
+                out.add(sub if sub in known else node.module)
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    mods = _modules()
+    return {m: {i for i in _imports(p, set(mods)) if i in mods and i != m} for m, p in mods.items()}
+
+
+def _layer(module: str) -> int:
+    best = None
+    for i, names in enumerate(LAYERS):
+        for n in names:
+            if (module == n or module.startswith(n + ".")) and (best is None or len(n) > len(best[1])):
+                best = (i, n)
+    assert best is not None, f"{module} is in no layer of tests/test_layers.py: add it"
+    return best[0]
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycle_inside_vlsweep():
+    assert _cycles(_graph()) == []
+
+
+def test_imports_point_down_the_layers():
+    wrong = [
+        f"{m} (layer {_layer(m)}) imports {i} (layer {_layer(i)})"
+        for m, deps in sorted(_graph().items())
+        for i in sorted(deps)
+        if _layer(i) > _layer(m)
+    ]
+    assert wrong == []
+
+
+@pytest.mark.parametrize("package", FRONT_DOORS)
+def test_packages_are_entered_through_their_front_door(package):
+    wrong = [
+        f"{m} imports {i}"
+        for m, deps in sorted(_graph().items())
+        if not (m == package or m.startswith(package + "."))
+        for i in sorted(deps)
+        if i.startswith(package + ".")
+    ]
+    assert wrong == []
+
+
+def test_the_trial_engine_imports_neither_ray_nor_optuna():
+    mods = _modules()
+    wrong = [
+        f"{m} imports {i}"
+        for m, p in sorted(mods.items())
+        if m == "vlsweep.trials" or m.startswith("vlsweep.trials.")
+        for i in sorted(_imports(p, set(mods)))
+        if i.split(".")[0] in ("ray", "optuna")
+    ]
+    assert wrong == []
+
+
+def test_no_comment_or_docstring_points_outside_the_repository():
+    hits = [
+        f"{p.relative_to(ROOT)}:{n}"
+        for p in [
+            *PKG.rglob("*.py"),
+            ROOT / ".ci" / "run",
+            *ROOT.glob("*.md"),
+            *(ROOT / "docs").rglob("*.md"),
+        ]
+        for n, line in enumerate(p.read_text().splitlines(), start=1)
+        if "DESIGN.md" in line
+    ]
+    assert hits == []
+
+
+def _help_texts() -> dict[str, str]:
+    import typer
+    from typer.testing import CliRunner
+
+    from vlsweep.cli import app
+
+    out: dict[str, str] = {}
+
+    def walk(cmd: Any, path: list[str]) -> None:
+        result = CliRunner().invoke(app, [*path, "--help"], terminal_width=400)
+        assert result.exit_code == 0, (path, result.output)
+        out[" ".join(path) or "vlsweep"] = result.output
+        if hasattr(cmd, "commands"):
+            for name, sub in cmd.commands.items():
+                walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return out
+
+
+def test_every_command_help_names_only_files_that_exist():
+    helps = _help_texts()
+    assert {"vlsweep", "launch", "export", "data demo"} <= set(helps)
+    named = {
+        (cmd, f)
+        for cmd, text in helps.items()
+        for f in re.findall(r"(?<![\w/])((?:docs|examples)/[\w./-]+\.(?:md|yaml))", text)
+    }
+    assert any(f == "examples/demo-train.yaml" for _, f in named)  # the scan finds names
+    missing = sorted(f"{cmd}: {f}" for cmd, f in named if not (ROOT / f).is_file())
+    assert missing == []
+
+
+def test_export_help_names_every_format():
+    from vlsweep.export import FORMATS
+
+    text = _help_texts()["export"]
+    assert all(f in text for f in FORMATS), (FORMATS, text)

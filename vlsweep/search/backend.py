@@ -1,0 +1,306 @@
+"""The Ray backend of a sweep: starting or joining Ray, stopping the local Ray processes a
+killed driver left behind, what a trial asks Ray for and whether any node can hold it,
+why a pending trial waits, and the builtin model built on every node before trials start.
+
+Everything here talks to Ray; nothing here knows Optuna beyond recording on the study.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+
+from vlsweep.config import BUILTIN
+from vlsweep.errors import UserInputError
+from vlsweep.search.config import SweepConfig
+
+Log = Callable[[str], None]
+# How often the driver renews its claim on the study while it builds the builtin model
+# (a claim older than study.HEARTBEAT_STALE_SECONDS may be taken over).
+DRIVER_BEAT_SECONDS = 20.0
+# While the builtin model builds on the nodes of a cluster, a line every 10 s.
+BUILD_PROGRESS_SECONDS = 10.0
+# The study attr where a driver records the local Ray it started.
+LOCAL_RAY_ATTR = "local_ray"
+
+
+# Ray's resource names for what a trial asks for, and the config keys that set them.
+RESOURCE_KEYS = {
+    "CPU": "resources.cpus_per_trial",
+    "GPU": "resources.gpus_per_trial",
+    "memory": "resources.memory_gb_per_trial",
+}
+
+
+def trial_resources(cfg: SweepConfig) -> dict[str, float]:
+    """What each trial asks Ray for, in Ray's resource names (memory in bytes)."""
+    request = {"CPU": cfg.resources.cpus_per_trial, "GPU": cfg.resources.gpus_per_trial}
+    if cfg.resources.memory_gb_per_trial is not None:
+        request["memory"] = cfg.resources.memory_gb_per_trial * 2**30
+    return {k: v for k, v in request.items() if v > 0}
+
+
+def describe_resources(resources: dict[str, float], keys: tuple[str, ...] = ("CPU", "GPU", "memory")) -> str:
+    parts = []
+    for key in keys:
+        value = resources.get(key, 0.0)
+        if key == "memory":
+            parts.append(f"{value / 2**30:.1f} GiB memory")
+        else:
+            parts.append(f"{value:g} {key}{'' if value == 1 else 's'}")
+    return ", ".join(parts)
+
+
+def autoscaling(cfg: SweepConfig) -> bool:
+    """Whether an autoscaler may add nodes to the cluster Ray is connected to."""
+    if cfg.ray.autoscaling is not None:
+        return cfg.ray.autoscaling
+    # Ray has no public call for this; these are the marks its own tools read: the cluster
+    # launcher's bootstrap file on the head (what Ray Tune checks), the v2 autoscaler's
+    # flag, and the status the v1 autoscaler writes. Every Ray head runs a v1 monitor, a
+    # read-only one on a fixed cluster, whose node types are the nodes themselves
+    # ("node_<id>"); a real one (KubeRay's, the cluster launcher's) names the node types
+    # of its config.
+    try:
+        from ray.tune.execution.cluster_info import _is_ray_cluster
+
+        if _is_ray_cluster():
+            return True
+        from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+        if is_autoscaler_v2(fetch_from_server=True):
+            return True
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        raw = _internal_kv_get("__autoscaling_status")
+        mapping = json.loads(raw).get("autoscaler_report", {}).get("node_type_mapping") or {} if raw else {}
+        return any(kind != f"node_{node}" for node, kind in mapping.items())
+    except Exception:  # an older or newer Ray without these marks: assume a fixed cluster
+        return False
+
+
+def check_trial_fits(cfg: SweepConfig, log: Log) -> bool:
+    """A trial that no node of the cluster can ever hold is an error before any trial
+    starts (Ray would keep it pending forever, silently), unless an autoscaler may add
+    such a node: then say so and wait. Returns whether trials may wait for an autoscaler."""
+    import ray
+
+    request = trial_resources(cfg)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+
+    scaling = autoscaling(cfg)
+    if not request or any(_fits_times(n.get("Resources", {}), request) > 0 for n in nodes):
+        return scaling
+    keys = tuple(k for k in RESOURCE_KEYS if k in request or k != "memory")
+    have = "; ".join(f"{describe_resources(n.get('Resources', {}), keys)}" for n in nodes)
+    short = [
+        RESOURCE_KEYS[k]
+        for k, v in request.items()
+        if not any(n.get("Resources", {}).get(k, 0.0) >= v for n in nodes)
+    ]
+    asked = [RESOURCE_KEYS[k] for k in request]
+    what = (
+        f"each trial asks for {describe_resources(request, tuple(request))}, but no node of the Ray "
+        f"cluster has that{'' if short else ' all at once'} "
+        f"({len(nodes)} node{'s' if len(nodes) != 1 else ''}: {have})"
+    )
+    if scaling:
+        log(f"{what}; the cluster's autoscaler may add such a node: trials wait for it")
+        return True
+    fix = (
+        "lower "
+        + " / ".join(short or asked)
+        + (" (gpus_per_trial: 0 trains on the CPU)" if "resources.gpus_per_trial" in short else "")
+        + ", or run on a cluster with such a node (ray.autoscaling: true if an autoscaler will add one)"
+    )
+    raise UserInputError(f"{', '.join(short or asked)}: {what}; {fix}")
+
+
+def _fits_times(node: dict[str, float], request: dict[str, float]) -> int:
+    """How many trials a node's resources hold at once. In Ray's own fixed-point units
+    (1e-4 of a resource), since float floor division gets 1.0 // 0.2 = 4."""
+    return min(round(node.get(k, 0.0) * 10_000) // round(v * 10_000) for k, v in request.items())
+
+
+def waiting_reason(request: dict[str, float], scaling: bool, active: int) -> str:
+    """Why a pending trial is not running yet, for the progress line. ``active`` counts the
+    running and pending trials: while the cluster's nodes can hold that many, the pending
+    ones are being started (Ray has already reserved what they asked for, so the free
+    resources alone would say "waiting")."""
+    import ray
+
+    try:
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        free = ray.available_resources()
+    except Exception:
+        return ""
+    room = sum(_fits_times(node, request) for node in nodes) if request else active
+    if active <= room:
+        return "starting"
+    return (
+        f"waiting for resources: each asks for {describe_resources(request, tuple(request))}, "
+        f"free now {describe_resources(free, tuple(request))}"
+        + ("; the autoscaler may add nodes" if scaling else "")
+    )
+
+
+def ray_init(cfg: SweepConfig, address: str | None, log: Log, study: optuna.Study) -> bool:
+    """Start (or join) Ray; True when this call started a local Ray that we must stop."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    # Inside `ray job submit`, the job's cluster is RAY_ADDRESS.
+    address = address or cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address is None:
+        # A local, single-user Ray: Ray 2.60 turns token auth on by default (it writes
+        # ~/.ray/auth_token), which only gets in the way here.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
+    if address is None:
+        kwargs.update(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus)
+    else:
+        kwargs["address"] = address
+    log(f"starting Ray ({'local' if address is None else address}) ...")
+    ray.init(**kwargs)
+    if address is not None:
+        return False
+    # The local Ray's processes (GCS, raylet, agents) are this driver's children. Some of
+    # them outlive a SIGKILLed driver and ignore SIGTERM (measured with Ray 2.60), so we
+    # record them on the study; the next driver of this sweep stops what is left.
+    import psutil
+
+    procs = [[p.pid, p.create_time()] for p in psutil.Process().children(recursive=True)]
+    record = {"host": socket.gethostname(), "driver_pid": os.getpid(), "procs": procs}
+    study.set_user_attr(LOCAL_RAY_ATTR, record)
+    return True
+
+
+def check_shared_storage(cfg: SweepConfig, storage_path: str) -> None:
+    """On a cluster of several nodes, Ray Tune's results must go where every node can write
+    and the driver can read: a URI, or a path the config declares shared. Said before any
+    trial starts."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2 or cfg.ray.shared_storage or "://" in storage_path:
+        return
+    raise UserInputError(
+        f"ray.storage_path: {storage_path} is a local path, but the Ray cluster has {len(nodes)} "
+        "nodes, whose trials would write their results to their own disks; give a URI "
+        "(s3://bucket/runs, gs://...), or a path on a mount every node shares and set "
+        "ray.shared_storage: true (docs/cluster.md)"
+    )
+
+
+def reap_local_ray(study: optuna.Study, log: Log) -> int:
+    """Stop the local Ray processes a dead driver of this sweep left on this host."""
+    import psutil
+
+    info = study.user_attrs.get(LOCAL_RAY_ATTR)
+    if not info or info.get("host") != socket.gethostname() or psutil.pid_exists(info["driver_pid"]):
+        return 0
+    left: list[psutil.Process] = []
+    for pid, created in info["procs"]:
+        try:
+            proc = psutil.Process(pid)
+            if abs(proc.create_time() - created) < 1e-3:  # the same process, not a reused pid
+                left += [proc, *proc.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+    for proc in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(left, timeout=10)
+    study.set_user_attr(LOCAL_RAY_ATTR, None)
+    if left:
+        log(f"stopped {len(left)} Ray process(es) left by the previous driver (pid {info['driver_pid']})")
+    return len(left)
+
+
+def ensure_model(cfg: SweepConfig, log: Log, beat: Callable[[], None] | None = None) -> None:
+    """A builtin model is built before any trial starts, once per machine, with its
+    progress shown here: on one machine by this process, on a cluster of several nodes by
+    one Ray task on each node that can run a trial (each caches its own copy, unless
+    ``$VLSWEEP_CACHE`` is a mount they share). Otherwise every node's first trial would
+    build it in a worker whose output nobody sees. ``beat`` is called every
+    ``DRIVER_BEAT_SECONDS`` meanwhile, so the driver's claim on the study stays fresh
+    through a build of minutes."""
+    import ray
+
+    source = cfg.model.name_or_path
+    if not source.startswith(BUILTIN):
+        return
+    from vlsweep.demo import ensure_builtin
+
+    done = threading.Event()
+
+    def beating() -> None:
+        while not done.wait(DRIVER_BEAT_SECONDS):
+            with contextlib.suppress(Exception):  # a storage hiccup here must not kill the build
+                beat()  # type: ignore[misc]
+
+    thread = threading.Thread(target=beating, daemon=True) if beat is not None else None
+    if thread is not None:
+        thread.start()
+    try:
+        name = source.removeprefix(BUILTIN)
+        nodes = [n for n in ray.nodes() if n.get("Alive")] if ray.is_initialized() else []
+        if len(nodes) <= 1:
+            ensure_builtin(name, log=log)
+        else:
+            request = trial_resources(cfg)
+            build_on_nodes(name, [n for n in nodes if _fits_times(n.get("Resources", {}), request) > 0], log)
+    finally:
+        done.set()
+        if thread is not None:
+            thread.join()
+
+
+def build_on_nodes(name: str, nodes: list[dict[str, Any]], log: Log, runtime_env: dict | None = None) -> None:
+    """Make sure each of ``nodes`` has builtin:NAME in its cache: one task pinned to each
+    (no CPU reserved, so it runs beside whatever holds the node), with a line here every
+    ``BUILD_PROGRESS_SECONDS`` until all are done."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    def build_here() -> tuple[str, list[str]]:
+        from vlsweep.demo import ensure_builtin
+
+        lines: list[str] = []
+        path = ensure_builtin(name, log=lines.append)
+        return str(path), lines
+
+    task = ray.remote(num_cpus=0, max_retries=0)(build_here)
+    pending = {}
+    for node in nodes:
+        strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
+        ref = task.options(scheduling_strategy=strategy, runtime_env=runtime_env).remote()
+        pending[ref] = node.get("NodeManagerHostname") or node["NodeID"][:8]
+    log(
+        f"making sure builtin:{name} is cached on {len(nodes)} node{'' if len(nodes) == 1 else 's'} "
+        "(a build is first run only, about 5 min)"
+    )
+    started = time.time()
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=BUILD_PROGRESS_SECONDS)
+        for ref in ready:
+            where = pending.pop(ref)
+            path, lines = ray.get(ref)
+            built = [line for line in lines if line.startswith("built ")]
+            log(f"  node {where}: {built[0] if built else 'cached'} ({path})")
+        if pending:
+            log(
+                f"  [{time.time() - started:.0f} s] builtin:{name} still building on "
+                + ", ".join(sorted(pending.values()))
+            )

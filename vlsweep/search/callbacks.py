@@ -1,0 +1,174 @@
+"""What the sweep's driver shows and records while Ray Tune runs: the progress line, Ray
+Tune's logger callbacks for the trials' curves, and ``Events`` (Ray's error text onto
+failed trials, the driver's heartbeat, the progress line every few seconds).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from ray.tune import Callback
+
+from vlsweep.search import study as studies
+from vlsweep.search.backend import waiting_reason
+from vlsweep.search.config import SweepConfig, check_loggers
+from vlsweep.search.searcher import OptunaAskTellSearcher
+
+Log = Callable[[str], None]
+# A progress line every 10 s while trials run, and when a trial finishes unless one was
+# printed in the last 2 s (short trials would otherwise flood the terminal, and each line
+# reads the whole study).
+PROGRESS_EVERY_SECONDS = 10.0
+PROGRESS_MIN_SECONDS = 2.0
+
+
+def progress_line(
+    study: optuna.Study,
+    names: list[str],
+    started: float,
+    total: int,
+    tune_trials: list[Any] | None = None,
+    waiting: str = "",
+    held: list[int] | None = None,
+) -> str:
+    """One line of sweep progress. Finished trials come from the study; running and pending
+    ones from Ray Tune (``tune_trials``) when given: an Optuna trial is RUNNING from the
+    moment it is asked for, while Ray may still be waiting for resources to start it."""
+    trials = study.get_trials(deepcopy=False)  # one read of the study per line
+    c = studies.counts(trials)
+    done = studies.finished_toward_budget(trials)
+    front = studies.pareto_front(study, trials)
+    shown = ", ".join(
+        "#{} {}".format(
+            t.number, " ".join(f"{n}={studies.fmt(v)}" for n, v in zip(names, t.values, strict=True))
+        )
+        for t in front[:4]
+    )
+    if tune_trials is None:
+        active = f"{c['RUNNING']} running"
+    else:
+        running = sum(t.status == "RUNNING" for t in tune_trials)
+        pending = sum(t.status == "PENDING" for t in tune_trials)
+        active = f"{running} running, {pending} pending" + (f" ({waiting})" if pending and waiting else "")
+    if held:  # search.reproducible: a free slot waits until these trials have ended
+        active += f", 1 slot held (search.reproducible: trial {held[0]} must end first)"
+    el = time.time() - started
+    return (
+        f"[{int(el // 60):02d}:{int(el % 60):02d}] {done}/{total} trials done: "
+        f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed, {active}"
+        + (f" | front: {shown}" + (" ..." if len(front) > 4 else "") if front else "")
+    )
+
+
+def trial_name(trial: Any) -> str:
+    """Ray trial names and directories say which Optuna trial they ran."""
+    return f"trial-{int(trial.config.get('optuna_trial', -1)):04d}-{trial.trial_id}"
+
+
+def logger_callbacks(cfg: SweepConfig) -> list[Callback]:
+    """Ray Tune's own logger callbacks for the trials' training curves, as the config asks."""
+    check_loggers(cfg)
+    out: list[Callback] = []
+    if cfg.logging.tensorboard:
+        from ray.tune.logger import TBXLoggerCallback
+
+        out.append(TBXLoggerCallback())
+    if cfg.logging.mlflow is not None:
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        out.append(
+            MLflowLoggerCallback(
+                tracking_uri=cfg.logging.mlflow.tracking_uri,
+                experiment_name=cfg.logging.mlflow.experiment_name or cfg.name,
+            )
+        )
+    if cfg.logging.wandb is not None:
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        out.append(
+            WandbLoggerCallback(project=cfg.logging.wandb.project or cfg.name, group=cfg.logging.wandb.group)
+        )
+    return out
+
+
+class Events(Callback):
+    """Driver-side hooks: Ray's error text onto failed trials, heartbeat, progress lines."""
+
+    def __init__(
+        self,
+        searcher: OptunaAskTellSearcher,
+        study: optuna.Study,
+        driver: str,
+        names: list[str],
+        started: float,
+        total: int,
+        log: Log,
+        *,
+        request: dict[str, float] | None = None,
+        scaling: bool = False,
+    ):
+        self.searcher, self.study, self.driver, self.names = searcher, study, driver, names
+        self.started, self.total, self.log = started, total, log
+        # What each trial asks Ray for, and whether an autoscaler may add nodes: what the
+        # progress line says a pending trial waits for.
+        self.request, self.scaling = request or {}, scaling
+        self.last = 0.0
+        self.last_line = ""
+        self.restarts: dict[str, int] = {}
+        self.tune_trials: list[Any] | None = None
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # Where Tune's loggers write this trial's curves (TensorBoard event files).
+        self.searcher.note(trial.trial_id, "log_dir", str(trial.path))
+
+    # Tune pickles its callbacks into tuner.pkl; a study would carry its storage URL, and
+    # with it any password. Nothing here is needed to restore a sweep (the study is).
+    def __getstate__(self) -> dict[str, Any]:
+        return {"names": self.names, "total": self.total}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # Ray restarts the trial (resources.retries) after its worker died: same Optuna trial.
+        self.restarts[trial.trial_id] = self.restarts.get(trial.trial_id, 0) + 1
+        self.searcher.note(trial.trial_id, "worker_restarts", self.restarts[trial.trial_id])
+        self.log(f"trial {trial.config.get('optuna_trial')}: its Ray worker died; restarting it")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        message = "the Ray worker failed"
+        err = trial.get_error()
+        if err is not None:
+            message = f"the Ray worker failed: {str(err).strip().splitlines()[-1]}"
+        self.searcher.fail(trial.trial_id, message)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.tune_trials = trials
+        self._tick(force=True)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.tune_trials = trials
+        self._tick()
+
+    def _tick(self, force: bool = False) -> None:
+        now = time.time()
+        if now - self.last >= (PROGRESS_MIN_SECONDS if force else PROGRESS_EVERY_SECONDS):
+            self.last = now
+            studies.heartbeat(self.study, self.driver)
+            trials = self.tune_trials or []
+            pending = any(t.status == "PENDING" for t in trials)
+            active = sum(t.status in ("PENDING", "RUNNING") for t in trials)
+            waiting = waiting_reason(self.request, self.scaling, active) if pending else ""
+            self.last_line = progress_line(
+                self.study,
+                self.names,
+                self.started,
+                self.total,
+                self.tune_trials,
+                waiting,
+                self.searcher.holding,
+            )
+            self.log(self.last_line)
