@@ -10,9 +10,9 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from vlsweep.errors import UserInputError
+from vlsweep.pareto import hypervolume
 from vlsweep.results import (
     SweepResults,
-    hypervolume,
     hypervolume_history,
     importances,
     knee,

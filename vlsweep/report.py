@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vlsweep.errors import UserInputError
+from vlsweep.metrics import METRICS
 from vlsweep.results import (
     SweepResults,
     front_rows,
@@ -26,21 +27,41 @@ _COLORS = {"front": "#1f77b4", "dominated": "#b0b0b0", "infeasible": "#d62728"}
 
 
 def _axis_title(name: str, direction: str) -> str:
-    return f"{name} ({'lower' if direction == 'minimize' else 'higher'} is better)"
+    metric = METRICS.get(name)
+    label = f"{name}: {metric.label}" if metric is not None else name
+    return f"{label} ({'lower' if direction == 'minimize' else 'higher'} is better)"
+
+
+# How each kind of point is drawn, in drawing order (the front on top).
+_KINDS = (
+    ("dominated", "dominated", "circle"),
+    ("infeasible", "infeasible (violates a constraint)", "x"),
+    ("front", "Pareto front", "circle"),
+)
 
 
 def pareto_figure(results: SweepResults, picked_number: int | None) -> Any:
-    import plotly.graph_objects as go
-
+    """The full-budget trials in objective space: a plane for two objectives, a 3-D scatter
+    for three, and every pair of objectives side by side for more."""
     picked = next((t for t in results.trials if t.number == picked_number), None)
     points = pareto_points(results, picked)
+    n = len(results.metric_names)
+    if n == 3:
+        fig = _pareto_3d(results, points)
+    elif n > 3:
+        fig = _pareto_pairs(results, points)
+    else:
+        fig = _pareto_2d(results, points)
+    fig.update_layout(title=f"Pareto front of {results.name!r}: {len(points)} full-budget trials")
+    return fig
+
+
+def _pareto_2d(results: SweepResults, points: list[Any]) -> Any:
+    import plotly.graph_objects as go
+
     x_name, y_name = results.metric_names[0], results.metric_names[1]
     fig = go.Figure()
-    for kind, label, symbol in (
-        ("dominated", "dominated", "circle"),
-        ("infeasible", "infeasible (violates a constraint)", "x"),
-        ("front", "Pareto front", "circle"),
-    ):
+    for kind, label, symbol in _KINDS:
         pts = [p for p in points if p.kind == kind]
         if kind == "front":
             pts.sort(key=lambda p: p.values[0])
@@ -67,13 +88,106 @@ def pareto_figure(results: SweepResults, picked_number: int | None) -> Any:
         if p.picked:
             fig.add_trace(_highlight(p, f"picked #{p.number}", "picked trial", star, "top"))
     fig.update_layout(
-        title=f"Pareto front of {results.name!r}: {len(points)} full-budget trials",
         xaxis_title=_axis_title(x_name, results.directions[0]),
         yaxis_title=_axis_title(y_name, results.directions[1]),
         template="plotly_white",
         legend={"orientation": "h", "y": -0.2},
         height=520,
     )
+    return fig
+
+
+def _hover(results: SweepResults) -> str:
+    return "%{text}" + "".join(
+        f"<br>{n}=%{{customdata[{i + 1}]:.4g}}" for i, n in enumerate(results.metric_names)
+    )
+
+
+def _pareto_3d(results: SweepResults, points: list[Any]) -> Any:
+    import plotly.graph_objects as go
+
+    names = results.metric_names
+    fig = go.Figure()
+    for kind, label, symbol in _KINDS:
+        pts = [p for p in points if p.kind == kind]
+        fig.add_trace(
+            go.Scatter3d(
+                x=[p.values[0] for p in pts],
+                y=[p.values[1] for p in pts],
+                z=[p.values[2] for p in pts],
+                mode="markers",
+                marker={"color": _COLORS[kind], "size": 5, "symbol": "x" if symbol == "x" else "circle"},
+                name=f"{label} ({len(pts)})",
+                text=[f"trial {p.number}" + (" (baseline)" if p.baseline else "") for p in pts],
+                customdata=[[p.number, *p.values] for p in pts],
+                hovertemplate=_hover(results) + "<extra></extra>",
+            )
+        )
+    for p in points:
+        if p.picked or p.baseline:
+            fig.add_trace(
+                go.Scatter3d(
+                    x=[p.values[0]],
+                    y=[p.values[1]],
+                    z=[p.values[2]],
+                    mode="markers+text",
+                    marker={"size": 9, "color": "#ff7f0e" if p.picked else "#2ca02c", "symbol": "diamond"},
+                    text=[f"{'picked' if p.picked else 'baseline'} #{p.number}"],
+                    textposition="top center" if p.picked else "bottom center",
+                    name="picked trial" if p.picked else "baseline (un-tuned defaults)",
+                    hoverinfo="skip",
+                )
+            )
+    # Short titles: a 3-D scene has no room for the metrics' labels.
+    better = {"minimize": "lower", "maximize": "higher"}
+    axes = {
+        f"{axis}axis_title": f"{names[i]} ({better[results.directions[i]]} is better)"
+        for i, axis in enumerate("xyz")
+    }
+    fig.update_layout(
+        scene=axes,
+        template="plotly_white",
+        legend={"orientation": "h", "y": -0.05},
+        height=640,
+        margin={"l": 10, "r": 10, "t": 60, "b": 10},
+    )
+    return fig
+
+
+def _pareto_pairs(results: SweepResults, points: list[Any]) -> Any:
+    import itertools
+
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    names, dirs = results.metric_names, results.directions
+    pairs = list(itertools.combinations(range(len(names)), 2))
+    cols = 3
+    rows = -(-len(pairs) // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"{names[j]} vs {names[i]}" for i, j in pairs])
+    for k, (i, j) in enumerate(pairs):
+        row, col = k // cols + 1, k % cols + 1
+        for kind, label, symbol in _KINDS:
+            pts = [p for p in points if p.kind == kind]
+            fig.add_trace(
+                go.Scatter(
+                    x=[p.values[i] for p in pts],
+                    y=[p.values[j] for p in pts],
+                    mode="markers",
+                    marker={"color": _COLORS[kind], "size": 7, "symbol": symbol},
+                    name=f"{label} ({len(pts)})",
+                    legendgroup=kind,
+                    showlegend=k == 0,
+                    text=[f"trial {p.number}" for p in pts],
+                    customdata=[[p.number, *p.values] for p in pts],
+                    hovertemplate=_hover(results) + "<extra></extra>",
+                ),
+                row=row,
+                col=col,
+            )
+        fig.update_xaxes(title_text=_axis_title(names[i], dirs[i]), row=row, col=col)
+        fig.update_yaxes(title_text=_axis_title(names[j], dirs[j]), row=row, col=col)
+    fig.update_layout(template="plotly_white", legend={"orientation": "h", "y": -0.1}, height=380 * rows)
     return fig
 
 
@@ -156,7 +270,7 @@ def lr_figure(results: SweepResults) -> Any:
     from plotly.subplots import make_subplots
 
     data = lr_against_objectives(results)
-    metrics = results.metric_names[:2]
+    metrics = results.metric_names
     rows = list(data) or ["lr_llm"]
     fig = make_subplots(
         rows=len(metrics),

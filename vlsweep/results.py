@@ -6,19 +6,22 @@ Everything here reads one list of trials, taken once from the study.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from vlsweep import pareto
 from vlsweep.errors import UserInputError
+from vlsweep.metrics import METRICS
+from vlsweep.params import GROUP_LR
 from vlsweep.search import study as studies
 
-LR_PARAMS = ("lr_vision", "lr_projector", "lr_llm")
 _WHERE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|<|>|==)\s*([-+0-9.eE]+)\s*$")
 
 
@@ -211,34 +214,17 @@ def pareto_points(results: SweepResults, picked: FrozenTrial | None) -> list[Par
 
 def reference_point(results: SweepResults) -> list[float]:
     """Hypervolume reference, in each objective's own direction: the worst value seen,
-    and never better than the natural worst of a known metric (CER 1, IoU 0)."""
-    natural = {"cer": 1.0, "iou": 0.0, "acc_iou50": 0.0, "parse_fail_rate": 1.0}
+    and never better than the metric's natural worst (CER 1, IoU 0; ``METRICS``)."""
     ref = []
     for i, (name, d) in enumerate(zip(results.metric_names, results.directions, strict=True)):
+        metric = METRICS.get(name)
+        natural = metric.worst if metric is not None else None
         seen = [t.values[i] for t in results.complete]
-        worst = (max(seen) if d == "minimize" else min(seen)) if seen else natural.get(name, 0.0)
-        if name in natural:
-            worst = max(worst, natural[name]) if d == "minimize" else min(worst, natural[name])
+        worst = (max(seen) if d == "minimize" else min(seen)) if seen else (natural or 0.0)
+        if natural is not None:
+            worst = max(worst, natural) if d == "minimize" else min(worst, natural)
         ref.append(float(worst))
     return ref
-
-
-def _to_min(values: list[float], directions: list[str]) -> list[float]:
-    return [v if d == "minimize" else -v for v, d in zip(values, directions, strict=True)]
-
-
-def hypervolume(points: list[list[float]], ref: list[float], directions: list[str]) -> float:
-    """Hypervolume (moocore) of ``points`` against ``ref``, both in the objectives' own directions."""
-    import moocore
-    import numpy as np
-
-    r = np.asarray(_to_min(ref, directions), dtype=float)
-    pts = [
-        p for p in (_to_min(v, directions) for v in points) if all(a < b for a, b in zip(p, r, strict=True))
-    ]
-    if not pts:
-        return 0.0
-    return float(moocore.hypervolume(np.asarray(pts, dtype=float), ref=r))
 
 
 def hypervolume_history(results: SweepResults, ref: list[float] | None = None) -> list[tuple[int, float]]:
@@ -250,19 +236,14 @@ def hypervolume_history(results: SweepResults, ref: list[float] | None = None) -
     hv = 0.0
     for t in sorted(results.trials, key=lambda t: t.number):
         if t.state == TrialState.COMPLETE and t.values and studies.feasible(t):
-            p = _to_min(list(t.values), directions)
-            if not any(_weakly_dominates(f, p) for f in front):
-                front = [f for f in front if not _weakly_dominates(p, f)] + [p]
+            p = list(t.values)
+            if not any(pareto.weakly_dominates(f, p, directions) for f in front):
+                front = [f for f in front if not pareto.weakly_dominates(p, f, directions)] + [p]
                 # Recomputed only when the front moves: linear in trials, not quadratic.
-                hv = hypervolume(front, _to_min(ref, directions), ["minimize"] * len(directions))
+                hv = pareto.hypervolume(front, ref, directions)
         if t.state.is_finished():
             out.append((t.number, hv))
     return out
-
-
-def _weakly_dominates(a: list[float], b: list[float]) -> bool:
-    """``a`` is at least as good as ``b`` everywhere (minimizing every objective)."""
-    return all(x <= y for x, y in zip(a, b, strict=True))
 
 
 def importances(results: SweepResults) -> dict[str, dict[str, float]]:
@@ -281,9 +262,10 @@ def importances(results: SweepResults) -> dict[str, dict[str, float]]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
+                snapshot = cast(optuna.Study, studies.TrialsSnapshot(results.study, results.trials))
                 imp = optuna.importance.get_param_importances(
-                    studies.TrialsSnapshot(results.study, results.trials),  # no second read
-                    target=lambda t, i=i, s=sign: s * t.values[i],
+                    snapshot,  # the trials already read: no second read of the study
+                    target=functools.partial(_signed_value, i, sign),
                 )
             out[name] = {k: float(v) for k, v in imp.items()}
         except (RuntimeError, ValueError):
@@ -291,10 +273,14 @@ def importances(results: SweepResults) -> dict[str, dict[str, float]]:
     return out
 
 
+def _signed_value(i: int, sign: float, trial: FrozenTrial) -> float:
+    return sign * trial.values[i]
+
+
 def lr_against_objectives(results: SweepResults) -> dict[str, list[dict[str, float]]]:
     """For each per-module learning rate searched: (lr, every objective, trial) per COMPLETE trial."""
     out: dict[str, list[dict[str, float]]] = {}
-    for p in LR_PARAMS:
+    for p in GROUP_LR.values():
         rows = [
             {
                 "trial": t.number,
@@ -321,7 +307,7 @@ def front_rows(results: SweepResults) -> list[dict[str, Any]]:
                 "dominates_baseline": bool(
                     base is not None
                     and t.number != base.number
-                    and studies.dominates(t, base, results.directions)
+                    and pareto.dominates(t.values, base.values, results.directions)
                 ),
                 "params": dict(t.params),
                 "log_dir": t.user_attrs.get("log_dir"),

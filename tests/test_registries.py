@@ -1,0 +1,151 @@
+"""The tables extensions land in: the parameter contract, the metrics, the Pareto module,
+the loss strategies, and the report drawing any number of objectives."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import subprocess
+import sys
+
+import optuna
+import pytest
+from optuna.trial import create_trial
+
+from vlsweep import pareto
+from vlsweep.config import LOSS_STRATEGIES, TrainConfig
+from vlsweep.metrics import METRICS, OBJECTIVES, Evaluation, compute
+from vlsweep.params import BASELINE, DEFAULT_SPACE, GROUP_LR, PARAM_NAMES, TrialParams, check_value
+from vlsweep.search.config import Objective, SweepConfig
+
+DATA = {"train": "t.jsonl", "val": "v.jsonl"}
+
+
+def test_one_definition_feeds_the_train_config_the_space_and_the_baseline():
+    assert set(BASELINE) == set(DEFAULT_SPACE) == set(PARAM_NAMES) == set(TrialParams.model_fields)
+    cfg = TrainConfig.model_validate({"data": DATA, "params": {"lr_llm": 3e-4}})
+    assert cfg.params == TrialParams(lr_llm=3e-4)
+    assert {g: cfg.params.lr_for(g) for g in GROUP_LR} == {"vision": 2e-4, "projector": 1e-3, "llm": 3e-4}
+    assert TrialParams.of({"lora_r": 4, "not_a_param": 1}) == TrialParams(lora_r=4)
+    assert TrialParams(warmup_ratio=0.1).warmup_steps(25) == 2  # the engine's and every export's count
+    assert check_value("lora_dropout", 1.0) == "lora_dropout must be in [0, 1), got 1.0"
+    assert check_value("lr_llm", -1.0) == "lr_llm must be a finite number >= 0, got -1.0"
+    assert check_value("lora_r", 2.5) == "lora_r must be an integer, got 2.5"
+    assert check_value("mix_temperature", 2.0) is None
+
+
+def test_a_train_config_refuses_an_unknown_parameter():
+    with pytest.raises(ValueError, match="params.lr_vit"):
+        TrainConfig.model_validate({"data": DATA, "params": {"lr_vit": 1e-4}})
+
+
+def test_every_metric_of_the_table_can_be_computed_or_is_timed():
+    ev = Evaluation(
+        ocr=[("12345", "12345"), ("1234", "12345")],
+        grounding=[((0, 0, 10, 10), (0, 0, 10, 10)), (None, (0, 0, 5, 5))],
+        val_loss={"ocr": 0.5, "grounding": 0.7},
+    )
+    got = compute(ev)
+    assert got["cer"] == pytest.approx(0.1) and got["iou"] == pytest.approx(0.5)
+    assert got["acc_iou50"] == 0.5 and got["parse_fail_rate"] == 0.5
+    assert got["val_loss_ocr"] == 0.5 and got["val_loss_grounding"] == 0.7
+    timed = {n for n, m in METRICS.items() if m.compute is None}
+    assert set(got) | timed == set(METRICS)
+    assert timed == {"train_seconds", "eval_seconds", "samples_per_second"}
+    # Without grounding samples, no grounding metric.
+    assert set(compute(Evaluation(ocr=[("1", "1")], val_loss={"ocr": 0.1}))) == {"cer", "val_loss_ocr"}
+
+
+def test_a_third_objective_takes_its_direction_from_the_table():
+    cfg = SweepConfig.model_validate({"data": DATA, "objectives": ["cer", "iou", "parse_fail_rate"]})
+    assert [o.direction for o in cfg.objectives] == ["minimize", "maximize", "minimize"]
+    assert set(OBJECTIVES) == {n for n, m in METRICS.items() if m.objective}
+    with pytest.raises(ValueError, match="unknown metric 'iou_se'"):
+        Objective(name="iou_se")  # recorded, never optimized
+
+
+def _brute_front(points, directions):
+    return [
+        i
+        for i, p in enumerate(points)
+        if not any(pareto.dominates(q, p, directions) for j, q in enumerate(points) if j != i)
+    ]
+
+
+def test_the_front_matches_brute_force_in_two_and_three_objectives_ties_included():
+    rng = random.Random(0)
+    for dirs in (["minimize", "maximize"], ["minimize", "maximize", "minimize"]):
+        points = [[rng.choice([0.1, 0.2, 0.3, 0.4]) for _ in dirs] for _ in range(40)]
+        assert pareto.front(points, dirs) == _brute_front(points, dirs)
+    assert pareto.front([[1, 2], [1, 2], [2, 3]], ["minimize", "minimize"]) == [0, 1]
+
+
+def test_hypervolume_in_three_objectives_is_the_union_of_boxes():
+    dirs = ["minimize", "maximize", "minimize"]
+    # Two boxes against ref (1, 0, 1): 0.5*0.5*0.5 and 0.25*0.75*0.25, overlapping 0.25*0.5*0.25.
+    hv = pareto.hypervolume([[0.5, 0.5, 0.5], [0.75, 0.75, 0.75]], [1.0, 0.0, 1.0], dirs)
+    assert hv == pytest.approx(0.125 + 0.046875 - 0.03125)
+
+
+def test_the_loss_table_and_the_config_name_the_same_strategies():
+    from vlsweep.trials import LOSSES
+
+    assert tuple(LOSSES) == LOSS_STRATEGIES
+    with pytest.raises(ValueError, match="loss.strategy"):
+        TrainConfig.model_validate({"data": DATA, "loss": {"strategy": "nope"}})
+
+
+def _study(names, directions, n=12):
+    study = optuna.create_study(directions=directions, study_name="s")
+    study.set_metric_names(names)
+    rng = random.Random(1)
+    dist = optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)
+    for i in range(n):
+        study.add_trial(
+            create_trial(
+                values=[rng.random() for _ in names],
+                params={"lr_llm": 10 ** -(2 + i / 5)},
+                distributions={"lr_llm": dist},
+                user_attrs={"baseline": True} if i == 0 else {},
+            )
+        )
+    return study
+
+
+@pytest.mark.parametrize(
+    "names, kind, subplots",
+    [
+        (["cer", "iou"], "scatter", 0),
+        (["cer", "iou", "parse_fail_rate"], "scatter3d", 0),
+        (["cer", "iou", "parse_fail_rate", "val_loss_ocr"], "scatter", 6),
+    ],
+)
+def test_the_report_draws_every_objective(names, kind, subplots):
+    from vlsweep.report import figures
+    from vlsweep.results import SweepResults
+
+    directions = [METRICS[n].direction for n in names]
+    res = SweepResults.of(_study(names, directions))
+    figs = figures(res, picked_number=3)
+    fig = figs["pareto"]
+    assert {t.type for t in fig.data} == {kind}
+    drawn = sum(len(t.x) for t in fig.data if (t.name or "").startswith(("Pareto front", "dominated")))
+    pairs = max(1, subplots)
+    assert drawn == len(res.complete) * pairs
+    if subplots:
+        titles = [a.text for a in fig.layout.annotations]
+        pairs_drawn = itertools.combinations(range(len(names)), 2)
+        assert titles == [f"{names[j]} vs {names[i]}" for i, j in pairs_drawn]
+    if kind == "scatter3d":
+        assert fig.layout.scene.zaxis.title.text.startswith("parse_fail_rate")
+    # Every objective gets its row of learning-rate plots.
+    assert len(figs["learning-rates"].data) == len(names)
+
+
+def test_importing_the_trials_front_door_loads_no_torch_and_every_name_resolves():
+    code = (
+        "import sys, vlsweep.trials as t; assert 'torch' not in sys.modules, 'torch loaded';"
+        "[getattr(t, n) for n in t.__all__]; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
