@@ -34,7 +34,7 @@ def scenes(
     """``n`` grounding records of ``style`` (images written under ``out``) and, for
     each, the boxes of every word in its scene."""
     from vlsweep.demo.synth import STYLES, grounding_scene
-    from vlsweep.trials.data import Record
+    from vlsweep.trials import Record
 
     rng = random.Random(seed)
     records, all_boxes = [], []
@@ -52,7 +52,7 @@ def scenes(
 
 def ocr_records(out: Path, style: str, n: int, seed: int) -> list[Any]:
     from vlsweep.demo.synth import STYLES, ocr_sample
-    from vlsweep.trials.data import Record
+    from vlsweep.trials import Record
 
     rng = random.Random(seed)
     records = []
@@ -70,8 +70,8 @@ def probe(model: str, samples: int, seed: int, words: int | None) -> dict[str, A
     from vlsweep import demo
     from vlsweep.config import load_train_config
     from vlsweep.metrics import iou
-    from vlsweep.trials import load_base
-    from vlsweep.trials.engine import Trainer, TrialData
+    from vlsweep.trials import TrialData, load_base
+    from vlsweep.trials.engine import Trainer  # the engine's internals: this probe scores without training
 
     # The demo's training settings (prompts, LoRA plan, eval batch size); only the model
     # and the data change.

@@ -61,7 +61,7 @@ def _init(every: int) -> None:
 
 def _run(job: tuple[int, dict[str, Any]]) -> dict[str, Any]:
     from vlsweep.params import TrialParams
-    from vlsweep.trials.engine import run_trial
+    from vlsweep.trials import run_trial
 
     index, values = job
     curve: list[dict[str, float]] = []

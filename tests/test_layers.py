@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +48,22 @@ def _modules() -> dict[str, Path]:
 
 
 def _imports(path: Path, known: set[str]) -> set[str]:
-    """Every module ``path`` imports, at any level of the file (functions, TYPE_CHECKING)."""
+    """Every module ``path`` imports, at any level of the file (functions, TYPE_CHECKING),
+    relative imports resolved against the file's package."""
     out: set[str] = set()
+    here = _module_name(path)
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*parent, *([node.module] if node.module else [])])
             for a in node.names:
-                sub = f"{node.module}.{a.name}"
-                out.add(sub if sub in known else node.module)
+                sub = f"{base}.{a.name}"
+                out.add(sub if sub in known else base)
     return out
 
 
@@ -68,7 +76,9 @@ def _layer(module: str) -> int:
     best = None
     for i, names in enumerate(LAYERS):
         for n in names:
-            if (module == n or module.startswith(n + ".")) and (best is None or len(n) > len(best[1])):
+            # A package's name covers its submodules; the top package's covers its __init__ only.
+            inside = module == n or (n != "vlsweep" and module.startswith(n + "."))
+            if inside and (best is None or len(n) > len(best[1])):
                 best = (i, n)
     assert best is not None, f"{module} is in no layer of tests/test_layers.py: add it"
     return best[0]
@@ -107,6 +117,18 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         if v not in index:
             visit(v)
     return out
+
+
+def test_the_import_reader_sees_function_level_and_relative_imports(tmp_path, monkeypatch):
+    pkg = tmp_path / "vlsweep" / "sub"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("def f():\n    from . import b\n    from ..cache import cache_dir\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    known = {"vlsweep.sub.b", "vlsweep.cache"}
+    assert _imports(pkg / "a.py", known) == {"vlsweep.sub.b", "vlsweep.cache"}
+    with pytest.raises(AssertionError, match="in no layer"):
+        _layer("vlsweep.newmodule")
 
 
 def test_the_cycle_finder_finds_a_cycle():

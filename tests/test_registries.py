@@ -138,6 +138,13 @@ def test_the_report_draws_every_objective(names, kind, subplots):
         assert titles == [f"{names[j]} vs {names[i]}" for i, j in pairs_drawn]
     if kind == "scatter3d":
         assert fig.layout.scene.zaxis.title.text.startswith("parse_fail_rate")
+    # The baseline (trial 0) and the picked trial are marked in every view (each pair).
+    for mark, number in (("picked trial", 3), ("baseline (un-tuned defaults)", 0)):
+        traces = [t for t in fig.data if t.name == mark]
+        assert len(traces) == pairs, mark
+        axes = list(itertools.combinations(range(len(names)), 2)) if subplots else [(0, 1)]
+        values = res.trial(number).values
+        assert [(t.x[0], t.y[0]) for t in traces] == [(values[i], values[j]) for i, j in axes], mark
     # Every objective gets its row of learning-rate plots.
     assert len(figs["learning-rates"].data) == len(names)
 

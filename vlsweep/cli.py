@@ -79,8 +79,9 @@ def train(
         from vlsweep import demo
         from vlsweep.trials import load_data, run_trial
 
-        cfg = demo.resolve(cfg, log=_echo)  # a builtin model is built on first use
+        cfg = demo.resolve(cfg, build=False)  # the data is checked before a first-run build
         data = load_data(cfg.data, base_dir)
+        cfg.model = demo.resolve_model(cfg.model, log=_echo)
         result = run_trial(
             cfg.params, cfg.budget, spec=cfg, data=data, output_dir=out, eval_base=eval_base, log=_echo
         )

@@ -174,10 +174,11 @@ def export_llamafactory(
             f"cannot be expressed; learning_rate is the LLM's ({params.lr_llm:.3g}). For per-module "
             "rates use --format swift (vit_lr / aligner_lr) or --format peft (param_groups.json)."
         )
-    notes.append(
-        f"LLaMA-Factory has no per-task loss weight: weight_ocr={params.weight_ocr:.3g} is not applied; "
-        "interleave_probs carries the task mix from mix_temperature."
-    )
+    if len(tasks) > 1:
+        notes.append(
+            f"LLaMA-Factory has no per-task loss weight: weight_ocr={params.weight_ocr:.3g} is not applied; "
+            "interleave_probs carries the task mix from mix_temperature."
+        )
     if cfg.lora.projector == "lora":
         notes.append("LoRA on the projector alone is not expressible; the projector stays frozen.")
     if cfg.lora.targets or cfg.lora.rank:
@@ -246,7 +247,10 @@ def export_swift(results: SweepResults, trial: FrozenTrial, out: Path, steps: in
     r = params.lora_r
     probs = _mix(cfg, params)
     lrs = _trained_lrs(cfg, params)
-    notes = [f"ms-swift has no per-task loss weight: weight_ocr={params.weight_ocr:.3g} is not applied."]
+    notes = []
+    if len(probs) > 1:
+        weight = f"weight_ocr={params.weight_ocr:.3g}"
+        notes.append(f"ms-swift has no per-task loss weight: {weight} is not applied.")
     args: list[tuple[str, Any]] = [
         ("--model", _model_name(cfg)),
         ("--tuner_type", "lora"),

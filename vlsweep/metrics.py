@@ -3,8 +3,9 @@
 ``METRICS`` is read by everything that needs to know a metric: config validation (which
 names may be objectives or constraints, and their default direction), the check that
 the validation data has the task a metric is measured on, the searcher (what it copies
-onto the Optuna trial), the results and status (the hypervolume reference point), and
-the report (axis titles). The engine computes every metric with a ``compute`` function
+onto the Optuna trial), the results (the hypervolume reference point), ``vlsweep
+status`` (what each objective means and which way is better), and the report (axis
+titles). The engine computes every metric with a ``compute`` function
 from one ``Evaluation``. A new objective is one entry here plus its function.
 """
 
@@ -51,6 +52,9 @@ class Metric:
     label: str
     # Whether a sweep may optimize it (an objective or a constraint), or only record it.
     objective: bool = True
+    # Whether each trial records it as a user attr. cer and iou are the study's first two
+    # values on every trial, so they are not attrs too.
+    attr: bool = True
 
 
 def corpus_cer(predictions: Sequence[str], references: Sequence[str]) -> float:
@@ -112,8 +116,8 @@ def _val_loss(task: str) -> Callable[[Evaluation], float]:
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
-        Metric("cer", "minimize", "ocr", 1.0, _cer, "OCR character error rate"),
-        Metric("iou", "maximize", "grounding", 0.0, _grounding("iou"), "localization IoU"),
+        Metric("cer", "minimize", "ocr", 1.0, _cer, "OCR character error rate", attr=False),
+        Metric("iou", "maximize", "grounding", 0.0, _grounding("iou"), "localization IoU", attr=False),
         Metric("acc_iou50", "maximize", "grounding", 0.0, _grounding("acc_iou50"), "accuracy at IoU >= 0.5"),
         Metric(
             "parse_fail_rate", "minimize", "grounding", 1.0, _grounding("parse_fail_rate"), "unparsed boxes"

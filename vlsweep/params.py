@@ -15,7 +15,6 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 TASKS = ("ocr", "grounding")
@@ -127,9 +126,9 @@ DEFAULT_SPACE: dict[str, Any] = {n: _searched(n).space for n in PARAM_NAMES}
 def rule(name: str) -> str:
     """The valid range of a parameter in words ("in [0, 1)", ">= 0"), from its field."""
     bounds: dict[str, Any] = {}
-    for m in TrialParams.model_fields[name].metadata:
+    for m in TrialParams.model_fields[name].metadata:  # pydantic's Ge, Gt, Le, Lt marks
         for kind in ("ge", "gt", "le", "lt"):
-            if isinstance(m, getattr(annotated_types, kind.capitalize())):
+            if getattr(m, kind, None) is not None:
                 bounds[kind] = getattr(m, kind)
     lo = ("[", bounds["ge"]) if "ge" in bounds else ("(", bounds["gt"]) if "gt" in bounds else None
     hi = ("]", bounds["le"]) if "le" in bounds else (")", bounds["lt"]) if "lt" in bounds else None

@@ -32,6 +32,8 @@ def _axis_title(name: str, direction: str) -> str:
     return f"{label} ({'lower' if direction == 'minimize' else 'higher'} is better)"
 
 
+_BASELINE = {"size": 14, "symbol": "diamond-open", "color": "#2ca02c", "line": {"width": 2}}
+_STAR = {"size": 20, "symbol": "star", "color": "#ff7f0e", "line": {"width": 1, "color": "black"}}
 # How each kind of point is drawn, in drawing order (the front on top).
 _KINDS = (
     ("dominated", "dominated", "circle"),
@@ -78,15 +80,13 @@ def _pareto_2d(results: SweepResults, points: list[Any]) -> Any:
                 hovertemplate=f"%{{text}}<br>{x_name}=%{{x:.4g}}<br>{y_name}=%{{y:.4g}}<extra></extra>",
             )
         )
-    baseline = {"size": 14, "symbol": "diamond-open", "color": "#2ca02c", "line": {"width": 2}}
-    star = {"size": 20, "symbol": "star", "color": "#ff7f0e", "line": {"width": 1, "color": "black"}}
     for p in points:
         if p.baseline:
             fig.add_trace(
-                _highlight(p, f"baseline #{p.number}", "baseline (un-tuned defaults)", baseline, "bottom")
+                _highlight(p, f"baseline #{p.number}", "baseline (un-tuned defaults)", _BASELINE, "bottom")
             )
         if p.picked:
-            fig.add_trace(_highlight(p, f"picked #{p.number}", "picked trial", star, "top"))
+            fig.add_trace(_highlight(p, f"picked #{p.number}", "picked trial", _STAR, "top"))
     fig.update_layout(
         xaxis_title=_axis_title(x_name, results.directions[0]),
         yaxis_title=_axis_title(y_name, results.directions[1]),
@@ -181,6 +181,24 @@ def _pareto_pairs(results: SweepResults, points: list[Any]) -> Any:
                     text=[f"trial {p.number}" for p in pts],
                     customdata=[[p.number, *p.values] for p in pts],
                     hovertemplate=_hover(results) + "<extra></extra>",
+                ),
+                row=row,
+                col=col,
+            )
+        for p in points:
+            if not (p.baseline or p.picked):
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=[p.values[i]],
+                    y=[p.values[j]],
+                    mode="markers",
+                    marker=_STAR if p.picked else _BASELINE,
+                    name="picked trial" if p.picked else "baseline (un-tuned defaults)",
+                    legendgroup="picked" if p.picked else "baseline",
+                    showlegend=k == 0,
+                    text=[f"{'picked' if p.picked else 'baseline'} #{p.number}"],
+                    hoverinfo="text",
                 ),
                 row=row,
                 col=col,

@@ -9,6 +9,7 @@ from typing import Any
 import optuna
 
 from vlsweep import pareto
+from vlsweep.metrics import METRICS
 from vlsweep.results import SweepResults
 from vlsweep.search import study as studies
 
@@ -43,6 +44,13 @@ def front_table(results: SweepResults) -> str:
             + " ".join(f"{n}={studies.fmt(v)}" for n, v in zip(names, baseline.values, strict=True))
             + "  (* = dominates the baseline)"
         )
+    legend = [
+        f"{n}: {m.label}, {'lower' if d == 'minimize' else 'higher'} is better"
+        for n, d in zip(names, results.directions, strict=True)
+        if (m := METRICS.get(n)) is not None
+    ]
+    if legend:
+        lines.append("; ".join(legend))
     return "\n".join(lines)
 
 

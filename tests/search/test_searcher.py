@@ -272,3 +272,27 @@ def test_a_reproducible_sweep_proposes_the_same_points_whatever_finishes_first(t
     plain_a, _ = _run_sweep_by_hand(tmp_path, "c", [0], reproducible=False)
     plain_b, _ = _run_sweep_by_hand(tmp_path, "d", [1, 1, 0], reproducible=False)
     assert plain_a != plain_b
+
+
+def test_the_metrics_table_sets_the_trial_attrs(searcher):
+    """Every metric of vlsweep.metrics other than the study's two values (cer, iou) is a
+    user attr, as docs/sweep.md lists them; keys outside the table are not copied."""
+    searcher.suggest("ray_a")
+    result = {
+        "steps": 100,
+        "cer": 0.3,
+        "iou": 0.4,
+        "train_seconds": 2.0,
+        "eval_seconds": 1.0,
+        "parse_fail_rate": 0.1,
+        "acc_iou50": 0.5,
+        "iou_se": 0.02,
+        "val_loss_ocr": 0.7,
+        "val_loss_grounding": 0.8,
+        "samples_per_second": 40.0,
+        "load_seconds": 3.0,
+    }
+    searcher.on_trial_complete("ray_a", result)
+    attrs = _only(searcher).user_attrs
+    recorded = {k for k in result if k in attrs}
+    assert recorded == set(result) - {"cer", "iou", "load_seconds"}

@@ -5,23 +5,32 @@ This package sits above the trial engine: a builtin model is built by fine-tunin
 checkpoint with the engine's own data, batching and loss, and is then a checkpoint
 directory like any other. ``resolve`` turns a config's builtin names into those cached
 paths (building on first use) before the engine sees the config, so the engine only ever
-loads paths and Hub ids. Heavy imports (torch, transformers) wait until a build needs them.
+loads paths and Hub ids. Importing the package loads the standard library only: the
+rest (pydantic configs, torch for a build) loads when first asked for.
 """
 
 from __future__ import annotations
 
-import random
-import shutil
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from vlsweep.cache import cache_dir
-from vlsweep.config import BUILTIN, DEMO_DATA, DataConfig, ModelConfig, RunConfig
 from vlsweep.demo.synth import DEMO_TRAIN, DEMO_VAL, STYLES, write_dataset
-from vlsweep.errors import UserInputError
 
 if TYPE_CHECKING:
     from vlsweep.demo.builtin import RECIPES, BuildProgress, ensure_builtin
+    from vlsweep.demo.sources import check_builtin, demo_data_dir, resolve, resolve_data, resolve_model
+
+# Public name -> the submodule that defines it, loaded on first use.
+_LAZY = {
+    "RECIPES": "builtin",
+    "BuildProgress": "builtin",
+    "ensure_builtin": "builtin",
+    "check_builtin": "sources",
+    "demo_data_dir": "sources",
+    "resolve": "sources",
+    "resolve_data": "sources",
+    "resolve_model": "sources",
+}
 
 __all__ = [
     "DEMO_TRAIN",
@@ -38,78 +47,9 @@ __all__ = [
     "write_dataset",
 ]
 
-# Bumped when the generator changes: a new cache entry, old ones are never read.
-DEMO_DATA_VERSION = 3
-Run = TypeVar("Run", bound=RunConfig)
 
-
-def __getattr__(name: str) -> Any:  # the recipe imports torch: loaded when first asked for
-    if name in ("RECIPES", "BuildProgress", "ensure_builtin"):
-        from vlsweep.demo import builtin
-
-        return getattr(builtin, name)
-    raise AttributeError(name)
-
-
-def check_builtin(source: str) -> None:
-    """A ``builtin:NAME`` model name must name a recipe."""
-    from vlsweep.demo.builtin import RECIPES
-
-    if source.removeprefix(BUILTIN) not in RECIPES:
-        raise UserInputError(
-            f"model.name_or_path: unknown builtin model {source!r}; "
-            f"choose one of {sorted(BUILTIN + n for n in RECIPES)}"
-        )
-
-
-def resolve_model(cfg: ModelConfig, *, log: Any = print) -> ModelConfig:
-    """The model config with a builtin name replaced by its cached checkpoint directory
-    (built on first use); any other name is returned as it is."""
-    if not cfg.name_or_path.startswith(BUILTIN):
-        return cfg
-    from vlsweep.demo.builtin import ensure_builtin
-
-    check_builtin(cfg.name_or_path)
-    path = ensure_builtin(cfg.name_or_path.removeprefix(BUILTIN), log=log)
-    return cfg.model_copy(update={"name_or_path": str(path)})
-
-
-def demo_data_dir(seed: int = 0) -> Path:
-    """The synthetic demo dataset, written on first use into the cache (deterministic)."""
-    out = cache_dir() / "data" / f"demo-v{DEMO_DATA_VERSION}-seed{seed}"
-    if not (out / "val.jsonl").is_file():
-        tmp = out.with_name(out.name + f".tmp{random.randrange(1 << 30)}")
-        write_dataset(tmp, seed=seed)
-        try:
-            tmp.rename(out)
-        except OSError:  # another process finished first: theirs is identical
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def resolve_data(cfg: DataConfig) -> DataConfig:
-    """The data config with ``builtin:demo/SPLIT`` paths replaced by the cached files."""
-    prefix = DEMO_DATA + "/"
-    if not any(s.path.startswith(prefix) for s in (*cfg.train, *cfg.val)):
-        return cfg
-
-    def local(sources: list[Any]) -> list[Any]:
-        return [
-            s.model_copy(update={"path": str(demo_data_dir() / f"{s.path.removeprefix(prefix)}.jsonl")})
-            if s.path.startswith(prefix)
-            else s
-            for s in sources
-        ]
-
-    return cfg.model_copy(update={"train": local(cfg.train), "val": local(cfg.val)})
-
-
-def resolve(cfg: Run, *, build: bool = True, log: Any = print) -> Run:
-    """A run config the engine can load: builtin data made concrete, and (with ``build``)
-    the builtin model too; without ``build`` a builtin model name is only checked."""
-    update: dict[str, Any] = {"data": resolve_data(cfg.data)}
-    if build:
-        update["model"] = resolve_model(cfg.model, log=log)
-    elif cfg.model.name_or_path.startswith(BUILTIN):
-        check_builtin(cfg.model.name_or_path)
-    return cfg.model_copy(update=update)
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vlsweep.demo' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"vlsweep.demo.{module}"), name)

@@ -1,1 +1,2 @@
-"""The sweep: Optuna study and storage, our Ray Tune searcher, launch/resume/status."""
+"""Running a sweep: the sweep loop, the Ray backend, schedulers, the Optuna searcher, the
+callbacks, the worker and the study's storage (ARCHITECTURE.md)."""

@@ -203,9 +203,9 @@ class OptunaAskTellSearcher(Searcher):
             return
         steps = int(result.get("steps") or steps or 0)
         trial.set_user_attr("steps", steps)
-        # Every other metric of the table is recorded on the trial (user attrs).
-        for key in METRICS:
-            value = None if key in self.objectives else result.get(key)
+        # The table's metrics other than the study's two values, as user attrs.
+        for key in (k for k, m in METRICS.items() if m.attr):
+            value = result.get(key)
             if isinstance(value, (int, float)) and math.isfinite(value):
                 trial.set_user_attr(key, float(value))
         if steps < self.budget_steps:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from vlsweep.config import BudgetConfig, DataConfig, TrainConfig
+from vlsweep.config import DEMO_DATA, BudgetConfig, DataConfig, TrainConfig
 from vlsweep.errors import UserInputError
 from vlsweep.metrics import Evaluation, compute
 from vlsweep.params import GROUP_LR, TrialParams
@@ -44,6 +44,11 @@ class TrialData:
 
 
 def _resolve(path: str, base_dir: Path) -> Path:
+    if path.startswith(DEMO_DATA):
+        raise UserInputError(
+            f"data: {path!r} is the builtin demo data: resolve it to its cached files with "
+            "vlsweep.demo.resolve before loading it"
+        )
     p = Path(path).expanduser()
     return p if p.is_absolute() else base_dir / p
 
