@@ -175,16 +175,22 @@ def test_the_trial_engine_imports_neither_ray_nor_optuna():
 
 
 def test_no_comment_or_docstring_points_outside_the_repository():
+    # The team's design notes live outside the repository; the code and docs must stand
+    # alone. (The name is split so that this file does not mention it either.)
+    outside = "DESIGN" + ".md"
     hits = [
         f"{p.relative_to(ROOT)}:{n}"
         for p in [
             *PKG.rglob("*.py"),
+            *(ROOT / "tests").rglob("*.py"),
+            *(ROOT / "benchmarks").rglob("*.py"),
             ROOT / ".ci" / "run",
+            ROOT / "pyproject.toml",
             *ROOT.glob("*.md"),
             *(ROOT / "docs").rglob("*.md"),
         ]
         for n, line in enumerate(p.read_text().splitlines(), start=1)
-        if "DESIGN.md" in line
+        if outside in line
     ]
     assert hits == []
 
