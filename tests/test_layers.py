@@ -25,6 +25,7 @@ LAYERS = [
         "vlsweep.params",
         "vlsweep.config",
         "vlsweep.cache",
+        "vlsweep.lazy",
         "vlsweep.metrics",
         "vlsweep.pareto",
         "vlsweep.spaces",
@@ -160,6 +161,27 @@ def test_packages_are_entered_through_their_front_door(package):
         if i.startswith(package + ".")
     ]
     assert wrong == []
+
+
+@pytest.mark.parametrize("package", FRONT_DOORS)
+def test_a_front_door_loads_every_name_it_declares_for_type_checkers(package):
+    """The names imported under TYPE_CHECKING are the ones __getattr__ loads at run time:
+    a name only the type checker sees would pass mypy and fail when used."""
+    import importlib
+
+    mod = importlib.import_module(package)
+    tree = ast.parse((PKG.parent / package.replace(".", "/") / "__init__.py").read_text())
+    typed = {
+        a.asname or a.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
+        for sub in ast.walk(node)
+        if isinstance(sub, ast.ImportFrom)
+        for a in sub.names
+    }
+    lazy = {n for n in mod.__all__ if n not in vars(mod)}  # __getattr__ does not cache
+    assert typed == lazy
+    assert all(getattr(mod, n) is not None for n in mod.__all__)
 
 
 def test_the_trial_engine_imports_neither_ray_nor_optuna():

@@ -72,18 +72,21 @@ def sweep_config(results: SweepResults) -> Any:
     return SweepConfig.model_validate(results.config)
 
 
-def trial_values(results: SweepResults, trial: FrozenTrial) -> dict[str, Any]:
-    """The space's fixed values plus the trial's samples, replayed through the space so
-    conditional and tied parameters resolve exactly as in the sweep."""
-    cfg = sweep_config(results)
-    space = cfg.parsed_space()
-    return space.suggest(optuna.trial.FixedTrial(dict(trial.params), number=trial.number), cfg.settings())
+def target_config(results: SweepResults) -> Any:
+    """The sweep config with builtin names made concrete (a builtin model: its cached
+    checkpoint, built if need be; the demo data: its cached files), so that another tool
+    can load what it names."""
+    from vlsweep import demo
+
+    return demo.resolve(sweep_config(results))
 
 
-def trial_params(results: SweepResults, trial: FrozenTrial) -> TrialParams:
-    """Every hyperparameter the trial ran with, as its worker built them: the space's
-    values over the engine defaults. Each format writes these, never defaults of its own."""
-    return TrialParams.of(trial_values(results, trial))
+def trial_params(cfg: Any, trial: FrozenTrial) -> TrialParams:
+    """Every hyperparameter the trial ran with, as its worker built them: the trial's
+    samples replayed through the space (so conditional and tied parameters resolve as in
+    the sweep), over the engine defaults. Each format writes these, never its own defaults."""
+    fixed = optuna.trial.FixedTrial(dict(trial.params), number=trial.number)
+    return TrialParams.of(cfg.parsed_space().suggest(fixed, cfg.settings()))
 
 
 def _trained_lrs(cfg: Any, params: TrialParams) -> dict[str, float]:
@@ -95,7 +98,7 @@ def _trained_lrs(cfg: Any, params: TrialParams) -> dict[str, float]:
 def export_vlsweep(results: SweepResults, trial: FrozenTrial, out: Path, steps: int | None) -> list[Path]:
     cfg = sweep_config(results)
     train = cfg.train_config().model_dump(mode="json")
-    train["params"] = trial_params(results, trial).to_dict()
+    train["params"] = trial_params(cfg, trial).to_dict()
     train["name"] = f"{results.name}-trial-{trial.number}"
     train["output_dir"] = f"runs/{results.name}-trial-{trial.number}"
     if steps is not None:
@@ -111,20 +114,11 @@ def export_vlsweep(results: SweepResults, trial: FrozenTrial, out: Path, steps: 
     return [path]
 
 
-def _resolved(cfg: Any) -> Any:
-    """The sweep config with builtin names made concrete (a builtin model: its cached
-    checkpoint, built if need be), so other tools can load what it names."""
-    from vlsweep import demo
-
-    return demo.resolve(cfg)
-
-
 def _train_counts(cfg: Any) -> dict[str, int]:
     """Training records per task, for the mixing probabilities (reads the data files)."""
-    from vlsweep import demo
     from vlsweep.trials import load_data
 
-    data = load_data(demo.resolve_data(cfg.data), Path.cwd())
+    data = load_data(cfg.data, Path.cwd())
     counts: dict[str, int] = {}
     for r in data.train:
         counts[r.task] = counts.get(r.task, 0) + 1
@@ -137,18 +131,13 @@ def _mix(cfg: Any, params: TrialParams) -> dict[str, float]:
     return task_probabilities(_train_counts(cfg), params.mix_temperature)
 
 
-def _model_name(cfg: Any) -> str:
-    """A path or Hub id other tools can load (a builtin model: its cached checkpoint)."""
-    return str(_resolved(cfg).model.name_or_path)
-
-
 def _family(cfg: Any) -> str | None:
     from transformers import AutoConfig
 
     from vlsweep.trials import family_for
 
     try:
-        hf = AutoConfig.from_pretrained(_model_name(cfg), trust_remote_code=cfg.model.trust_remote_code)
+        hf = AutoConfig.from_pretrained(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
     except OSError:
         return None
     fam = family_for(hf.model_type)
@@ -158,8 +147,8 @@ def _family(cfg: Any) -> str | None:
 def export_llamafactory(
     results: SweepResults, trial: FrozenTrial, out: Path, steps: int | None
 ) -> list[Path]:
-    cfg = sweep_config(results)
-    params = trial_params(results, trial)
+    cfg = target_config(results)
+    params = trial_params(cfg, trial)
     r = params.lora_r
     alpha = params.lora_alpha
     probs = _mix(cfg, params)
@@ -189,7 +178,7 @@ def export_llamafactory(
         notes.append(f"no LLaMA-Factory template known for model family {family!r}: set `template` yourself.")
     budget = cfg.budget
     doc: dict[str, Any] = {
-        "model_name_or_path": _model_name(cfg),
+        "model_name_or_path": cfg.model.name_or_path,
         "trust_remote_code": cfg.model.trust_remote_code,
         "stage": "sft",
         "do_train": True,
@@ -242,8 +231,8 @@ def export_llamafactory(
 
 
 def export_swift(results: SweepResults, trial: FrozenTrial, out: Path, steps: int | None) -> list[Path]:
-    cfg = sweep_config(results)
-    params = trial_params(results, trial)
+    cfg = target_config(results)
+    params = trial_params(cfg, trial)
     r = params.lora_r
     probs = _mix(cfg, params)
     lrs = _trained_lrs(cfg, params)
@@ -252,7 +241,7 @@ def export_swift(results: SweepResults, trial: FrozenTrial, out: Path, steps: in
         weight = f"weight_ocr={params.weight_ocr:.3g}"
         notes.append(f"ms-swift has no per-task loss weight: {weight} is not applied.")
     args: list[tuple[str, Any]] = [
-        ("--model", _model_name(cfg)),
+        ("--model", cfg.model.name_or_path),
         ("--tuner_type", "lora"),
         ("--dataset", [f"vlsweep_{t}.jsonl" for t in probs]),
         ("--interleave_prob", [f"{p:.4f}" for p in probs.values()]),
@@ -308,7 +297,7 @@ def _plan(cfg: Any, params: TrialParams) -> tuple[Any, dict[str, str]]:
     """The trial's LoRA plan on the model's skeleton, and the module-group regexes."""
     from vlsweep.trials import model_skeleton, plan_lora
 
-    model, _, groups = model_skeleton(_resolved(cfg).model)
+    model, _, groups = model_skeleton(cfg.model)
     try:
         return plan_lora(model, groups, params, cfg.lora), groups
     except ValueError as exc:
@@ -318,11 +307,11 @@ def _plan(cfg: Any, params: TrialParams) -> tuple[Any, dict[str, str]]:
 def export_peft(results: SweepResults, trial: FrozenTrial, out: Path, steps: int | None) -> list[Path]:
     from vlsweep.trials import peft_config
 
-    cfg = sweep_config(results)
-    params = trial_params(results, trial)
+    cfg = target_config(results)
+    params = trial_params(cfg, trial)
     plan, groups = _plan(cfg, params)
     lora = peft_config(plan, params, cfg.lora)
-    lora.base_model_name_or_path = _model_name(cfg)
+    lora.base_model_name_or_path = cfg.model.name_or_path
     lora.save_pretrained(str(out))
     lrs = _trained_lrs(cfg, params)
     prov = provenance(results, trial)

@@ -29,9 +29,9 @@ class Evaluation:
     val_loss: dict[str, float] = field(default_factory=dict)  # teacher-forced loss per task
 
     def has(self, task: str | None) -> bool:
-        if task is None:
-            return True
-        return bool(self.ocr) if task == "ocr" else bool(self.grounding) if task == "grounding" else False
+        """Whether the evaluation holds samples of ``task`` (None: any evaluation does)."""
+        samples = {"ocr": self.ocr, "grounding": self.grounding}
+        return task is None or bool(samples.get(task))
 
     @cached_property
     def grounding_scores(self) -> dict[str, float]:

@@ -44,8 +44,13 @@ def non_dominated_fronts(points: Sequence[Vector]) -> list[list[int]]:
 
 def front(points: Sequence[Vector], directions: Sequence[str]) -> list[int]:
     """Indices of the non-dominated points (equal points both stay), in order."""
-    fronts = non_dominated_fronts([to_min(p, directions) for p in points])
-    return fronts[0] if fronts else []
+    if not points:
+        return []
+    import moocore
+    import numpy as np
+
+    keep = moocore.is_nondominated(np.asarray([to_min(p, directions) for p in points]), keep_weakly=True)
+    return [int(i) for i in np.flatnonzero(keep)]
 
 
 def crowding_distance(points: Sequence[Vector]) -> list[float]:

@@ -21,6 +21,7 @@ from vlsweep.results import (
     lr_against_objectives,
     pareto_points,
     reference_point,
+    short,
 )
 
 _COLORS = {"front": "#1f77b4", "dominated": "#b0b0b0", "infeasible": "#d62728"}
@@ -342,17 +343,11 @@ def _front_table(results: SweepResults, picked_number: int | None) -> str:
         log = r["log_dir"]
         link = f'<a href="{Path(log).as_uri()}">{html.escape(Path(log).name)}</a>' if log else "-"
         cells = [f"#{r['trial']}{mark}", *(f"{r[m]:.4g}" for m in results.metric_names)]
-        cells += [_short(r["params"].get(p)) for p in params]
+        cells += [short(r["params"].get(p)) for p in params]
         body.append(
             f"<tr{style}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + f"<td>{link}</td></tr>"
         )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def _short(value: Any) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def render_html(results: SweepResults, picked_number: int | None, figs: dict[str, Any]) -> str:

@@ -314,3 +314,10 @@ def front_rows(results: SweepResults) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def short(value: Any) -> str:
+    """A parameter value for a table: 3 significant digits, "-" when absent."""
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -4,38 +4,29 @@ there, once)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import optuna
 
-from vlsweep import pareto
 from vlsweep.metrics import METRICS
-from vlsweep.results import SweepResults
+from vlsweep.results import SweepResults, front_rows, short
 from vlsweep.search import study as studies
 
 
 def front_table(results: SweepResults) -> str:
-    front, baseline, names = results.front, results.baseline, results.metric_names
-    if not front:
+    rows_data, baseline, names = front_rows(results), results.baseline, results.metric_names
+    if not rows_data:
         return f"study {results.name!r}: no COMPLETE trial yet"
-    params = sorted({k for t in front for k in t.params})
+    params = sorted({k for r in rows_data for k in r["params"]})
     header = ["trial", *names, *params]
-    rows = []
-    for t in front:
-        better = (
-            baseline is not None
-            and t.number != baseline.number
-            and pareto.dominates(t.values, baseline.values, results.directions)
-        )
-        rows.append(
-            [
-                f"#{t.number}{'*' if better else ''}",
-                *(studies.fmt(v) for v in t.values),
-                *(_short(t.params.get(p)) for p in params),
-            ]
-        )
+    rows = [
+        [
+            f"#{r['trial']}{'*' if r['dominates_baseline'] else ''}",
+            *(studies.fmt(r[n]) for n in names),
+            *(short(r["params"].get(p)) for p in params),
+        ]
+        for r in rows_data
+    ]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = [f"Pareto front of {results.name!r} ({len(front)} of {len(results.complete)} complete trials):"]
+    lines = [f"Pareto front of {results.name!r} ({len(rows)} of {len(results.complete)} complete trials):"]
     lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     if baseline is not None:
@@ -52,14 +43,6 @@ def front_table(results: SweepResults) -> str:
     if legend:
         lines.append("; ".join(legend))
     return "\n".join(lines)
-
-
-def _short(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
 
 
 def status_text(name: str | None, storage: str | None) -> str:

@@ -11,14 +11,20 @@ rest (pydantic configs, torch for a build) loads when first asked for.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from vlsweep.demo.synth import DEMO_TRAIN, DEMO_VAL, STYLES, write_dataset
+from vlsweep.lazy import lazy_exports
 
-if TYPE_CHECKING:
-    from vlsweep.demo.builtin import RECIPES, BuildProgress, ensure_builtin
-    from vlsweep.demo.sources import check_builtin, demo_data_dir, resolve, resolve_data, resolve_model
+if TYPE_CHECKING:  # for type checkers; at run time __getattr__ below loads them
+    from vlsweep.demo.builtin import RECIPES, BuildProgress, ensure_builtin  # noqa: F401
+    from vlsweep.demo.sources import (  # noqa: F401
+        check_builtin,
+        demo_data_dir,
+        resolve,
+        resolve_data,
+        resolve_model,
+    )
 
 # Public name -> the submodule that defines it, loaded on first use.
 _LAZY = {
@@ -31,25 +37,5 @@ _LAZY = {
     "resolve_data": "sources",
     "resolve_model": "sources",
 }
-
-__all__ = [
-    "DEMO_TRAIN",
-    "DEMO_VAL",
-    "RECIPES",
-    "STYLES",
-    "BuildProgress",
-    "check_builtin",
-    "demo_data_dir",
-    "ensure_builtin",
-    "resolve",
-    "resolve_data",
-    "resolve_model",
-    "write_dataset",
-]
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vlsweep.demo' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"vlsweep.demo.{module}"), name)
+__all__ = ["DEMO_TRAIN", "DEMO_VAL", "STYLES", "write_dataset", *_LAZY]
+__getattr__ = lazy_exports(__name__, _LAZY)

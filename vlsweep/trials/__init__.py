@@ -9,20 +9,20 @@ lazily, so ``import vlsweep.trials`` does not import torch until one is used.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from vlsweep.lazy import lazy_exports
 from vlsweep.params import TrialParams
 
-if TYPE_CHECKING:
-    from vlsweep.trials.batching import IGNORE, Encoder, collate
-    from vlsweep.trials.codecs import CODECS, BoxCodec
-    from vlsweep.trials.data import Record, TaskMixer, check_tasks, load_records, task_probabilities
-    from vlsweep.trials.engine import TrialData, load_data, run_trial
-    from vlsweep.trials.families import FAMILIES, Family, family_for
-    from vlsweep.trials.lora import peft_config, plan_lora
-    from vlsweep.trials.losses import LOSSES, task_losses
-    from vlsweep.trials.modeling import Base, check_model, load_base, model_skeleton
+if TYPE_CHECKING:  # for type checkers; at run time __getattr__ below loads them
+    from vlsweep.trials.batching import IGNORE, Encoder, collate  # noqa: F401
+    from vlsweep.trials.codecs import CODECS, BoxCodec  # noqa: F401
+    from vlsweep.trials.data import Record, TaskMixer, check_tasks, load_records, task_probabilities  # noqa: F401
+    from vlsweep.trials.engine import TrialData, load_data, run_trial  # noqa: F401
+    from vlsweep.trials.families import FAMILIES, Family, family_for  # noqa: F401
+    from vlsweep.trials.lora import peft_config, plan_lora  # noqa: F401
+    from vlsweep.trials.losses import LOSSES, task_losses  # noqa: F401
+    from vlsweep.trials.modeling import Base, check_model, load_base, model_skeleton  # noqa: F401
 
 # Public name -> the submodule that defines it.
 _EXPORTS = {
@@ -51,38 +51,5 @@ _EXPORTS = {
     "load_base": "modeling",
     "model_skeleton": "modeling",
 }
-
-__all__ = [
-    "TrialParams",
-    "IGNORE",
-    "Encoder",
-    "collate",
-    "CODECS",
-    "BoxCodec",
-    "Record",
-    "TaskMixer",
-    "check_tasks",
-    "load_records",
-    "task_probabilities",
-    "TrialData",
-    "load_data",
-    "run_trial",
-    "FAMILIES",
-    "Family",
-    "family_for",
-    "peft_config",
-    "plan_lora",
-    "LOSSES",
-    "task_losses",
-    "Base",
-    "check_model",
-    "load_base",
-    "model_skeleton",
-]
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vlsweep.trials' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"vlsweep.trials.{module}"), name)
+__all__ = ["TrialParams", *_EXPORTS]
+__getattr__ = lazy_exports(__name__, _EXPORTS)
