@@ -29,6 +29,7 @@ LAYERS = [
         "vlsweep.metrics",
         "vlsweep.pareto",
         "vlsweep.spaces",
+        "vlsweep.artifacts",
     ),
     ("vlsweep.trials",),
     ("vlsweep.demo",),

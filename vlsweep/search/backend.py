@@ -186,21 +186,32 @@ def ray_init(cfg: SweepConfig, address: str | None, log: Log, study: optuna.Stud
     return True
 
 
-def check_shared_storage(cfg: SweepConfig, storage_path: str) -> None:
-    """On a cluster of several nodes, Ray Tune's results must go where every node can write
-    and the driver can read: a URI, or a path the config declares shared. Said before any
-    trial starts."""
+def check_shared_storage(cfg: SweepConfig, storage_path: str, artifact_store: str | None = None) -> None:
+    """On a cluster of several nodes, Ray Tune's results and the trials' stored files must
+    go where every node can write and the driver can read: a URI, or a path the config
+    declares shared. Said before any trial starts."""
     import ray
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) < 2 or cfg.ray.shared_storage or "://" in storage_path:
+    if len(nodes) < 2 or cfg.ray.shared_storage:
         return
-    raise UserInputError(
-        f"ray.storage_path: {storage_path} is a local path, but the Ray cluster has {len(nodes)} "
-        "nodes, whose trials would write their results to their own disks; give a URI "
-        "(s3://bucket/runs, gs://...), or a path on a mount every node shares and set "
-        "ray.shared_storage: true (docs/cluster.md)"
-    )
+    problems = []
+    if "://" not in storage_path:
+        problems.append(
+            f"ray.storage_path: {storage_path} is a local path, but the Ray cluster has {len(nodes)} "
+            "nodes, whose trials would write their results to their own disks; give a URI "
+            "(s3://bucket/runs, gs://...), or a path on a mount every node shares and set "
+            "ray.shared_storage: true (docs/cluster.md)"
+        )
+    if artifact_store and artifact_store != "none" and "://" not in artifact_store:
+        problems.append(
+            f"artifacts.store: {artifact_store} is a local path, but the Ray cluster has {len(nodes)} "
+            "nodes, whose trials would store their adapters on their own disks; give s3://BUCKET, "
+            "or a path on a mount every node shares and set ray.shared_storage: true, or "
+            "artifacts.store: none (docs/cluster.md)"
+        )
+    if problems:
+        raise UserInputError(problems)
 
 
 def reap_local_ray(study: optuna.Study, log: Log) -> int:

@@ -139,6 +139,28 @@ class LoggingConfig(_Strict):
     wandb: WandbConfig | None = None  # needs `pip install wandb` and a logged-in account
 
 
+class ArtifactsConfig(_Strict):
+    # Where every finished trial's files (adapter, metrics.json, predictions.jsonl,
+    # train_log.jsonl) are stored as Optuna artifacts: a directory, or s3://BUCKET; "none"
+    # stores nothing. Default: beside an SQLite study file (vlsweep.db ->
+    # vlsweep-artifacts/), else <output_dir>/artifacts. On a cluster of several nodes every
+    # worker writes here: give s3://BUCKET, or a shared path with ray.shared_storage: true.
+    store: str | None = None
+    # Retention: the files of the Pareto front's trials and of the keep_last most recently
+    # finished ones are kept, the others removed as trials finish; null keeps all.
+    keep_last: int | None = Field(default=10, ge=0)
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str | None) -> str | None:
+        from vlsweep.artifacts import spec_problem
+
+        problem = value and spec_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
 class SweepConfig(RunConfig):
     name: str = "sweep"
     objectives: list[Objective] = Field(
@@ -151,6 +173,7 @@ class SweepConfig(RunConfig):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)
     # SQLAlchemy URL; else --storage, $VLSWEEP_STORAGE, sqlite:///vlsweep.db.
     storage: str | None = None
 

@@ -19,6 +19,8 @@ pickled storage carries the database URL, password included. This one:
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import re
 from typing import Any
@@ -27,10 +29,13 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from vlsweep import artifacts
 from vlsweep.metrics import METRICS
 from vlsweep.search.study import reproducible_slot
 from vlsweep.search.worker import ERROR_KEY
 from vlsweep.spaces import Space
+
+_log = logging.getLogger("vlsweep")
 
 # Where the trial ran (node id, worker process), recorded as reported.
 _WHERE_KEYS = ("node_id", "worker_pid")
@@ -48,6 +53,8 @@ class OptunaAskTellSearcher(Searcher):
         run_id: str = "",
         fail_fast: int = 0,
         reproducible_window: int | None = None,
+        artifact_store: Any | None = None,
+        keep_last: int | None = None,
     ):
         super().__init__(metric=None, mode=None)
         self.study = study
@@ -72,6 +79,9 @@ class OptunaAskTellSearcher(Searcher):
         self.window = reproducible_window
         self._held = False  # the last suggest() waited; re-read the study only after a trial ends
         self.holding: list[int] = []  # the trials that wait holds for, for the progress line
+        # Each finished trial's files, written to this store by its worker (vlsweep.artifacts).
+        self.artifact_store = artifact_store
+        self.keep_last = keep_last
 
     # -- Tune's hooks ----------------------------------------------------------------------
 
@@ -184,6 +194,7 @@ class OptunaAskTellSearcher(Searcher):
         self._where = {}
         self._first_errors, self.abort_reason = None, None
         self.window, self._held, self.holding = None, False, []
+        self.artifact_store, self.keep_last = None, None
 
     # -- telling Optuna --------------------------------------------------------------------
 
@@ -203,6 +214,7 @@ class OptunaAskTellSearcher(Searcher):
             return
         steps = int(result.get("steps") or steps or 0)
         trial.set_user_attr("steps", steps)
+        self._link_files(trial, result)
         # The table's metrics other than the study's two values, as user attrs.
         for key in (k for k, m in METRICS.items() if m.attr):
             value = result.get(key)
@@ -241,6 +253,19 @@ class OptunaAskTellSearcher(Searcher):
             )
         self.study.tell(trial, values)
         self._first_errors = None  # a trial succeeded: the sweep works
+        if self.artifact_store is not None:
+            try:
+                artifacts.prune(self.study, self.artifact_store, self.keep_last)
+            except Exception as exc:  # retention must never cost a sweep its trials
+                _log.warning("artifact retention failed (files are kept): %s", exc)
+
+    def _link_files(self, trial: optuna.Trial, result: dict[str, Any]) -> None:
+        """Link the files the worker stored to the Optuna trial (or say why there are none)."""
+        if result.get(artifacts.ERROR_KEY):
+            trial.set_user_attr("artifacts_error", str(result[artifacts.ERROR_KEY]))
+        metas = result.get(artifacts.RESULT_KEY)
+        if metas and self.artifact_store is not None:
+            artifacts.link(self.study._storage, trial._trial_id, json.loads(metas))
 
     def _tell_fail(self, trial_id: str, trial: optuna.Trial, message: str, steps: int | None = None) -> None:
         self._steps.pop(trial_id, None)

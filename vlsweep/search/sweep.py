@@ -30,6 +30,7 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune import Callback
 
+from vlsweep import artifacts
 from vlsweep.errors import SweepFailed, SweepInterrupted, UserInputError
 from vlsweep.params import BASELINE
 from vlsweep.search import study as studies
@@ -73,6 +74,17 @@ def _seed_points(study: optuna.Study, cfg: SweepConfig, space: Space) -> None:
                 user_attrs={"warm_start": i},
             )
         )
+
+
+def artifact_store_spec(cfg: SweepConfig, study: optuna.Study, storage_url: str, out_root: Path) -> str:
+    """Where this sweep stores its trials' files: the config's ``artifacts.store`` (a
+    relative directory taken from here), else what the study recorded (a resumed sweep
+    keeps its store), else the default beside the study."""
+    spec = cfg.artifacts.store or study.user_attrs.get(artifacts.STORE_ATTR)
+    spec = spec or artifacts.default_store(storage_url, out_root)
+    if spec != artifacts.NONE and artifacts.is_local(spec):
+        spec = str((Path.cwd() / Path(spec).expanduser()).resolve())
+    return spec
 
 
 def requeue_lost(study: optuna.Study, log: Log) -> int:
@@ -133,6 +145,7 @@ def run_sweep(
     reap_local_ray(study, log)
     out_root = Path(cfg.output_dir or f"runs/{cfg.name}")
     out_root = (out_root if out_root.is_absolute() else Path.cwd() / out_root).resolve()
+    store_spec = artifact_store_spec(cfg, study, storage_url, out_root)
     searcher: OptunaAskTellSearcher | None = None
     started_ray = False
     discard = False  # a study this call created, refused before any trial ran: not kept
@@ -140,6 +153,8 @@ def run_sweep(
         if not resume or not study.user_attrs.get("config"):
             study.set_user_attr("config", sanitized_config(cfg, base_dir))
             study.set_user_attr("vlsweep_version", __version__)
+        study.set_user_attr(artifacts.STORE_ATTR, store_spec)
+        store = artifacts.open_store(store_spec) if store_spec != artifacts.NONE else None
         trials = study.get_trials(deepcopy=False)
         if not trials:
             _seed_points(study, cfg, space)
@@ -153,7 +168,7 @@ def run_sweep(
             return study
         started_ray = ray_init(cfg, address, log, study)
         storage_path = cfg.ray.storage_path or str(out_root / "ray")
-        check_shared_storage(cfg, storage_path)
+        check_shared_storage(cfg, storage_path, store_spec)
         scaling = check_trial_fits(cfg, log)  # before a build of minutes, not after it
         ensure_model(cfg, log, beat=lambda: studies.heartbeat(study, driver))
         spec = cfg.train_config().model_dump(mode="json")
@@ -171,6 +186,7 @@ def run_sweep(
                 out_root=str(out_root),
                 threads=max(1, int(cfg.resources.cpus_per_trial)),
                 driver_dir=os.getcwd(),
+                artifact_store=None if store is None else store_spec,
             )
         request = trial_resources(cfg)
         resourced = tune.with_resources(
@@ -191,6 +207,8 @@ def run_sweep(
             run_id=driver,
             fail_fast=cfg.search.fail_fast,
             reproducible_window=window,
+            artifact_store=store,
+            keep_last=cfg.artifacts.keep_last,
         )
         started = time.time()
         events = Events(

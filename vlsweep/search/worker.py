@@ -70,6 +70,7 @@ def run(
     out_root: str,
     threads: int,
     driver_dir: str | None = None,
+    artifact_store: str | None = None,
 ) -> None:
     """Ray Tune function trainable: ``config`` is what the searcher suggested."""
     import ray
@@ -119,14 +120,25 @@ def run(
     except Exception as exc:  # a trial-level failure: recorded on the trial, not retried
         tune.report({ERROR_KEY: describe_failure(exc), **where, "steps": steps})
         return
-    # The engine reported each evaluation; a final report carries the run's timings.
-    tune.report(
-        {
-            **{k: v for k, v in result.items() if isinstance(v, (int, float))},
-            **where,
-            "steps": result["steps"],
-        }
-    )
+    # The engine reported each evaluation; a final report carries the run's timings and
+    # the metadata of the files stored for the driver to link to the Optuna trial.
+    final: dict[str, Any] = {k: v for k, v in result.items() if isinstance(v, (int, float))}
+    if artifact_store is not None:
+        final.update(_store_files(artifact_store, out))
+    tune.report({**final, **where, "steps": result["steps"]})
+
+
+def _store_files(spec: str, trial_dir: Path) -> dict[str, str]:
+    """Write the trial's files into the sweep's artifact store. A store this node cannot
+    write costs the trial its stored files, not its result: the reason is reported."""
+    from vlsweep import artifacts
+
+    try:
+        metas = artifacts.write_trial_files(artifacts.open_store(spec), trial_dir)
+    except Exception as exc:
+        reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        return {artifacts.ERROR_KEY: f"on node {socket.gethostname()}: {reason}"[-1000:]}
+    return {artifacts.RESULT_KEY: json.dumps(metas)}
 
 
 def describe_failure(exc: BaseException) -> str:
