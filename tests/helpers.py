@@ -33,3 +33,13 @@ def wait_for_http(url: str, proc, seconds: float = 30.0) -> bytes:
         except OSError:
             assert time.time() < deadline and proc.poll() is None, f"nothing answered at {url}"
             time.sleep(0.3)
+
+
+def swift_argv(script: str) -> list[str]:
+    """The ``swift sft`` command of an exported swift_sft.sh, as argv (without ``"$@"``)."""
+    import shlex
+
+    lines = script.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("swift sft"))
+    argv = shlex.split(" ".join(x.rstrip("\\") for x in lines[start:]))
+    return [a for a in argv if a != "$@"]

@@ -7,6 +7,7 @@ downloads a browser here.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -149,3 +150,39 @@ def test_report_png_through_kaleido_and_the_system_chromium(finished_sweep):
     assert pngs == ["r-hypervolume.png", "r-importance.png", "r-learning-rates.png", "r-pareto.png"]
     for p in (d / "png").glob("*.png"):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
+
+
+def test_dashboard_offers_each_trials_stored_files(finished_sweep, browser):
+    """The files a trial stored (adapter, metrics, predictions, training log) are in the
+    dashboard's artifact panel of that trial, and its download is the file itself."""
+    import urllib.request
+
+    from vlsweep import artifacts
+
+    d, url, name = finished_sweep
+    study = optuna.load_study(study_name=name, storage=url)
+    trial = next(t for t in study.get_trials() if t.state == TrialState.COMPLETE)
+    files = artifacts.trial_files(trial, artifacts.removed_ids(study))
+    assert set(files) == {n for _, n in artifacts.TRIAL_FILES}
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vlsweep.cli", "dashboard", "--storage", url, "--port", str(port)],
+        cwd=d,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/api/studies", server)
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        page.goto(f"http://127.0.0.1:{port}/dashboard/studies/{study._study_id}/trials?numbers={trial.number}")
+        for filename in files:
+            page.get_by_text(filename, exact=True).first.wait_for(timeout=30_000)
+        page.screenshot(path=str(d / "dashboard-artifacts.png"), full_page=True)
+        meta = files["metrics.json"]
+        link = f"http://127.0.0.1:{port}/artifacts/{study._study_id}/{trial._trial_id}/{meta.artifact_id}"
+        with urllib.request.urlopen(link, timeout=10) as resp:
+            assert json.loads(resp.read())["cer"] == pytest.approx(trial.values[0])
+    finally:
+        server.terminate()
+        server.wait(10)

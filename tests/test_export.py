@@ -6,7 +6,6 @@ import dataclasses
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 import yaml
 from optuna.trial import create_trial
 
-from tests.helpers import train_config
+from tests.helpers import swift_argv, train_config
 from tests.llamafactory_keys import LLAMAFACTORY_KEYS
 from tests.swift_keys import SWIFT_SFT_KEYS
 from vlsweep.export import export
@@ -110,7 +109,9 @@ def test_llamafactory_export_holds_only_keys_llamafactory_accepts(study_url, tmp
     unknown = set(doc) - LLAMAFACTORY_KEYS - _training_args()
     assert not unknown, unknown
     assert doc["learning_rate"] == pytest.approx(3e-4) and doc["lora_rank"] == 16 and doc["lora_alpha"] == 24
-    assert doc["freeze_vision_tower"] is False and doc["freeze_multi_modal_projector"] is False
+    # The projector is trained whole (additional_target), not through LoRA on its layers.
+    assert doc["freeze_vision_tower"] is False and doc["freeze_multi_modal_projector"] is True
+    assert doc["additional_target"] == "model.visual.merger"
     assert doc["template"] == "qwen2_vl" and doc["max_steps"] == 3
     probs = [float(p) for p in doc["interleave_probs"].split(",")]
     assert len(probs) == len(doc["dataset"].split(",")) and sum(probs) == pytest.approx(1.0, abs=1e-3)
@@ -119,12 +120,36 @@ def test_llamafactory_export_holds_only_keys_llamafactory_accepts(study_url, tmp
     assert "study 'exp', trial 1: cer=0.2, iou=0.5" in text and "Exported by vlsweep" in text
 
 
+def test_llamafactory_export_registers_the_trials_data_in_sharegpt(study_url, tmp_path, demo_data):
+    res = _results(study_url)
+    export(res, res.trial(1), "llamafactory", tmp_path / "lf")
+    doc = yaml.safe_load((tmp_path / "lf" / "llamafactory.yaml").read_text())
+    data_dir = tmp_path / "lf" / doc["dataset_dir"]
+    info = json.loads((data_dir / "dataset_info.json").read_text())
+    assert set(doc["dataset"].split(",")) == {"vlsweep_train_ocr", "vlsweep_train_grounding"}
+    assert set(info) == {f"vlsweep_{s}_{t}" for s in ("train", "val") for t in ("ocr", "grounding")}
+    source = [json.loads(line) for line in (demo_data / "train.jsonl").read_text().splitlines()]
+    rows = {}
+    for name in ("vlsweep_train_ocr", "vlsweep_train_grounding"):
+        assert info[name]["formatting"] == "sharegpt"
+        lines = (data_dir / info[name]["file_name"]).read_text().splitlines()
+        rows[name] = [json.loads(line) for line in lines]
+    assert len(rows["vlsweep_train_ocr"]) + len(rows["vlsweep_train_grounding"]) == len(source)
+    ocr = rows["vlsweep_train_ocr"][0]
+    assert ocr["messages"][0] == {"role": "user", "content": "<image>What is the text in the image?"}
+    assert Path(ocr["images"][0]).is_absolute() and Path(ocr["images"][0]).is_file()
+    grounding = rows["vlsweep_train_grounding"][0]
+    assert grounding["messages"][0]["content"].startswith("<image>Where is ")
+    # Qwen2-VL's own box format, as the trial trained on it.
+    box = r"<\|box_start\|>\(\d+,\d+\),\(\d+,\d+\)<\|box_end\|>"
+    assert re.fullmatch(box, grounding["messages"][1]["content"])
+
+
 def test_swift_export_uses_only_swift_sft_arguments(study_url, tmp_path):
     res = _results(study_url)
     export(res, res.trial(2), "swift", tmp_path / "sw")
     script = (tmp_path / "sw" / "swift_sft.sh").read_text()
-    command = " ".join(line.rstrip("\\").strip() for line in script.splitlines() if not line.startswith("#"))
-    argv = shlex.split(command)
+    argv = swift_argv(script)
     assert argv[:2] == ["swift", "sft"]
     flags = {a[2:]: i for i, a in enumerate(argv) if a.startswith("--")}
     unknown = set(flags) - SWIFT_SFT_KEYS - _training_args()
@@ -133,11 +158,56 @@ def test_swift_export_uses_only_swift_sft_arguments(study_url, tmp_path):
     assert float(argv[flags["aligner_lr"] + 1]) == pytest.approx(2e-3)
     assert float(argv[flags["learning_rate"] + 1]) == pytest.approx(3e-4)
     assert argv[flags["freeze_vit"] + 1] == "false"
+    # A local checkpoint: ms-swift needs the type and template said.
+    assert argv[flags["model_type"] + 1] == "qwen2_vl" and argv[flags["template"] + 1] == "qwen2_vl"
+    assert argv[flags["modules_to_save"] + 1] == "model.visual.merger"
     assert "trial 2: cer=0.1, iou=0.2" in script
     bash = subprocess.run(
         ["bash", "-n", str(tmp_path / "sw" / "swift_sft.sh")], capture_output=True, text=True
     )
     assert bash.returncode == 0, bash.stderr
+
+
+def test_swift_export_carries_the_task_weights_as_loss_scales(study_url, tmp_path):
+    from vlsweep.export import token_loss_scales, turns
+
+    res = _results(study_url)
+    export(res, res.trial(2), "swift", tmp_path / "sw")
+    script = (tmp_path / "sw" / "swift_sft.sh").read_text()
+    argv = swift_argv(script)
+    assert argv[argv.index("--is_binary_loss_scale") + 1] == "false"
+    scales = {}
+    for task in ("ocr", "grounding"):
+        lines = (tmp_path / "sw" / "data" / f"vlsweep_train_{task}.jsonl").read_text().splitlines()
+        scales[task] = {json.loads(line)["messages"][1]["loss_scale"] for line in lines}
+        assert len(scales[task]) == 1  # one scale per task
+    # Each task's scale times its share of the answer tokens is its trial weight (0.5 each).
+    from vlsweep.export import target_config
+
+    samples = turns(target_config(res))["train"]
+    probs = dict(zip(("ocr", "grounding"), (0.5, 0.5), strict=True))
+    tokens = {
+        t: sum(s.answer_tokens for s in samples if s.task == t) / sum(s.task == t for s in samples)
+        for t in probs
+    }
+    share = {t: probs[t] * tokens[t] / sum(probs[u] * tokens[u] for u in probs) for t in probs}
+    got = token_loss_scales(samples, probs, {"ocr": 0.5, "grounding": 0.5})
+    assert {t: got[t] * share[t] for t in probs} == pytest.approx({"ocr": 0.5, "grounding": 0.5})
+
+
+def test_swift_export_refuses_loraplus_with_module_lrs_unless_forced(study_url, tmp_path, capsys):
+    from vlsweep.errors import UserInputError
+
+    res = _results(study_url)
+    res.config["lora"]["loraplus_lr_ratio"] = 16.0
+    with pytest.raises(UserInputError) as err:
+        export(res, res.trial(2), "swift", tmp_path / "sw")
+    assert "drops --vit_lr and --aligner_lr" in str(err.value) and "--force" in str(err.value)
+    assert not (tmp_path / "sw" / "swift_sft.sh").exists()
+    export(res, res.trial(2), "swift", tmp_path / "sw", force=True)
+    script = (tmp_path / "sw" / "swift_sft.sh").read_text()
+    assert "# NOTE: (exported with --force) lora.loraplus_lr_ratio" in script
+    assert "(exported with --force)" in capsys.readouterr().err
 
 
 def test_vlsweep_export_is_a_train_config_with_the_trial_params(study_url, tmp_path):

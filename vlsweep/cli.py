@@ -20,7 +20,7 @@ from vlsweep.errors import SweepInterrupted, SweepStopped, UserInputError
 if TYPE_CHECKING:  # heavy imports stay inside the commands (`vlsweep --help` is fast)
     import optuna
 
-    from vlsweep.config import RunConfig
+    from vlsweep.config import RunConfig, TrainConfig
     from vlsweep.search.config import SweepConfig
     from vlsweep.trials import TrialData
 
@@ -266,13 +266,19 @@ def dashboard(
         str, typer.Option(help="address to listen on (loopback unless you say otherwise)")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
+    artifacts: Annotated[
+        str | None,
+        typer.Option(help="artifact store of the trials' files (default: the one the sweeps recorded)"),
+    ] = None,
 ) -> None:
-    """Browse the sweep's studies in optuna-dashboard (Pareto front, history, importances)."""
+    """Browse the sweep's studies in optuna-dashboard (Pareto front, history, importances,
+    each trial's files)."""
     try:
         from vlsweep.search.study import masked, open_storage, storage_url
 
         url = storage_url(storage)
         store = open_storage(url)  # the password stays in this process, never on a command line
+        artifact_store = _dashboard_artifacts(store, artifacts)
         import optuna_dashboard
     except UserInputError as err:
         _fail(err)
@@ -282,7 +288,113 @@ def dashboard(
             "reach this port can read, annotate and delete studies; prefer an SSH tunnel to 127.0.0.1"
         )
     _echo(f"optuna-dashboard on {masked(url)}: http://{host}:{port}/ (Ctrl-C stops it)")
-    optuna_dashboard.run_server(store, host=host, port=port)
+    optuna_dashboard.run_server(store, host=host, port=port, artifact_store=artifact_store)
+
+
+def _dashboard_artifacts(storage: Any, given: str | None) -> Any:
+    """The artifact store the dashboard serves: ``--artifacts``, else the one the studies
+    recorded (optuna-dashboard serves one store for all studies)."""
+    import optuna
+
+    from vlsweep import artifacts as arts
+
+    if given:
+        return arts.open_store(given)
+    specs = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        spec = summary.user_attrs.get(arts.STORE_ATTR)
+        if spec and spec != arts.NONE and spec not in specs:
+            specs.append(spec)
+    if not specs:
+        return None
+    if len(specs) > 1:
+        _echo(
+            f"warning: the studies store their files in {len(specs)} places; serving {specs[0]} "
+            "(pass --artifacts for another)"
+        )
+    _echo(f"trial files (artifacts) from {specs[0]}")
+    return arts.open_store(specs[0])
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[
+        str | None,
+        typer.Option(help="base model: Hub id, checkpoint directory (a merged export too), builtin:NAME"),
+    ] = None,
+    adapter: Annotated[Path | None, typer.Option(help="peft adapter directory to put on the model")] = None,
+    data: Annotated[
+        list[Path] | None,
+        typer.Option(help="validation data, vlsweep JSONL (repeatable; default: the config's)"),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="train config: prompts, eval budget, model settings (e.g. an export's train.yaml)"),
+    ] = None,
+    output_dir: Annotated[
+        Path | None, typer.Option("-o", "--output-dir", help="write metrics.json and predictions.jsonl")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON, not a table")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: the config's)")] = None,
+) -> None:
+    """Score a model (and adapter) with the sweep's metrics: CER, IoU, acc@0.5, parse
+    failures and per-task loss, as a trial's evaluation computes them. Use it on whatever
+    your trainer produced from an export."""
+    try:
+        cfg, base_dir = _eval_config(model, data, config, device)
+        from vlsweep import demo
+        from vlsweep.trials import load_data, score
+
+        cfg = demo.resolve(cfg, build=False)
+        val = load_data(cfg.data, base_dir, ("val",)).val
+        cfg.model = demo.resolve_model(cfg.model, log=_echo)
+        what = cfg.model.name_or_path + (f" + {adapter}" if adapter else "")
+        _echo(f"vlsweep eval: {what} on {len(val)} samples")
+        metrics, predictions = score(cfg, val, adapter=adapter, log=_echo)
+    except UserInputError as err:
+        _fail(err)
+    if output_dir is not None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (output_dir / "predictions.jsonl").write_text(predictions)
+        _echo(f"wrote {output_dir / 'metrics.json'} and {output_dir / 'predictions.jsonl'}")
+    if as_json:
+        typer.echo(json.dumps(metrics))
+        return
+    from vlsweep.metrics import METRICS
+
+    width = max(len(k) for k in metrics)
+    for key, value in metrics.items():
+        label = METRICS[key].label if key in METRICS else ""
+        typer.echo(f"{key:<{width}}  {value:<10.6g}  {label}".rstrip())
+
+
+def _eval_config(
+    model: str | None, data: list[Path] | None, config: Path | None, device: str | None
+) -> tuple[TrainConfig, Path]:
+    """The config ``vlsweep eval`` scores with: ``--config`` (a train config) or the
+    defaults, with ``--model``, ``--data`` and ``--device`` over it."""
+    from vlsweep.config import TrainConfig, load_train_config
+
+    if config is not None:
+        cfg, base_dir = load_train_config(config)
+    else:
+        problems = [] if model else ["--model: give the model to score (or --config with model.name_or_path)"]
+        problems += [] if data else ["--data: give the validation data to score on (vlsweep JSONL)"]
+        if problems:
+            raise UserInputError(problems)
+        cfg, base_dir = TrainConfig.model_validate({"data": {"train": [], "val": []}}), Path.cwd()
+    update: dict[str, Any] = {}
+    if model:
+        cfg.model = cfg.model.model_copy(update={"name_or_path": model})
+    if device:
+        update["device"] = device
+        cfg.model = cfg.model.model_copy(update=update)
+    if data:
+        cfg.data = cfg.data.model_validate(
+            {**cfg.data.model_dump(), "val": [{"path": str(p.resolve())} for p in data]}
+        )
+    return cfg, base_dir
 
 
 PickOpt = Annotated[
@@ -334,7 +446,9 @@ def report(
 @app.command()
 def export(
     name: Annotated[str, typer.Argument(help="study name")],
-    format: Annotated[str, typer.Option("--format", help="vlsweep, llamafactory, swift or peft")] = "vlsweep",
+    format: Annotated[
+        str, typer.Option("--format", help="vlsweep, llamafactory, swift, peft, adapter or merged")
+    ] = "vlsweep",
     pick: PickOpt = "knee",
     where: WhereOpt = None,
     output_dir: Annotated[
@@ -343,16 +457,23 @@ def export(
     steps: Annotated[
         int | None, typer.Option(help="training steps of the exported run (default: the sweep's)")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="export what the tool would train differently, as notes")
+    ] = False,
+    adapter: Annotated[
+        Path | None, typer.Option(help="merged: merge this adapter directory instead of the stored one")
+    ] = None,
     storage: StorageOpt = None,
 ) -> None:
-    """Export the picked trial's hyperparameters for vlsweep train, LLaMA-Factory, ms-swift or peft."""
+    """Export the picked trial for vlsweep train, LLaMA-Factory, ms-swift or peft, or the
+    adapter it trained (adapter), or the base with it merged in (merged)."""
     try:
         from vlsweep.export import export as run_export
 
         results, trial = _results_and_pick(name, storage, pick, where, optional=False)
         assert trial is not None
         out = output_dir or Path(f"export-{name}-trial-{trial.number}")
-        paths = run_export(results, trial, format, out, steps)
+        paths = run_export(results, trial, format, out, steps, force=force, adapter=adapter)
     except UserInputError as err:
         _fail(err)
     values = " ".join(f"{n}={v:.4g}" for n, v in zip(results.metric_names, trial.values, strict=True))

@@ -1,20 +1,26 @@
-"""``vlsweep export``: a chosen trial's hyperparameters in the format of the tool users
-train with. Every file records where it came from (study, trial, objective values,
+"""``vlsweep export``: a chosen trial in the format of the tool users train with, or the
+weights it trained. Every file records where it came from (study, trial, objective values,
 vlsweep version).
 
 - ``vlsweep``: a ``vlsweep train`` config; same model, data, budget and seed reproduce
   the trial.
-- ``llamafactory``: a LLaMA-Factory SFT YAML (one learning rate only: see the comments it
-  carries).
-- ``swift``: an ms-swift ``swift sft`` command line (it has per-module learning rates).
+- ``llamafactory``: a LLaMA-Factory SFT YAML with the trial's data converted to sharegpt
+  and registered (``data/dataset_info.json``); ``llamafactory-cli train llamafactory.yaml``
+  runs from the export directory. One learning rate only: the file says what is lost.
+- ``swift``: an ms-swift ``swift sft`` script with the data converted (per-module
+  learning rates; task loss weights as each answer's ``loss_scale``).
 - ``peft``: ``adapter_config.json`` (a peft ``LoraConfig``) and ``param_groups.json``
   (the optimizer's groups: regexes and learning rates).
+- ``adapter``: the adapter the trial trained, from the sweep's artifact store.
+- ``merged``: the base model with that adapter merged in, saved with its processor.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+import sys
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -95,7 +101,17 @@ def _trained_lrs(cfg: Any, params: TrialParams) -> dict[str, float]:
     return {g: params.lr_for(g) for g in GROUP_LR if trains[g]}
 
 
-def export_vlsweep(results: SweepResults, trial: FrozenTrial, out: Path, steps: int | None) -> list[Path]:
+@dataclass
+class Options:
+    """What ``vlsweep export`` passes every format."""
+
+    steps: int | None = None  # training steps of the exported run (default: the sweep's)
+    force: bool = False  # export combinations the tool would mishandle, as notes
+    adapter: Path | None = None  # merged: this adapter directory instead of the stored one
+
+
+def export_vlsweep(results: SweepResults, trial: FrozenTrial, out: Path, opts: Options) -> list[Path]:
+    steps = opts.steps
     cfg = sweep_config(results)
     train = cfg.train_config().model_dump(mode="json")
     train["params"] = trial_params(cfg, trial).to_dict()
@@ -114,21 +130,81 @@ def export_vlsweep(results: SweepResults, trial: FrozenTrial, out: Path, steps: 
     return [path]
 
 
-def _train_counts(cfg: Any) -> dict[str, int]:
-    """Training records per task, for the mixing probabilities (reads the data files)."""
-    from vlsweep.trials import load_data
+@dataclass
+class Turn:
+    """One sample as a single-turn chat another trainer reads: the question the trial asked
+    (the config's prompt for its task) about one image, and the answer it trained toward
+    (boxes in the model family's format)."""
+
+    task: str
+    image: str  # absolute path
+    question: str
+    answer: str
+    answer_tokens: int  # the answer's tokens with the end of turn, as the trial's labels count
+
+
+def turns(cfg: Any) -> dict[str, list[Turn]]:
+    """The trial's training and validation samples as chat turns, encoded by the model's
+    own processor exactly as the trial encodes them (no model weights are loaded)."""
+    from vlsweep.trials import Encoder, load_data, load_processing
 
     data = load_data(cfg.data, Path.cwd())
-    counts: dict[str, int] = {}
-    for r in data.train:
-        counts[r.task] = counts.get(r.task, 0) + 1
-    return counts
+    proc = load_processing(cfg.model)
+    encoder = Encoder(proc.processor, proc.family, proc.codec, {t: cfg.data.prompt(t) for t in TASKS})
+    out: dict[str, list[Turn]] = {}
+    for split, records in (("train", data.train), ("val", data.val)):
+        rows = []
+        for rec in records:
+            enc = encoder.encode(rec)
+            n_answer = enc.full["input_ids"].shape[1] - enc.prompt["input_ids"].shape[1]
+            image = str(Path(rec.image).resolve())
+            rows.append(Turn(rec.task, image, encoder.question(rec), enc.answer, n_answer))
+        out[split] = rows
+    return out
 
 
-def _mix(cfg: Any, params: TrialParams) -> dict[str, float]:
+def _mix(samples: list[Turn], params: TrialParams) -> dict[str, float]:
+    """The trial's task sampling probabilities (``mix_temperature`` over the task sizes)."""
     from vlsweep.trials import task_probabilities
 
-    return task_probabilities(_train_counts(cfg), params.mix_temperature)
+    counts: dict[str, int] = {}
+    for t in samples:
+        counts[t.task] = counts.get(t.task, 0) + 1
+    return task_probabilities(counts, params.mix_temperature)
+
+
+def token_loss_scales(
+    samples: list[Turn], probs: dict[str, float], weights: dict[str, float]
+) -> dict[str, float]:
+    """Per-token loss scales that give each task the weight the trial gave it.
+
+    The trial weights each task's *mean* loss (``weight_ocr`` and 1 - it); a trainer that
+    averages scaled token losses over the batch weights a task by its scale times its
+    share of the answer tokens. That share is the task's sampling probability times its
+    mean answer length, so the scale is the weight over the share (all scales are 1 when
+    the weights equal the shares)."""
+    tokens = {t: 0 for t in probs}
+    counts = {t: 0 for t in probs}
+    for s in samples:
+        tokens[s.task] += s.answer_tokens
+        counts[s.task] += 1
+    mean = {t: tokens[t] / max(counts[t], 1) for t in probs}
+    total = sum(probs[t] * mean[t] for t in probs)
+    return {t: weights[t] / (probs[t] * mean[t] / total) for t in probs}
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return path
+
+
+def _chat(t: Turn, loss_scale: float | None = None) -> dict[str, Any]:
+    """A sample as LLaMA-Factory's sharegpt and ms-swift's messages formats both read it."""
+    answer: dict[str, Any] = {"role": "assistant", "content": t.answer}
+    if loss_scale is not None:
+        answer["loss_scale"] = round(loss_scale, 6)
+    return {"messages": [{"role": "user", "content": "<image>" + t.question}, answer], "images": [t.image]}
 
 
 def _family(cfg: Any) -> str | None:
@@ -144,14 +220,28 @@ def _family(cfg: Any) -> str | None:
     return fam.name if fam else None
 
 
-def export_llamafactory(
-    results: SweepResults, trial: FrozenTrial, out: Path, steps: int | None
-) -> list[Path]:
+def _refuse(problems: list[str], force: bool) -> list[str]:
+    """Combinations a tool accepts and then trains differently: an error unless ``--force``
+    (then each is a note in the file and on stderr)."""
+    if problems and not force:
+        raise UserInputError([*problems, "--force exports anyway, with these as notes in the file"])
+    return [f"(exported with --force) {p}" for p in problems]
+
+
+def _say_notes(notes: list[str]) -> None:
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
+
+
+LLAMAFACTORY_FILE = "llamafactory.yaml"
+
+
+def export_llamafactory(results: SweepResults, trial: FrozenTrial, out: Path, opts: Options) -> list[Path]:
+    steps, force = opts.steps, opts.force
     cfg = target_config(results)
     params = trial_params(cfg, trial)
-    r = params.lora_r
-    alpha = params.lora_alpha
-    probs = _mix(cfg, params)
+    samples = turns(cfg)
+    probs = _mix(samples["train"], params)
     tasks = list(probs)
     family = _family(cfg)
     notes = []
@@ -168,44 +258,80 @@ def export_llamafactory(
             f"LLaMA-Factory has no per-task loss weight: weight_ocr={params.weight_ocr:.3g} is not applied; "
             "interleave_probs carries the task mix from mix_temperature."
         )
-    if cfg.lora.projector == "lora":
-        notes.append("LoRA on the projector alone is not expressible; the projector stays frozen.")
     if cfg.lora.targets or cfg.lora.rank:
         notes.append("lora.targets / lora.rank per group are not expressible; lora_target is 'all'.")
-    if abs(alpha - round(alpha)) > 1e-9:
-        notes.append(f"lora_alpha {alpha:g} rounded to an integer (LLaMA-Factory takes an int).")
+    if abs(params.lora_alpha - round(params.lora_alpha)) > 1e-9:
+        notes.append(f"lora_alpha {params.lora_alpha:g} rounded to an integer (LLaMA-Factory takes an int).")
     if family not in LLAMAFACTORY_TEMPLATES:
         notes.append(f"no LLaMA-Factory template known for model family {family!r}: set `template` yourself.")
+    problems = []
+    modules_to_save: list[str] = []
+    if cfg.lora.projector == "full":
+        modules_to_save = _plan(cfg, params)[0].modules_to_save
+        if not modules_to_save:
+            problems.append(
+                "lora.projector: full, but no projector module can be trained whole "
+                "(additional_target); LLaMA-Factory would leave the projector frozen"
+            )
+    notes += _refuse(problems, force)
+
+    # The data in LLaMA-Factory's sharegpt format, registered in data/dataset_info.json.
+    info: dict[str, Any] = {}
+    written = []
+    for split, rows in samples.items():
+        for task in tasks:
+            name = f"vlsweep_{split}_{task}"
+            chats = [_chat(t) for t in rows if t.task == task]
+            written.append(_write_jsonl(out / "data" / f"{name}.jsonl", chats))
+            info[name] = {
+                "file_name": f"{name}.jsonl",
+                "formatting": "sharegpt",
+                "columns": {"messages": "messages", "images": "images"},
+                "tags": {
+                    "role_tag": "role",
+                    "content_tag": "content",
+                    "user_tag": "user",
+                    "assistant_tag": "assistant",
+                },
+            }
+    info_path = out / "data" / "dataset_info.json"
+    info_path.write_text(json.dumps(info, indent=2) + "\n")
+
     budget = cfg.budget
+    n_steps = steps or budget.steps
     doc: dict[str, Any] = {
         "model_name_or_path": cfg.model.name_or_path,
         "trust_remote_code": cfg.model.trust_remote_code,
         "stage": "sft",
         "do_train": True,
         "finetuning_type": "lora",
-        "lora_rank": r,
-        "lora_alpha": int(round(alpha)),
+        "lora_rank": params.lora_r,
+        "lora_alpha": int(round(params.lora_alpha)),
         "lora_dropout": params.lora_dropout,
         "lora_target": "all",
         "use_rslora": cfg.lora.use_rslora,
         "freeze_vision_tower": not cfg.lora.vision,
-        "freeze_multi_modal_projector": cfg.lora.projector != "full",
+        # In LoRA mode an unfrozen projector gets LoRA on its linear layers; one trained
+        # whole is an additional_target (peft's modules_to_save) and stays out of lora_target.
+        "freeze_multi_modal_projector": cfg.lora.projector != "lora",
         "freeze_language_model": False,
-        "dataset": ",".join(f"vlsweep_{t}" for t in tasks),
+        "dataset_dir": "data",
+        "dataset": ",".join(f"vlsweep_train_{t}" for t in tasks),
         "template": LLAMAFACTORY_TEMPLATES.get(family or "", "default"),
         "mix_strategy": "interleave_under",
         "interleave_probs": ",".join(f"{probs[t]:.4f}" for t in tasks),
         "cutoff_len": 2048,
         "output_dir": f"saves/{results.name}-trial-{trial.number}",
+        "overwrite_output_dir": True,
         "logging_steps": 10,
         "report_to": "none",
         "per_device_train_batch_size": budget.batch_size,
         "gradient_accumulation_steps": 1,
         "learning_rate": params.lr_llm,
-        "max_steps": steps or budget.steps,
+        "max_steps": n_steps,
         "lr_scheduler_type": "cosine",
         # Steps, not warmup_ratio: transformers 5 dropped that argument.
-        "warmup_steps": params.warmup_steps(steps or budget.steps),
+        "warmup_steps": params.warmup_steps(n_steps),
         "weight_decay": cfg.optim.weight_decay,
         "adam_beta1": cfg.optim.betas[0],
         "adam_beta2": cfg.optim.betas[1],
@@ -213,47 +339,102 @@ def export_llamafactory(
         "seed": cfg.seed,
         "bf16": cfg.model.dtype == "bfloat16",
     }
+    if modules_to_save:
+        doc["additional_target"] = ",".join(modules_to_save)
     if cfg.optim.max_grad_norm is not None:
         doc["max_grad_norm"] = cfg.optim.max_grad_norm
     if cfg.lora.loraplus_lr_ratio is not None:
         doc["loraplus_lr_ratio"] = cfg.lora.loraplus_lr_ratio
-    prov = provenance(results, trial)
-    text = _header(prov)
+    text = _header(provenance(results, trial))
     text += (
-        f"# Datasets {doc['dataset']}: register your data under these names in LLaMA-Factory's\n"
-        "# data/dataset_info.json (sharegpt format with an `images` column).\n"
+        f"# Run from this directory: llamafactory-cli train {LLAMAFACTORY_FILE}\n"
+        "# data/ holds the trial's training and validation samples (vlsweep_val_* are registered,\n"
+        "# not trained on); score what it trains with `vlsweep eval` (docs/report.md).\n"
     )
     text += "".join(f"# NOTE: {n}\n" for n in notes)
     text += yaml.safe_dump(doc, sort_keys=False)
-    path = out / "llamafactory.yaml"
+    path = out / LLAMAFACTORY_FILE
     path.write_text(text)
-    return [path]
+    _say_notes(notes)
+    return [path, info_path, *written]
 
 
-def export_swift(results: SweepResults, trial: FrozenTrial, out: Path, steps: int | None) -> list[Path]:
+# ms-swift's --model_type and --template per vlsweep family (swift/model/constant.py): for
+# a local checkpoint directory it refuses to guess between the types a config could be.
+SWIFT_TYPES = {
+    "qwen2_vl": "qwen2_vl",
+    "qwen2_5_vl": "qwen2_5_vl",
+    "qwen3_vl": "qwen3_vl",
+    "llava": "llava1_5_hf",
+    "llava_onevision": "llava_onevision_hf",
+    "internvl": "internvl_hf",
+    "idefics3": "idefics3",
+    "paligemma": "paligemma",
+    "gemma3": "gemma3_vision",
+}
+SWIFT_FILE = "swift_sft.sh"
+
+
+def export_swift(results: SweepResults, trial: FrozenTrial, out: Path, opts: Options) -> list[Path]:
+    steps, force = opts.steps, opts.force
     cfg = target_config(results)
     params = trial_params(cfg, trial)
-    r = params.lora_r
-    probs = _mix(cfg, params)
+    samples = turns(cfg)
+    probs = _mix(samples["train"], params)
+    tasks = list(probs)
     lrs = _trained_lrs(cfg, params)
+    family = _family(cfg)
     notes = []
-    if len(probs) > 1:
-        weight = f"weight_ocr={params.weight_ocr:.3g}"
-        notes.append(f"ms-swift has no per-task loss weight: {weight} is not applied.")
-    args: list[tuple[str, Any]] = [
-        ("--model", cfg.model.name_or_path),
+    scales = {t: 1.0 for t in tasks}
+    if len(tasks) > 1:
+        scales = token_loss_scales(samples["train"], probs, params.weights_for(tasks))
+        shown = ", ".join(f"{t} {scales[t]:.3g}" for t in tasks)
+        notes.append(
+            f"the task loss weights (weight_ocr={params.weight_ocr:.3g}) travel as each answer's "
+            f"loss_scale ({shown}): ms-swift scales token losses, so a task's scale is its weight "
+            "over its share of the answer tokens."
+        )
+    if family not in SWIFT_TYPES:
+        notes.append(f"no ms-swift model type known for family {family!r}: add --model_type and --template.")
+    if cfg.lora.targets or cfg.lora.rank:
+        notes.append("lora.targets / lora.rank per group are not expressible; ms-swift targets every linear.")
+    problems = []
+    if cfg.lora.loraplus_lr_ratio is not None and {"vision", "projector"} & set(lrs):
+        problems.append(
+            "lora.loraplus_lr_ratio with per-module learning rates: ms-swift's --lorap_lr_ratio "
+            "switches its optimizer to LoRA+, which drops --vit_lr and --aligner_lr without a word"
+        )
+    notes += _refuse(problems, force)
+
+    written = [
+        _write_jsonl(
+            out / "data" / f"vlsweep_{split}_{task}.jsonl",
+            [_chat(t, scales[task]) for t in rows if t.task == task],
+        )
+        for split, rows in samples.items()
+        for task in tasks
+    ]
+    n_steps = steps or cfg.budget.steps
+    args: list[tuple[str, Any]] = [("--model", cfg.model.name_or_path)]
+    if family in SWIFT_TYPES:
+        args += [("--model_type", SWIFT_TYPES[family]), ("--template", SWIFT_TYPES[family])]
+    args += [
         ("--tuner_type", "lora"),
-        ("--dataset", [f"vlsweep_{t}.jsonl" for t in probs]),
-        ("--interleave_prob", [f"{p:.4f}" for p in probs.values()]),
+        ("--dataset", [f"data/vlsweep_train_{t}.jsonl" for t in tasks]),
+        ("--interleave_prob", [f"{probs[t]:.4f}" for t in tasks]),
+        ("--split_dataset_ratio", 0),
         ("--learning_rate", repr(params.lr_llm)),
-        ("--lora_rank", r),
+        ("--lora_rank", params.lora_r),
         ("--lora_alpha", int(round(params.lora_alpha))),
         ("--lora_dropout", repr(params.lora_dropout)),
         ("--use_rslora", str(cfg.lora.use_rslora).lower()),
         ("--freeze_llm", "false"),
         ("--freeze_vit", str(not cfg.lora.vision).lower()),
+        # A projector trained whole is a modules_to_save (below), not LoRA on the aligner.
         ("--freeze_aligner", str(cfg.lora.projector != "lora").lower()),
     ]
+    if any(abs(s - 1.0) > 1e-9 for s in scales.values()):
+        args.append(("--is_binary_loss_scale", "false"))
     if "vision" in lrs:
         args.append(("--vit_lr", repr(lrs["vision"])))
     if "projector" in lrs:
@@ -262,35 +443,45 @@ def export_swift(results: SweepResults, trial: FrozenTrial, out: Path, steps: in
         plan, _ = _plan(cfg, params)
         if plan.modules_to_save:
             args.append(("--modules_to_save", plan.modules_to_save))
-            notes.append("the projector is trained fully (modules_to_save), as in the sweep.")
     if cfg.lora.loraplus_lr_ratio is not None:
         args.append(("--lorap_lr_ratio", cfg.lora.loraplus_lr_ratio))
     args += [
-        ("--max_steps", steps or cfg.budget.steps),
+        ("--max_steps", n_steps),
         ("--per_device_train_batch_size", cfg.budget.batch_size),
+        ("--gradient_accumulation_steps", 1),
         ("--lr_scheduler_type", "cosine"),
-        ("--warmup_steps", params.warmup_steps(steps or cfg.budget.steps)),
+        ("--warmup_steps", params.warmup_steps(n_steps)),
         ("--weight_decay", cfg.optim.weight_decay),
+        ("--adam_beta1", cfg.optim.betas[0]),
+        ("--adam_beta2", cfg.optim.betas[1]),
+        ("--adam_epsilon", cfg.optim.eps),
         ("--seed", cfg.seed),
         ("--output_dir", f"output/{results.name}-trial-{trial.number}"),
+        ("--logging_steps", 10),
+        ("--report_to", "none"),
     ]
     if cfg.optim.max_grad_norm is not None:
         args.append(("--max_grad_norm", cfg.optim.max_grad_norm))
-    if cfg.model.dtype == "bfloat16":
-        args.append(("--torch_dtype", "bfloat16"))
+    if cfg.model.dtype != "auto":
+        args.append(("--torch_dtype", cfg.model.dtype))
     lines = ["swift sft"]
     for flag, value in args:
         vals = value if isinstance(value, list) else [value]
         lines.append(f"    {flag} " + " ".join(shlex.quote(str(x)) for x in vals))
-    prov = provenance(results, trial)
-    text = "#!/usr/bin/env bash\n" + _header(prov)
-    text += "# Datasets: convert your data to ms-swift's format under these file names.\n"
+    text = "#!/usr/bin/env bash\n" + _header(provenance(results, trial))
+    text += (
+        "# Runs from anywhere (it changes to its own directory); extra arguments go on to swift sft.\n"
+        "# data/ holds the trial's training and validation samples (vlsweep_val_* are not trained\n"
+        "# on); score what it trains with `vlsweep eval` (docs/report.md).\n"
+    )
     text += "".join(f"# NOTE: {n}\n" for n in notes)
-    text += " \\\n".join(lines) + "\n"
-    path = out / "swift_sft.sh"
+    text += 'set -euo pipefail\ncd "$(dirname "$0")"\n'
+    text += " \\\n".join(lines) + ' \\\n    "$@"\n'
+    path = out / SWIFT_FILE
     path.write_text(text)
     path.chmod(0o755)
-    return [path]
+    _say_notes(notes)
+    return [path, *written]
 
 
 def _plan(cfg: Any, params: TrialParams) -> tuple[Any, dict[str, str]]:
@@ -304,7 +495,8 @@ def _plan(cfg: Any, params: TrialParams) -> tuple[Any, dict[str, str]]:
         raise UserInputError(f"lora: {exc}") from None
 
 
-def export_peft(results: SweepResults, trial: FrozenTrial, out: Path, steps: int | None) -> list[Path]:
+def export_peft(results: SweepResults, trial: FrozenTrial, out: Path, opts: Options) -> list[Path]:
+    steps = opts.steps
     from vlsweep.trials import peft_config
 
     cfg = target_config(results)
@@ -349,23 +541,90 @@ def export_peft(results: SweepResults, trial: FrozenTrial, out: Path, steps: int
     return [out / "adapter_config.json", groups_path, prov_path]
 
 
-# Format name -> exporter (results, trial, output directory, steps) -> the files written.
+def _stored(results: SweepResults, trial: FrozenTrial, names: tuple[str, ...], out: Path) -> list[Path]:
+    from vlsweep import artifacts
+
+    store = artifacts.store_of(results.study)
+    if store is None:
+        raise UserInputError(
+            f"study {results.name!r} stores no trial files (artifacts.store: none, or a study older "
+            "than artifact storage); export --format vlsweep and run `vlsweep train` on it for an adapter"
+        )
+    return artifacts.download(results.study, store, trial, names, out)
+
+
+def export_adapter(results: SweepResults, trial: FrozenTrial, out: Path, opts: Options) -> list[Path]:
+    """The adapter the trial trained (peft's files, loadable with PeftModel.from_pretrained),
+    with its metrics.json, predictions.jsonl and train_log.jsonl, from the sweep's store."""
+    from vlsweep import artifacts
+
+    paths = _stored(results, trial, artifacts.ADAPTER_FILES, out)
+    stored = artifacts.trial_files(trial, artifacts.removed_ids(results.study))
+    extra = [n for n in ("metrics.json", "predictions.jsonl", "train_log.jsonl") if n in stored]
+    paths += _stored(results, trial, tuple(extra), out)
+    prov = out / "vlsweep_export.json"
+    prov.write_text(json.dumps(provenance(results, trial), indent=2) + "\n")
+    return [*paths, prov]
+
+
+def export_merged(results: SweepResults, trial: FrozenTrial, out: Path, opts: Options) -> list[Path]:
+    """The base model with the trial's adapter merged into its weights (peft's
+    merge_and_unload) and a fully trained projector in place, saved with its processor:
+    a checkpoint that loads with AutoModelForImageTextToText and no peft."""
+    import tempfile
+
+    from peft import PeftModel
+
+    from vlsweep import artifacts
+    from vlsweep.trials import load_base
+
+    cfg = target_config(results)
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter = opts.adapter
+        if adapter is None:
+            adapter = Path(tmp)
+            _stored(results, trial, artifacts.ADAPTER_FILES, adapter)
+        elif not (adapter / "adapter_config.json").is_file():
+            raise UserInputError(f"--adapter: {adapter} has no adapter_config.json (not a peft adapter)")
+        # Merged on the CPU in the sweep's dtype: no GPU memory is needed for an export.
+        base = load_base(cfg.model.model_copy(update={"device": "cpu"}))
+        model = PeftModel.from_pretrained(base.model, str(adapter))
+        merged = model.merge_and_unload()
+    merged.save_pretrained(out)
+    base.processor.save_pretrained(out)
+    prov = out / "vlsweep_export.json"
+    prov.write_text(json.dumps(provenance(results, trial), indent=2) + "\n")
+    return sorted(p for p in out.iterdir() if p.is_file())
+
+
+# Format name -> exporter (results, trial, output directory, options) -> the files written.
 # A new format is a function here and its entry (the CLI's --format help names them all).
 EXPORTERS = {
     "vlsweep": export_vlsweep,
     "llamafactory": export_llamafactory,
     "swift": export_swift,
     "peft": export_peft,
+    "adapter": export_adapter,
+    "merged": export_merged,
 }
 FORMATS = tuple(EXPORTERS)
 
 
 def export(
-    results: SweepResults, trial: FrozenTrial, fmt: str, out: Path, steps: int | None = None
+    results: SweepResults,
+    trial: FrozenTrial,
+    fmt: str,
+    out: Path,
+    steps: int | None = None,
+    *,
+    force: bool = False,
+    adapter: Path | None = None,
 ) -> list[Path]:
     if fmt not in EXPORTERS:
         raise UserInputError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
     if steps is not None and steps < 1:
         raise UserInputError(f"--steps must be >= 1, got {steps}")
+    if adapter is not None and fmt != "merged":
+        raise UserInputError(f"--adapter goes with --format merged, not {fmt!r}")
     out.mkdir(parents=True, exist_ok=True)
-    return EXPORTERS[fmt](results, trial, out, steps)
+    return EXPORTERS[fmt](results, trial, out, Options(steps=steps, force=force, adapter=adapter))

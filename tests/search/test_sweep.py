@@ -13,6 +13,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from tests.helpers import swift_argv
 from tests.search.sweeps import check_invariants, sweep_cfg
 from vlsweep.errors import UserInputError
 from vlsweep.search.config import load_sweep_config
@@ -255,7 +256,6 @@ def test_every_export_format_writes_the_values_the_trial_ran_with(
     defaults apply) and fixes others: each format writes what the trial's metrics.json says
     it trained with, never a default of its own."""
     import json
-    import shlex
 
     from peft import LoraConfig
 
@@ -298,13 +298,13 @@ def test_every_export_format_writes_the_values_the_trial_ran_with(
         p["lora_dropout"],
     )
     assert lf["warmup_steps"] == warmup
-    tasks = [d.removeprefix("vlsweep_") for d in lf["dataset"].split(",")]
+    tasks = [d.removeprefix("vlsweep_train_") for d in lf["dataset"].split(",")]
     mix = dict(zip(tasks, map(float, lf["interleave_probs"].split(",")), strict=True))
     assert mix == pytest.approx(probs, abs=1e-4)
 
     export(results, trial, "swift", tmp_path / "sw")
     script = (tmp_path / "sw" / "swift_sft.sh").read_text()
-    argv = shlex.split(" ".join(x.rstrip("\\") for x in script.splitlines() if not x.startswith("#")))
+    argv = swift_argv(script)
     flag = {a[2:]: argv[i + 1] for i, a in enumerate(argv) if a.startswith("--")}
     assert float(flag["learning_rate"]) == p["lr_llm"] and float(flag["vit_lr"]) == p["lr_vision"]
     assert float(flag["aligner_lr"]) == p["lr_projector"] and float(flag["lora_dropout"]) == p["lora_dropout"]

@@ -18,11 +18,18 @@ if TYPE_CHECKING:  # for type checkers; at run time __getattr__ below loads them
     from vlsweep.trials.batching import IGNORE, Encoder, collate  # noqa: F401
     from vlsweep.trials.codecs import CODECS, BoxCodec  # noqa: F401
     from vlsweep.trials.data import Record, TaskMixer, check_tasks, load_records, task_probabilities  # noqa: F401
-    from vlsweep.trials.engine import TrialData, load_data, run_trial  # noqa: F401
+    from vlsweep.trials.engine import TrialData, load_data, run_trial, score  # noqa: F401
     from vlsweep.trials.families import FAMILIES, Family, family_for  # noqa: F401
     from vlsweep.trials.lora import peft_config, plan_lora  # noqa: F401
     from vlsweep.trials.losses import LOSSES, task_losses  # noqa: F401
-    from vlsweep.trials.modeling import Base, check_model, load_base, model_skeleton  # noqa: F401
+    from vlsweep.trials.modeling import (  # noqa: F401
+        Base,
+        Processing,
+        check_model,
+        load_base,
+        load_processing,
+        model_skeleton,
+    )
 
 # Public name -> the submodule that defines it.
 _EXPORTS = {
@@ -39,6 +46,7 @@ _EXPORTS = {
     "TrialData": "engine",
     "load_data": "engine",
     "run_trial": "engine",
+    "score": "engine",
     "FAMILIES": "families",
     "Family": "families",
     "family_for": "families",
@@ -49,6 +57,8 @@ _EXPORTS = {
     "Base": "modeling",
     "check_model": "modeling",
     "load_base": "modeling",
+    "Processing": "modeling",
+    "load_processing": "modeling",
     "model_skeleton": "modeling",
 }
 __all__ = ["TrialParams", *_EXPORTS]

@@ -40,7 +40,9 @@ class TrialData:
 
     @property
     def tasks(self) -> list[str]:
-        return sorted({r.task for r in self.train})
+        # Training data and validation data hold the same tasks (load_data checks); data
+        # for scoring alone has validation records only.
+        return sorted({r.task for r in self.train} or {r.task for r in self.val})
 
 
 def _resolve(path: str, base_dir: Path) -> Path:
@@ -53,11 +55,14 @@ def _resolve(path: str, base_dir: Path) -> Path:
     return p if p.is_absolute() else base_dir / p
 
 
-def load_data(cfg: DataConfig, base_dir: Path) -> TrialData:
-    """Load and check every record of every file; raises UserInputError listing all problems."""
+def load_data(
+    cfg: DataConfig, base_dir: Path, splits_wanted: tuple[str, ...] = ("train", "val")
+) -> TrialData:
+    """Load and check every record of every file; raises UserInputError listing all problems.
+    ``splits_wanted=("val",)`` loads the validation data alone (for scoring)."""
     problems: list[str] = []
-    splits: dict[str, list[Record]] = {}
-    for split in ("train", "val"):
+    splits: dict[str, list[Record]] = {"train": [], "val": []}
+    for split in splits_wanted:
         records: list[Record] = []
         for src in getattr(cfg, split):
             path = _resolve(src.path, base_dir)
@@ -67,7 +72,7 @@ def load_data(cfg: DataConfig, base_dir: Path) -> TrialData:
             records.extend(recs)
             problems.extend(errs)
         splits[split] = records
-    if not problems:
+    if not problems and len(splits_wanted) == 2:
         tasks = sorted({r.task for r in splits["train"]} | {r.task for r in splits["val"]})
         problems += check_tasks(splits["train"], "data.train", tasks)
         problems += check_tasks(splits["val"], "data.val", tasks)
@@ -408,3 +413,36 @@ def run_trial(
         if not owns_base and trainer.model is not None:
             trainer.detach()
     return result
+
+
+def score(
+    spec: TrainConfig,
+    val: list[Record],
+    *,
+    adapter: Path | None = None,
+    base: Base | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[dict[str, float], str]:
+    """Score a model as a trial's evaluation does: greedy answers to ``val`` (prompts,
+    box format, ``budget.max_new_tokens`` and ``eval_batch_size`` of ``spec``) and the
+    teacher-forced per-task loss. ``adapter`` is a peft adapter directory put on the base
+    model first (a trial's, or one trained elsewhere). Returns the metrics and the
+    answers as ``predictions.jsonl`` text."""
+    say = log or (lambda _msg: None)
+    base = base or load_base(spec.model)
+    model = base.model
+    if adapter is not None:
+        from peft import PeftModel
+
+        if not (adapter / "adapter_config.json").is_file():
+            raise UserInputError(
+                f"--adapter: {adapter} has no adapter_config.json; give the directory a peft "
+                "adapter was saved to (save_pretrained)"
+            )
+        model = PeftModel.from_pretrained(model, str(adapter))
+        say(f"adapter {adapter} on {base.source}")
+    trainer = Trainer(TrialParams(), spec.budget, spec=spec, data=TrialData(train=[], val=val), base=base)
+    t0 = time.perf_counter()
+    metrics = trainer.evaluate(model)
+    say(f"scored {len(val)} samples in {time.perf_counter() - t0:.1f}s")
+    return metrics, trainer.predictions_jsonl()

@@ -31,6 +31,39 @@ class Base:
     source: str  # the resolved path or Hub id that was loaded
 
 
+@dataclass
+class Processing:
+    """What turns records into a model's inputs and answers, without the model's weights:
+    enough to write a dataset in another trainer's format."""
+
+    processor: Any
+    model_type: str
+    family: Family | None
+    codec: BoxCodec
+
+
+def load_processing(cfg: ModelConfig) -> Processing:
+    """The checkpoint's processor, family and box codec (no weights are loaded)."""
+    from transformers import AutoConfig, AutoProcessor
+
+    source = resolve_source(cfg)
+    common: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
+    try:
+        hf_config = AutoConfig.from_pretrained(source, **common)
+        processor = AutoProcessor.from_pretrained(source, **common)
+    except OSError as exc:
+        raise UserInputError(
+            f"model.name_or_path: cannot load the processor of {cfg.name_or_path!r} "
+            f"({str(exc).splitlines()[0]})"
+        ) from None
+    family = family_for(hf_config.model_type)
+    return Processing(processor, hf_config.model_type, family, _codec(cfg, family))
+
+
+def _codec(cfg: ModelConfig, family: Family | None) -> BoxCodec:
+    return CODECS[cfg.box_codec or (family.box_codec if family else "generic")]
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -140,14 +173,13 @@ def load_base(cfg: ModelConfig) -> Base:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    codec_name = cfg.box_codec or (family.box_codec if family else "generic")
     return Base(
         model=model,
         processor=processor,
         model_type=model_type,
         family=family,
         groups=groups,
-        codec=CODECS[codec_name],
+        codec=_codec(cfg, family),
         device=device,
         source=source,
     )
