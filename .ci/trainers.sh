@@ -7,7 +7,7 @@ ROOT=${VLSWEEP_VENVS:-$HOME/.cache/vlsweep/venvs}
 mkdir -p "$ROOT"
 make_venv() {  # name, packages...
     local name=$1; shift
-    local dir=$ROOT/$name stamp="$*"
+    local dir=$ROOT/$name stamp="torch==2.14.1 torchvision==0.29.1 $*"
     if [ "$(cat "$dir/.vlsweep-stamp" 2>/dev/null)" != "$stamp" ]; then
         rm -rf "$dir"
         python3 -m venv "$dir"

@@ -3,8 +3,8 @@
 The picked trial's (cer, iou), as the sweep measured it, against ``vlsweep eval`` of what
 each trainer trains from that trial's export, at the trial's budget, for several seeds:
 
-- ``vlsweep``: ``vlsweep train`` on ``--format vlsweep`` (the same engine; seed 0 is the
-  trial's own seed, so it should reproduce the trial exactly);
+- ``vlsweep``: ``vlsweep train`` on ``--format vlsweep`` (the same engine; the seed that
+  equals the sweep's ``seed``, 0 in the demo, should reproduce the trial exactly);
 - ``llamafactory``: ``llamafactory-cli train`` on ``--format llamafactory`` (one learning
   rate, no task loss weights: what it cannot express is lost);
 - ``swift``: ``swift sft`` on ``--format swift`` (per-module learning rates; task weights
@@ -142,6 +142,7 @@ def main() -> None:
         flush=True,
     )
     for fmt in {"vlsweep", *tools}:
+        # --force: what a tool would train differently is what this benchmark measures.
         _vlsweep(
             "export",
             args.study,
@@ -151,6 +152,7 @@ def main() -> None:
             f"trial:{trial.number}",
             "--format",
             fmt,
+            "--force",
             "-o",
             str(exports / fmt),
             cwd=Path.cwd(),

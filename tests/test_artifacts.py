@@ -31,7 +31,7 @@ def study_and_store(tmp_path):
     assert spec == str(tmp_path / "vlsweep-artifacts")
     study = optuna.create_study(storage=url, directions=["minimize", "maximize"])
     study.set_user_attr(artifacts.STORE_ATTR, spec)
-    store = artifacts.store_of(study)
+    store = artifacts.open_store(spec)  # as the sweep makes it; readers then find it
     # (cer, iou): 0 and 2 on the front, 1 and 3 dominated; 3 finishes last.
     for n, values in enumerate([(0.1, 0.2), (0.5, 0.1), (0.3, 0.6), (0.6, 0.05)]):
         trial = study.ask()
@@ -108,3 +108,21 @@ def test_eval_of_a_directory_that_is_no_adapter_is_exit_2(tmp_path, tiny_checkpo
     )
     assert out.returncode == 2, out.stderr[-2000:]
     assert f"error: --adapter: {tmp_path} has no adapter_config.json" in out.stderr
+
+
+def test_a_resumed_sweep_keeps_its_store_and_an_old_study_stores_nothing(tmp_path, monkeypatch):
+    from vlsweep.search.config import SweepConfig
+    from vlsweep.search.sweep import artifact_store_spec
+
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'vlsweep.db'}"
+    cfg = SweepConfig.model_validate(
+        {"data": {"train": "t.jsonl", "val": "v.jsonl"}, "artifacts": {"store": "st"}}
+    )
+    study = optuna.create_study(storage=url, study_name="new", directions=["minimize", "maximize"])
+    assert artifact_store_spec(cfg, study, url, tmp_path / "runs") == str(tmp_path / "st")
+    study.set_user_attr(artifacts.STORE_ATTR, "/shared/store")
+    assert artifact_store_spec(cfg, study, url, tmp_path / "runs") == "/shared/store"  # resumed elsewhere
+    old = optuna.create_study(storage=url, study_name="old", directions=["minimize", "maximize"])
+    old.add_trial(optuna.trial.create_trial(values=[0.1, 0.2]))
+    assert artifact_store_spec(cfg, old, url, tmp_path / "runs") == artifacts.NONE

@@ -147,7 +147,7 @@ def test_llamafactory_export_registers_the_trials_data_in_sharegpt(study_url, tm
 
 def test_swift_export_uses_only_swift_sft_arguments(study_url, tmp_path):
     res = _results(study_url)
-    export(res, res.trial(2), "swift", tmp_path / "sw")
+    export(res, res.trial(2), "swift", tmp_path / "sw", force=True)
     script = (tmp_path / "sw" / "swift_sft.sh").read_text()
     argv = swift_argv(script)
     assert argv[:2] == ["swift", "sft"]
@@ -168,31 +168,67 @@ def test_swift_export_uses_only_swift_sft_arguments(study_url, tmp_path):
     assert bash.returncode == 0, bash.stderr
 
 
-def test_swift_export_carries_the_task_weights_as_loss_scales(study_url, tmp_path):
-    from vlsweep.export import token_loss_scales, turns
+def test_swift_export_carries_the_task_weights_as_loss_scales(study_url, tmp_path, tiny_checkpoint):
+    """Token-level scales that weigh each task as the trial weighed its mean loss: counted
+    here from the written files with the model's tokenizer, not with the export's code."""
+    from transformers import AutoTokenizer
 
     res = _results(study_url)
-    export(res, res.trial(2), "swift", tmp_path / "sw")
-    script = (tmp_path / "sw" / "swift_sft.sh").read_text()
-    argv = swift_argv(script)
+    trial = res.trial(2)
+    export(res, trial, "swift", tmp_path / "sw", force=True)
+    argv = swift_argv((tmp_path / "sw" / "swift_sft.sh").read_text())
     assert argv[argv.index("--is_binary_loss_scale") + 1] == "false"
-    scales = {}
+    i, j = argv.index("--dataset") + 1, argv.index("--interleave_prob") + 1
+    tasks = [Path(d).stem.removeprefix("vlsweep_train_") for d in argv[i : i + 2]]
+    probs = dict(zip(tasks, map(float, argv[j : j + 2]), strict=True))
+    tok = AutoTokenizer.from_pretrained(tiny_checkpoint("qwen2_vl"))
+    scale, tokens = {}, {}
     for task in ("ocr", "grounding"):
-        lines = (tmp_path / "sw" / "data" / f"vlsweep_train_{task}.jsonl").read_text().splitlines()
-        scales[task] = {json.loads(line)["messages"][1]["loss_scale"] for line in lines}
-        assert len(scales[task]) == 1  # one scale per task
-    # Each task's scale times its share of the answer tokens is its trial weight (0.5 each).
-    from vlsweep.export import target_config
-
-    samples = turns(target_config(res))["train"]
-    probs = dict(zip(("ocr", "grounding"), (0.5, 0.5), strict=True))
-    tokens = {
-        t: sum(s.answer_tokens for s in samples if s.task == t) / sum(s.task == t for s in samples)
-        for t in probs
-    }
+        path = tmp_path / "sw" / "data" / f"vlsweep_train_{task}.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        (scale[task],) = {r["messages"][1]["loss_scale"] for r in rows}  # one scale per task
+        answers = [r["messages"][1]["content"] + "<|im_end|>\n" for r in rows]
+        tokens[task] = sum(len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers) / len(rows)
     share = {t: probs[t] * tokens[t] / sum(probs[u] * tokens[u] for u in probs) for t in probs}
-    got = token_loss_scales(samples, probs, {"ocr": 0.5, "grounding": 0.5})
-    assert {t: got[t] * share[t] for t in probs} == pytest.approx({"ocr": 0.5, "grounding": 0.5})
+    weight_ocr = trial.params.get("weight_ocr", 0.5)
+    assert {t: scale[t] * share[t] for t in probs} == pytest.approx(
+        {"ocr": weight_ocr, "grounding": 1 - weight_ocr}, rel=1e-3
+    )
+
+
+def test_exports_ask_with_the_models_own_system_prompt(study_url, tmp_path, tiny_checkpoint):
+    """The tools' templates add a default system prompt of their own; the exports set the
+    one the model's chat template renders (the trial's prompts), even when that is none."""
+    from transformers import AutoProcessor
+
+    from vlsweep.export import chat_system
+
+    proc = AutoProcessor.from_pretrained(tiny_checkpoint("qwen2_vl"))
+    system = chat_system(proc)
+    assert system is not None
+    user = [{"role": "user", "content": [{"type": "text", "text": "q"}]}]
+    given = [{"role": "system", "content": [{"type": "text", "text": system}]}]
+    with_system = [*given, *user] if system else user
+    assert proc.apply_chat_template(user, add_generation_prompt=True, tokenize=False) == (
+        proc.apply_chat_template(with_system, add_generation_prompt=True, tokenize=False)
+    )
+    res = _results(study_url)
+    export(res, res.trial(1), "llamafactory", tmp_path / "lf")
+    assert yaml.safe_load((tmp_path / "lf" / "llamafactory.yaml").read_text())["default_system"] == system
+    export(res, res.trial(1), "swift", tmp_path / "sw", force=True)
+    argv = swift_argv((tmp_path / "sw" / "swift_sft.sh").read_text())
+    assert argv[argv.index("--system") + 1] == system
+
+
+def test_swift_export_refuses_a_checkpoint_whose_image_token_swift_does_not_expand(study_url, tmp_path):
+    """ms-swift expands Qwen2-VL images at Qwen's token id; the tiny checkpoint has its own
+    vocabulary, so ms-swift would train it on one unexpanded image token per image."""
+    from vlsweep.errors import UserInputError
+
+    res = _results(study_url)
+    with pytest.raises(UserInputError, match=r"image token id is \d+, but ms-swift's qwen2_vl template"):
+        export(res, res.trial(2), "swift", tmp_path / "sw")
+    assert not (tmp_path / "sw" / "data").exists()
 
 
 def test_swift_export_refuses_loraplus_with_module_lrs_unless_forced(study_url, tmp_path, capsys):

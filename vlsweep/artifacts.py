@@ -31,6 +31,7 @@ from typing import Any
 
 import optuna
 from optuna.artifacts import ArtifactMeta
+from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
 from vlsweep import pareto
@@ -89,8 +90,9 @@ def spec_problem(spec: str) -> str | None:
     return None
 
 
-def open_store(spec: str) -> Any:
-    """Optuna's artifact store for ``spec``: a directory, or ``s3://BUCKET``."""
+def open_store(spec: str, create: bool = True) -> Any:
+    """Optuna's artifact store for ``spec``: a directory (made when ``create``), or
+    ``s3://BUCKET``."""
     problem = spec_problem(spec)
     if problem:
         raise UserInputError(f"artifacts.store: {problem}")
@@ -104,7 +106,14 @@ def open_store(spec: str) -> Any:
             ) from None
         return optuna.artifacts.Boto3ArtifactStore(spec[len("s3://") :].strip("/"), client=boto3.client("s3"))
     path = Path(spec).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    elif not path.is_dir():
+        raise UserInputError(
+            f"artifacts.store: {spec} does not exist on this machine: the sweep's workers stored "
+            "the trials' files there; run this where that directory is (or mount it), or pass "
+            "--artifacts with where it is now"
+        )
     return optuna.artifacts.FileSystemArtifactStore(str(path))
 
 
@@ -112,7 +121,7 @@ def store_of(study: optuna.Study) -> Any | None:
     """The artifact store a sweep recorded on its study, or None (artifacts off, or a study
     from before they were stored)."""
     spec = study.user_attrs.get(STORE_ATTR)
-    return open_store(spec) if spec and spec != NONE else None
+    return open_store(spec, create=False) if spec and spec != NONE else None
 
 
 def write_trial_files(store: Any, trial_dir: Path) -> list[dict[str, Any]]:
@@ -173,7 +182,7 @@ def remove(study: optuna.Study, store: Any, trial: FrozenTrial, removed: set[str
     on the study, and every vlsweep reader leaves those files out."""
     files = trial_files(trial, removed)
     for meta in files.values():
-        with contextlib.suppress(Exception):  # already gone from the store
+        with contextlib.suppress(ArtifactNotFound):  # already gone from the store
             store.remove(meta.artifact_id)
     if files:
         ids = sorted({m.artifact_id for m in files.values()})
@@ -222,7 +231,15 @@ def download(
     paths = []
     for name in names:
         path = out / name
-        with store.open_reader(files[name].artifact_id) as src, path.open("wb") as dst:
+        try:
+            reader = store.open_reader(files[name].artifact_id)
+        except ArtifactNotFound:
+            raise UserInputError(
+                f"trial {trial.number}'s {name} is linked but not in the store "
+                f"{study.user_attrs.get(STORE_ATTR)} "
+                "(removed by hand, or moved): pass --artifacts with where the store is now"
+            ) from None
+        with reader as src, path.open("wb") as dst:
             while chunk := src.read(1 << 20):
                 dst.write(chunk)
         paths.append(path)

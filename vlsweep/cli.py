@@ -463,6 +463,9 @@ def export(
     adapter: Annotated[
         Path | None, typer.Option(help="merged: merge this adapter directory instead of the stored one")
     ] = None,
+    artifacts: Annotated[
+        str | None, typer.Option(help="adapter, merged: the trials' file store, if not the one recorded")
+    ] = None,
     storage: StorageOpt = None,
 ) -> None:
     """Export the picked trial for vlsweep train, LLaMA-Factory, ms-swift or peft, or the
@@ -473,7 +476,9 @@ def export(
         results, trial = _results_and_pick(name, storage, pick, where, optional=False)
         assert trial is not None
         out = output_dir or Path(f"export-{name}-trial-{trial.number}")
-        paths = run_export(results, trial, format, out, steps, force=force, adapter=adapter)
+        paths = run_export(
+            results, trial, format, out, steps, force=force, adapter=adapter, artifacts=artifacts
+        )
     except UserInputError as err:
         _fail(err)
     values = " ".join(f"{n}={v:.4g}" for n, v in zip(results.metric_names, trial.values, strict=True))

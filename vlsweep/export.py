@@ -108,6 +108,7 @@ class Options:
     steps: int | None = None  # training steps of the exported run (default: the sweep's)
     force: bool = False  # export combinations the tool would mishandle, as notes
     adapter: Path | None = None  # merged: this adapter directory instead of the stored one
+    artifacts: str | None = None  # adapter, merged: the store, if not where the study says
 
 
 def export_vlsweep(results: SweepResults, trial: FrozenTrial, out: Path, opts: Options) -> list[Path]:
@@ -143,9 +144,10 @@ class Turn:
     answer_tokens: int  # the answer's tokens with the end of turn, as the trial's labels count
 
 
-def turns(cfg: Any) -> dict[str, list[Turn]]:
+def turns(cfg: Any) -> tuple[dict[str, list[Turn]], str | None]:
     """The trial's training and validation samples as chat turns, encoded by the model's
-    own processor exactly as the trial encodes them (no model weights are loaded)."""
+    own processor exactly as the trial encodes them (no model weights are loaded), and
+    the system prompt its chat template puts before them (see ``chat_system``)."""
     from vlsweep.trials import Encoder, load_data, load_processing
 
     data = load_data(cfg.data, Path.cwd())
@@ -160,7 +162,36 @@ def turns(cfg: Any) -> dict[str, list[Turn]]:
             image = str(Path(rec.image).resolve())
             rows.append(Turn(rec.task, image, encoder.question(rec), enc.answer, n_answer))
         out[split] = rows
-    return out
+    return out, chat_system(proc.processor)
+
+
+_MARK = "\x00vlsweep-system\x00"
+
+
+def chat_system(processor: Any) -> str | None:
+    """The system prompt the checkpoint's chat template adds to a conversation that has
+    none ("" for none), or None without a chat template.
+
+    The trial asks each question with no system message, as the model's own template
+    renders it; LLaMA-Factory's and ms-swift's templates add their own default system
+    prompt (Qwen2-VL's "You are a helpful assistant."), which a checkpoint's template may
+    not. The exports set the tools' system prompt to this, so training sees the prompts
+    the trial saw."""
+    if not getattr(processor, "chat_template", None):
+        return None
+    user = [{"role": "user", "content": [{"type": "text", "text": "q"}]}]
+    plain = processor.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+    marked = processor.apply_chat_template(
+        [{"role": "system", "content": [{"type": "text", "text": _MARK}]}, *user],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    if _MARK not in marked:
+        return None  # the template drops system messages: nothing to match
+    head, tail = marked.split(_MARK, 1)
+    if plain.startswith(head) and plain.endswith(tail) and len(plain) >= len(head) + len(tail):
+        return plain[len(head) : len(plain) - len(tail)]
+    return ""  # no system block when none is given
 
 
 def _mix(samples: list[Turn], params: TrialParams) -> dict[str, float]:
@@ -240,11 +271,20 @@ def export_llamafactory(results: SweepResults, trial: FrozenTrial, out: Path, op
     steps, force = opts.steps, opts.force
     cfg = target_config(results)
     params = trial_params(cfg, trial)
-    samples = turns(cfg)
+    problems = []
+    modules_to_save: list[str] = []
+    if cfg.lora.projector == "full":
+        modules_to_save = _plan(cfg, params)[0].modules_to_save
+        if not modules_to_save:
+            problems.append(
+                "lora.projector: full, but no projector module can be trained whole "
+                "(additional_target); LLaMA-Factory would leave the projector frozen"
+            )
+    notes = _refuse(problems, force)  # before the data is converted: a refusal costs nothing
+    samples, system = turns(cfg)
     probs = _mix(samples["train"], params)
     tasks = list(probs)
     family = _family(cfg)
-    notes = []
     others = {g: x for g, x in _trained_lrs(cfg, params).items() if g != "llm" and x != params.lr_llm}
     if others:
         shown = ", ".join(f"{GROUP_LR[g]}={x:.3g}" for g, x in others.items())
@@ -264,16 +304,6 @@ def export_llamafactory(results: SweepResults, trial: FrozenTrial, out: Path, op
         notes.append(f"lora_alpha {params.lora_alpha:g} rounded to an integer (LLaMA-Factory takes an int).")
     if family not in LLAMAFACTORY_TEMPLATES:
         notes.append(f"no LLaMA-Factory template known for model family {family!r}: set `template` yourself.")
-    problems = []
-    modules_to_save: list[str] = []
-    if cfg.lora.projector == "full":
-        modules_to_save = _plan(cfg, params)[0].modules_to_save
-        if not modules_to_save:
-            problems.append(
-                "lora.projector: full, but no projector module can be trained whole "
-                "(additional_target); LLaMA-Factory would leave the projector frozen"
-            )
-    notes += _refuse(problems, force)
 
     # The data in LLaMA-Factory's sharegpt format, registered in data/dataset_info.json.
     info: dict[str, Any] = {}
@@ -339,6 +369,11 @@ def export_llamafactory(results: SweepResults, trial: FrozenTrial, out: Path, op
         "seed": cfg.seed,
         "bf16": cfg.model.dtype == "bfloat16",
     }
+    if system is not None:
+        # The system prompt the model's own chat template adds (none: ""), not the tool's.
+        doc["default_system"] = system
+    if cfg.model.dtype == "float16":
+        doc["fp16"] = True
     if modules_to_save:
         doc["additional_target"] = ",".join(modules_to_save)
     if cfg.optim.max_grad_norm is not None:
@@ -373,18 +408,52 @@ SWIFT_TYPES = {
     "gemma3": "gemma3_vision",
 }
 SWIFT_FILE = "swift_sft.sh"
+# ms-swift's Qwen2-VL templates expand the image placeholder by a fixed token id (Qwen's
+# vocabulary: swift/template/templates/qwen.py); a checkpoint with another id gets one
+# unexpanded image token per image and trains on broken inputs without an error.
+SWIFT_IMAGE_TOKEN_IDS = {"qwen2_vl": 151655, "qwen2_5_vl": 151655}
+
+
+def _image_token_id(cfg: Any) -> int | None:
+    from transformers import AutoConfig
+
+    hf = AutoConfig.from_pretrained(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
+    value = getattr(hf, "image_token_id", None)
+    return int(value) if value is not None else None
 
 
 def export_swift(results: SweepResults, trial: FrozenTrial, out: Path, opts: Options) -> list[Path]:
     steps, force = opts.steps, opts.force
     cfg = target_config(results)
     params = trial_params(cfg, trial)
-    samples = turns(cfg)
+    lrs = _trained_lrs(cfg, params)
+    problems = []
+    if cfg.lora.loraplus_lr_ratio is not None and {"vision", "projector"} & set(lrs):
+        problems.append(
+            "lora.loraplus_lr_ratio with per-module learning rates: ms-swift's --lorap_lr_ratio "
+            "switches its optimizer to LoRA+, which drops --vit_lr and --aligner_lr without a word"
+        )
+    modules_to_save: list[str] = []
+    if cfg.lora.projector == "full":
+        modules_to_save = _plan(cfg, params)[0].modules_to_save
+        if not modules_to_save:
+            problems.append(
+                "lora.projector: full, but no projector module can be trained whole "
+                "(--modules_to_save); ms-swift would leave the frozen aligner frozen"
+            )
+    family = _family(cfg)
+    expected = SWIFT_IMAGE_TOKEN_IDS.get(family or "")
+    got = _image_token_id(cfg) if expected is not None else None
+    if expected is not None and got is not None and got != expected:
+        problems.append(
+            f"the checkpoint's image token id is {got}, but ms-swift's {family} template expands "
+            f"images at id {expected} (Qwen's vocabulary): it would train on one unexpanded image "
+            "token per image"
+        )
+    notes = _refuse(problems, force)  # before the data is converted: a refusal costs nothing
+    samples, system = turns(cfg)
     probs = _mix(samples["train"], params)
     tasks = list(probs)
-    lrs = _trained_lrs(cfg, params)
-    family = _family(cfg)
-    notes = []
     scales = {t: 1.0 for t in tasks}
     if len(tasks) > 1:
         scales = token_loss_scales(samples["train"], probs, params.weights_for(tasks))
@@ -398,13 +467,6 @@ def export_swift(results: SweepResults, trial: FrozenTrial, out: Path, opts: Opt
         notes.append(f"no ms-swift model type known for family {family!r}: add --model_type and --template.")
     if cfg.lora.targets or cfg.lora.rank:
         notes.append("lora.targets / lora.rank per group are not expressible; ms-swift targets every linear.")
-    problems = []
-    if cfg.lora.loraplus_lr_ratio is not None and {"vision", "projector"} & set(lrs):
-        problems.append(
-            "lora.loraplus_lr_ratio with per-module learning rates: ms-swift's --lorap_lr_ratio "
-            "switches its optimizer to LoRA+, which drops --vit_lr and --aligner_lr without a word"
-        )
-    notes += _refuse(problems, force)
 
     written = [
         _write_jsonl(
@@ -439,10 +501,11 @@ def export_swift(results: SweepResults, trial: FrozenTrial, out: Path, opts: Opt
         args.append(("--vit_lr", repr(lrs["vision"])))
     if "projector" in lrs:
         args.append(("--aligner_lr", repr(lrs["projector"])))
-    if cfg.lora.projector == "full":
-        plan, _ = _plan(cfg, params)
-        if plan.modules_to_save:
-            args.append(("--modules_to_save", plan.modules_to_save))
+    if modules_to_save:
+        args.append(("--modules_to_save", modules_to_save))
+    if system is not None:
+        # The system prompt the model's own chat template adds (none: ""), not the tool's.
+        args.append(("--system", system))
     if cfg.lora.loraplus_lr_ratio is not None:
         args.append(("--lorap_lr_ratio", cfg.lora.loraplus_lr_ratio))
     args += [
@@ -541,10 +604,15 @@ def export_peft(results: SweepResults, trial: FrozenTrial, out: Path, opts: Opti
     return [out / "adapter_config.json", groups_path, prov_path]
 
 
-def _stored(results: SweepResults, trial: FrozenTrial, names: tuple[str, ...], out: Path) -> list[Path]:
+def _stored(
+    results: SweepResults, trial: FrozenTrial, names: tuple[str, ...], out: Path, opts: Options
+) -> list[Path]:
     from vlsweep import artifacts
 
-    store = artifacts.store_of(results.study)
+    if opts.artifacts:
+        store = artifacts.open_store(opts.artifacts, create=False)
+    else:
+        store = artifacts.store_of(results.study)
     if store is None:
         raise UserInputError(
             f"study {results.name!r} stores no trial files (artifacts.store: none, or a study older "
@@ -558,13 +626,27 @@ def export_adapter(results: SweepResults, trial: FrozenTrial, out: Path, opts: O
     with its metrics.json, predictions.jsonl and train_log.jsonl, from the sweep's store."""
     from vlsweep import artifacts
 
-    paths = _stored(results, trial, artifacts.ADAPTER_FILES, out)
+    paths = _stored(results, trial, artifacts.ADAPTER_FILES, out, opts)
     stored = artifacts.trial_files(trial, artifacts.removed_ids(results.study))
     extra = [n for n in ("metrics.json", "predictions.jsonl", "train_log.jsonl") if n in stored]
-    paths += _stored(results, trial, tuple(extra), out)
+    paths += _stored(results, trial, tuple(extra), out, opts)
+    # The worker's path to the base may be a node's cache: name the model as the sweep did.
+    config_path = out / "adapter_config.json"
+    adapter_cfg = json.loads(config_path.read_text())
+    adapter_cfg["base_model_name_or_path"] = target_config(results).model.name_or_path
+    config_path.write_text(json.dumps(adapter_cfg, indent=2) + "\n")
     prov = out / "vlsweep_export.json"
     prov.write_text(json.dumps(provenance(results, trial), indent=2) + "\n")
     return [*paths, prov]
+
+
+def _checkpoint_dtype(cfg: Any) -> str:
+    from transformers import AutoConfig
+
+    hf = AutoConfig.from_pretrained(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
+    dtype = str(getattr(hf, "dtype", None) or getattr(hf, "torch_dtype", None) or "float32")
+    dtype = dtype.removeprefix("torch.")
+    return dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
 
 
 def export_merged(results: SweepResults, trial: FrozenTrial, out: Path, opts: Options) -> list[Path]:
@@ -583,18 +665,23 @@ def export_merged(results: SweepResults, trial: FrozenTrial, out: Path, opts: Op
         adapter = opts.adapter
         if adapter is None:
             adapter = Path(tmp)
-            _stored(results, trial, artifacts.ADAPTER_FILES, adapter)
+            _stored(results, trial, artifacts.ADAPTER_FILES, adapter, opts)
         elif not (adapter / "adapter_config.json").is_file():
             raise UserInputError(f"--adapter: {adapter} has no adapter_config.json (not a peft adapter)")
-        # Merged on the CPU in the sweep's dtype: no GPU memory is needed for an export.
-        base = load_base(cfg.model.model_copy(update={"device": "cpu"}))
+        # Merged on the CPU (no GPU memory needed) in the checkpoint's own dtype unless the
+        # sweep named one, without the training-only settings that would be saved with it.
+        dtype = cfg.model.dtype if cfg.model.dtype != "auto" else _checkpoint_dtype(cfg)
+        model_cfg = cfg.model.model_copy(
+            update={"device": "cpu", "dtype": dtype, "gradient_checkpointing": False}
+        )
+        base = load_base(model_cfg)
         model = PeftModel.from_pretrained(base.model, str(adapter))
         merged = model.merge_and_unload()
     merged.save_pretrained(out)
     base.processor.save_pretrained(out)
     prov = out / "vlsweep_export.json"
     prov.write_text(json.dumps(provenance(results, trial), indent=2) + "\n")
-    return sorted(p for p in out.iterdir() if p.is_file())
+    return [out]
 
 
 # Format name -> exporter (results, trial, output directory, options) -> the files written.
@@ -619,6 +706,7 @@ def export(
     *,
     force: bool = False,
     adapter: Path | None = None,
+    artifacts: str | None = None,
 ) -> list[Path]:
     if fmt not in EXPORTERS:
         raise UserInputError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
@@ -627,4 +715,5 @@ def export(
     if adapter is not None and fmt != "merged":
         raise UserInputError(f"--adapter goes with --format merged, not {fmt!r}")
     out.mkdir(parents=True, exist_ok=True)
-    return EXPORTERS[fmt](results, trial, out, Options(steps=steps, force=force, adapter=adapter))
+    opts = Options(steps=steps, force=force, adapter=adapter, artifacts=artifacts)
+    return EXPORTERS[fmt](results, trial, out, opts)

@@ -302,7 +302,7 @@ def test_every_export_format_writes_the_values_the_trial_ran_with(
     mix = dict(zip(tasks, map(float, lf["interleave_probs"].split(",")), strict=True))
     assert mix == pytest.approx(probs, abs=1e-4)
 
-    export(results, trial, "swift", tmp_path / "sw")
+    export(results, trial, "swift", tmp_path / "sw", force=True)
     script = (tmp_path / "sw" / "swift_sft.sh").read_text()
     argv = swift_argv(script)
     flag = {a[2:]: argv[i + 1] for i, a in enumerate(argv) if a.startswith("--")}

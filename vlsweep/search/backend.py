@@ -18,6 +18,7 @@ from typing import Any
 
 import optuna
 
+from vlsweep import artifacts
 from vlsweep.config import BUILTIN
 from vlsweep.errors import UserInputError
 from vlsweep.search.config import SweepConfig
@@ -203,7 +204,7 @@ def check_shared_storage(cfg: SweepConfig, storage_path: str, artifact_store: st
             "(s3://bucket/runs, gs://...), or a path on a mount every node shares and set "
             "ray.shared_storage: true (docs/cluster.md)"
         )
-    if artifact_store and artifact_store != "none" and "://" not in artifact_store:
+    if artifact_store and artifact_store != artifacts.NONE and artifacts.is_local(artifact_store):
         problems.append(
             f"artifacts.store: {artifact_store} is a local path, but the Ray cluster has {len(nodes)} "
             "nodes, whose trials would store their adapters on their own disks; give s3://BUCKET, "

@@ -200,6 +200,8 @@ class OptunaAskTellSearcher(Searcher):
 
     def _finish(self, trial_id: str, trial: optuna.Trial, result: dict[str, Any] | None) -> None:
         self._where.pop(trial_id, None)
+        # Whatever the verdict, the files the worker stored are linked (so retention sees them).
+        self._link_files(trial, result or {})
         if self.abort_reason is not None:
             # Stopped because the sweep is aborting: not a scheduler's verdict on the trial.
             self._tell_fail(trial_id, trial, f"stopped: {self.abort_reason}", self._steps.get(trial_id))
@@ -214,7 +216,6 @@ class OptunaAskTellSearcher(Searcher):
             return
         steps = int(result.get("steps") or steps or 0)
         trial.set_user_attr("steps", steps)
-        self._link_files(trial, result)
         # The table's metrics other than the study's two values, as user attrs.
         for key in (k for k, m in METRICS.items() if m.attr):
             value = result.get(key)

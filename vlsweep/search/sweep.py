@@ -77,11 +77,16 @@ def _seed_points(study: optuna.Study, cfg: SweepConfig, space: Space) -> None:
 
 
 def artifact_store_spec(cfg: SweepConfig, study: optuna.Study, storage_url: str, out_root: Path) -> str:
-    """Where this sweep stores its trials' files: the config's ``artifacts.store`` (a
-    relative directory taken from here), else what the study recorded (a resumed sweep
-    keeps its store), else the default beside the study."""
-    spec = cfg.artifacts.store or study.user_attrs.get(artifacts.STORE_ATTR)
-    spec = spec or artifacts.default_store(storage_url, out_root)
+    """Where this sweep stores its trials' files: what the study recorded (a resumed sweep
+    keeps its store, wherever it is resumed from), else the config's ``artifacts.store``
+    (a relative directory taken from here), else the default beside the study. A study
+    that has trials from before artifact storage stores none, as it did."""
+    recorded = study.user_attrs.get(artifacts.STORE_ATTR)
+    if recorded:
+        return str(recorded)
+    if study.get_trials(deepcopy=False):
+        return artifacts.NONE
+    spec = cfg.artifacts.store or artifacts.default_store(storage_url, out_root)
     if spec != artifacts.NONE and artifacts.is_local(spec):
         spec = str((Path.cwd() / Path(spec).expanduser()).resolve())
     return spec

@@ -429,16 +429,16 @@ def score(
     model first (a trial's, or one trained elsewhere). Returns the metrics and the
     answers as ``predictions.jsonl`` text."""
     say = log or (lambda _msg: None)
+    if adapter is not None and not (adapter / "adapter_config.json").is_file():
+        raise UserInputError(
+            f"--adapter: {adapter} has no adapter_config.json; give the directory a peft "
+            "adapter was saved to (save_pretrained)"
+        )
     base = base or load_base(spec.model)
     model = base.model
     if adapter is not None:
         from peft import PeftModel
 
-        if not (adapter / "adapter_config.json").is_file():
-            raise UserInputError(
-                f"--adapter: {adapter} has no adapter_config.json; give the directory a peft "
-                "adapter was saved to (save_pretrained)"
-            )
         model = PeftModel.from_pretrained(model, str(adapter))
         say(f"adapter {adapter} on {base.source}")
     trainer = Trainer(TrialParams(), spec.budget, spec=spec, data=TrialData(train=[], val=val), base=base)
