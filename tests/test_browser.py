@@ -7,6 +7,7 @@ downloads a browser here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -76,10 +77,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_dashboard_shows_the_pareto_front_with_cer_and_iou(finished_sweep, browser):
-    d, url, name = finished_sweep
-    study = optuna.load_study(study_name=name, storage=url)
-    complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+@contextlib.contextmanager
+def _dashboard(d: Path, url: str):
+    """`vlsweep dashboard` on the study, answering; yields its port."""
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "vlsweep.cli", "dashboard", "--storage", url, "--port", str(port)],
@@ -90,6 +90,17 @@ def test_dashboard_shows_the_pareto_front_with_cer_and_iou(finished_sweep, brows
     )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/api/studies", server)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_dashboard_shows_the_pareto_front_with_cer_and_iou(finished_sweep, browser):
+    d, url, name = finished_sweep
+    study = optuna.load_study(study_name=name, storage=url)
+    complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    with _dashboard(d, url) as port:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"http://127.0.0.1:{port}/dashboard/studies/{study._study_id}")
         page.wait_for_function(
@@ -108,9 +119,6 @@ def test_dashboard_shows_the_pareto_front_with_cer_and_iou(finished_sweep, brows
             assert select.inner_text().strip() == metric
         assert page.locator("svg.main-svg").count() > 0  # plotly drew it
         page.screenshot(path=str(d / "dashboard.png"), full_page=True)
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def test_report_renders_offline_from_file(finished_sweep, browser):
@@ -164,16 +172,7 @@ def test_dashboard_offers_each_trials_stored_files(finished_sweep, browser):
     trial = next(t for t in study.get_trials() if t.state == TrialState.COMPLETE)
     files = artifacts.trial_files(trial, artifacts.removed_ids(study))
     assert set(files) == {n for _, n in artifacts.TRIAL_FILES}
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "vlsweep.cli", "dashboard", "--storage", url, "--port", str(port)],
-        cwd=d,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/api/studies", server)
+    with _dashboard(d, url) as port:
         page = browser.new_page(viewport={"width": 1400, "height": 1400})
         page.goto(f"http://127.0.0.1:{port}/dashboard/studies/{study._study_id}/trials?numbers={trial.number}")
         for filename in files:
@@ -183,6 +182,3 @@ def test_dashboard_offers_each_trials_stored_files(finished_sweep, browser):
         link = f"http://127.0.0.1:{port}/artifacts/{study._study_id}/{trial._trial_id}/{meta.artifact_id}"
         with urllib.request.urlopen(link, timeout=10) as resp:
             assert json.loads(resp.read())["cer"] == pytest.approx(trial.values[0])
-    finally:
-        server.terminate()
-        server.wait(10)

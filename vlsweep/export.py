@@ -259,6 +259,20 @@ def _refuse(problems: list[str], force: bool) -> list[str]:
     return [f"(exported with --force) {p}" for p in problems]
 
 
+def _whole_projector(cfg: Any, params: TrialParams, tool: str, key: str, problems: list[str]) -> list[str]:
+    """The modules a "full" projector trains whole (peft's modules_to_save), for the tool's
+    ``key``; none to name is a problem (the tool would leave the projector frozen)."""
+    if cfg.lora.projector != "full":
+        return []
+    modules = _plan(cfg, params)[0].modules_to_save
+    if not modules:
+        problems.append(
+            f"lora.projector: full, but no projector module can be trained whole ({key}); "
+            f"{tool} would leave the projector frozen"
+        )
+    return modules
+
+
 def _say_notes(notes: list[str]) -> None:
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
@@ -271,15 +285,8 @@ def export_llamafactory(results: SweepResults, trial: FrozenTrial, out: Path, op
     steps, force = opts.steps, opts.force
     cfg = target_config(results)
     params = trial_params(cfg, trial)
-    problems = []
-    modules_to_save: list[str] = []
-    if cfg.lora.projector == "full":
-        modules_to_save = _plan(cfg, params)[0].modules_to_save
-        if not modules_to_save:
-            problems.append(
-                "lora.projector: full, but no projector module can be trained whole "
-                "(additional_target); LLaMA-Factory would leave the projector frozen"
-            )
+    problems: list[str] = []
+    modules_to_save = _whole_projector(cfg, params, "LLaMA-Factory", "additional_target", problems)
     notes = _refuse(problems, force)  # before the data is converted: a refusal costs nothing
     samples, system = turns(cfg)
     probs = _mix(samples["train"], params)
@@ -433,14 +440,7 @@ def export_swift(results: SweepResults, trial: FrozenTrial, out: Path, opts: Opt
             "lora.loraplus_lr_ratio with per-module learning rates: ms-swift's --lorap_lr_ratio "
             "switches its optimizer to LoRA+, which drops --vit_lr and --aligner_lr without a word"
         )
-    modules_to_save: list[str] = []
-    if cfg.lora.projector == "full":
-        modules_to_save = _plan(cfg, params)[0].modules_to_save
-        if not modules_to_save:
-            problems.append(
-                "lora.projector: full, but no projector module can be trained whole "
-                "(--modules_to_save); ms-swift would leave the frozen aligner frozen"
-            )
+    modules_to_save = _whole_projector(cfg, params, "ms-swift", "--modules_to_save", problems)
     family = _family(cfg)
     expected = SWIFT_IMAGE_TOKEN_IDS.get(family or "")
     got = _image_token_id(cfg) if expected is not None else None

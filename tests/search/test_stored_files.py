@@ -21,6 +21,12 @@ from vlsweep.search.sweep import run_sweep
 pytestmark = pytest.mark.integration
 
 
+def _export(url: str, trial: int, fmt: str, out: Path) -> subprocess.CompletedProcess:
+    """``vlsweep export t --pick trial:N --format FMT -o OUT``, run where the study is."""
+    args = ("export", "t", "--storage", url, "--pick", f"trial:{trial}", "--format", fmt, "-o", str(out))
+    return _cli(*args, cwd=out.parent)
+
+
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "vlsweep.cli", *args], cwd=cwd, capture_output=True, text=True
@@ -74,27 +80,13 @@ def test_stored_adapter_scores_as_its_trial_and_merged_within_1e4(stored_sweep, 
     tmp, url, study = stored_sweep
     keep = artifacts.kept(study.get_trials(), ["minimize", "maximize"], keep_last=1)
     trial = study.trials[max(keep)]
-    out = _cli(
-        "export",
-        "t",
-        "--storage",
-        url,
-        "--pick",
-        f"trial:{trial.number}",
-        "--format",
-        "adapter",
-        "-o",
-        str(tmp / "adapter"),
-        cwd=tmp,
-    )
+    out = _export(url, trial.number, "adapter", tmp / "adapter")
     assert out.returncode == 0, out.stderr[-3000:]
     cfg = json.loads((tmp / "adapter" / "adapter_config.json").read_text())
     assert cfg["modules_to_save"] == ["model.visual.merger"]
     # The trial's evaluation settings (prompts, max_new_tokens, validation data) travel in
     # the vlsweep export's train.yaml; with it, eval scores exactly as the trial was scored.
-    out = _cli(
-        "export", "t", "--storage", url, "--pick", f"trial:{trial.number}", "-o", str(tmp / "v"), cwd=tmp
-    )
+    out = _export(url, trial.number, "vlsweep", tmp / "v")
     assert out.returncode == 0, out.stderr[-3000:]
     train_yaml = str(tmp / "v" / "train.yaml")
     out = _cli("eval", "--config", train_yaml, "--adapter", str(tmp / "adapter"), "--json", cwd=tmp)
@@ -103,19 +95,7 @@ def test_stored_adapter_scores_as_its_trial_and_merged_within_1e4(stored_sweep, 
     assert [scored["cer"], scored["iou"]] == pytest.approx(trial.values, abs=1e-6)
     assert scored.keys() >= {"acc_iou50", "parse_fail_rate", "val_loss_ocr", "val_loss_grounding"}
 
-    out = _cli(
-        "export",
-        "t",
-        "--storage",
-        url,
-        "--pick",
-        f"trial:{trial.number}",
-        "--format",
-        "merged",
-        "-o",
-        str(tmp / "merged"),
-        cwd=tmp,
-    )
+    out = _export(url, trial.number, "merged", tmp / "merged")
     assert out.returncode == 0, out.stderr[-3000:]
     assert not (tmp / "merged" / "adapter_config.json").exists()
     out = _cli("eval", "--config", train_yaml, "--model", str(tmp / "merged"), "--json", cwd=tmp)
@@ -135,19 +115,7 @@ def test_export_of_a_trial_whose_files_retention_removed_says_why(stored_sweep):
     tmp, url, study = stored_sweep
     keep = artifacts.kept(study.get_trials(), ["minimize", "maximize"], keep_last=1)
     gone = next(t for t in study.get_trials() if t.number not in keep)
-    out = _cli(
-        "export",
-        "t",
-        "--storage",
-        url,
-        "--pick",
-        f"trial:{gone.number}",
-        "--format",
-        "adapter",
-        "-o",
-        str(tmp / "gone"),
-        cwd=tmp,
-    )
+    out = _export(url, gone.number, "adapter", tmp / "gone")
     assert out.returncode == 2, out.stderr
     assert f"error: trial {gone.number} has no stored adapter_config.json" in out.stderr
     assert "artifacts.keep_last" in out.stderr
