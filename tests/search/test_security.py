@@ -68,9 +68,11 @@ def test_a_canary_password_never_reaches_a_file(tmp_path, tiny_checkpoint, demo_
     outputs.append(_run("resume", "t", cwd=tmp_path, env=env))
     outputs.append(_run("status", "t", cwd=tmp_path, env=env))
     outputs.append(_run("report", "t", "-o", str(tmp_path / "report.html"), cwd=tmp_path, env=env))
+    # --force: the swift export refuses the tiny checkpoint (its image token is not Qwen's);
+    # forced, it still writes every file, and those must hold no password either.
     for fmt in ("vlsweep", "llamafactory", "swift", "peft"):
         out_dir = str(tmp_path / f"export-{fmt}")
-        outputs.append(_run("export", "t", "--format", fmt, "-o", out_dir, cwd=tmp_path, env=env))
+        outputs.append(_run("export", "t", "--format", fmt, "--force", "-o", out_dir, cwd=tmp_path, env=env))
 
     study = optuna.load_study(study_name="t", storage=url)
     assert len([t for t in study.get_trials() if t.state == TrialState.COMPLETE]) >= 4
