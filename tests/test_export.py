@@ -309,3 +309,32 @@ def test_report_png_without_a_browser_says_how_to_get_one(study_url, tmp_path):
     assert out.returncode == 2
     assert out.stderr.startswith("error: --png needs Chromium or Chrome and found none: install it")
     assert "does not download" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_exports_note_each_strategy_the_trainer_cannot_run(study_url, tmp_path):
+    from vlsweep.config import load_train_config
+
+    res = _results(study_url)
+    trial = res.trial(1)
+    strategy = {
+        "loss_balance": "famo",
+        "curriculum_ratio": 0.4,
+        "vision_first_ratio": 0.2,
+        "lora_r_vision": 16,
+        "lora_targets_llm": "attention",
+    }
+    trial.params.update(strategy)  # as a sweep with these fixed in its space records them
+    res.config["space"].update(strategy)
+    export(res, trial, "vlsweep", tmp_path / "v")
+    params = load_train_config(tmp_path / "v" / "train.yaml")[0].params
+    assert {k: getattr(params, k) for k in strategy} == strategy  # vlsweep train runs them all
+    export(res, trial, "llamafactory", tmp_path / "lf")
+    text = (tmp_path / "lf" / "llamafactory.yaml").read_text()
+    for needle in ("loss_balance=famo", "curriculum_ratio=0.4", "vision_first_ratio=0.2", "lora_r_vision=16"):
+        assert needle in text
+    export(res, trial, "peft", tmp_path / "p")
+    doc = json.loads((tmp_path / "p" / "param_groups.json").read_text())
+    assert doc["strategies"]["loss_balance"] == "famo"
+    cfg = json.loads((tmp_path / "p" / "adapter_config.json").read_text())
+    assert 16 in cfg["rank_pattern"].values()
+    assert "q_proj" in cfg["target_modules"] and "gate_proj" not in cfg["target_modules"]

@@ -13,7 +13,7 @@ import pytest
 from optuna.trial import create_trial
 
 from vlsweep import pareto
-from vlsweep.config import LOSS_STRATEGIES, TrainConfig
+from vlsweep.config import TrainConfig
 from vlsweep.metrics import METRICS, OBJECTIVES, Evaluation, compute
 from vlsweep.params import BASELINE, DEFAULT_SPACE, GROUP_LR, PARAM_NAMES, TrialParams, check_value
 from vlsweep.search.config import Objective, SweepConfig
@@ -87,12 +87,29 @@ def test_hypervolume_in_three_objectives_is_the_union_of_boxes():
     assert hv == pytest.approx(0.125 + 0.046875 - 0.03125)
 
 
-def test_the_loss_table_and_the_config_name_the_same_strategies():
-    from vlsweep.trials import LOSSES
+def test_the_balance_table_and_the_parameter_name_the_same_strategies():
+    from vlsweep.params import LOSS_BALANCES, choices
+    from vlsweep.trials import BALANCES
 
-    assert tuple(LOSSES) == LOSS_STRATEGIES
-    with pytest.raises(ValueError, match="loss.strategy"):
-        TrainConfig.model_validate({"data": DATA, "loss": {"strategy": "nope"}})
+    assert tuple(BALANCES) == LOSS_BALANCES == choices("loss_balance")
+    # The old config key points to the parameter that replaced it.
+    with pytest.raises(ValueError, match="loss.strategy is now the parameter loss_balance"):
+        TrainConfig.model_validate({"data": DATA, "loss": {"strategy": "weighted_sum"}})
+
+
+def test_each_strategy_key_turns_on_parameters_that_are_off_by_default():
+    from vlsweep.params import STRATEGIES, strategy_space
+    from vlsweep.search.config import StrategiesConfig
+
+    assert tuple(StrategiesConfig.model_fields) == STRATEGIES
+    for key in STRATEGIES:
+        entries = strategy_space(key)
+        assert entries, key
+        for name, entry in entries.items():
+            # Off by default: the default space holds the parameter at its engine default,
+            # a value that leaves the trial as it was before the strategy existed.
+            assert DEFAULT_SPACE[name] == TrialParams.model_fields[name].default, name
+            assert isinstance(entry, dict) and entry["type"] in ("float", "categorical"), name
 
 
 def _study(names, directions, n=12):

@@ -134,14 +134,26 @@ class OptimConfig(_Strict):
     eps: float = Field(default=1e-8, gt=0)
 
 
-# The names of vlsweep.trials.losses.LOSSES (the config layer cannot import the engine).
-LOSS_STRATEGIES = ("weighted_sum",)
-
-
 class LossConfig(_Strict):
-    # How the tasks' losses make the training loss: weighted_sum weights each task's mean
-    # token loss by the trial's task weights (weight_ocr).
-    strategy: Literal[LOSS_STRATEGIES] = "weighted_sum"  # type: ignore[valid-type]
+    """Settings of the loss-balancing strategies; which one a trial runs is its
+    ``loss_balance`` parameter (``params.loss_balance`` or the space)."""
+
+    # Learning rate of the uncertainty strategy's log-variances (their own optimizer group,
+    # on the trial's warmup + cosine schedule).
+    balance_lr: float = Field(default=0.025, gt=0)
+    # Learning rate of FAMO's own Adam on its task logits (the paper's 0.025).
+    famo_lr: float = Field(default=0.025, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strategy_moved(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "strategy" in value:
+            raise ValueError(
+                "loss.strategy is now the parameter loss_balance (weighted_sum is `static`): "
+                "set params.loss_balance in a train config, or space.loss_balance / "
+                "strategies.loss_balance in a sweep"
+            )
+        return value
 
 
 class RunConfig(_Strict):

@@ -273,6 +273,49 @@ def _whole_projector(cfg: Any, params: TrialParams, tool: str, key: str, problem
     return modules
 
 
+def strategy_notes(params: TrialParams, tool: str) -> list[str]:
+    """What the trial did through the strategies (docs/strategies.md) that ``tool``'s one
+    run cannot express; the export trains without it. ``vlsweep train`` on the vlsweep
+    export runs every one of them."""
+    notes = []
+    if params.loss_balance != "static":
+        notes.append(
+            f"the trial balanced its task losses with loss_balance={params.loss_balance}; {tool} has "
+            "no such option, so the export weights the tasks statically (weight_ocr "
+            f"{params.weight_ocr:.3g}, the default when the trial did not search it)."
+        )
+    data = {
+        "hard_oversample": params.hard_oversample != 1.0,
+        "curriculum_ratio": params.curriculum_ratio > 0,
+        "rotation_period": params.rotation_period > 0,
+    }
+    if any(data.values()):
+        shown = ", ".join(f"{k}={getattr(params, k):.3g}" for k, on in data.items() if on)
+        notes.append(
+            f"the trial drew its batches by {shown}; {tool} samples the converted data uniformly "
+            "within each task."
+        )
+    if params.vision_first_ratio > 0:
+        notes.append(
+            f"vision_first_ratio={params.vision_first_ratio:.3g}: the trial trained the vision side "
+            f"alone for that fraction of the steps; {tool} trains every group from the start (run "
+            "it twice, the LLM frozen the first time, to follow the trial)."
+        )
+    layout = {
+        "lora_r_vision": params.lora_r_vision,
+        "lora_r_projector": params.lora_r_projector,
+        "lora_targets_llm": params.lora_targets_llm != "all",
+        "lora_targets_vision": params.lora_targets_vision != "all",
+    }
+    if any(layout.values()):
+        shown = ", ".join(f"{k}={getattr(params, k)}" for k, on in layout.items() if on)
+        notes.append(
+            f"the trial's LoRA layout ({shown}) is not expressible per module group in {tool}; "
+            "--format peft carries it (adapter_config.json rank_pattern and target_modules)."
+        )
+    return notes
+
+
 def _say_notes(notes: list[str]) -> None:
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
@@ -307,6 +350,7 @@ def export_llamafactory(results: SweepResults, trial: FrozenTrial, out: Path, op
         )
     if cfg.lora.targets or cfg.lora.rank:
         notes.append("lora.targets / lora.rank per group are not expressible; lora_target is 'all'.")
+    notes += strategy_notes(params, "LLaMA-Factory")
     if abs(params.lora_alpha - round(params.lora_alpha)) > 1e-9:
         notes.append(f"lora_alpha {params.lora_alpha:g} rounded to an integer (LLaMA-Factory takes an int).")
     if family not in LLAMAFACTORY_TEMPLATES:
@@ -467,6 +511,7 @@ def export_swift(results: SweepResults, trial: FrozenTrial, out: Path, opts: Opt
         notes.append(f"no ms-swift model type known for family {family!r}: add --model_type and --template.")
     if cfg.lora.targets or cfg.lora.rank:
         notes.append("lora.targets / lora.rank per group are not expressible; ms-swift targets every linear.")
+    notes += strategy_notes(params, "ms-swift")
 
     written = [
         _write_jsonl(
@@ -596,6 +641,19 @@ def export_peft(results: SweepResults, trial: FrozenTrial, out: Path, opts: Opti
         },
         "task_loss_weights": params.weights_for(list(TASKS)),
         "mix_temperature": params.mix_temperature,
+        # The strategies the trial ran (docs/strategies.md); a training loop of your own
+        # applies them, `vlsweep train` on --format vlsweep runs them as the trial did.
+        "strategies": {
+            k: getattr(params, k)
+            for k in (
+                "loss_balance",
+                "hard_oversample",
+                "curriculum_ratio",
+                "rotation_period",
+                "rotation_share",
+                "vision_first_ratio",
+            )
+        },
     }
     groups_path = out / "param_groups.json"
     groups_path.write_text(json.dumps(doc, indent=2) + "\n")

@@ -12,13 +12,22 @@ config, the engine and the exporters see it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 TASKS = ("ocr", "grounding")
 # The module groups that get a learning rate of their own, and the parameter that holds it.
 GROUP_LR = {"vision": "lr_vision", "projector": "lr_projector", "llm": "lr_llm"}
+# How the tasks' losses become one update (vlsweep.trials.losses.BALANCES implements each;
+# docs/strategies.md says what each does and costs).
+LOSS_BALANCES = ("static", "uncertainty", "famo", "pcgrad", "upgrad")
+LossBalance = Literal["static", "uncertainty", "famo", "pcgrad", "upgrad"]
+# Which linear layers of a module group carry LoRA (vlsweep.trials.lora.layer_kind).
+LoraTargets = Literal["all", "attention", "mlp"]
+# The sweep config's `strategies` keys: each turns on the search of the parameters it names
+# below (their Searched.strategy entry); off, they keep their off value.
+STRATEGIES = ("loss_balance", "oversample", "curriculum", "rotation", "vision_first", "lora_layout")
 
 
 @dataclass(frozen=True)
@@ -27,8 +36,11 @@ class Searched:
     runs with, and its entry in the default space (a range in the space's YAML form, or a
     fixed value)."""
 
-    baseline: float | int
-    space: dict[str, Any] | float | int
+    baseline: float | int | str
+    space: dict[str, Any] | float | int | str
+    # (the `strategies` key that turns its search on, its space entry then); None: the
+    # parameter is in the default space as ``space`` says.
+    strategy: tuple[str, dict[str, Any]] | None = None
 
 
 def _log_range(low: float, high: float, **when: Any) -> dict[str, Any]:
@@ -51,9 +63,7 @@ class TrialParams(BaseModel):
 
     # Learning rates are searched per group on a log scale: their useful ranges differ by
     # an order of magnitude. The baseline is LLaMA-Factory's LoRA default, one LR for all.
-    lr_vision: Annotated[
-        float, Field(ge=0), Searched(1e-4, _log_range(1e-5, 1e-3, lora__vision=True))
-    ] = 2e-4
+    lr_vision: Annotated[float, Field(ge=0), Searched(1e-4, _log_range(1e-5, 1e-3, lora__vision=True))] = 2e-4
     lr_projector: Annotated[
         float, Field(ge=0), Searched(1e-4, _log_range(1e-5, 1e-2, lora__projector=["full", "lora"]))
     ] = 1e-3
@@ -67,15 +77,115 @@ class TrialParams(BaseModel):
     lora_dropout: Annotated[
         float, Field(ge=0, lt=1), Searched(0.0, {"type": "float", "low": 0.0, "high": 0.1})
     ] = 0.0
-    # Loss weight of the OCR task; grounding gets 1 - weight_ocr.
+    # How the task losses make one update: "static" is the weighted sum by weight_ocr; the
+    # others adapt the balance as training goes (vlsweep.trials.losses).
+    loss_balance: Annotated[
+        LossBalance,
+        Searched(
+            "static",
+            "static",
+            strategy=("loss_balance", {"type": "categorical", "choices": list(LOSS_BALANCES)}),
+        ),
+    ] = "static"
+    # Loss weight of the OCR task; grounding gets 1 - weight_ocr. Used by the static balance.
     weight_ocr: Annotated[
-        float, Field(ge=0, le=1), Searched(0.5, {"type": "float", "low": 0.1, "high": 0.9})
+        float,
+        Field(ge=0, le=1),
+        Searched(0.5, {"type": "float", "low": 0.1, "high": 0.9, "when": {"loss_balance": "static"}}),
     ] = 0.5
     # Task sampling: probability of a task proportional to its record count ** (1 / T).
     mix_temperature: Annotated[
         float, Field(gt=0), Searched(1.0, {"type": "float", "low": 1.0, "high": 4.0, "log": True})
     ] = 1.0
     warmup_ratio: Annotated[float, Field(ge=0, lt=1), Searched(0.1, 0.1)] = 0.1
+    # Data strategies (vlsweep.trials.data.Schedule); each is off at its default.
+    # Hard grounding samples (the smaller half of the boxes, trials/data.difficulty) are
+    # drawn this many times as often as the easy half. 1 = off.
+    hard_oversample: Annotated[
+        float,
+        Field(ge=1),
+        Searched(1.0, 1.0, strategy=("oversample", {"type": "float", "low": 1.0, "high": 4.0, "log": True})),
+    ] = 1.0
+    # Curriculum: over this fraction of the steps the pool grows from the easiest samples of
+    # each task to all of them (competence sqrt schedule). 0 = off.
+    curriculum_ratio: Annotated[
+        float,
+        Field(ge=0, lt=1),
+        Searched(0.0, 0.0, strategy=("curriculum", {"type": "float", "low": 0.2, "high": 0.8})),
+    ] = 0.0
+    # Task rotation: phases of this many steps, each task dominant in turn. 0 = off.
+    rotation_period: Annotated[
+        int,
+        Field(ge=0),
+        Searched(0, 0, strategy=("rotation", {"type": "categorical", "choices": [10, 25, 50]})),
+    ] = 0
+    # The dominant task's share of each batch during its phase.
+    rotation_share: Annotated[
+        float,
+        Field(ge=0.5, lt=1),
+        Searched(
+            0.8,
+            0.8,
+            # No `when` on rotation_period: its searched periods are all on (> 0).
+            strategy=("rotation", {"type": "float", "low": 0.6, "high": 0.95}),
+        ),
+    ] = 0.8
+    # Progressive training: the first fraction of the steps trains the vision tower and the
+    # projector alone; the LLM joins after. 0 = off.
+    vision_first_ratio: Annotated[
+        float,
+        Field(ge=0, lt=1),
+        Searched(0.0, 0.0, strategy=("vision_first", {"type": "float", "low": 0.05, "high": 0.5})),
+    ] = 0.0
+    # LoRA layout: the rank of the vision tower's and the projector's LoRA (0 = lora_r, the
+    # LLM's), and which layers of each group carry LoRA.
+    lora_r_vision: Annotated[
+        int,
+        Field(ge=0),
+        Searched(
+            0,
+            0,
+            strategy=(
+                "lora_layout",
+                {"type": "categorical", "choices": [4, 8, 16, 32], "when": {"lora.vision": True}},
+            ),
+        ),
+    ] = 0
+    lora_r_projector: Annotated[
+        int,
+        Field(ge=0),
+        Searched(
+            0,
+            0,
+            strategy=(
+                "lora_layout",
+                {"type": "categorical", "choices": [4, 8, 16, 32], "when": {"lora.projector": "lora"}},
+            ),
+        ),
+    ] = 0
+    lora_targets_llm: Annotated[
+        LoraTargets,
+        Searched(
+            "all",
+            "all",
+            strategy=("lora_layout", {"type": "categorical", "choices": ["all", "attention", "mlp"]}),
+        ),
+    ] = "all"
+    lora_targets_vision: Annotated[
+        LoraTargets,
+        Searched(
+            "all",
+            "all",
+            strategy=(
+                "lora_layout",
+                {
+                    "type": "categorical",
+                    "choices": ["all", "attention", "mlp"],
+                    "when": {"lora.vision": True},
+                },
+            ),
+        ),
+    ] = "all"
 
     @property
     def lora_alpha(self) -> float:
@@ -92,6 +202,10 @@ class TrialParams(BaseModel):
             raise ValueError(f"no loss weight for task(s) {unknown}; weight_ocr covers {TASKS}")
         weights = {"ocr": self.weight_ocr, "grounding": 1 - self.weight_ocr}
         return {t: weights[t] for t in tasks}
+
+    def targets_for(self, group: str) -> str:
+        """Which linear layers of a group carry LoRA: all, attention or mlp."""
+        return {"llm": self.lora_targets_llm, "vision": self.lora_targets_vision}.get(group, "all")
 
     def warmup_steps(self, steps: int) -> int:
         """The warmup in whole steps, as the engine's schedule and every export count it."""
@@ -122,6 +236,19 @@ BASELINE: dict[str, Any] = {n: _searched(n).baseline for n in PARAM_NAMES}
 DEFAULT_SPACE: dict[str, Any] = {n: _searched(n).space for n in PARAM_NAMES}
 
 
+def strategy_space(key: str) -> dict[str, Any]:
+    """The space entries the sweep config's ``strategies.<key>: true`` adds."""
+    if key not in STRATEGIES:
+        raise KeyError(key)
+    return {n: m.strategy[1] for n in PARAM_NAMES if (m := _searched(n)).strategy and m.strategy[0] == key}
+
+
+def choices(name: str) -> tuple[str, ...] | None:
+    """The values of a parameter that takes one of a few names (None for numbers)."""
+    kind = PARAM_TYPES[name]
+    return tuple(get_args(kind)) if get_origin(kind) is Literal else None
+
+
 def rule(name: str) -> str:
     """The valid range of a parameter in words ("in [0, 1)", ">= 0"), from its field."""
     bounds: dict[str, Any] = {}
@@ -141,6 +268,9 @@ def rule(name: str) -> str:
 
 def check_value(name: str, value: Any) -> str | None:
     """Why ``value`` is not valid for parameter ``name`` (None when it is)."""
+    names = choices(name)
+    if names is not None:
+        return None if value in names else f"{name} must be one of {', '.join(names)}, got {value!r}"
     if PARAM_TYPES[name] is int and (isinstance(value, bool) or not isinstance(value, int)):
         return f"{name} must be an integer, got {value!r}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -29,7 +29,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from vlsweep.params import DEFAULT_SPACE, PARAM_NAMES, PARAM_TYPES, check_value
+from vlsweep.params import (
+    DEFAULT_SPACE,
+    PARAM_NAMES,
+    PARAM_TYPES,
+    STRATEGIES,
+    check_value,
+    choices,
+    strategy_space,
+)
 
 Scalar = bool | int | float | str
 
@@ -173,6 +181,25 @@ def _active(when: dict[str, Any] | None, values: dict[str, Any]) -> bool:
 CONDITION_KEYS = ("lora.vision", "lora.projector", "lora.use_rslora")
 
 
+def with_strategies(raw: dict[str, Any] | None, strategies: list[str]) -> dict[str, Any] | None:
+    """The space a sweep searches: ``raw`` (or the default space) with the entries of each
+    strategy turned on added, except where ``raw`` already names the parameter (the user's
+    own range wins). Unchanged when no strategy is on."""
+    if not strategies or not isinstance(raw, (dict, type(None))):
+        return raw
+    added = {
+        name: entry
+        for key in STRATEGIES
+        if key in strategies
+        for name, entry in strategy_space(key).items()
+        if raw is None or name not in raw
+    }
+    if raw is None:  # in place: the default space already orders a choice before its conditionals
+        return {**DEFAULT_SPACE, **added}
+    # Before the user's entries, which may be conditional on them (weight_ocr on loss_balance).
+    return {**added, **raw}
+
+
 def parse_space(raw: dict[str, Any] | None, where: str = "space") -> tuple[Space, list[str]]:
     """Parse a space mapping; returns the space and every problem found (all at once)."""
     raw = DEFAULT_SPACE if raw is None else raw
@@ -188,6 +215,7 @@ def parse_space(raw: dict[str, Any] | None, where: str = "space") -> tuple[Space
             problems.append(f"{loc}: unknown parameter; known: {', '.join(PARAM_NAMES)}")
             continue
         want_int = PARAM_TYPES.get(name) is int
+        names = choices(name)
         if isinstance(value, dict) and "same_as" in value:
             target = value.get("same_as")
             if set(value) != {"same_as"}:
@@ -222,33 +250,51 @@ def parse_space(raw: dict[str, Any] | None, where: str = "space") -> tuple[Space
                         msg = "unknown key (a range has type, low, high, log, step, choices, when)"
                     problems.append(f"{loc}{'.' + sub if sub else ''}: {msg}")
                 continue
-            if want_int and isinstance(spec, FloatSpec):
+            if names is not None and not isinstance(spec, CategoricalSpec):
+                problems.append(f"{loc}: {name} takes one of {', '.join(names)}; use type: categorical")
+                continue
+            if names is not None:
+                bad = [c for c in spec.choices if c not in names]  # type: ignore[union-attr]
+                if bad:
+                    problems.append(f"{loc}.choices: {name} takes {', '.join(names)}, got {bad}")
+                    continue
+            elif want_int and isinstance(spec, FloatSpec):
                 problems.append(f"{loc}: {name} is an integer; use type: int or categorical")
                 continue
-            if (
+            elif (
                 want_int
                 and isinstance(spec, CategoricalSpec)
                 and not all(isinstance(c, int) and not isinstance(c, bool) for c in spec.choices)
             ):
                 problems.append(f"{loc}.choices: {name} takes integers, got {spec.choices}")
                 continue
-            if (
+            elif (
                 not want_int
                 and isinstance(spec, CategoricalSpec)
                 and not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in spec.choices)
             ):
                 problems.append(f"{loc}.choices: {name} takes numbers, got {spec.choices}")
                 continue
+            earlier = list(raw)[: list(raw).index(name)]
             for key in spec.when or {}:
                 if key not in CONDITION_KEYS and key not in raw:
                     problems.append(
                         f"{loc}.when: unknown key {key!r}; use one of {', '.join(CONDITION_KEYS)} "
                         "or a parameter of this space"
                     )
+                elif key in raw and key not in earlier:
+                    # Parameters are suggested in order: a later one is not chosen yet, and
+                    # the condition would never hold.
+                    problems.append(f"{loc}.when: {key} comes after {name} in the space; list it first")
             problems += _check_values(name, loc, spec)
             specs[name] = spec
         elif isinstance(value, (bool, list)) or value is None:
             problems.append(f"{loc}: give a number or a range such as {{type: float, low: ..., high: ...}}")
+        elif names is not None:
+            if value not in names:
+                problems.append(f"{loc}: {name} takes one of {', '.join(names)}, got {value!r}")
+                continue
+            fixed[name] = value
         else:
             if want_int and not isinstance(value, int):
                 problems.append(f"{loc}: {name} is an integer, got {value!r}")

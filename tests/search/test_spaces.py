@@ -184,3 +184,51 @@ def test_a_warm_start_point_that_sets_a_tied_parameter_is_an_error():
     assert _warm_start_problems(cfg) == [
         "search.warm_start.0.params: lr_vision follow(s) lr_llm (same_as); give that parameter instead"
     ]
+
+
+def test_strategies_widen_the_space_and_the_users_own_range_wins(tmp_path):
+    import yaml
+
+    from vlsweep.search.config import sanitized_config
+
+    raw = {
+        "model": {"name_or_path": "builtin:tiny-qwen2-vl"},
+        "data": {"train": "builtin:demo/train", "val": "builtin:demo/val"},
+        "lora": {"vision": True, "projector": "full"},
+        "strategies": {"loss_balance": True, "rotation": True, "lora_layout": True},
+        "space": {
+            "lr_llm": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+            "weight_ocr": {"type": "float", "low": 0.2, "high": 0.8, "when": {"loss_balance": "static"}},
+            "rotation_period": {"type": "categorical", "choices": [5, 20]},
+        },
+    }
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    cfg, base = load_sweep_config(tmp_path / "s.yaml")
+    space = cfg.parsed_space()
+    assert space.specs["loss_balance"].choices == ["static", "uncertainty", "famo", "pcgrad", "upgrad"]
+    assert space.specs["rotation_period"].choices == [5, 20]  # the user's own range
+    assert {"rotation_share", "lora_r_vision", "lora_targets_llm", "lora_targets_vision"} <= set(space.specs)
+    assert "curriculum_ratio" not in space.specs and "lora_r_projector" in space.specs
+    # The study records the widened space; reloading it widens nothing more.
+    again = type(cfg).model_validate(sanitized_config(cfg, base))
+    assert again.space == cfg.space
+    # Conditionals follow the choice: weight_ocr only under the static balance.
+    settings = cfg.settings()
+    study = optuna.create_study(directions=["minimize", "maximize"], sampler=optuna.samplers.RandomSampler(1))
+    seen = {}
+    for _ in range(40):
+        values = space.suggest(study.ask(), settings)
+        seen.setdefault(values["loss_balance"], set()).add("weight_ocr" in values)
+        assert values["rotation_period"] in (5, 20) and 0.6 <= values["rotation_share"] <= 0.95
+        assert "lora_r_projector" not in values  # lora.projector is full, not lora
+    assert seen.pop("static") == {True}
+    assert seen and all(v == {False} for v in seen.values())
+
+
+def test_no_strategy_leaves_the_default_space_as_it_was():
+    from vlsweep.spaces import with_strategies
+
+    assert with_strategies(None, []) is None
+    space, _ = parse_space(None)
+    assert space.fixed["loss_balance"] == "static" and space.fixed["hard_oversample"] == 1.0
+    assert not {"loss_balance", "curriculum_ratio", "lora_targets_llm"} & set(space.specs)

@@ -8,7 +8,7 @@ import torch
 from tests.helpers import train_config
 from vlsweep.config import TrainConfig
 from vlsweep.params import TrialParams
-from vlsweep.trials import LOSSES, load_base, load_data, run_trial, task_losses
+from vlsweep.trials import load_base, load_data, run_trial, task_losses, weighted_sum
 from vlsweep.trials.engine import Trainer
 
 
@@ -89,7 +89,7 @@ def test_zero_ocr_weight_gives_zero_gradient_from_ocr_samples(setup):
     batch = trainer._to_device(trainer.train_batch(ocr))
     labels, task_ids = batch.pop("labels"), batch.pop("task_ids")
     per_task, counts = task_losses(trainer.model(**batch).logits, labels, task_ids, len(trainer.tasks))
-    trainer.combine(per_task, trainer.weights).backward()
+    trainer.balance.backward(per_task, counts, [p for g in trainer.groups for p in g["params"]])
     grads = [p.grad for p in trainer.model.parameters() if p.requires_grad]
     assert all(g is None or torch.count_nonzero(g) == 0 for g in grads)
     assert per_task[trainer.task_index["ocr"]] > 0 and counts.sum() > 0
@@ -101,7 +101,7 @@ def test_weighted_sum_averages_per_task_then_weights():
     labels = torch.tensor([[-100, 1, -100], [-100, 2, 3]])
     task_ids = torch.tensor([0, 1])
     means, counts = task_losses(logits, labels, task_ids, 2)
-    loss = LOSSES["weighted_sum"](means, torch.tensor([0.25, 0.75]))
+    loss = weighted_sum(means, torch.tensor([0.25, 0.75]))
     ce = torch.nn.functional.cross_entropy
     m0 = ce(logits[0, 0:1], labels[0, 1:2])
     m1 = ce(logits[1, 0:2], labels[1, 1:3])

@@ -401,7 +401,7 @@ def build(name: str, out: Path, *, progress: BuildProgress | None = None) -> dic
 
     from vlsweep.config import DEFAULT_PROMPTS
     from vlsweep.demo.tiny import BUILDERS
-    from vlsweep.trials import CODECS, FAMILIES, LOSSES, Encoder, TaskMixer, collate, task_losses
+    from vlsweep.trials import CODECS, FAMILIES, Encoder, TaskMixer, collate, task_losses, weighted_sum
 
     recipe = RECIPES[name]
     t0 = time.perf_counter()
@@ -508,7 +508,7 @@ def build(name: str, out: Path, *, progress: BuildProgress | None = None) -> dic
         task_ids = torch.tensor([task_index[records[i].task] for i in idx])
         logits = forward(idx, batch)
         means, _ = task_losses(logits, labels, task_ids, len(tasks))
-        loss, per_task = LOSSES["weighted_sum"](means, weights), means.detach()
+        loss, per_task = weighted_sum(means, weights), means.detach()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()

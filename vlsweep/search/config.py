@@ -24,11 +24,22 @@ from vlsweep.config import (
 )
 from vlsweep.errors import UserInputError
 from vlsweep.metrics import METRICS, OBJECTIVES
-from vlsweep.params import PARAM_NAMES, TrialParams
-from vlsweep.spaces import CategoricalSpec, FloatSpec, Space, parse_space
+from vlsweep.params import PARAM_NAMES, STRATEGIES, TrialParams
+from vlsweep.spaces import CategoricalSpec, FloatSpec, Space, parse_space, with_strategies
 
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
-SWEEP_KEYS = {"search", "space", "objectives", "constraints", "resources", "ray", "storage", "logging"}
+SWEEP_KEYS = {
+    "search",
+    "space",
+    "strategies",
+    "objectives",
+    "constraints",
+    "resources",
+    "ray",
+    "storage",
+    "logging",
+    "artifacts",
+}
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -161,6 +172,21 @@ class ArtifactsConfig(_Strict):
         return value
 
 
+class StrategiesConfig(_Strict):
+    """Which of the practitioners' strategies the sweep searches (docs/strategies.md). Each
+    key adds its parameters to the space; off, they keep their off value."""
+
+    loss_balance: bool = False  # loss_balance in static/uncertainty/famo/pcgrad/upgrad
+    oversample: bool = False  # hard_oversample: more of the hard grounding samples
+    curriculum: bool = False  # curriculum_ratio: easy to hard over the steps
+    rotation: bool = False  # rotation_period, rotation_share: the dominant task in phases
+    vision_first: bool = False  # vision_first_ratio: the vision side trains alone first
+    lora_layout: bool = False  # lora_r_vision, lora_r_projector, lora_targets_llm/vision
+
+    def on(self) -> list[str]:
+        return [k for k in STRATEGIES if getattr(self, k)]
+
+
 class SweepConfig(RunConfig):
     name: str = "sweep"
     objectives: list[Objective] = Field(
@@ -169,6 +195,7 @@ class SweepConfig(RunConfig):
     # e.g. ["cer <= 0.2"]: trials outside are infeasible and never on the front.
     constraints: list[str] = Field(default_factory=list)
     space: dict[str, Any] | None = None
+    strategies: StrategiesConfig = Field(default_factory=StrategiesConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
@@ -178,6 +205,22 @@ class SweepConfig(RunConfig):
     storage: str | None = None
 
     _coerce_objectives = field_validator("objectives", mode="before")(_objectives)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strategies_in_space(cls, raw: Any) -> Any:
+        # The space the study records and every reader replays is the one searched, with
+        # the strategies' parameters in it.
+        return _effective(raw)
+
+    @model_validator(mode="after")
+    def _vision_side_trains(self) -> SweepConfig:
+        if self.strategies.vision_first and not self.lora.vision and self.lora.projector == "frozen":
+            raise ValueError(
+                "strategies.vision_first trains the vision side first, but lora.vision is false "
+                "and lora.projector is frozen: turn one on, or vision_first off"
+            )
+        return self
 
     @field_validator("name")
     @classmethod
@@ -263,6 +306,14 @@ class SweepConfig(RunConfig):
         return TrainConfig(name=self.name, params=params or TrialParams(), **shared)
 
 
+def _effective(raw: Any) -> Any:
+    """``raw`` with its space widened by the strategies it turns on (as given otherwise)."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("strategies"), dict):
+        return raw
+    on = [k for k, v in raw["strategies"].items() if v is True and k in STRATEGIES]
+    return {**raw, "space": with_strategies(raw.get("space"), on)} if on else raw
+
+
 def load_sweep_config(path: str | Path, data: dict[str, Any] | None = None) -> tuple[SweepConfig, Path]:
     """Load and validate a sweep config; returns it with the directory paths are relative to."""
     path = Path(path)
@@ -273,7 +324,7 @@ def load_sweep_config(path: str | Path, data: dict[str, Any] | None = None) -> t
         cfg = SweepConfig.model_validate(raw)
     except ValidationError as err:
         problems += format_validation_error(err, str(path))
-    _, space_problems = parse_space(raw.get("space") if isinstance(raw, dict) else None)
+    _, space_problems = parse_space(_effective(raw).get("space") if isinstance(raw, dict) else None)
     problems += [f"{path}: {p}" for p in space_problems]
     if isinstance(raw, dict):
         for i, point in enumerate((raw.get("search") or {}).get("warm_start") or []):

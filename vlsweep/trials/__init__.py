@@ -17,11 +17,19 @@ from vlsweep.params import TrialParams
 if TYPE_CHECKING:  # for type checkers; at run time __getattr__ below loads them
     from vlsweep.trials.batching import IGNORE, Encoder, collate  # noqa: F401
     from vlsweep.trials.codecs import CODECS, BoxCodec  # noqa: F401
-    from vlsweep.trials.data import Record, TaskMixer, check_tasks, load_records, task_probabilities  # noqa: F401
+    from vlsweep.trials.data import (  # noqa: F401
+        Record,
+        StrategyMixer,
+        TaskMixer,
+        check_tasks,
+        difficulty,
+        load_records,
+        task_probabilities,
+    )
     from vlsweep.trials.engine import TrialData, load_data, run_trial, score  # noqa: F401
     from vlsweep.trials.families import FAMILIES, Family, family_for  # noqa: F401
-    from vlsweep.trials.lora import peft_config, plan_lora  # noqa: F401
-    from vlsweep.trials.losses import LOSSES, task_losses  # noqa: F401
+    from vlsweep.trials.lora import layer_kind, peft_config, plan_lora  # noqa: F401
+    from vlsweep.trials.losses import BALANCES, task_losses, weighted_sum  # noqa: F401
     from vlsweep.trials.modeling import (  # noqa: F401
         Base,
         Processing,
@@ -40,6 +48,8 @@ _EXPORTS = {
     "BoxCodec": "codecs",
     "Record": "data",
     "TaskMixer": "data",
+    "StrategyMixer": "data",
+    "difficulty": "data",
     "check_tasks": "data",
     "load_records": "data",
     "task_probabilities": "data",
@@ -52,7 +62,9 @@ _EXPORTS = {
     "family_for": "families",
     "peft_config": "lora",
     "plan_lora": "lora",
-    "LOSSES": "losses",
+    "layer_kind": "lora",
+    "BALANCES": "losses",
+    "weighted_sum": "losses",
     "task_losses": "losses",
     "Base": "modeling",
     "check_model": "modeling",

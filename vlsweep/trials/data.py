@@ -268,5 +268,128 @@ class TaskMixer:
             self._rng.shuffle(order)
         return order.pop()
 
-    def batch(self, size: int) -> list[int]:
+    def batch(self, size: int, step: int = 1) -> list[int]:
+        """``size`` sample indices; the plain mixer draws alike at every ``step``."""
         return [self._next(self.draw_task()) for _ in range(size)]
+
+
+def difficulty(records: Sequence[Record]) -> list[float]:
+    """How hard each sample is within its task, as its rank in [0, 1] (0 the easiest).
+
+    - ocr: the length of the text to read (more characters, more to get wrong);
+    - grounding: how small the box is against the image, 1 - sqrt(box area / image area)
+      (a small target is harder to find and to box tightly).
+
+    Ties keep their order; a task of one sample has difficulty 0.
+    """
+    raw: list[float] = []
+    for r in records:
+        if r.task == "grounding" and r.box is not None:
+            area = max(r.box[2] - r.box[0], 0.0) * max(r.box[3] - r.box[1], 0.0)
+            raw.append(1.0 - math.sqrt(area / max(r.size[0] * r.size[1], 1)))
+        else:
+            raw.append(float(len(r.text or "")))
+    out = [0.0] * len(records)
+    by_task: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        by_task.setdefault(r.task, []).append(i)
+    for idx in by_task.values():
+        ranked = sorted(idx, key=lambda i: raw[i])
+        for k, i in enumerate(ranked):
+            out[i] = k / (len(ranked) - 1) if len(ranked) > 1 else 0.0
+    return out
+
+
+# The share of each task's samples a curriculum starts with (Platanios et al. 2019's c0).
+CURRICULUM_START = 0.25
+
+
+def competence(step: int, ramp_steps: int) -> float:
+    """The curriculum's pool at ``step``: samples with difficulty <= this are drawn. The
+    square-root schedule of Platanios et al. (2019), from CURRICULUM_START to 1 at
+    ``ramp_steps``; 1 throughout when ``ramp_steps`` is 0 (no curriculum)."""
+    if ramp_steps <= 0 or step >= ramp_steps:
+        return 1.0
+    c0 = CURRICULUM_START
+    return min(1.0, math.sqrt(step * (1 - c0 * c0) / ramp_steps + c0 * c0))
+
+
+def rotation_probabilities(base: dict[str, float], step: int, period: int, share: float) -> dict[str, float]:
+    """Task probabilities at ``step`` under task rotation: in phase k (``period`` steps
+    each, from step 1) the k-th task in turn takes ``share`` of the batch and the others
+    split the rest in their base proportions. ``period`` 0: ``base`` unchanged."""
+    if period <= 0 or len(base) < 2:
+        return base
+    names = sorted(base)
+    dominant = names[((step - 1) // period) % len(names)]
+    rest = sum(p for t, p in base.items() if t != dominant)
+    return {t: share if t == dominant else (1 - share) * p / rest for t, p in base.items()}
+
+
+class StrategyMixer(TaskMixer):
+    """TaskMixer with the data strategies: hard-sample oversampling, a curriculum and task
+    rotation (vlsweep.params: hard_oversample, curriculum_ratio, rotation_period/share).
+
+    Within a task a sample is drawn with replacement, with weight ``hard_oversample`` for a
+    hard grounding sample (difficulty >= 0.5) and 1 otherwise, among the samples the
+    curriculum admits at this step. ``batch(size, step)`` draws for a given step."""
+
+    def __init__(
+        self,
+        records: Sequence[Record],
+        temperature: float,
+        seed: int,
+        *,
+        steps: int,
+        hard_oversample: float = 1.0,
+        curriculum_ratio: float = 0.0,
+        rotation_period: int = 0,
+        rotation_share: float = 0.8,
+    ):
+        super().__init__([r.task for r in records], temperature, seed)
+        self.difficulty = difficulty(records)
+        self.weight = [
+            hard_oversample if r.task == "grounding" and d >= 0.5 else 1.0
+            for r, d in zip(records, self.difficulty, strict=True)
+        ]
+        self.ramp_steps = round(curriculum_ratio * steps)
+        self.period, self.share = rotation_period, rotation_share
+
+    def pool(self, task: str, step: int) -> list[int]:
+        """The samples of ``task`` the curriculum admits at ``step`` (never none: the
+        easiest one at least)."""
+        c = competence(step, self.ramp_steps)
+        ix = self._by_task[task]
+        admitted = [i for i in ix if self.difficulty[i] <= c]
+        return admitted or [min(ix, key=lambda i: self.difficulty[i])]
+
+    def probabilities_at(self, step: int) -> dict[str, float]:
+        return rotation_probabilities(self.probabilities, step, self.period, self.share)
+
+    def batch(self, size: int, step: int = 1) -> list[int]:
+        probs = self.probabilities_at(step)
+        names = list(probs)
+        tasks = self._rng.choices(names, weights=[probs[t] for t in names], k=size)
+        out = []
+        for task in tasks:
+            pool = self.pool(task, step)
+            out.append(self._rng.choices(pool, weights=[self.weight[i] for i in pool])[0])
+        return out
+
+
+def make_mixer(records: Sequence[Record], params: Any, steps: int, seed: int) -> TaskMixer:
+    """The trial's sampler: a plain TaskMixer unless a data strategy is on (so that trials
+    without one draw exactly the batches they always drew)."""
+    on = params.hard_oversample != 1.0 or params.curriculum_ratio > 0 or params.rotation_period > 0
+    if not on:
+        return TaskMixer([r.task for r in records], params.mix_temperature, seed)
+    return StrategyMixer(
+        records,
+        params.mix_temperature,
+        seed,
+        steps=steps,
+        hard_oversample=params.hard_oversample,
+        curriculum_ratio=params.curriculum_ratio,
+        rotation_period=params.rotation_period,
+        rotation_share=params.rotation_share,
+    )

@@ -23,10 +23,10 @@ from vlsweep.errors import UserInputError
 from vlsweep.metrics import Evaluation, compute
 from vlsweep.params import GROUP_LR, TrialParams
 from vlsweep.trials.batching import Encoder, collate
-from vlsweep.trials.data import Record, TaskMixer, check_tasks, load_records
+from vlsweep.trials.data import Record, check_tasks, load_records, make_mixer
 from vlsweep.trials.families import resolve_groups
 from vlsweep.trials.lora import attach_lora, plan_lora
-from vlsweep.trials.losses import LOSSES, task_losses
+from vlsweep.trials.losses import BALANCES, task_losses
 from vlsweep.trials.modeling import Base, load_base
 from vlsweep.trials.optim import build_param_groups, group_grad_norms, make_optimizer
 
@@ -93,7 +93,9 @@ class Trainer:
         self.task_index = {t: i for i, t in enumerate(self.tasks)}
         weights = params.weights_for(self.tasks)
         self.weights = torch.tensor([weights[t] for t in self.tasks], device=base.device)
-        self.combine = LOSSES[spec.loss.strategy]
+        self.balance = BALANCES[params.loss_balance](len(self.tasks), self.weights, spec.loss).to(base.device)
+        # The LLM's LoRA stays still for the first steps (progressive training).
+        self.vision_first_steps = round(params.vision_first_ratio * budget.steps)
         self.encoder = Encoder(
             base.processor, base.family, base.codec, {t: spec.data.prompt(t) for t in ("ocr", "grounding")}
         )
@@ -139,13 +141,22 @@ class Trainer:
         trainable = {n for n, p in named if p.requires_grad}
         group_of = resolve_groups([n for n, _ in named], self.base.groups, trainable=trainable)
         lrs = {g: self.params.lr_for(g) for g in GROUP_LR}
+        group_of = {n: g for n, g in group_of.items() if n in trainable}
+        # A learnable balance's parameters (uncertainty's log-variances): a group of their own.
+        balance = self.balance.trainable()
+        named += balance
+        group_of.update({n: "balance" for n, _ in balance})
+        lrs["balance"] = self.spec.loss.balance_lr
         self.groups = build_param_groups(
             named,
-            {n: g for n, g in group_of.items() if n in trainable},
+            group_of,
             lrs,
             weight_decay=self.spec.optim.weight_decay,
             loraplus_lr_ratio=self.spec.lora.loraplus_lr_ratio,
         )
+        owned = {id(p) for p in self.balance.owned()}  # FAMO steps its logits itself
+        if owned & {id(p) for g in self.groups for p in g["params"]}:
+            raise AssertionError("a parameter the balance steps itself is in the trial's optimizer")
         self.optimizer = make_optimizer(self.groups, betas=self.spec.optim.betas, eps=self.spec.optim.eps)
         from transformers import get_cosine_schedule_with_warmup
 
@@ -190,14 +201,20 @@ class Trainer:
         batch["task_ids"] = torch.tensor([self.task_index[self.data.train[i].task] for i in indices])
         return batch
 
-    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def step(self, batch: dict[str, torch.Tensor], step: int = 1) -> dict[str, Any]:
         batch = self._to_device(batch)
         labels, task_ids = batch.pop("labels"), batch.pop("task_ids")
         logits = self.model(**batch, use_cache=False).logits
-        means, _ = task_losses(logits, labels, task_ids, len(self.tasks))
-        loss = self.combine(means, self.weights)
+        means, counts = task_losses(logits, labels, task_ids, len(self.tasks))
+        del logits
+        loss = self.balance.backward(means, counts, [p for g in self.groups for p in g["params"]])
         per_task = means.detach()
-        loss.backward()
+        if step <= self.vision_first_steps:
+            # AdamW skips a parameter without a gradient: no step, no moment update.
+            for g in self.groups:
+                if g["module_group"] == "llm":
+                    for p in g["params"]:
+                        p.grad = None
         norms, total = group_grad_norms(self.groups)
         max_norm = self.spec.optim.max_grad_norm
         if max_norm is not None:
@@ -207,7 +224,17 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": loss.detach(), "per_task": per_task, "grad_norm": norms, "grad_norm_total": total}
+        if self.balance.needs_losses_after_step:
+            with torch.no_grad():
+                logits = self.model(**batch, use_cache=False).logits
+                self.balance.after_step(*task_losses(logits, labels, task_ids, len(self.tasks)))
+        return {
+            "loss": loss.detach(),
+            "per_task": per_task,
+            "weights": self.balance.last_weights,
+            "grad_norm": norms,
+            "grad_norm_total": total,
+        }
 
     # -- evaluation --------------------------------------------------------------------------
 
@@ -350,7 +377,7 @@ def run_trial(
             f"iou={base_metrics.get('iou', float('nan')):.4f} ({time.perf_counter() - t0:.1f}s)"
         )
     trainer.attach()
-    mixer = TaskMixer([r.task for r in data.train], params.mix_temperature, spec.seed)
+    mixer = make_mixer(data.train, params, budget.steps, spec.seed)
     eval_at = _eval_steps(budget)
     log_rows: list[dict[str, Any]] = []
     train_seconds = eval_seconds = 0.0
@@ -359,7 +386,7 @@ def run_trial(
     t_train = time.perf_counter()
     try:
         for step in range(1, budget.steps + 1):
-            out = trainer.step(trainer.train_batch(mixer.batch(budget.batch_size)))
+            out = trainer.step(trainer.train_batch(mixer.batch(budget.batch_size, step)), step)
             if step % 10 == 0 or step in eval_at or step == 1:
                 loss = float(out["loss"])
                 if not math.isfinite(loss):
@@ -369,6 +396,7 @@ def run_trial(
                         "step": step,
                         "loss": loss,
                         **{f"loss_{t}": float(out["per_task"][i]) for i, t in enumerate(trainer.tasks)},
+                        **{f"weight_{t}": float(out["weights"][i]) for i, t in enumerate(trainer.tasks)},
                         **{f"grad_norm_{g}": float(v) for g, v in out["grad_norm"].items()},
                         **{f"lr_{g['name']}": g["lr"] for g in trainer.groups},
                     }

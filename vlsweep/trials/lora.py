@@ -34,6 +34,23 @@ def _generalise(names: list[str]) -> str:
     return "|".join(shapes)
 
 
+# Path components that mark a linear layer as part of attention or of the MLP, across the
+# families (Qwen2-VL's LLM: self_attn / mlp; its vision tower: attn.qkv / mlp.fc1; SigLIP:
+# self_attn / mlp; InternViT: attn / mlp; Florence-2's DaViT: attn / ffn).
+_ATTENTION = re.compile(r"^(self_attn|attn|attention|self_attention|cross_attn|encoder_attn)$")
+_MLP = re.compile(r"^(mlp|ffn|feed_forward|fc|mlp_block)$")
+
+
+def layer_kind(name: str) -> str | None:
+    """``attention`` or ``mlp`` by the innermost such component of a module's path."""
+    for part in reversed(name.split(".")):
+        if _ATTENTION.match(part):
+            return "attention"
+        if _MLP.match(part):
+            return "mlp"
+    return None
+
+
 def module_group_of(name: str, compiled: dict[str, re.Pattern[str]]) -> str | None:
     hits = [g for g, rx in compiled.items() if rx.match(name + ".")]
     return hits[0] if len(hits) == 1 else None
@@ -70,8 +87,12 @@ def plan_lora(
                 )
         else:
             names = linear_by_group[group]
+        kind = params.targets_for(group)
+        if kind != "all":
+            names = [n for n in names if layer_kind(n) == kind]
         if not names:
-            raise ValueError(f"the {group} group has no linear layers to put LoRA on")
+            which = "" if kind == "all" else f" {kind}"
+            raise ValueError(f"the {group} group has no{which} linear layers to put LoRA on")
         # The generalised pattern must not reach layers left out on purpose (a user regex
         # that skips some layers): fall back to exact names when it would.
         generalised = _generalise(names)
@@ -85,7 +106,10 @@ def plan_lora(
     if cfg.projector == "full":
         modules_to_save = _projector_roots(model, compiled)
 
-    rank = {g: cfg.rank.get(g, params.lora_r) for g in targets}  # type: ignore[call-overload]
+    # A searched per-group rank (lora_r_vision, lora_r_projector) over the config's
+    # lora.rank, over lora_r.
+    searched = {"vision": params.lora_r_vision, "projector": params.lora_r_projector}
+    rank = {g: searched.get(g) or cfg.rank.get(g, params.lora_r) for g in targets}  # type: ignore[call-overload]
     alpha = {g: params.lora_alpha_ratio * r for g, r in rank.items()}
     return LoraPlan(targets=targets, modules_to_save=modules_to_save, rank=rank, alpha=alpha)
 

@@ -1,23 +1,38 @@
-"""How the tasks' losses make one training loss: a table of strategies, picked by the
-config's ``loss.strategy``.
+"""How the tasks' losses make one update: a table of balancing strategies, picked by the
+trial's ``loss_balance`` parameter.
 
 Every strategy starts from the same per-task losses (``task_losses``: token cross-entropy
-on the answer tokens, averaged within each task) and returns the scalar the optimizer
-steps on. A new strategy is a function here, an entry in ``LOSSES`` and its name in
-``vlsweep.config.LOSS_STRATEGIES``.
+on the answer tokens, averaged within each task) and leaves the gradient of the update in
+``.grad``, as ``loss.backward()`` would:
+
+- ``static``: the tasks' mean losses weighted by the trial's ``weight_ocr``.
+- ``uncertainty``: Kendall et al. (2018), a learned log-variance per task (torchjd's
+  ``UW``); the log-variances are trainable parameters in an optimizer group of their own.
+- ``famo``: FAMO (Liu et al. 2023, torchjd's ``FAMO``), task weights stepped after each
+  update from how much each loss fell, with one forward pass more per step.
+- ``pcgrad`` / ``upgrad``: one gradient per task (torchjd's Jacobian descent), combined
+  by PCGrad (Yu et al. 2020) or UPGrad (Quinton & Rey 2024) so that no task's gradient
+  undoes another's; one backward pass per task.
+
+The balancing methods come from torchjd, a maintained library of exactly these, rather
+than our own code. What is ours is the handling of a task absent from a batch (its mean
+is 0, which each method would read as a solved task) and the bookkeeping the engine
+needs (parameters, the weights each step used).
+
+A new strategy is a ``Balance`` subclass here, its name in ``BALANCES`` and in
+``vlsweep.params.LOSS_BALANCES``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from vlsweep.config import LossConfig
 from vlsweep.trials.batching import IGNORE
-
-# (per-task mean losses, per-task weights from the trial's parameters) -> training loss.
-LossStrategy = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def task_losses(
@@ -43,4 +58,167 @@ def weighted_sum(means: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (weights * means).sum()
 
 
-LOSSES: dict[str, LossStrategy] = {"weighted_sum": weighted_sum}
+class Balance:
+    """One trial's balancing state. ``backward`` leaves the update's gradient in the
+    inputs' ``.grad`` and returns the loss to log; ``after_step`` sees the same batch's
+    losses again after the optimizer step (only FAMO asks for them)."""
+
+    # Whether after_step needs the batch's losses recomputed after the step.
+    needs_losses_after_step = False
+
+    def __init__(self, n_tasks: int, static_weights: torch.Tensor):
+        self.n_tasks = n_tasks
+        self.static_weights = static_weights
+        # The task weights the last step used (for the training log).
+        self.last_weights = static_weights.detach().clone()
+
+    def trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """Parameters the trial's optimizer learns, in the optimizer group ``balance``."""
+        return []
+
+    def owned(self) -> list[torch.nn.Parameter]:
+        """Parameters the strategy steps itself, never the trial's optimizer."""
+        return []
+
+    def backward(
+        self, means: torch.Tensor, counts: torch.Tensor, inputs: Sequence[torch.Tensor]
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def after_step(self, means: torch.Tensor, counts: torch.Tensor) -> None:
+        return None
+
+    def to(self, device: Any) -> Balance:
+        return self
+
+
+class Static(Balance):
+    def backward(
+        self, means: torch.Tensor, counts: torch.Tensor, inputs: Sequence[torch.Tensor]
+    ) -> torch.Tensor:
+        loss = weighted_sum(means, self.static_weights)
+        loss.backward()
+        return loss.detach()
+
+
+class Uncertainty(Balance):
+    """Kendall et al.: sum_i 0.5 exp(-s_i) L_i + 0.5 s_i, with s_i learned."""
+
+    def __init__(self, n_tasks: int, static_weights: torch.Tensor):
+        from torchjd.scalarization import UW
+
+        super().__init__(n_tasks, static_weights)
+        self.uw = UW(n_tasks)
+
+    def to(self, device: Any) -> Balance:
+        self.uw.to(device)
+        return self
+
+    def trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [("balance.log_var", self.uw.log_var)]
+
+    def backward(
+        self, means: torch.Tensor, counts: torch.Tensor, inputs: Sequence[torch.Tensor]
+    ) -> torch.Tensor:
+        absent = (counts == 0).to(means.dtype)
+        # An absent task's mean is 0 and its 0.5 s_i term alone would lower s_i (raise its
+        # weight) for nothing: that term is taken out.
+        loss = self.uw(means) - 0.5 * (absent * self.uw.log_var).sum()
+        loss.backward()
+        self.last_weights = 0.5 * torch.exp(-self.uw.log_var.detach())
+        return loss.detach()
+
+
+class Famo(Balance):
+    """FAMO: a log-loss combination weighted by softmax(w); w is stepped after each update
+    from the change of each loss on the same batch."""
+
+    needs_losses_after_step = True
+
+    def __init__(self, n_tasks: int, static_weights: torch.Tensor, lr: float = 0.025):
+        from torchjd.scalarization import FAMO
+
+        super().__init__(n_tasks, static_weights)
+        self.famo = FAMO(n_tasks, lr=lr)
+        # The last loss seen per task: stands in for a task absent from a batch, so that
+        # it gets no gradient and its weight no update (its log of 0 would otherwise
+        # swamp FAMO's normaliser and zero the whole update).
+        self.seen = torch.ones(n_tasks)
+
+    def to(self, device: Any) -> Balance:
+        self.famo.to(device)
+        self.seen = self.seen.to(device)
+        return self
+
+    def owned(self) -> list[torch.nn.Parameter]:
+        return list(self.famo.parameters())
+
+    def _filled(self, means: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        return torch.where(counts > 0, means, self.seen)
+
+    def backward(
+        self, means: torch.Tensor, counts: torch.Tensor, inputs: Sequence[torch.Tensor]
+    ) -> torch.Tensor:
+        self.seen = torch.where(counts > 0, means.detach(), self.seen)
+        loss = self.famo(self._filled(means, counts))
+        loss.backward()
+        self.last_weights = torch.softmax(self.famo._w.detach(), dim=0)
+        return weighted_sum(means.detach(), self.last_weights)
+
+    def after_step(self, means: torch.Tensor, counts: torch.Tensor) -> None:
+        self.famo.update(self._filled(means.detach(), counts))
+
+
+class Jacobian(Balance):
+    """One gradient per task present in the batch, combined by a torchjd aggregator."""
+
+    def __init__(self, n_tasks: int, static_weights: torch.Tensor, aggregator: Any):
+        super().__init__(n_tasks, static_weights)
+        self.aggregator = aggregator
+
+    def backward(
+        self, means: torch.Tensor, counts: torch.Tensor, inputs: Sequence[torch.Tensor]
+    ) -> torch.Tensor:
+        from torchjd.autojac import backward, jac_to_grad
+
+        present = [i for i in range(self.n_tasks) if counts[i] > 0]
+        weights = torch.zeros(self.n_tasks, device=means.device)
+        params = [p for p in inputs if p.requires_grad]
+        if len(present) < 2:  # one task in the batch: its own gradient, nothing to balance
+            means[present].sum().backward()
+            weights[present] = 1.0
+        else:
+            # parallel_chunk_size=1: one backward per task, without torch.vmap, which some
+            # models' ops do not support.
+            backward([means[i] for i in present], inputs=params, parallel_chunk_size=1)
+            got = jac_to_grad(params, self.aggregator)
+            if got is not None:
+                weights[present] = got.detach().to(weights.device, weights.dtype)
+        self.last_weights = weights
+        return weighted_sum(means.detach(), weights)
+
+
+def _famo(n: int, w: torch.Tensor, cfg: LossConfig) -> Balance:
+    return Famo(n, w, lr=cfg.famo_lr)
+
+
+def _pcgrad(n: int, w: torch.Tensor, cfg: LossConfig) -> Balance:
+    from torchjd.aggregation import PCGrad
+
+    return Jacobian(n, w, PCGrad())
+
+
+def _upgrad(n: int, w: torch.Tensor, cfg: LossConfig) -> Balance:
+    from torchjd.aggregation import UPGrad
+
+    return Jacobian(n, w, UPGrad())
+
+
+# loss_balance -> (number of tasks, static task weights, loss settings) -> the trial's Balance.
+BALANCES: dict[str, Callable[[int, torch.Tensor, LossConfig], Balance]] = {
+    "static": lambda n, w, cfg: Static(n, w),
+    "uncertainty": lambda n, w, cfg: Uncertainty(n, w),
+    "famo": _famo,
+    "pcgrad": _pcgrad,
+    "upgrad": _upgrad,
+}
