@@ -14,7 +14,7 @@ import yaml
 from optuna.trial import TrialState
 
 from tests.helpers import swift_argv
-from tests.search.sweeps import check_invariants, sweep_cfg
+from tests.search.sweeps import check_invariants, edit_yaml, sweep_cfg
 from vlsweep.errors import UserInputError
 from vlsweep.search.config import load_sweep_config
 from vlsweep.search.sweep import run_sweep
@@ -329,3 +329,60 @@ def test_every_export_format_writes_the_values_the_trial_ran_with(
     )
     assert groups["task_loss_weights"] == {"ocr": p["weight_ocr"], "grounding": 1 - p["weight_ocr"]}
     assert groups["mix_temperature"] == p["mix_temperature"]
+
+
+def test_a_learnable_balance_trial_resumes_and_exports_like_any_other(
+    ray_local, tmp_path, tiny_checkpoint, demo_data
+):
+    import json
+
+    from vlsweep.export import export
+    from vlsweep.results import SweepResults
+
+    path = sweep_cfg(tmp_path, tiny_checkpoint("qwen2_vl"), demo_data, trials=2)
+    edit_yaml(
+        path,
+        lora={"vision": True},
+        strategies={"loss_balance": True, "curriculum": True, "lora_layout": True},
+        space={
+            "lr_llm": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+            "loss_balance": {"type": "categorical", "choices": ["uncertainty", "famo"]},
+        },
+    )
+    cfg, base_dir = load_sweep_config(path)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    run_sweep(cfg, base_dir, url, log=lambda _m: None)
+    # Resumed from the config the study recorded (as `vlsweep resume` does), one more trial:
+    # the recorded space, the strategies' parameters in it, carries on.
+    recorded = optuna.load_study(study_name="t", storage=url).user_attrs["config"]
+    recorded["search"]["trials"] = 3
+    run_sweep(type(cfg).model_validate(recorded), base_dir, url, resume=True, log=lambda _m: None)
+    study = optuna.load_study(study_name="t", storage=url)
+    done = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    assert len(done) == 3
+    assert all(t.params["loss_balance"] in ("uncertainty", "famo") for t in done)
+    assert all({"curriculum_ratio", "lora_targets_llm", "lora_r_vision"} <= set(t.params) for t in done)
+    results = SweepResults.of(study)
+    trial = done[-1]
+    export(results, trial, "vlsweep", tmp_path / "exp")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vlsweep.cli",
+            "train",
+            str(tmp_path / "exp" / "train.yaml"),
+            "-o",
+            str(tmp_path / "re"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    metrics = json.loads((tmp_path / "re" / "metrics.json").read_text())
+    assert metrics["params"]["loss_balance"] == trial.params["loss_balance"]
+    # The balance's learned state starts fresh and follows the same steps: the same numbers.
+    assert [metrics["cer"], metrics["iou"]] == pytest.approx(trial.values, abs=1e-6)
+    log = [json.loads(line) for line in (tmp_path / "re" / "train_log.jsonl").read_text().splitlines()]
+    assert "weight_ocr" in log[-1]
