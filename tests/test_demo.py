@@ -52,7 +52,10 @@ def test_the_embedded_demo_sweep_finds_a_front_that_beats_the_baseline(tmp_path)
     assert all({"lr_vision", "lr_projector", "lr_llm"} <= set(t.params) for t in trials if t.number)
     (baseline,) = [t for t in trials if t.user_attrs.get("baseline")]
     front = study.best_trials
-    assert len(front) >= 3, [t.values for t in front]
+    # A trade-off, not one winner. How many points it has depends on the CPU the builtin
+    # model was built on (docs/demo.md, Reproducibility): 3 on the machine the README's
+    # figures come from, 2 on an AMD EPYC one (2026-12-02), with the same code.
+    assert len(front) >= 2, [t.values for t in front]
     # Some trial of the front dominates the un-tuned baseline: CER lower by far more than
     # its noise, IoU higher (by less than IoU's standard error, ~0.02: README says so).
     assert any(t.values[0] < baseline.values[0] - 0.05 and t.values[1] > baseline.values[1] for t in front), (
