@@ -44,15 +44,17 @@ def test_every_metric_of_the_table_can_be_computed_or_is_timed():
         ocr=[("12345", "12345"), ("1234", "12345")],
         grounding=[((0, 0, 10, 10), (0, 0, 10, 10)), (None, (0, 0, 5, 5))],
         val_loss={"ocr": 0.5, "grounding": 0.7},
+        forgetting=0.25,
     )
     got = compute(ev)
     assert got["cer"] == pytest.approx(0.1) and got["iou"] == pytest.approx(0.5)
     assert got["acc_iou50"] == 0.5 and got["parse_fail_rate"] == 0.5
     assert got["val_loss_ocr"] == 0.5 and got["val_loss_grounding"] == 0.7
+    assert got["forgetting"] == 0.25
     timed = {n for n, m in METRICS.items() if m.compute is None}
     assert set(got) | timed == set(METRICS)
     assert timed == {"train_seconds", "eval_seconds", "samples_per_second"}
-    # Without grounding samples, no grounding metric.
+    # Without grounding samples, no grounding metric; without a retention set, no forgetting.
     assert set(compute(Evaluation(ocr=[("1", "1")], val_loss={"ocr": 0.1}))) == {"cer", "val_loss_ocr"}
 
 

@@ -77,13 +77,19 @@ DEFAULT_PROMPTS = {
 }
 
 
+# The data splits a config names: training, validation, and the retention set forgetting
+# is measured on (prompts the base model already answers; optional).
+SPLITS = ("train", "val", "retain")
+
+
 class DataConfig(_Strict):
     train: list[DataSource]
     val: list[DataSource]
+    retain: list[DataSource] = Field(default_factory=list)
     prompts: dict[Literal["ocr", "grounding"], str] = Field(default_factory=dict)
     max_val_samples: int | None = Field(default=None, ge=1)
 
-    _coerce_train = field_validator("train", "val", mode="before")(_sources)
+    _coerce_train = field_validator("train", "val", "retain", mode="before")(_sources)
 
     @field_validator("prompts")
     @classmethod

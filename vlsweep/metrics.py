@@ -17,6 +17,8 @@ from functools import cached_property
 from typing import Literal
 
 Box = tuple[float, float, float, float]
+# The "task" of a metric measured on the retention set (data.retain) rather than data.val.
+RETAIN = "retain"
 Direction = Literal["minimize", "maximize"]
 
 
@@ -27,9 +29,15 @@ class Evaluation:
     ocr: list[tuple[str, str]] = field(default_factory=list)  # (prediction, reference text)
     grounding: list[tuple[Box | None, Box]] = field(default_factory=list)  # (parsed prediction, target)
     val_loss: dict[str, float] = field(default_factory=dict)  # teacher-forced loss per task
+    # KL(base || fine-tuned) on the retention set (vlsweep.trials.forgetting); None when the
+    # run has no retention set.
+    forgetting: float | None = None
 
     def has(self, task: str | None) -> bool:
-        """Whether the evaluation holds samples of ``task`` (None: any evaluation does)."""
+        """Whether the evaluation holds samples of ``task`` (None: any evaluation does;
+        ``retain``: the retention set's)."""
+        if task == RETAIN:
+            return self.forgetting is not None
         samples = {"ocr": self.ocr, "grounding": self.grounding}
         return task is None or bool(samples.get(task))
 
@@ -130,6 +138,14 @@ METRICS: dict[str, Metric] = {
             None,
             _val_loss("grounding"),
             "grounding validation loss",
+        ),
+        Metric(
+            "forgetting",
+            "minimize",
+            RETAIN,
+            None,
+            lambda e: e.forgetting or 0.0,
+            "forgetting, KL(base || tuned)",
         ),
         Metric("train_seconds", "minimize", None, None, None, "training seconds"),
         # Recorded on each trial, never optimized.

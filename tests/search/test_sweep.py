@@ -337,18 +337,20 @@ def test_a_learnable_balance_trial_resumes_and_exports_like_any_other(
     import json
 
     from vlsweep.export import export
-    from vlsweep.results import SweepResults
+    from vlsweep.results import SweepResults, pick
 
     path = sweep_cfg(tmp_path, tiny_checkpoint("qwen2_vl"), demo_data, trials=2)
     edit_yaml(
         path,
         lora={"vision": True},
         strategies={"loss_balance": True, "curriculum": True, "lora_layout": True},
+        data={"retain": str(demo_data / "retain.jsonl")},
         space={
             "lr_llm": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
             "loss_balance": {"type": "categorical", "choices": ["uncertainty", "famo"]},
         },
     )
+    edit_yaml(path, objectives=["cer", "iou", "forgetting"])
     cfg, base_dir = load_sweep_config(path)
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     run_sweep(cfg, base_dir, url, log=lambda _m: None)
@@ -362,8 +364,13 @@ def test_a_learnable_balance_trial_resumes_and_exports_like_any_other(
     assert len(done) == 3
     assert all(t.params["loss_balance"] in ("uncertainty", "famo") for t in done)
     assert all({"curriculum_ratio", "lora_targets_llm", "lora_r_vision"} <= set(t.params) for t in done)
+    assert study.metric_names == ["cer", "iou", "forgetting"] and all(t.values[2] > 0 for t in done)
     results = SweepResults.of(study)
-    trial = done[-1]
+    trial = pick(results, "knee")  # the knee in three objectives
+    assert trial in results.front
+    from vlsweep.report import pareto_figure
+
+    assert {d.type for d in pareto_figure(results, trial.number).data} == {"scatter3d"}
     export(results, trial, "vlsweep", tmp_path / "exp")
     out = subprocess.run(
         [
@@ -383,6 +390,6 @@ def test_a_learnable_balance_trial_resumes_and_exports_like_any_other(
     metrics = json.loads((tmp_path / "re" / "metrics.json").read_text())
     assert metrics["params"]["loss_balance"] == trial.params["loss_balance"]
     # The balance's learned state starts fresh and follows the same steps: the same numbers.
-    assert [metrics["cer"], metrics["iou"]] == pytest.approx(trial.values, abs=1e-6)
+    assert [metrics["cer"], metrics["iou"], metrics["forgetting"]] == pytest.approx(trial.values, abs=1e-6)
     log = [json.loads(line) for line in (tmp_path / "re" / "train_log.jsonl").read_text().splitlines()]
     assert "weight_ocr" in log[-1]

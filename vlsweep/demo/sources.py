@@ -14,7 +14,7 @@ from vlsweep.demo.synth import write_dataset
 from vlsweep.errors import UserInputError
 
 # Bumped when the generator changes: a new cache entry, old ones are never read.
-DEMO_DATA_VERSION = 3
+DEMO_DATA_VERSION = 4
 Run = TypeVar("Run", bound=RunConfig)
 
 
@@ -57,7 +57,7 @@ def demo_data_dir(seed: int = 0) -> Path:
 def resolve_data(cfg: DataConfig) -> DataConfig:
     """The data config with ``builtin:demo/SPLIT`` paths replaced by the cached files."""
     prefix = DEMO_DATA + "/"
-    if not any(s.path.startswith(prefix) for s in (*cfg.train, *cfg.val)):
+    if not any(s.path.startswith(prefix) for s in (*cfg.train, *cfg.val, *cfg.retain)):
         return cfg
 
     def local(sources: list[Any]) -> list[Any]:
@@ -68,7 +68,9 @@ def resolve_data(cfg: DataConfig) -> DataConfig:
             for s in sources
         ]
 
-    return cfg.model_copy(update={"train": local(cfg.train), "val": local(cfg.val)})
+    return cfg.model_copy(
+        update={"train": local(cfg.train), "val": local(cfg.val), "retain": local(cfg.retain)}
+    )
 
 
 def resolve(cfg: Run, *, build: bool = True, log: Any = print) -> Run:

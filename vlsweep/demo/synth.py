@@ -26,6 +26,9 @@ COLOR_NAMES = ("red", "green", "blue")
 # samples (192 per task) keep the standard error of the mean IoU near 0.02, small next to
 # the spread of a sweep's front (docs/benchmarks.md).
 DEMO_TRAIN, DEMO_VAL = 640, 384
+# The retention split (``builtin:demo/retain``): scenes in the style the builtin base models
+# were pretrained on, which they already answer; forgetting is measured on them.
+DEMO_RETAIN = 64
 OCR_SIZE = (140, 28)
 GROUNDING_SIZE = (112, 84)
 
@@ -190,13 +193,19 @@ def write_dataset(
     seed: int = 0,
     style: str = "demo",
     ocr_fraction: float = 0.5,
+    n_retain: int = DEMO_RETAIN,
 ) -> dict[str, Path]:
-    """Write ``train.jsonl``, ``val.jsonl`` and their images under ``out``."""
+    """Write ``train.jsonl``, ``val.jsonl``, ``retain.jsonl`` (``n_retain`` samples in the
+    ``pretrain`` style the builtin models already answer; none when 0) and their images
+    under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "img").mkdir(exist_ok=True)
-    st = STYLES[style]
     paths = {}
-    for split, n, offset in (("train", n_train, 0), ("val", n_val, 1_000_003)):
+    splits = [("train", n_train, 0, style), ("val", n_val, 1_000_003, style)]
+    if n_retain:
+        splits.append(("retain", n_retain, 2_000_003, "pretrain"))
+    for split, n, offset, split_style in splits:
+        st = STYLES[split_style]
         rng = random.Random(seed * 7_919 + offset)
         lines = []
         for i in range(n):

@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from vlsweep.config import (
     BUILTIN,
     DEMO_DATA,
+    SPLITS,
     RunConfig,
     TrainConfig,
     _Strict,
@@ -23,7 +24,7 @@ from vlsweep.config import (
     read_yaml,
 )
 from vlsweep.errors import UserInputError
-from vlsweep.metrics import METRICS, OBJECTIVES
+from vlsweep.metrics import METRICS, OBJECTIVES, RETAIN
 from vlsweep.params import PARAM_NAMES, STRATEGIES, TrialParams
 from vlsweep.spaces import CategoricalSpec, FloatSpec, Space, parse_space, with_strategies
 
@@ -408,7 +409,14 @@ def check_metrics_measurable(cfg: SweepConfig, val_tasks: list[str]) -> None:
         f"{where}: {metric!r} is measured on {task} samples, and data.val has none; "
         f"add {task} samples to data.val, or drop {metric!r}"
         for where, metric in wanted
-        if (task := METRICS[metric].task) is not None and task not in val_tasks
+        if (task := METRICS[metric].task) not in (None, RETAIN) and task not in val_tasks
+    ]
+    problems += [
+        f"{where}: {metric!r} is measured on the retention set, and data.retain is empty; "
+        "add samples the base model already answers as data.retain (the demo's: "
+        f"builtin:demo/retain), or drop {metric!r}"
+        for where, metric in wanted
+        if METRICS[metric].task == RETAIN and not cfg.data.retain
     ]
     if problems:
         raise UserInputError(problems)
@@ -421,7 +429,7 @@ def sanitized_config(cfg: SweepConfig, base_dir: Path) -> dict[str, Any]:
     if not raw["model"]["name_or_path"].startswith(BUILTIN) and model.exists():
         # A local checkpoint, as the launching shell saw it: resume may run elsewhere.
         raw["model"]["name_or_path"] = str(model.resolve())
-    for split in ("train", "val"):
+    for split in SPLITS:
         for src in raw["data"][split]:
             p = src["path"]
             if not p.startswith(DEMO_DATA + "/") and not Path(p).expanduser().is_absolute():

@@ -15,6 +15,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from vlsweep.config import SPLITS
+
 _BASE: dict[str, Any] = {}
 _DATA: dict[str, Any] = {}
 # This process's working directory when Ray started it, before Ray Tune moves each trial
@@ -52,8 +54,8 @@ def localize(path: str, driver_dir: str | None, start_dir: str | None = None) ->
 
 def _localized(spec: dict[str, Any], base_dir: str, driver_dir: str | None) -> tuple[dict[str, Any], str]:
     spec = json.loads(json.dumps(spec))
-    for split in ("train", "val"):
-        for src in spec["data"][split]:
+    for split in SPLITS:
+        for src in spec["data"].get(split, []):
             if Path(src["path"]).is_absolute():
                 src["path"] = localize(src["path"], driver_dir)
     model = spec["model"]["name_or_path"]

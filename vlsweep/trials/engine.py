@@ -7,12 +7,13 @@ point and returns the final metrics.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from vlsweep.config import DEMO_DATA, BudgetConfig, DataConfig, TrainConfig
 from vlsweep.errors import UserInputError
 from vlsweep.metrics import Evaluation, compute
 from vlsweep.params import GROUP_LR, TrialParams
+from vlsweep.trials import forgetting
 from vlsweep.trials.batching import Encoder, collate
 from vlsweep.trials.data import Record, check_tasks, load_records, make_mixer
 from vlsweep.trials.families import resolve_groups
@@ -37,6 +39,8 @@ Report = Callable[[int, dict[str, float]], None]
 class TrialData:
     train: list[Record]
     val: list[Record]
+    # The retention set forgetting is measured on (data.retain; empty: not measured).
+    retain: list[Record] = field(default_factory=list)
 
     @property
     def tasks(self) -> list[str]:
@@ -56,12 +60,12 @@ def _resolve(path: str, base_dir: Path) -> Path:
 
 
 def load_data(
-    cfg: DataConfig, base_dir: Path, splits_wanted: tuple[str, ...] = ("train", "val")
+    cfg: DataConfig, base_dir: Path, splits_wanted: tuple[str, ...] = ("train", "val", "retain")
 ) -> TrialData:
     """Load and check every record of every file; raises UserInputError listing all problems.
     ``splits_wanted=("val",)`` loads the validation data alone (for scoring)."""
     problems: list[str] = []
-    splits: dict[str, list[Record]] = {"train": [], "val": []}
+    splits: dict[str, list[Record]] = {"train": [], "val": [], "retain": []}
     for split in splits_wanted:
         records: list[Record] = []
         for src in getattr(cfg, split):
@@ -72,14 +76,14 @@ def load_data(
             records.extend(recs)
             problems.extend(errs)
         splits[split] = records
-    if not problems and len(splits_wanted) == 2:
+    if not problems and {"train", "val"} <= set(splits_wanted):
         tasks = sorted({r.task for r in splits["train"]} | {r.task for r in splits["val"]})
         problems += check_tasks(splits["train"], "data.train", tasks)
         problems += check_tasks(splits["val"], "data.val", tasks)
     if problems:
         raise UserInputError(problems)
     val = splits["val"][: cfg.max_val_samples] if cfg.max_val_samples else splits["val"]
-    return TrialData(train=splits["train"], val=val)
+    return TrialData(train=splits["train"], val=val, retain=splits["retain"])
 
 
 class Trainer:
@@ -105,6 +109,9 @@ class Trainer:
         t0 = time.perf_counter()
         self.train_enc = [self.encoder.encode(r) for r in data.train]
         self.val_enc = [self.encoder.encode(r) for r in data.val]
+        self.retain_enc = [self.encoder.encode(r) for r in data.retain]
+        # The base's answers on the retention set (forgetting.Reference), set by run_trial.
+        self.reference: forgetting.Reference | None = None
         self.encode_seconds = time.perf_counter() - t0
         self.last_predictions: list[str] = []
         self.model: Any = None
@@ -247,7 +254,10 @@ class Trainer:
         try:
             texts = self._generate(model)
             self.last_predictions = texts
-            metrics = compute(self._evaluation(texts, self._val_loss(model)))
+            evaluation = self._evaluation(texts, self._val_loss(model))
+            if self.reference is not None:
+                evaluation.forgetting = float(self._retain_kl(model).mean())
+            metrics = compute(evaluation)
         finally:
             model.train(was_training)
         return metrics
@@ -304,6 +314,44 @@ class Trainer:
             elif rec.task == "grounding" and rec.box is not None:
                 ev.grounding.append((self.base.codec.decode(text, rec.size, enc.resized), rec.box))
         return ev
+
+    def _retain_log_probs(self, model: Any) -> torch.Tensor:
+        """The model's log-probabilities of each answer token of the retention set."""
+        rows = []
+        bs = self.budget.eval_batch_size
+        for start in range(0, len(self.retain_enc), bs):
+            batch = collate(
+                [e.full for e in self.retain_enc[start : start + bs]], pad_id=self.pad_id, left=False
+            )
+            batch = self._to_device(batch)
+            labels = batch.pop("labels")
+            rows.append(forgetting.answer_log_probs(model(**batch, use_cache=False).logits, labels))
+        return torch.cat(rows)
+
+    @torch.no_grad()
+    def retention_reference(self, log: Callable[[str], None]) -> forgetting.Reference:
+        """The untouched base's answers on the retention set, computed once (cached)."""
+        # Every model input of every sample (token ids, pixels, grids) as a digest.
+        samples = (
+            {k: hashlib.sha256(v.cpu().contiguous().numpy().tobytes()).hexdigest() for k, v in e.full.items()}
+            for e in self.retain_enc
+        )
+        key = forgetting.fingerprint(self.base.source, self.spec.model, samples)
+
+        def compute() -> forgetting.Reference:
+            model = self.base.model
+            was_training = model.training
+            model.eval()
+            try:
+                return forgetting.reference_of(self._retain_log_probs(model))
+            finally:
+                model.train(was_training)
+
+        return forgetting.cached_reference(key, compute, log)
+
+    def _retain_kl(self, model: Any) -> torch.Tensor:
+        assert self.reference is not None
+        return forgetting.kl_to_reference(self._retain_log_probs(model), self.reference)
 
     def _val_loss(self, model: Any) -> dict[str, float]:
         sums = torch.zeros(len(self.tasks))
@@ -367,6 +415,8 @@ def run_trial(
     load_seconds = time.perf_counter() - t_load
     trainer = Trainer(params, budget, spec=spec, data=data, base=base)
     say(f"encoded {len(data.train)} train / {len(data.val)} val samples in {trainer.encode_seconds:.1f}s")
+    if trainer.retain_enc:
+        trainer.reference = trainer.retention_reference(say)
     result: dict[str, Any] = {}
     if eval_base:
         t0 = time.perf_counter()
