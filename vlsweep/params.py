@@ -111,13 +111,13 @@ class TrialParams(BaseModel):
     curriculum_ratio: Annotated[
         float,
         Field(ge=0, lt=1),
-        Searched(0.0, 0.0, strategy=("curriculum", {"type": "float", "low": 0.2, "high": 0.8})),
+        Searched(0.0, 0.0, strategy=("curriculum", {"type": "float", "low": 0.0, "high": 0.8})),
     ] = 0.0
     # Task rotation: phases of this many steps, each task dominant in turn. 0 = off.
     rotation_period: Annotated[
         int,
         Field(ge=0),
-        Searched(0, 0, strategy=("rotation", {"type": "categorical", "choices": [10, 25, 50]})),
+        Searched(0, 0, strategy=("rotation", {"type": "categorical", "choices": [0, 10, 25, 50]})),
     ] = 0
     # The dominant task's share of each batch during its phase.
     rotation_share: Annotated[
@@ -126,8 +126,10 @@ class TrialParams(BaseModel):
         Searched(
             0.8,
             0.8,
-            # No `when` on rotation_period: its searched periods are all on (> 0).
-            strategy=("rotation", {"type": "float", "low": 0.6, "high": 0.95}),
+            strategy=(
+                "rotation",
+                {"type": "float", "low": 0.6, "high": 0.95, "when": {"rotation_period": {"not": 0}}},
+            ),
         ),
     ] = 0.8
     # Progressive training: the first fraction of the steps trains the vision tower and the
@@ -135,7 +137,7 @@ class TrialParams(BaseModel):
     vision_first_ratio: Annotated[
         float,
         Field(ge=0, lt=1),
-        Searched(0.0, 0.0, strategy=("vision_first", {"type": "float", "low": 0.05, "high": 0.5})),
+        Searched(0.0, 0.0, strategy=("vision_first", {"type": "float", "low": 0.0, "high": 0.5})),
     ] = 0.0
     # LoRA layout: the rank of the vision tower's and the projector's LoRA (0 = lora_r, the
     # LLM's), and which layers of each group carry LoRA.
@@ -147,7 +149,7 @@ class TrialParams(BaseModel):
             0,
             strategy=(
                 "lora_layout",
-                {"type": "categorical", "choices": [4, 8, 16, 32], "when": {"lora.vision": True}},
+                {"type": "categorical", "choices": [0, 4, 8, 16, 32], "when": {"lora.vision": True}},
             ),
         ),
     ] = 0
@@ -159,7 +161,7 @@ class TrialParams(BaseModel):
             0,
             strategy=(
                 "lora_layout",
-                {"type": "categorical", "choices": [4, 8, 16, 32], "when": {"lora.projector": "lora"}},
+                {"type": "categorical", "choices": [0, 4, 8, 16, 32], "when": {"lora.projector": "lora"}},
             ),
         ),
     ] = 0

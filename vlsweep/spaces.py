@@ -14,8 +14,9 @@ but takes the other's value (``lr_vision: {same_as: lr_llm}`` searches one share
 
 ``when`` makes a parameter conditional: it is suggested only when every named key (a
 config key such as ``lora.vision`` or an earlier parameter) has the given value (or one
-of a list of values). An inactive parameter keeps the engine's default, which the trial
-does not use (e.g. no vision LR when the vision tower is frozen).
+of a list of values, or any value but ``V`` for ``{not: V}``). An inactive parameter
+keeps the engine's default, which the trial does not use (e.g. no vision LR when the
+vision tower is frozen).
 
 The space is written by hand rather than taken from Ray Tune's ``tune.*`` domains
 because Optuna's define-by-run API is what proposes the points here (Ray only runs them)
@@ -42,9 +43,16 @@ from vlsweep.params import (
 Scalar = bool | int | float | str
 
 
+class Not(BaseModel):
+    """``{not: VALUE}`` in a condition: holds when the key has any other value."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    not_: Scalar = Field(alias="not")
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    when: dict[str, Scalar | list[Scalar]] | None = None
+    when: dict[str, Scalar | list[Scalar] | Not] | None = None
 
 
 class FloatSpec(_Spec):
@@ -170,7 +178,10 @@ def _active(when: dict[str, Any] | None, values: dict[str, Any]) -> bool:
         return True
     for key, want in when.items():
         have = values.get(key)
-        if isinstance(want, list):
+        if isinstance(want, Not):
+            if have is None or have == want.not_:
+                return False
+        elif isinstance(want, list):
             if have not in want:
                 return False
         elif have != want:
@@ -194,10 +205,28 @@ def with_strategies(raw: dict[str, Any] | None, strategies: list[str]) -> dict[s
         for name, entry in strategy_space(key).items()
         if raw is None or name not in raw
     }
-    if raw is None:  # in place: the default space already orders a choice before its conditionals
-        return {**DEFAULT_SPACE, **added}
-    # Before the user's entries, which may be conditional on them (weight_ocr on loss_balance).
-    return {**added, **raw}
+    merged = {**DEFAULT_SPACE, **added} if raw is None else {**added, **raw}
+    return _conditions_first(merged)
+
+
+def _conditions_first(raw: dict[str, Any]) -> dict[str, Any]:
+    """The entries reordered (stably) so that a parameter comes after every parameter its
+    ``when`` names: they are suggested in order (weight_ocr after loss_balance)."""
+    out: dict[str, Any] = {}
+
+    def place(name: str, seen: tuple[str, ...]) -> None:
+        if name in out or name in seen:  # placed, or a cycle (parse_space reports it)
+            return
+        entry = raw[name]
+        when = entry.get("when") if isinstance(entry, dict) else None
+        for key in when or {}:
+            if key in raw:
+                place(key, (*seen, name))
+        out[name] = entry
+
+    for name in raw:
+        place(name, ())
+    return out
 
 
 def parse_space(raw: dict[str, Any] | None, where: str = "space") -> tuple[Space, list[str]]:

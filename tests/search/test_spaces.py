@@ -232,3 +232,21 @@ def test_no_strategy_leaves_the_default_space_as_it_was():
     space, _ = parse_space(None)
     assert space.fixed["loss_balance"] == "static" and space.fixed["hard_oversample"] == 1.0
     assert not {"loss_balance", "curriculum_ratio", "lora_targets_llm"} & set(space.specs)
+
+
+def test_every_strategys_range_holds_its_off_value_so_the_baseline_is_inside():
+    from vlsweep.params import STRATEGIES
+    from vlsweep.spaces import with_strategies
+
+    space, problems = parse_space(with_strategies(None, list(STRATEGIES)))
+    assert problems == []
+    assert space.outside(BASELINE) == []
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    study.enqueue_trial(BASELINE)
+    settings = {"lora.vision": True, "lora.projector": "lora"}
+    values = space.suggest(study.ask(), settings)
+    assert TrialParams.of(values) == TrialParams.of(BASELINE)
+    # rotation_share follows a period other than 0 ({not: 0}).
+    assert "rotation_share" not in values and values["rotation_period"] == 0
+    study.enqueue_trial({**BASELINE, "rotation_period": 25})
+    assert "rotation_share" in space.suggest(study.ask(), settings)

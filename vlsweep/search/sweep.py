@@ -59,6 +59,9 @@ def _seed_points(study: optuna.Study, cfg: SweepConfig, space: Space) -> None:
     settings = cfg.settings()
     if cfg.search.baseline:
         point = {k: v for k, v in BASELINE.items() if space.active(k, settings, BASELINE)}
+        # A range of the user's that leaves out the baseline's value (Optuna refuses a
+        # categorical value off its choices): that parameter is sampled instead.
+        point = {k: v for k, v in point.items() if not space.outside({k: v})}
         study.enqueue_trial(point, user_attrs={"baseline": True})
     dists = distributions(space)
     for i, ws in enumerate(cfg.search.warm_start):  # checked by load_sweep_config
