@@ -94,9 +94,12 @@ def test_the_balance_table_and_the_parameter_name_the_same_strategies():
     from vlsweep.trials import BALANCES
 
     assert tuple(BALANCES) == LOSS_BALANCES == choices("loss_balance")
-    # The old config key points to the parameter that replaced it.
+    # The old config key points to the parameter that replaced it; the value every study and
+    # export before it recorded, weighted_sum, still loads (as the static balance).
     with pytest.raises(ValueError, match="loss.strategy is now the parameter loss_balance"):
-        TrainConfig.model_validate({"data": DATA, "loss": {"strategy": "weighted_sum"}})
+        TrainConfig.model_validate({"data": DATA, "loss": {"strategy": "pcgrad"}})
+    old = TrainConfig.model_validate({"data": DATA, "loss": {"strategy": "weighted_sum"}})
+    assert old.params.loss_balance == "static" and old.loss == TrainConfig.model_validate({"data": DATA}).loss
 
 
 def test_each_strategy_key_turns_on_parameters_that_are_off_by_default():

@@ -153,6 +153,9 @@ class LossConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _strategy_moved(cls, value: Any) -> Any:
+        if isinstance(value, dict) and value.get("strategy") == "weighted_sum":
+            # What every study and export before loss_balance recorded: the static balance.
+            return {k: v for k, v in value.items() if k != "strategy"}
         if isinstance(value, dict) and "strategy" in value:
             raise ValueError(
                 "loss.strategy is now the parameter loss_balance (weighted_sum is `static`): "
@@ -181,6 +184,15 @@ class TrainConfig(RunConfig):
     name: str = "train"
     # Fixed hyperparameters, named as the study's parameters (vlsweep.params).
     params: TrialParams = Field(default_factory=TrialParams)
+
+    @model_validator(mode="after")
+    def _vision_side_trains(self) -> TrainConfig:
+        if self.params.vision_first_ratio > 0 and not self.lora.vision and self.lora.projector == "frozen":
+            raise ValueError(
+                "params.vision_first_ratio trains the vision side first, but lora.vision is false "
+                "and lora.projector is frozen: turn one on, or set vision_first_ratio to 0"
+            )
+        return self
 
 
 def format_validation_error(err: ValidationError, source: str) -> list[str]:

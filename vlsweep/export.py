@@ -281,8 +281,8 @@ def strategy_notes(params: TrialParams, tool: str) -> list[str]:
     if params.loss_balance != "static":
         notes.append(
             f"the trial balanced its task losses with loss_balance={params.loss_balance}; {tool} has "
-            "no such option, so the export weights the tasks statically (weight_ocr "
-            f"{params.weight_ocr:.3g}, the default when the trial did not search it)."
+            "no such option, so the export does not balance them that way (the notes on task "
+            "weights say what it does instead)."
         )
     data = {
         "hard_oversample": params.hard_oversample != 1.0,

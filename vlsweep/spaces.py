@@ -311,7 +311,7 @@ def parse_space(raw: dict[str, Any] | None, where: str = "space") -> tuple[Space
                         f"{loc}.when: unknown key {key!r}; use one of {', '.join(CONDITION_KEYS)} "
                         "or a parameter of this space"
                     )
-                elif key in raw and key not in earlier:
+                elif key in raw and key not in earlier and isinstance(raw[key], dict):
                     # Parameters are suggested in order: a later one is not chosen yet, and
                     # the condition would never hold.
                     problems.append(f"{loc}.when: {key} comes after {name} in the space; list it first")

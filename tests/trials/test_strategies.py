@@ -100,8 +100,21 @@ def test_famo_stands_in_the_last_seen_loss_for_an_absent_task():
     assert x.grad[0].item() == pytest.approx(0.5 * 2 / 2 * -2.0, rel=1e-4)
     before = balance.famo._w.detach().clone()
     balance.after_step(torch.tensor([1.5, 0.0]), torch.tensor([4.0, 0.0]))
-    # Only the task that was in the batch changes the weights' update.
+    # No weight update from a batch without every task (softmax couples the logits: the
+    # absent task's weight would rise as if it had stalled).
+    assert torch.equal(before, balance.famo._w.detach())
+    balance.backward(both.detach().requires_grad_(), PRESENT, [x])
+    balance.after_step(torch.tensor([1.0, 2.0]), PRESENT)
     assert not torch.equal(before, balance.famo._w.detach())
+
+
+def test_famo_stands_in_the_present_loss_for_a_task_not_seen_yet():
+    x = torch.nn.Parameter(torch.tensor([0.0, 0.0]))
+    balance = BALANCES["famo"](2, W, LossConfig())
+    only_second = torch.stack([torch.zeros(()), (x[0] + 1) ** 2 + 1.0])  # L2 = 2
+    balance.backward(only_second, torch.tensor([0.0, 4.0]), [x])
+    # Task 0 stands in at task 1's loss (2): c = 1 / (0.5/2 + 0.5/2) = 2; grad = c z_1 / L_1 * 2.
+    assert x.grad[0].item() == pytest.approx(2 * 0.5 / 2 * 2.0, rel=1e-4)
 
 
 def test_pcgrad_projects_out_the_conflicting_component():
@@ -230,6 +243,22 @@ def test_a_learnable_balance_has_an_optimizer_group_of_its_own(setup):
         trainer.model.train()
         trainer.step(trainer.train_batch(list(range(len(data.train))[:8])))
         assert not torch.equal(before, trainer.balance.uw.log_var.detach())
+    finally:
+        trainer.detach()
+
+
+def test_clipping_and_the_total_norm_leave_out_the_balances_own_parameters(setup):
+    cfg, data, base = setup
+    trainer = Trainer(TrialParams(loss_balance="uncertainty"), cfg.budget, spec=cfg, data=data, base=base)
+    trainer.attach()
+    try:
+        trainer.model.train()
+        out = trainer.step(trainer.train_batch(list(range(8))))
+        norms = out["grad_norm"]
+        assert "balance" in norms
+        model = torch.linalg.vector_norm(torch.stack([v for k, v in norms.items() if k != "balance"]))
+        assert float(out["grad_norm_total"]) == pytest.approx(float(model))
+        assert trainer.steps_done == 1
     finally:
         trainer.detach()
 

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, StrictBool, ValidationError, field_validator, model_validator
 
 from vlsweep.config import (
     BUILTIN,
@@ -25,7 +25,7 @@ from vlsweep.config import (
 )
 from vlsweep.errors import UserInputError
 from vlsweep.metrics import METRICS, OBJECTIVES, RETAIN
-from vlsweep.params import PARAM_NAMES, STRATEGIES, TrialParams
+from vlsweep.params import PARAM_NAMES, STRATEGIES, TrialParams, strategy_space
 from vlsweep.spaces import CategoricalSpec, FloatSpec, Space, parse_space, with_strategies
 
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
@@ -177,12 +177,13 @@ class StrategiesConfig(_Strict):
     """Which of the practitioners' strategies the sweep searches (docs/strategies.md). Each
     key adds its parameters to the space; off, they keep their off value."""
 
-    loss_balance: bool = False  # loss_balance in static/uncertainty/famo/pcgrad/upgrad
-    oversample: bool = False  # hard_oversample: more of the hard grounding samples
-    curriculum: bool = False  # curriculum_ratio: easy to hard over the steps
-    rotation: bool = False  # rotation_period, rotation_share: the dominant task in phases
-    vision_first: bool = False  # vision_first_ratio: the vision side trains alone first
-    lora_layout: bool = False  # lora_r_vision, lora_r_projector, lora_targets_llm/vision
+    # StrictBool: "on" or 1 would pass a plain bool and leave the space as it was.
+    loss_balance: StrictBool = False  # loss_balance in static/uncertainty/famo/pcgrad/upgrad
+    oversample: StrictBool = False  # hard_oversample: more of the hard grounding samples
+    curriculum: StrictBool = False  # curriculum_ratio: easy to hard over the steps
+    rotation: StrictBool = False  # rotation_period, rotation_share: the dominant task in phases
+    vision_first: StrictBool = False  # vision_first_ratio: the vision side trains alone first
+    lora_layout: StrictBool = False  # lora_r_vision, lora_r_projector, lora_targets_llm/vision
 
     def on(self) -> list[str]:
         return [k for k in STRATEGIES if getattr(self, k)]
@@ -216,10 +217,12 @@ class SweepConfig(RunConfig):
 
     @model_validator(mode="after")
     def _vision_side_trains(self) -> SweepConfig:
-        if self.strategies.vision_first and not self.lora.vision and self.lora.projector == "frozen":
+        entry = (self.space or {}).get("vision_first_ratio", 0.0)
+        if entry != 0.0 and not self.lora.vision and self.lora.projector == "frozen":
             raise ValueError(
-                "strategies.vision_first trains the vision side first, but lora.vision is false "
-                "and lora.projector is frozen: turn one on, or vision_first off"
+                "vision_first_ratio (strategies.vision_first or space) trains the vision side "
+                "first, but lora.vision is false and lora.projector is frozen: turn one on, or "
+                "vision_first off"
             )
         return self
 
@@ -311,8 +314,29 @@ def _effective(raw: Any) -> Any:
     """``raw`` with its space widened by the strategies it turns on (as given otherwise)."""
     if not isinstance(raw, dict) or not isinstance(raw.get("strategies"), dict):
         return raw
-    on = [k for k, v in raw["strategies"].items() if v is True and k in STRATEGIES]
+    on = _strategies_on(raw)
     return {**raw, "space": with_strategies(raw.get("space"), on)} if on else raw
+
+
+def _strategies_on(raw: dict[str, Any]) -> list[str]:
+    strategies = raw.get("strategies")
+    if not isinstance(strategies, dict):
+        return []
+    return [k for k, v in strategies.items() if v is True and k in STRATEGIES]
+
+
+def _fixed_but_searched(raw: Any) -> list[str]:
+    """A space entry that fixes a parameter a strategy turned on searches: which is meant?"""
+    if not isinstance(raw, dict) or not isinstance(raw.get("space"), dict):
+        return []
+    space = raw["space"]
+    return [
+        f"space.{name}: fixed at {space[name]!r}, but strategies.{key} searches it; give a "
+        "range, or turn the strategy off"
+        for key in _strategies_on(raw)
+        for name in strategy_space(key)
+        if name in space and not isinstance(space[name], dict)
+    ]
 
 
 def load_sweep_config(path: str | Path, data: dict[str, Any] | None = None) -> tuple[SweepConfig, Path]:
@@ -326,7 +350,7 @@ def load_sweep_config(path: str | Path, data: dict[str, Any] | None = None) -> t
     except ValidationError as err:
         problems += format_validation_error(err, str(path))
     _, space_problems = parse_space(_effective(raw).get("space") if isinstance(raw, dict) else None)
-    problems += [f"{path}: {p}" for p in space_problems]
+    problems += [f"{path}: {p}" for p in space_problems + _fixed_but_searched(raw)]
     if isinstance(raw, dict):
         for i, point in enumerate((raw.get("search") or {}).get("warm_start") or []):
             if isinstance(point, dict) and isinstance(point.get("params"), dict):

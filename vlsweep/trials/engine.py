@@ -28,7 +28,7 @@ from vlsweep.trials.batching import Encoder, collate
 from vlsweep.trials.data import Record, check_tasks, load_records, make_mixer
 from vlsweep.trials.families import resolve_groups
 from vlsweep.trials.lora import attach_lora, plan_lora
-from vlsweep.trials.losses import BALANCES, task_losses
+from vlsweep.trials.losses import BALANCES, task_losses, weighted_sum
 from vlsweep.trials.modeling import Base, load_base
 from vlsweep.trials.optim import build_param_groups, group_grad_norms, make_optimizer
 
@@ -100,6 +100,7 @@ class Trainer:
         self.balance = BALANCES[params.loss_balance](len(self.tasks), self.weights, spec.loss).to(base.device)
         # The LLM's LoRA stays still for the first steps (progressive training).
         self.vision_first_steps = round(params.vision_first_ratio * budget.steps)
+        self.steps_done = 0
         self.encoder = Encoder(
             base.processor, base.family, base.codec, {t: spec.data.prompt(t) for t in ("ocr", "grounding")}
         )
@@ -208,25 +209,38 @@ class Trainer:
         batch["task_ids"] = torch.tensor([self.task_index[self.data.train[i].task] for i in indices])
         return batch
 
-    def step(self, batch: dict[str, torch.Tensor], step: int = 1) -> dict[str, Any]:
+    def step(self, batch: dict[str, torch.Tensor], step: int | None = None) -> dict[str, Any]:
+        """One optimizer step on ``batch``; ``step`` (1-based) is counted here when not given."""
+        step = self.steps_done + 1 if step is None else step
+        self.steps_done = step
         batch = self._to_device(batch)
         labels, task_ids = batch.pop("labels"), batch.pop("task_ids")
         logits = self.model(**batch, use_cache=False).logits
         means, counts = task_losses(logits, labels, task_ids, len(self.tasks))
         del logits
-        loss = self.balance.backward(means, counts, [p for g in self.groups for p in g["params"]])
+        vision_only = step <= self.vision_first_steps
+        model_groups = [g for g in self.groups if g["module_group"] != "balance"]
+        # During the vision-first phase a Jacobian balance combines the vision side's task
+        # gradients alone: the update applied is the one its guarantee is about.
+        inputs = [
+            p for g in self.groups if not (vision_only and g["module_group"] == "llm") for p in g["params"]
+        ]
+        objective = self.balance.backward(means, counts, inputs)
         per_task = means.detach()
-        if step <= self.vision_first_steps:
+        if vision_only:
             # AdamW skips a parameter without a gradient: no step, no moment update.
             for g in self.groups:
                 if g["module_group"] == "llm":
                     for p in g["params"]:
                         p.grad = None
-        norms, total = group_grad_norms(self.groups)
+        # Clipping and the total norm are the model's: a balance's own parameters (the
+        # uncertainty log-variances) are logged apart and never scale the model's update.
+        norms, total = group_grad_norms(model_groups)
+        norms.update(group_grad_norms([g for g in self.groups if g["module_group"] == "balance"])[0])
         max_norm = self.spec.optim.max_grad_norm
         if max_norm is not None:
             torch.nn.utils.clip_grads_with_norm_(
-                [p for g in self.groups for p in g["params"]], max_norm, total
+                [p for g in model_groups for p in g["params"]], max_norm, total
             )
         self.optimizer.step()
         self.scheduler.step()
@@ -236,7 +250,10 @@ class Trainer:
                 logits = self.model(**batch, use_cache=False).logits
                 self.balance.after_step(*task_losses(logits, labels, task_ids, len(self.tasks)))
         return {
-            "loss": loss.detach(),
+            # The same combination for every balance (comparable curves); the balance's
+            # own objective apart.
+            "loss": weighted_sum(per_task, self.weights),
+            "objective": objective.detach(),
             "per_task": per_task,
             "weights": self.balance.last_weights,
             "grad_norm": norms,
@@ -447,6 +464,11 @@ def run_trial(
                         "loss": loss,
                         **{f"loss_{t}": float(out["per_task"][i]) for i, t in enumerate(trainer.tasks)},
                         **{f"weight_{t}": float(out["weights"][i]) for i, t in enumerate(trainer.tasks)},
+                        **(
+                            {"loss_objective": float(out["objective"])}
+                            if params.loss_balance != "static"
+                            else {}
+                        ),
                         **{f"grad_norm_{g}": float(v) for g, v in out["grad_norm"].items()},
                         **{f"lr_{g['name']}": g["lr"] for g in trainer.groups},
                     }

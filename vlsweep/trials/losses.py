@@ -140,10 +140,11 @@ class Famo(Balance):
 
         super().__init__(n_tasks, static_weights)
         self.famo = FAMO(n_tasks, lr=lr)
-        # The last loss seen per task: stands in for a task absent from a batch, so that
-        # it gets no gradient and its weight no update (its log of 0 would otherwise
-        # swamp FAMO's normaliser and zero the whole update).
-        self.seen = torch.ones(n_tasks)
+        # The last loss seen per task (nan: none yet) stands in for a task absent from a
+        # batch, so that it gets no gradient (its log of 0 would otherwise swamp FAMO's
+        # normaliser and zero the whole update); that step updates no weight (softmax
+        # couples the logits: an absent task's would move with the present one's change).
+        self.seen = torch.full((n_tasks,), float("nan"))
 
     def to(self, device: Any) -> Balance:
         self.famo.to(device)
@@ -154,7 +155,9 @@ class Famo(Balance):
         return list(self.famo.parameters())
 
     def _filled(self, means: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        return torch.where(counts > 0, means, self.seen)
+        # A task never seen yet stands in as the present tasks' mean loss.
+        seen = torch.where(self.seen.isnan(), means.detach()[counts > 0].mean(), self.seen)
+        return torch.where(counts > 0, means, seen)
 
     def backward(
         self, means: torch.Tensor, counts: torch.Tensor, inputs: Sequence[torch.Tensor]
@@ -166,7 +169,8 @@ class Famo(Balance):
         return weighted_sum(means.detach(), self.last_weights)
 
     def after_step(self, means: torch.Tensor, counts: torch.Tensor) -> None:
-        self.famo.update(self._filled(means.detach(), counts))
+        if bool((counts > 0).all()):
+            self.famo.update(means.detach())
 
 
 class Jacobian(Balance):
