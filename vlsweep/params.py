@@ -50,6 +50,12 @@ def _log_range(low: float, high: float, **when: Any) -> dict[str, Any]:
     return out
 
 
+def _layout_rank(when: dict[str, Any]) -> Searched:
+    """A module group's own LoRA rank: off (0, follow lora_r) unless lora_layout searches it."""
+    choices = {"type": "categorical", "choices": [0, 4, 8, 16, 32], "when": when}
+    return Searched(0, 0, strategy=("lora_layout", choices))
+
+
 class TrialParams(BaseModel):
     """One point of the search space, already valid (names as the study's parameters).
 
@@ -141,30 +147,8 @@ class TrialParams(BaseModel):
     ] = 0.0
     # LoRA layout: the rank of the vision tower's and the projector's LoRA (0 = lora_r, the
     # LLM's), and which layers of each group carry LoRA.
-    lora_r_vision: Annotated[
-        int,
-        Field(ge=0),
-        Searched(
-            0,
-            0,
-            strategy=(
-                "lora_layout",
-                {"type": "categorical", "choices": [0, 4, 8, 16, 32], "when": {"lora.vision": True}},
-            ),
-        ),
-    ] = 0
-    lora_r_projector: Annotated[
-        int,
-        Field(ge=0),
-        Searched(
-            0,
-            0,
-            strategy=(
-                "lora_layout",
-                {"type": "categorical", "choices": [0, 4, 8, 16, 32], "when": {"lora.projector": "lora"}},
-            ),
-        ),
-    ] = 0
+    lora_r_vision: Annotated[int, Field(ge=0), _layout_rank({"lora.vision": True})] = 0
+    lora_r_projector: Annotated[int, Field(ge=0), _layout_rank({"lora.projector": "lora"})] = 0
     lora_targets_llm: Annotated[
         LoraTargets,
         Searched(

@@ -169,7 +169,6 @@ def test_reused_actor_never_carries_weights_to_the_next_trial(
 def test_vlsweep_export_reproduces_the_trial_with_vlsweep_train(
     ray_local, tmp_path, tiny_checkpoint, demo_data
 ):
-    import json
 
     from vlsweep.export import export
     from vlsweep.results import SweepResults, pick
@@ -181,6 +180,21 @@ def test_vlsweep_export_reproduces_the_trial_with_vlsweep_train(
     results = SweepResults.of(optuna.load_study(study_name="t", storage=url))
     trial = pick(results, "knee")
     export(results, trial, "vlsweep", tmp_path / "exp")
+    metrics = _train_export(tmp_path)
+    # Same params, budget, seed and data on the same CPU: the same numbers.
+    assert [metrics["cer"], metrics["iou"]] == pytest.approx(trial.values, abs=1e-6)
+    assert metrics["val_loss_ocr"] == pytest.approx(trial.user_attrs["val_loss_ocr"], rel=1e-5)
+
+    # The trial's training curves reached TensorBoard through Ray Tune's logger.
+    tags = _tensorboard_tags(Path(trial.user_attrs["log_dir"]))
+    assert {"ray/tune/train/loss_ocr", "ray/tune/train/loss_grounding", "ray/tune/train/lr_llm"} <= tags
+    assert "ray/tune/cer" in tags and any(t.startswith("ray/tune/train/grad_norm_") for t in tags)
+
+
+def _train_export(tmp_path: Path) -> dict:
+    """`vlsweep train` on the vlsweep export in tmp_path/exp: its metrics.json."""
+    import json
+
     out = subprocess.run(
         [
             sys.executable,
@@ -196,15 +210,7 @@ def test_vlsweep_export_reproduces_the_trial_with_vlsweep_train(
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    metrics = json.loads((tmp_path / "re" / "metrics.json").read_text())
-    # Same params, budget, seed and data on the same CPU: the same numbers.
-    assert [metrics["cer"], metrics["iou"]] == pytest.approx(trial.values, abs=1e-6)
-    assert metrics["val_loss_ocr"] == pytest.approx(trial.user_attrs["val_loss_ocr"], rel=1e-5)
-
-    # The trial's training curves reached TensorBoard through Ray Tune's logger.
-    tags = _tensorboard_tags(Path(trial.user_attrs["log_dir"]))
-    assert {"ray/tune/train/loss_ocr", "ray/tune/train/loss_grounding", "ray/tune/train/lr_llm"} <= tags
-    assert "ray/tune/cer" in tags and any(t.startswith("ray/tune/train/grad_norm_") for t in tags)
+    return json.loads((tmp_path / "re" / "metrics.json").read_text())
 
 
 def _tensorboard_tags(log_dir: Path) -> set[str]:
@@ -372,22 +378,7 @@ def test_a_learnable_balance_trial_resumes_and_exports_like_any_other(
 
     assert {d.type for d in pareto_figure(results, trial.number).data} == {"scatter3d"}
     export(results, trial, "vlsweep", tmp_path / "exp")
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vlsweep.cli",
-            "train",
-            str(tmp_path / "exp" / "train.yaml"),
-            "-o",
-            str(tmp_path / "re"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    metrics = json.loads((tmp_path / "re" / "metrics.json").read_text())
+    metrics = _train_export(tmp_path)
     assert metrics["params"]["loss_balance"] == trial.params["loss_balance"]
     # The balance's learned state starts fresh and follows the same steps: the same numbers.
     assert [metrics["cer"], metrics["iou"], metrics["forgetting"]] == pytest.approx(trial.values, abs=1e-6)
