@@ -174,7 +174,9 @@ def test_dashboard_offers_each_trials_stored_files(finished_sweep, browser):
     assert set(files) == {n for _, n in artifacts.TRIAL_FILES}
     with _dashboard(d, url) as port:
         page = browser.new_page(viewport={"width": 1400, "height": 1400})
-        page.goto(f"http://127.0.0.1:{port}/dashboard/studies/{study._study_id}/trials?numbers={trial.number}")
+        page.goto(
+            f"http://127.0.0.1:{port}/dashboard/studies/{study._study_id}/trials?numbers={trial.number}"
+        )
         for filename in files:
             page.get_by_text(filename, exact=True).first.wait_for(timeout=30_000)
         page.screenshot(path=str(d / "dashboard-artifacts.png"), full_page=True)
@@ -182,3 +184,91 @@ def test_dashboard_offers_each_trials_stored_files(finished_sweep, browser):
         link = f"http://127.0.0.1:{port}/artifacts/{study._study_id}/{trial._trial_id}/{meta.artifact_id}"
         with urllib.request.urlopen(link, timeout=10) as resp:
             assert json.loads(resp.read())["cer"] == pytest.approx(trial.values[0])
+
+
+@pytest.fixture(scope="module")
+def three_objective_sweep(tmp_path_factory, tiny_checkpoint, demo_data):
+    """A launched sweep with forgetting as a third objective: (directory, storage URL, name)."""
+    if CHROMIUM is None:
+        pytest.fail("no Chromium: apt install chromium (.ci/run does), or set BROWSER_PATH")
+    d = tmp_path_factory.mktemp("sweep3")
+    cfg = train_config(
+        tiny_checkpoint("qwen2_vl"),
+        demo_data,
+        budget={"steps": 4, "batch_size": 4, "max_new_tokens": 8},
+    )
+    cfg["data"]["retain"] = str(demo_data / "retain.jsonl")
+    cfg.update(
+        name="three",
+        objectives=["cer", "iou", "forgetting"],
+        strategies={"loss_balance": True},
+        search={"trials": 4, "max_concurrent": 2},
+    )
+    (d / "sweep.yaml").write_text(yaml.safe_dump(cfg))
+    url = f"sqlite:///{d / 'vlsweep.db'}"
+    out = _vlsweep("launch", "sweep.yaml", "--storage", url, cwd=d, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return d, url, "three"
+
+
+def test_dashboard_plots_any_two_of_three_objectives(three_objective_sweep, browser):
+    """optuna-dashboard draws a front in two objectives at a time: with three, its pickers
+    offer all three by name, and choosing forgetting for Y plots the trials' forgetting."""
+    d, url, name = three_objective_sweep
+    study = optuna.load_study(study_name=name, storage=url)
+    complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    assert study.metric_names == ["cer", "iou", "forgetting"] and len(complete) >= 3
+    plotted = (
+        "() => document.querySelector('#graph-pareto-front').data"
+        ".flatMap(t => (t.x || []).map((x, i) => [x, t.y[i]]))"
+    )
+    with _dashboard(d, url) as port:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"http://127.0.0.1:{port}/dashboard/studies/{study._study_id}")
+        page.wait_for_function(
+            "() => { const g = document.querySelector('#graph-pareto-front');"
+            " return g && g.data && g.data.some(t => (t.x || []).length > 0); }",
+            timeout=30_000,
+        )
+        y_picker = page.get_by_text("Objective Y", exact=False).locator(
+            "xpath=following::*[@role='combobox'][1]"
+        )
+        assert y_picker.inner_text().strip() == "iou"
+        y_picker.click()
+        options = page.get_by_role("option")
+        assert [o.inner_text().strip() for o in options.all()] == ["cer", "iou", "forgetting"]
+        options.filter(has_text="forgetting").click()
+        page.wait_for_function(
+            f"() => {{ const p = ({plotted})(); return p.length > 0 && "
+            f"p.every(([x, y]) => {json.dumps([t.values[2] for t in complete])}.includes(y)); }}",
+            timeout=30_000,
+        )
+        points = sorted(map(tuple, page.evaluate(plotted)))
+        assert points == sorted((t.values[0], t.values[2]) for t in complete)
+        page.screenshot(path=str(d / "dashboard-3.png"), full_page=True)
+
+
+def test_report_draws_three_objectives_as_a_scene_and_its_projections(three_objective_sweep, browser):
+    d, url, name = three_objective_sweep
+    out = _vlsweep(
+        "report", name, "--storage", url, "-o", "report.html", "--pick", "knee", cwd=d, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto((d / "report.html").as_uri())
+    page.wait_for_function(
+        "() => document.querySelectorAll('#plot-pareto .gl-container canvas').length > 0", timeout=30_000
+    )
+    scene = page.evaluate(
+        "() => { const s = document.getElementById('plot-pareto').layout.scene;"
+        " return [s.xaxis.title.text, s.yaxis.title.text, s.zaxis.title.text]; }"
+    )
+    assert [t.split()[0] for t in scene] == ["cer", "iou", "forgetting"]
+    titles = page.evaluate(
+        "() => document.getElementById('plot-pareto-pairs').layout.annotations.map(a => a.text)"
+    )
+    assert titles == ["iou vs cer", "forgetting vs cer", "forgetting vs iou"]
+    assert page.locator("#plot-pareto-pairs .main-svg").count() > 0 and not errors, errors
+    page.screenshot(path=str(d / "report-3.png"), full_page=True)

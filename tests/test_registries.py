@@ -167,6 +167,20 @@ def test_the_report_draws_every_objective(names, kind, subplots):
         axes = list(itertools.combinations(range(len(names)), 2)) if subplots else [(0, 1)]
         values = res.trial(number).values
         assert [(t.x[0], t.y[0]) for t in traces] == [(values[i], values[j]) for i, j in axes], mark
+    # Three objectives: the 3-D scene, and beside it the three pairwise projections.
+    assert ("pareto-pairs" in figs) == (len(names) == 3)
+    if len(names) == 3:
+        flat = figs["pareto-pairs"]
+        assert [a.text for a in flat.layout.annotations] == [
+            "iou vs cer",
+            "parse_fail_rate vs cer",
+            "parse_fail_rate vs iou",
+        ]
+        drawn = sum(len(t.x) for t in flat.data if (t.name or "").startswith(("Pareto front", "dominated")))
+        assert drawn == len(res.complete) * 3
+        picked = [(t.x[0], t.y[0]) for t in flat.data if t.name == "picked trial"]
+        v = res.trial(3).values
+        assert picked == [(v[0], v[1]), (v[0], v[2]), (v[1], v[2])]
     # Every objective gets its row of learning-rate plots.
     assert len(figs["learning-rates"].data) == len(names)
 

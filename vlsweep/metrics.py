@@ -145,7 +145,7 @@ METRICS: dict[str, Metric] = {
             RETAIN,
             None,
             lambda e: e.forgetting or 0.0,
-            "forgetting, KL(base || tuned)",
+            "KL(base || tuned) on the retention set",
         ),
         Metric("train_seconds", "minimize", None, None, None, "training seconds"),
         # Recorded on each trial, never optimized.

@@ -33,6 +33,12 @@ def _axis_title(name: str, direction: str) -> str:
     return f"{label} ({'lower' if direction == 'minimize' else 'higher'} is better)"
 
 
+def _short_axis_title(name: str, direction: str) -> str:
+    """The metric's name alone, for views with no room for its label (a 3-D scene, a row
+    of small plots); the full titles are in the table's and the status's header."""
+    return f"{name} ({'lower' if direction == 'minimize' else 'higher'} is better)"
+
+
 _BASELINE = {"size": 14, "symbol": "diamond-open", "color": "#2ca02c", "line": {"width": 2}}
 _STAR = {"size": 20, "symbol": "star", "color": "#ff7f0e", "line": {"width": 1, "color": "black"}}
 # How each kind of point is drawn, in drawing order (the front on top).
@@ -139,10 +145,8 @@ def _pareto_3d(results: SweepResults, points: list[Any]) -> Any:
                     hoverinfo="skip",
                 )
             )
-    # Short titles: a 3-D scene has no room for the metrics' labels.
-    better = {"minimize": "lower", "maximize": "higher"}
     axes = {
-        f"{axis}axis_title": f"{names[i]} ({better[results.directions[i]]} is better)"
+        f"{axis}axis_title": _short_axis_title(names[i], results.directions[i])
         for i, axis in enumerate("xyz")
     }
     fig.update_layout(
@@ -204,9 +208,15 @@ def _pareto_pairs(results: SweepResults, points: list[Any]) -> Any:
                 row=row,
                 col=col,
             )
-        fig.update_xaxes(title_text=_axis_title(names[i], dirs[i]), row=row, col=col)
-        fig.update_yaxes(title_text=_axis_title(names[j], dirs[j]), row=row, col=col)
-    fig.update_layout(template="plotly_white", legend={"orientation": "h", "y": -0.1}, height=380 * rows)
+        fig.update_xaxes(title_text=_short_axis_title(names[i], dirs[i]), row=row, col=col)
+        fig.update_yaxes(title_text=_short_axis_title(names[j], dirs[j]), row=row, col=col)
+    # The legend at the figure's foot, below the last row's axis titles, whatever the rows.
+    fig.update_layout(
+        template="plotly_white",
+        legend={"orientation": "h", "yref": "container", "y": 0.01, "yanchor": "bottom"},
+        margin={"b": 110},
+        height=380 * rows + 60,
+    )
     return fig
 
 
@@ -323,13 +333,29 @@ def lr_figure(results: SweepResults) -> Any:
     return fig
 
 
+def pareto_pairs_figure(results: SweepResults, picked_number: int | None) -> Any:
+    """Every pair of objectives side by side: the flat views of a 3-D front, where the
+    trade-off between two objectives reads off an axis (and a PNG shows what a rotated
+    scene cannot)."""
+    picked = next((t for t in results.trials if t.number == picked_number), None)
+    points = pareto_points(results, picked)
+    fig = _pareto_pairs(results, points)
+    fig.update_layout(
+        title=f"Pareto front of {results.name!r}, objectives in pairs: {len(points)} full-budget trials"
+    )
+    return fig
+
+
 def figures(results: SweepResults, picked_number: int | None) -> dict[str, Any]:
-    return {
-        "pareto": pareto_figure(results, picked_number),
+    figs = {"pareto": pareto_figure(results, picked_number)}
+    if len(results.metric_names) == 3:
+        figs["pareto-pairs"] = pareto_pairs_figure(results, picked_number)
+    figs |= {
         "hypervolume": hypervolume_figure(results),
         "importance": importance_figure(results),
         "learning-rates": lr_figure(results),
     }
+    return figs
 
 
 def _front_table(results: SweepResults, picked_number: int | None) -> str:
@@ -353,9 +379,9 @@ def _front_table(results: SweepResults, picked_number: int | None) -> str:
 def render_html(results: SweepResults, picked_number: int | None, figs: dict[str, Any]) -> str:
     from vlsweep import __version__
 
-    parts = []
+    parts: dict[str, str] = {}
     for i, (key, fig) in enumerate(figs.items()):
-        parts.append(
+        parts[key] = (
             f'<section id="{key}">'
             + fig.to_html(
                 full_html=False, include_plotlyjs=(i == 0), include_mathjax=False, div_id=f"plot-{key}"
@@ -389,12 +415,12 @@ code {{ background: #f4f4f4; padding: 1px 4px; }}
 <p>{len(results.trials)} trials ({summary}){picked}. Only full-budget (COMPLETE) trials are
 on the front; grey ones are dominated, red crosses violate a constraint.
 vlsweep {html.escape(__version__)}.</p>
-{parts[0]}
+{"".join(v for k, v in parts.items() if k.startswith("pareto"))}
 <h2>Pareto front</h2>
 <p>* = dominates the baseline (trial run with the un-tuned default hyperparameters).</p>
 {_front_table(results, picked_number)}
 {tb}
-{"".join(parts[1:])}
+{"".join(v for k, v in parts.items() if not k.startswith("pareto"))}
 </body></html>
 """
 

@@ -374,9 +374,11 @@ def test_a_learnable_balance_trial_resumes_and_exports_like_any_other(
     results = SweepResults.of(study)
     trial = pick(results, "knee")  # the knee in three objectives
     assert trial in results.front
-    from vlsweep.report import pareto_figure
+    from vlsweep.report import figures
 
-    assert {d.type for d in pareto_figure(results, trial.number).data} == {"scatter3d"}
+    figs = figures(results, trial.number)  # the 3-D front and its three flat projections
+    assert {d.type for d in figs["pareto"].data} == {"scatter3d"}
+    assert {d.type for d in figs["pareto-pairs"].data} == {"scatter"}
     export(results, trial, "vlsweep", tmp_path / "exp")
     metrics = _train_export(tmp_path)
     assert metrics["params"]["loss_balance"] == trial.params["loss_balance"]
