@@ -267,7 +267,14 @@ def importance_figure(results: SweepResults) -> Any:
 
     imp = importances(results)
     names = list(imp)
-    fig = make_subplots(rows=1, cols=len(names), subplot_titles=[f"importance for {n}" for n in names])
+    # Parameter names label the bars inside each column; leave room for the longest.
+    longest = max((len(k) for v in imp.values() for k in v), default=10)
+    fig = make_subplots(
+        rows=1,
+        cols=len(names),
+        subplot_titles=[f"importance for {n}" for n in names],
+        horizontal_spacing=min(0.3, 0.0075 * longest + 0.03) if len(names) > 1 else 0.2,
+    )
     for i, name in enumerate(names, start=1):
         items = sorted(imp[name].items(), key=lambda kv: kv[1])
         fig.add_trace(
@@ -289,8 +296,11 @@ def importance_figure(results: SweepResults) -> Any:
     fig.update_layout(
         title="Parameter importances per objective (Optuna's PED-ANOVA, higher = matters more)",
         template="plotly_white",
-        height=380,
+        # A row per parameter: a strategies sweep searches 17 and plotly drops the labels
+        # of bars it has no room for.
+        height=max(380, 140 + 18 * max((len(v) for v in imp.values()), default=0)),
     )
+    fig.update_yaxes(tickmode="linear", dtick=1, automargin=True, tickfont={"size": 11})
     return fig
 
 
