@@ -44,21 +44,26 @@ def _vlsweep(*args: str, cwd: Path, **kw) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.fixture(scope="module")
-def finished_sweep(tmp_path_factory, tiny_checkpoint, demo_data):
-    """A sweep that `vlsweep launch` ran to the end: (directory, storage URL, study name)."""
+def _launched(d: Path, cfg: dict) -> tuple[Path, str, str]:
+    """``cfg`` written to ``d`` and run to the end by `vlsweep launch`: (directory, storage
+    URL, study name)."""
     if CHROMIUM is None:
         pytest.fail("no Chromium: apt install chromium (.ci/run does), or set BROWSER_PATH")
-    d = tmp_path_factory.mktemp("sweep")
-    cfg = train_config(
-        tiny_checkpoint("qwen2_vl"), demo_data, budget={"steps": 4, "batch_size": 4, "max_new_tokens": 8}
-    )
-    cfg.update(name="demo", search={"trials": 5, "max_concurrent": 2})
     (d / "sweep.yaml").write_text(yaml.safe_dump(cfg))
     url = f"sqlite:///{d / 'vlsweep.db'}"
     out = _vlsweep("launch", "sweep.yaml", "--storage", url, cwd=d, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    return d, url, "demo"
+    return d, url, cfg["name"]
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory, tiny_checkpoint, demo_data):
+    """A sweep that `vlsweep launch` ran to the end: (directory, storage URL, study name)."""
+    cfg = train_config(
+        tiny_checkpoint("qwen2_vl"), demo_data, budget={"steps": 4, "batch_size": 4, "max_new_tokens": 8}
+    )
+    cfg.update(name="demo", search={"trials": 5, "max_concurrent": 2})
+    return _launched(tmp_path_factory.mktemp("sweep"), cfg)
 
 
 @pytest.fixture(scope="module")
@@ -96,18 +101,41 @@ def _dashboard(d: Path, url: str):
         server.wait(10)
 
 
+def _study_page(browser, port: int, study: optuna.Study):
+    """The dashboard's page of ``study``, once its Pareto-front plot has points."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"http://127.0.0.1:{port}/dashboard/studies/{study._study_id}")
+    page.wait_for_function(
+        "() => { const g = document.querySelector('#graph-pareto-front');"
+        " return g && g.data && g.data.some(t => (t.x || []).length > 0); }",
+        timeout=30_000,
+    )
+    return page
+
+
+def _report_page(browser, sweep: tuple[Path, str, str], ready: str):
+    """`vlsweep report` of the sweep opened from its file in an offline browser, once the
+    JS predicate ``ready`` holds: (page, page errors, requested URLs)."""
+    d, url, name = sweep
+    out = _vlsweep("report", name, "--storage", url, "-o", "report.html", cwd=d, timeout=120)
+    assert out.returncode == 0, out.stderr
+    context = browser.new_context(offline=True, viewport={"width": 1300, "height": 1000})
+    requests: list[str] = []
+    context.on("request", lambda r: requests.append(r.url))
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto((d / "report.html").as_uri())
+    page.wait_for_function(ready, timeout=30_000)
+    return page, errors, requests
+
+
 def test_dashboard_shows_the_pareto_front_with_cer_and_iou(finished_sweep, browser):
     d, url, name = finished_sweep
     study = optuna.load_study(study_name=name, storage=url)
     complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
     with _dashboard(d, url) as port:
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(f"http://127.0.0.1:{port}/dashboard/studies/{study._study_id}")
-        page.wait_for_function(
-            "() => { const g = document.querySelector('#graph-pareto-front');"
-            " return g && g.data && g.data.some(t => (t.x || []).length > 0); }",
-            timeout=30_000,
-        )
+        page = _study_page(browser, port, study)
         shown = page.evaluate(
             "() => document.querySelector('#graph-pareto-front').data"
             ".reduce((n, t) => n + (t.x || []).length, 0)"
@@ -122,18 +150,9 @@ def test_dashboard_shows_the_pareto_front_with_cer_and_iou(finished_sweep, brows
 
 
 def test_report_renders_offline_from_file(finished_sweep, browser):
-    d, url, name = finished_sweep
-    out = _vlsweep("report", name, "--storage", url, "-o", "report.html", cwd=d, timeout=120)
-    assert out.returncode == 0, out.stderr
-    context = browser.new_context(offline=True, viewport={"width": 1300, "height": 1000})
-    requests: list[str] = []
-    context.on("request", lambda r: requests.append(r.url))
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto((d / "report.html").as_uri())
-    page.wait_for_function(
-        "() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= 4", timeout=30_000
+    d = finished_sweep[0]
+    page, errors, requests = _report_page(
+        browser, finished_sweep, "() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= 4"
     )
     axes = page.evaluate(
         "() => { const g = document.getElementById('plot-pareto');"
@@ -147,7 +166,7 @@ def test_report_renders_offline_from_file(finished_sweep, browser):
     assert not errors, errors
     assert all(r.startswith(("file:", "data:", "blob:")) for r in requests), requests
     page.screenshot(path=str(d / "report.png"), full_page=True)
-    context.close()
+    page.context.close()
 
 
 def test_report_png_through_kaleido_and_the_system_chromium(finished_sweep):
@@ -189,13 +208,8 @@ def test_dashboard_offers_each_trials_stored_files(finished_sweep, browser):
 @pytest.fixture(scope="module")
 def three_objective_sweep(tmp_path_factory, tiny_checkpoint, demo_data):
     """A launched sweep with forgetting as a third objective: (directory, storage URL, name)."""
-    if CHROMIUM is None:
-        pytest.fail("no Chromium: apt install chromium (.ci/run does), or set BROWSER_PATH")
-    d = tmp_path_factory.mktemp("sweep3")
     cfg = train_config(
-        tiny_checkpoint("qwen2_vl"),
-        demo_data,
-        budget={"steps": 4, "batch_size": 4, "max_new_tokens": 8},
+        tiny_checkpoint("qwen2_vl"), demo_data, budget={"steps": 4, "batch_size": 4, "max_new_tokens": 8}
     )
     cfg["data"]["retain"] = str(demo_data / "retain.jsonl")
     cfg.update(
@@ -204,11 +218,7 @@ def three_objective_sweep(tmp_path_factory, tiny_checkpoint, demo_data):
         strategies={"loss_balance": True},
         search={"trials": 4, "max_concurrent": 2},
     )
-    (d / "sweep.yaml").write_text(yaml.safe_dump(cfg))
-    url = f"sqlite:///{d / 'vlsweep.db'}"
-    out = _vlsweep("launch", "sweep.yaml", "--storage", url, cwd=d, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return d, url, "three"
+    return _launched(tmp_path_factory.mktemp("sweep3"), cfg)
 
 
 def test_dashboard_plots_any_two_of_three_objectives(three_objective_sweep, browser):
@@ -223,13 +233,7 @@ def test_dashboard_plots_any_two_of_three_objectives(three_objective_sweep, brow
         ".flatMap(t => (t.x || []).map((x, i) => [x, t.y[i]]))"
     )
     with _dashboard(d, url) as port:
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(f"http://127.0.0.1:{port}/dashboard/studies/{study._study_id}")
-        page.wait_for_function(
-            "() => { const g = document.querySelector('#graph-pareto-front');"
-            " return g && g.data && g.data.some(t => (t.x || []).length > 0); }",
-            timeout=30_000,
-        )
+        page = _study_page(browser, port, study)
         y_picker = page.get_by_text("Objective Y", exact=False).locator(
             "xpath=following::*[@role='combobox'][1]"
         )
@@ -249,17 +253,11 @@ def test_dashboard_plots_any_two_of_three_objectives(three_objective_sweep, brow
 
 
 def test_report_draws_three_objectives_as_a_scene_and_its_projections(three_objective_sweep, browser):
-    d, url, name = three_objective_sweep
-    out = _vlsweep(
-        "report", name, "--storage", url, "-o", "report.html", "--pick", "knee", cwd=d, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
-    page = browser.new_page(viewport={"width": 1300, "height": 1000})
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto((d / "report.html").as_uri())
-    page.wait_for_function(
-        "() => document.querySelectorAll('#plot-pareto .gl-container canvas').length > 0", timeout=30_000
+    d = three_objective_sweep[0]
+    page, errors, requests = _report_page(
+        browser,
+        three_objective_sweep,
+        "() => document.querySelectorAll('#plot-pareto .gl-container canvas').length > 0",
     )
     scene = page.evaluate(
         "() => { const s = document.getElementById('plot-pareto').layout.scene;"
@@ -271,4 +269,6 @@ def test_report_draws_three_objectives_as_a_scene_and_its_projections(three_obje
     )
     assert titles == ["iou vs cer", "forgetting vs cer", "forgetting vs iou"]
     assert page.locator("#plot-pareto-pairs .main-svg").count() > 0 and not errors, errors
+    assert all(r.startswith(("file:", "data:", "blob:")) for r in requests), requests
     page.screenshot(path=str(d / "report-3.png"), full_page=True)
+    page.context.close()
