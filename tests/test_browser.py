@@ -169,12 +169,15 @@ def test_report_renders_offline_from_file(finished_sweep, browser):
     page.context.close()
 
 
-def test_report_png_through_kaleido_and_the_system_chromium(finished_sweep):
-    d, url, name = finished_sweep
+@pytest.mark.parametrize(
+    "sweep, fronts", [("finished_sweep", ["pareto"]), ("three_objective_sweep", ["pareto", "pareto-pairs"])]
+)
+def test_report_png_through_kaleido_and_the_system_chromium(sweep, fronts, request):
+    d, url, name = request.getfixturevalue(sweep)
     out = _vlsweep("report", name, "--storage", url, "-o", "png/r.html", "--png", cwd=d, timeout=180)
     assert out.returncode == 0, out.stderr
     pngs = sorted(p.name for p in (d / "png").glob("*.png"))
-    assert pngs == ["r-hypervolume.png", "r-importance.png", "r-learning-rates.png", "r-pareto.png"]
+    assert pngs == sorted(f"r-{k}.png" for k in [*fronts, "hypervolume", "importance", "learning-rates"])
     for p in (d / "png").glob("*.png"):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
 
@@ -224,6 +227,8 @@ def three_objective_sweep(tmp_path_factory, tiny_checkpoint, demo_data):
 def test_dashboard_plots_any_two_of_three_objectives(three_objective_sweep, browser):
     """optuna-dashboard draws a front in two objectives at a time: with three, its pickers
     offer all three by name, and choosing forgetting for Y plots the trials' forgetting."""
+    from playwright.sync_api import expect
+
     d, url, name = three_objective_sweep
     study = optuna.load_study(study_name=name, storage=url)
     complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
@@ -240,7 +245,7 @@ def test_dashboard_plots_any_two_of_three_objectives(three_objective_sweep, brow
         assert y_picker.inner_text().strip() == "iou"
         y_picker.click()
         options = page.get_by_role("option")
-        assert [o.inner_text().strip() for o in options.all()] == ["cer", "iou", "forgetting"]
+        expect(options).to_have_text(["cer", "iou", "forgetting"])
         options.filter(has_text="forgetting").click()
         page.wait_for_function(
             f"() => {{ const p = ({plotted})(); return p.length > 0 && "
@@ -257,7 +262,8 @@ def test_report_draws_three_objectives_as_a_scene_and_its_projections(three_obje
     page, errors, requests = _report_page(
         browser,
         three_objective_sweep,
-        "() => document.querySelectorAll('#plot-pareto .gl-container canvas').length > 0",
+        "() => document.querySelector('#plot-pareto .gl-container canvas')"
+        " && document.querySelector('#plot-pareto-pairs .main-svg')",
     )
     scene = page.evaluate(
         "() => { const s = document.getElementById('plot-pareto').layout.scene;"

@@ -117,7 +117,7 @@ def test_each_strategy_key_turns_on_parameters_that_are_off_by_default():
             assert isinstance(entry, dict) and entry["type"] in ("float", "categorical"), name
 
 
-def _study(names, directions, n=12):
+def _study(names, directions, n=12, param="lr_llm"):
     study = optuna.create_study(directions=directions, study_name="s")
     study.set_metric_names(names)
     rng = random.Random(1)
@@ -126,8 +126,8 @@ def _study(names, directions, n=12):
         study.add_trial(
             create_trial(
                 values=[rng.random() for _ in names],
-                params={"lr_llm": 10 ** -(2 + i / 5)},
-                distributions={"lr_llm": dist},
+                params={param: 10 ** -(2 + i / 5)},
+                distributions={param: dist},
                 user_attrs={"baseline": True} if i == 0 else {},
             )
         )
@@ -178,11 +178,32 @@ def test_the_report_draws_every_objective(names, kind, subplots):
         ]
         drawn = sum(len(t.x) for t in flat.data if (t.name or "").startswith(("Pareto front", "dominated")))
         assert drawn == len(res.complete) * 3
-        picked = [(t.x[0], t.y[0]) for t in flat.data if t.name == "picked trial"]
-        v = res.trial(3).values
-        assert picked == [(v[0], v[1]), (v[0], v[2]), (v[1], v[2])]
+        for mark, number in (("picked trial", 3), ("baseline (un-tuned defaults)", 0)):
+            v = res.trial(number).values
+            shown = [(t.x[0], t.y[0]) for t in flat.data if t.name == mark]
+            assert shown == [(v[0], v[1]), (v[0], v[2]), (v[1], v[2])], mark
     # Every objective gets its row of learning-rate plots.
     assert len(figs["learning-rates"].data) == len(names)
+
+
+def test_every_objective_at_once_draws_and_a_picked_baseline_keeps_both_marks():
+    """Seven objectives (each pair its own plot) and long parameter names fit plotly's
+    limits; picking the baseline draws the star and the diamond in every view."""
+    from vlsweep.report import figures
+    from vlsweep.results import SweepResults
+
+    names = [n for n in METRICS if METRICS[n].objective][:7]
+    assert len(names) == 7
+    # The longest name a strategies sweep searches: its bars' labels widen the columns.
+    study = _study(names, [METRICS[n].direction for n in names], param="lora_targets_vision")
+    figs = figures(SweepResults.of(study), picked_number=0)
+    assert list(figs) == ["pareto", "hypervolume", "importance", "learning-rates"]
+    for mark in ("picked trial", "baseline (un-tuned defaults)"):
+        assert len([t for t in figs["pareto"].data if t.name == mark]) == 21, mark
+    three = figures(SweepResults.of(_study(names[:3], [METRICS[n].direction for n in names[:3]])), 0)
+    assert list(three) == ["pareto", "pareto-pairs", "hypervolume", "importance", "learning-rates"]
+    for fig in (three["pareto"], three["pareto-pairs"]):
+        assert {t.name for t in fig.data} >= {"picked trial", "baseline (un-tuned defaults)"}
 
 
 def test_importing_the_trials_front_door_loads_no_torch_and_every_name_resolves():

@@ -145,7 +145,7 @@ METRICS: dict[str, Metric] = {
             RETAIN,
             None,
             lambda e: e.forgetting or 0.0,
-            "KL(base || tuned) on the retention set",
+            "KL(base || fine-tuned) on the retention set",
         ),
         Metric("train_seconds", "minimize", None, None, None, "training seconds"),
         # Recorded on each trial, never optimized.
@@ -156,6 +156,16 @@ METRICS: dict[str, Metric] = {
 }
 # The names a sweep may optimize or constrain.
 OBJECTIVES = tuple(n for n, m in METRICS.items() if m.objective)
+
+
+def legend(names: Sequence[str], directions: Sequence[str]) -> list[str]:
+    """One ``name: label, lower is better`` line per known metric, for tables and plots
+    that show the names alone."""
+    return [
+        f"{n}: {m.label}, {'lower' if d == 'minimize' else 'higher'} is better"
+        for n, d in zip(names, directions, strict=True)
+        if (m := METRICS.get(n)) is not None
+    ]
 
 
 def compute(evaluation: Evaluation) -> dict[str, float]:

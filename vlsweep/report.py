@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vlsweep.errors import UserInputError
-from vlsweep.metrics import METRICS
+from vlsweep.metrics import METRICS, legend
 from vlsweep.results import (
     SweepResults,
     front_rows,
@@ -35,7 +35,7 @@ def _axis_title(name: str, direction: str) -> str:
 
 def _short_axis_title(name: str, direction: str) -> str:
     """The metric's name alone, for views with no room for its label (a 3-D scene, a row
-    of small plots); the full titles are in the table's and the status's header."""
+    of small plots); the report's legend line under its front table spells each out."""
     return f"{name} ({'lower' if direction == 'minimize' else 'higher'} is better)"
 
 
@@ -130,21 +130,20 @@ def _pareto_3d(results: SweepResults, points: list[Any]) -> Any:
                 hovertemplate=_hover(results) + "<extra></extra>",
             )
         )
-    for p in points:
-        if p.picked or p.baseline:
-            fig.add_trace(
-                go.Scatter3d(
-                    x=[p.values[0]],
-                    y=[p.values[1]],
-                    z=[p.values[2]],
-                    mode="markers+text",
-                    marker={"size": 9, "color": "#ff7f0e" if p.picked else "#2ca02c", "symbol": "diamond"},
-                    text=[f"{'picked' if p.picked else 'baseline'} #{p.number}"],
-                    textposition="top center" if p.picked else "bottom center",
-                    name="picked trial" if p.picked else "baseline (un-tuned defaults)",
-                    hoverinfo="skip",
-                )
+    for p, picked in _marks(points):
+        fig.add_trace(
+            go.Scatter3d(
+                x=[p.values[0]],
+                y=[p.values[1]],
+                z=[p.values[2]],
+                mode="markers+text",
+                marker={"size": 9, "color": "#ff7f0e" if picked else "#2ca02c", "symbol": "diamond"},
+                text=[f"{'picked' if picked else 'baseline'} #{p.number}"],
+                textposition="top center" if picked else "bottom center",
+                name="picked trial" if picked else "baseline (un-tuned defaults)",
+                hoverinfo="skip",
             )
+        )
     axes = {
         f"{axis}axis_title": _short_axis_title(names[i], results.directions[i])
         for i, axis in enumerate("xyz")
@@ -190,19 +189,17 @@ def _pareto_pairs(results: SweepResults, points: list[Any]) -> Any:
                 row=row,
                 col=col,
             )
-        for p in points:
-            if not (p.baseline or p.picked):
-                continue
+        for p, picked in _marks(points):
             fig.add_trace(
                 go.Scatter(
                     x=[p.values[i]],
                     y=[p.values[j]],
                     mode="markers",
-                    marker=_STAR if p.picked else _BASELINE,
-                    name="picked trial" if p.picked else "baseline (un-tuned defaults)",
-                    legendgroup="picked" if p.picked else "baseline",
+                    marker=_STAR if picked else _BASELINE,
+                    name="picked trial" if picked else "baseline (un-tuned defaults)",
+                    legendgroup="picked" if picked else "baseline",
                     showlegend=k == 0,
-                    text=[f"{'picked' if p.picked else 'baseline'} #{p.number}"],
+                    text=[f"{'picked' if picked else 'baseline'} #{p.number}"],
                     hoverinfo="text",
                 ),
                 row=row,
@@ -218,6 +215,12 @@ def _pareto_pairs(results: SweepResults, points: list[Any]) -> Any:
         height=380 * rows + 60,
     )
     return fig
+
+
+def _marks(points: list[Any]) -> list[tuple[Any, bool]]:
+    """(point, is the picked one) for each mark to draw: the baseline, then the picked
+    trial on top; a picked baseline gets both."""
+    return [(p, False) for p in points if p.baseline] + [(p, True) for p in points if p.picked]
 
 
 def _highlight(p: Any, text: str, name: str, marker: dict[str, Any], where: str) -> Any:
@@ -273,7 +276,10 @@ def importance_figure(results: SweepResults) -> Any:
         rows=1,
         cols=len(names),
         subplot_titles=[f"importance for {n}" for n in names],
-        horizontal_spacing=min(0.3, 0.0075 * longest + 0.03) if len(names) > 1 else 0.2,
+        # plotly refuses a spacing over 1 / (cols - 1).
+        horizontal_spacing=min(0.3, 0.0075 * longest + 0.03, 0.9 / (len(names) - 1))
+        if len(names) > 1
+        else 0.2,
     )
     for i, name in enumerate(names, start=1):
         items = sorted(imp[name].items(), key=lambda kv: kv[1])
@@ -389,8 +395,12 @@ def _front_table(results: SweepResults, picked_number: int | None) -> str:
 def render_html(results: SweepResults, picked_number: int | None, figs: dict[str, Any]) -> str:
     from vlsweep import __version__
 
+    # The fronts come first in the page (before their table), the rest after it; plotly.js
+    # is inlined once, into the first figure written out.
+    order = sorted(figs, key=lambda k: not k.startswith("pareto"))
     parts: dict[str, str] = {}
-    for i, (key, fig) in enumerate(figs.items()):
+    for i, key in enumerate(order):
+        fig = figs[key]
         parts[key] = (
             f'<section id="{key}">'
             + fig.to_html(
@@ -427,7 +437,8 @@ on the front; grey ones are dominated, red crosses violate a constraint.
 vlsweep {html.escape(__version__)}.</p>
 {"".join(v for k, v in parts.items() if k.startswith("pareto"))}
 <h2>Pareto front</h2>
-<p>* = dominates the baseline (trial run with the un-tuned default hyperparameters).</p>
+<p>* = dominates the baseline (trial run with the un-tuned default hyperparameters).
+{html.escape("; ".join(legend(results.metric_names, results.directions)))}.</p>
 {_front_table(results, picked_number)}
 {tb}
 {"".join(v for k, v in parts.items() if not k.startswith("pareto"))}

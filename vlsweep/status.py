@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import optuna
 
-from vlsweep.metrics import METRICS
+from vlsweep import metrics
 from vlsweep.results import SweepResults, front_rows, short
 from vlsweep.search import study as studies
 
@@ -35,11 +35,7 @@ def front_table(results: SweepResults) -> str:
             + " ".join(f"{n}={studies.fmt(v)}" for n, v in zip(names, baseline.values, strict=True))
             + "  (* = dominates the baseline)"
         )
-    legend = [
-        f"{n}: {m.label}, {'lower' if d == 'minimize' else 'higher'} is better"
-        for n, d in zip(names, results.directions, strict=True)
-        if (m := METRICS.get(n)) is not None
-    ]
+    legend = metrics.legend(names, results.directions)
     if legend:
         lines.append("; ".join(legend))
     return "\n".join(lines)
@@ -63,6 +59,4 @@ def status_text(name: str | None, storage: str | None) -> str:
     progress = f"{done}/{budget} trials done" if budget else f"{done} trials done"
     driver = study.user_attrs.get("driver")
     running = f"; driver pid {driver['pid']} on {driver['host']}" if driver else ""
-    return (
-        f"study {name!r} in {studies.masked(url)}: {progress} ({head}){running}\n{front_table(results)}"
-    )
+    return f"study {name!r} in {studies.masked(url)}: {progress} ({head}){running}\n{front_table(results)}"
