@@ -7,7 +7,11 @@ Each front's hypervolume is computed against one reference point shared by all t
 (CER 1 and IoU 0, the metrics table's worst; forgetting: the worst value any run saw), so
 the numbers compare across runs. Prints one row per seed and the mean difference.
 
-    python benchmarks/strategies_front.py [--seeds 0 1 2] [--trials 40] [--steps 200]
+    python benchmarks/strategies_front.py [--seeds 0 1 2] [--trials 40] [--steps 200] [--config FILE]
+
+``--config`` compares on another sweep file with a ``strategies`` section (its relative
+paths are read from its folder); ``search.seed``, ``search.trials`` and ``budget.steps``
+are the script's.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--trials", type=int, default=40)
     ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--config", type=Path, default=ROOT / "examples" / "strategies-sweep.yaml")
     args = ap.parse_args()
 
     import optuna
@@ -37,7 +42,9 @@ def main() -> None:
     from vlsweep.search.sweep import run_sweep
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    base = yaml.safe_load((ROOT / "examples" / "strategies-sweep.yaml").read_text())
+    base = yaml.safe_load(args.config.read_text())
+    if not base.get("strategies"):
+        ap.error(f"--config {args.config}: no `strategies` section, so both arms would be the same sweep")
     tmp = Path(tempfile.mkdtemp())
     url = f"sqlite:///{tmp / 'fronts.db'}"
     values: dict[tuple[int, str], list[list[float]]] = {}
@@ -48,9 +55,7 @@ def main() -> None:
             raw["budget"] = {**base["budget"], "steps": args.steps}
             if arm == "without":
                 raw.pop("strategies")
-            path = tmp / f"s{seed}-{arm}.yaml"
-            path.write_text(yaml.safe_dump(raw))
-            cfg, base_dir = load_sweep_config(path)
+            cfg, base_dir = load_sweep_config(args.config, data=raw)
             print(f"seed {seed}, strategies {arm}: {args.trials} trials ...", flush=True)
             study = run_sweep(cfg, base_dir, url, log=lambda _m: None)
             done = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
