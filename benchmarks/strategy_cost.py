@@ -2,8 +2,9 @@
 
 Same base model, same data, same steps: for each strategy a fresh LoRA adapter trains
 ``--steps`` steps through the engine's own ``Trainer.step``; rounds go through every
-strategy in turn so that machine noise hits all alike. Prints the median samples/s of
-each and its ratio to ``static`` (docs/strategies.md, docs/benchmarks.md).
+strategy in turn (each round starting one strategy later) so that machine noise hits all
+alike. Prints the median samples/s of each and its ratio to ``static``
+(docs/strategies.md, docs/benchmarks.md).
 
     python benchmarks/strategy_cost.py [--model builtin:tiny-qwen2-vl] [--steps 30] [--rounds 3]
 """
@@ -66,8 +67,11 @@ def main() -> None:
     data = load_data(cfg.data, tmp)
     base = load_base(cfg.model)
     rates: dict[str, list[float]] = {name: [] for name in CASES}
-    for _ in range(args.rounds):
-        for name, fields in CASES.items():
+    names = list(CASES)
+    for r in range(args.rounds):
+        # Each round starts one strategy later, so none is always first (a cold process).
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fields = CASES[name]
             params = TrialParams(**fields)  # type: ignore[arg-type]
             trainer = Trainer(params, cfg.budget, spec=cfg, data=data, base=base)
             trainer.attach()
@@ -83,6 +87,8 @@ def main() -> None:
             trainer.detach()
             rates[name].append((args.steps - 1) * args.batch_size / seconds)
     static = statistics.median(rates["static"])
+    if args.quick:
+        print("(--quick: one round of 3 timed steps, a smoke run; its ratios are noise, not a measurement)")
     print(f"{'strategy':32s} {'samples/s':>10s} {'vs static':>10s}")
     for name, got in rates.items():
         median = statistics.median(got)
