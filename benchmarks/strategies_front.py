@@ -7,11 +7,13 @@ Each front's hypervolume is computed against one reference point shared by all t
 (CER 1 and IoU 0, the metrics table's worst; forgetting: the worst value any run saw), so
 the numbers compare across runs. Prints one row per seed and the mean difference.
 
-    python benchmarks/strategies_front.py [--seeds 0 1 2] [--trials 40] [--steps 200] [--config FILE]
+    python benchmarks/strategies_front.py [--seeds 0 1 2] [--trials 40] [--steps 200]
+        [--config FILE] [--only KEY ...]
 
 ``--config`` compares on another sweep file with a ``strategies`` section (its relative
 paths are read from its folder); ``search.seed``, ``search.trials`` and ``budget.steps``
-are the script's.
+are the script's. ``--only loss_balance`` turns on that key alone in the arm with (one
+strategy against none, rather than all of them).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=40)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--config", type=Path, default=ROOT / "examples" / "strategies-sweep.yaml")
+    ap.add_argument(
+        "--only", nargs="+", metavar="KEY", help="turn on only these strategies keys in the arm with"
+    )
     args = ap.parse_args()
 
     import optuna
@@ -45,6 +50,15 @@ def main() -> None:
     base = yaml.safe_load(args.config.read_text())
     if not base.get("strategies"):
         ap.error(f"--config {args.config}: no `strategies` section, so both arms would be the same sweep")
+    if args.only:
+        from vlsweep.params import STRATEGIES
+
+        unknown = [k for k in args.only if k not in STRATEGIES]
+        if unknown:
+            ap.error(
+                f"--only {' '.join(unknown)}: not a strategies key; the keys are {', '.join(STRATEGIES)}"
+            )
+        base["strategies"] = {k: k in args.only for k in STRATEGIES}
     tmp = Path(tempfile.mkdtemp())
     url = f"sqlite:///{tmp / 'fronts.db'}"
     values: dict[tuple[int, str], list[list[float]]] = {}
