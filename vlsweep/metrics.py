@@ -158,11 +158,16 @@ METRICS: dict[str, Metric] = {
 OBJECTIVES = tuple(n for n, m in METRICS.items() if m.objective)
 
 
+def better(direction: str) -> str:
+    """``lower is better`` or ``higher is better``, for an Optuna direction."""
+    return f"{'lower' if direction == 'minimize' else 'higher'} is better"
+
+
 def legend(names: Sequence[str], directions: Sequence[str]) -> list[str]:
     """One ``name: label, lower is better`` line per known metric, for tables and plots
     that show the names alone."""
     return [
-        f"{n}: {m.label}, {'lower' if d == 'minimize' else 'higher'} is better"
+        f"{n}: {m.label}, {better(d)}"
         for n, d in zip(names, directions, strict=True)
         if (m := METRICS.get(n)) is not None
     ]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vlsweep.errors import UserInputError
-from vlsweep.metrics import METRICS, legend
+from vlsweep.metrics import METRICS, better, legend
 from vlsweep.results import (
     SweepResults,
     front_rows,
@@ -30,13 +30,13 @@ _COLORS = {"front": "#1f77b4", "dominated": "#b0b0b0", "infeasible": "#d62728"}
 def _axis_title(name: str, direction: str) -> str:
     metric = METRICS.get(name)
     label = f"{name}: {metric.label}" if metric is not None else name
-    return f"{label} ({'lower' if direction == 'minimize' else 'higher'} is better)"
+    return f"{label} ({better(direction)})"
 
 
 def _short_axis_title(name: str, direction: str) -> str:
     """The metric's name alone, for views with no room for its label (a 3-D scene, a row
     of small plots); the report's legend line under its front table spells each out."""
-    return f"{name} ({'lower' if direction == 'minimize' else 'higher'} is better)"
+    return f"{name} ({better(direction)})"
 
 
 _BASELINE = {"size": 14, "symbol": "diamond-open", "color": "#2ca02c", "line": {"width": 2}}
@@ -49,11 +49,16 @@ _KINDS = (
 )
 
 
+def _points(results: SweepResults, picked_number: int | None) -> list[Any]:
+    """The full-budget trials as front points, ``picked_number`` marked."""
+    picked = next((t for t in results.trials if t.number == picked_number), None)
+    return pareto_points(results, picked)
+
+
 def pareto_figure(results: SweepResults, picked_number: int | None) -> Any:
     """The full-budget trials in objective space: a plane for two objectives, a 3-D scatter
     for three, and every pair of objectives side by side for more."""
-    picked = next((t for t in results.trials if t.number == picked_number), None)
-    points = pareto_points(results, picked)
+    points = _points(results, picked_number)
     n = len(results.metric_names)
     if n == 3:
         fig = _pareto_3d(results, points)
@@ -353,8 +358,7 @@ def pareto_pairs_figure(results: SweepResults, picked_number: int | None) -> Any
     """Every pair of objectives side by side: the flat views of a 3-D front, where the
     trade-off between two objectives reads off an axis (and a PNG shows what a rotated
     scene cannot)."""
-    picked = next((t for t in results.trials if t.number == picked_number), None)
-    points = pareto_points(results, picked)
+    points = _points(results, picked_number)
     fig = _pareto_pairs(results, points)
     fig.update_layout(
         title=f"Pareto front of {results.name!r}, objectives in pairs: {len(points)} full-budget trials"
