@@ -6,7 +6,9 @@ The curves come from ``benchmarks/learning_curves.py`` (the demo's default space
 drawn by RandomSampler, each evaluated every 20 of its 200 steps):
 
     python benchmarks/learning_curves.py --configs 30 --seed 1 --out /tmp/pilot.jsonl
-    python benchmarks/early_signal.py /tmp/pilot.jsonl [--json]
+    python benchmarks/early_signal.py /tmp/pilot.jsonl [--json] [--out docs/benchmarks/early_signal.json]
+
+``--out`` writes the figures for the docs' table (``benchmarks/doc_tables.py``).
 """
 
 from __future__ import annotations
@@ -45,23 +47,36 @@ def early_signal(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("curves", type=Path)
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap.add_argument("--out", type=Path, help="also write the figures (JSON) to this file")
     args = ap.parse_args()
     rows = [json.loads(line) for line in args.curves.read_text().splitlines() if line.strip()]
     result = early_signal(rows)
+    if args.out:
+        args.out.write_text(json.dumps({"curves": str(args.curves), **result}, indent=1) + "\n")
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{result['configs']} configs that ran to the end ({result['diverged']} diverged or failed)")
-    print(
-        "| step | share of steps | Spearman IoU vs final | median IoU | Spearman CER vs final | median CER |"
-    )
-    print("|---|---|---|---|---|---|")
+    print(table(result))
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [
+        f"{result['configs']} configs that ran to the end ({result['diverged']} diverged or failed)\n",
+        "| step | share of steps | Spearman IoU vs final | median IoU | Spearman CER vs final | median CER |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in result["steps"]:
-        print(
+        lines.append(
             f"| {r['steps']} | {r['fraction']:.0%} | {r['spearman_iou']:+.2f} | {r['median_iou']:.3f} | "
             f"{r['spearman_cer']:+.2f} | {r['median_cer']:.3f} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def doc_table(summary: dict[str, Any]) -> str:
+    """The docs' table (benchmarks/doc_tables.py)."""
+    return table(summary)
 
 
 if __name__ == "__main__":

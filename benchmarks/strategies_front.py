@@ -8,20 +8,24 @@ Each front's hypervolume is computed against one reference point shared by all t
 the numbers compare across runs. Prints one row per seed and the mean difference.
 
     python benchmarks/strategies_front.py [--seeds 0 1 2] [--trials 40] [--steps 200]
-        [--config FILE] [--only KEY ...]
+        [--config FILE] [--only KEY ...] [--json docs/benchmarks/strategies_front.json]
 
 ``--config`` compares on another sweep file with a ``strategies`` section (its relative
 paths are read from its folder); ``search.seed``, ``search.trials`` and ``budget.steps``
 are the script's. ``--only loss_balance`` turns on that key alone in the arm with (one
-strategy against none, rather than all of them).
+strategy against none, rather than all of them). ``--json`` writes the figures for the
+docs' tables (``benchmarks/doc_tables.py``); with ``--only``, under the key ``only_KEY``
+of that file, without, under ``all``, so both comparisons live in one file.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -37,6 +41,7 @@ def main() -> None:
     ap.add_argument(
         "--only", nargs="+", metavar="KEY", help="turn on only these strategies keys in the arm with"
     )
+    ap.add_argument("--json", type=Path, help="write the figures into this file (read and updated)")
     args = ap.parse_args()
 
     import optuna
@@ -83,13 +88,74 @@ def main() -> None:
         ref.append(worst if worst is not None else (max(seen) if d == "minimize" else min(seen)))
     print(f"\nreference point {dict(zip(names, ref, strict=True))}")
     print(f"{'seed':>4} {'with':>10} {'without':>10} {'with - without':>15}")
-    diffs = []
+    rows = []
     for seed in args.seeds:
-        hv = {arm: pareto.hypervolume(values[(seed, arm)], ref, dirs) for arm in ("with", "without")}
-        diffs.append(hv["with"] - hv["without"])
-        print(f"{seed:>4} {hv['with']:10.5f} {hv['without']:10.5f} {diffs[-1]:15.5f}")
+        row: dict[str, Any] = {"seed": seed}
+        for arm in ("with", "without"):
+            points = values[(seed, arm)]
+            front = pareto.non_dominated_fronts([pareto.to_min(v, dirs) for v in points])[0] if points else []
+            row[arm] = pareto.hypervolume(points, ref, dirs)
+            row[f"front_{arm}"] = len(front)
+            row[f"best_{arm}"] = {
+                n: (min if d == "minimize" else max)(v[i] for v in points)
+                for i, (n, d) in enumerate(zip(names, dirs, strict=True))
+            }
+        row["diff"] = row["with"] - row["without"]
+        rows.append(row)
+        print(f"{seed:>4} {row['with']:10.5f} {row['without']:10.5f} {row['diff']:15.5f}")
+    diffs = [r["diff"] for r in rows]
     sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
     print(f"mean difference {statistics.mean(diffs):.5f} (sd {sd:.5f} over {len(diffs)} seeds)")
+    if args.json:
+        key = "only_" + "_".join(args.only) if args.only else "all"
+        summary = json.loads(args.json.read_text()) if args.json.is_file() else {}
+        summary[key] = {
+            "objectives": names,
+            "reference_point": ref,
+            "trials": args.trials,
+            "steps": args.steps,
+            "keys": sorted(k for k, on in base["strategies"].items() if on),
+            "rows": rows,
+            "mean_diff": statistics.mean(diffs),
+            "sd_diff": sd,
+        }
+        args.json.write_text(json.dumps(summary, indent=1) + "\n")
+        print(f"wrote {args.json}")
+
+
+def doc_table(part: dict[str, Any]) -> str:
+    """The docs' table of one comparison (benchmarks/doc_tables.py)."""
+    names = part["objectives"]
+    ref = ", ".join(f"{n} {v:.3g}" for n, v in zip(names, part["reference_point"], strict=True))
+    lines = [
+        "| seed | HV with | HV without | with - without | front size with / without |",
+        "|---|---|---|---|---|",
+    ]
+    for r in part["rows"]:
+        lines.append(
+            f"| {r['seed']} | {r['with']:.5f} | {r['without']:.5f} | {r['diff']:+.5f} | "
+            f"{r['front_with']} / {r['front_without']} |"
+        )
+    lines.append(
+        f"\nMean with - without **{part['mean_diff']:+.5f}** (s.d. {part['sd_diff']:.5f} over "
+        f"{len(part['rows'])} seeds); {part['trials']} trials of {part['steps']} steps per sweep; "
+        f"strategies keys on in the arm with: {', '.join(part['keys'])}; reference point {ref}."
+    )
+    best = [
+        f"seed {r['seed']}: "
+        + ", ".join(f"{n} {r['best_with'][n]:.3f} / {r['best_without'][n]:.3f}" for n in names)
+        for r in part["rows"]
+    ]
+    lines.append("Best single values, with / without: " + "; ".join(best) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def doc_all(summary: dict[str, Any]) -> str:
+    return doc_table(summary["all"])
+
+
+def doc_loss_balance(summary: dict[str, Any]) -> str:
+    return doc_table(summary["only_loss_balance"])
 
 
 if __name__ == "__main__":

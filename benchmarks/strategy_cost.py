@@ -63,7 +63,7 @@ def main() -> None:
         "budget": {"steps": args.steps, "batch_size": args.batch_size},
         "lora": {"vision": True, "projector": "full"},
     }
-    cfg = demo.resolve(TrainConfig.model_validate(raw), log=print)
+    cfg = demo.resolve(TrainConfig.model_validate(raw))
     data = load_data(cfg.data, tmp)
     base = load_base(cfg.model)
     rates: dict[str, list[float]] = {name: [] for name in CASES}

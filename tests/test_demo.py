@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -14,18 +15,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_demo_train_improves_cer_and_iou_over_the_base_model(tmp_path):
-    # Builds and caches builtin:tiny-qwen2-vl on first use (minutes), then fine-tunes.
+def test_demo_train_learns_to_point_at_cells_and_keeps_reading(tmp_path):
+    # The shipped base, then a fine-tune of the demo's knee settings (README).
     result = CliRunner().invoke(
         app, ["train", str(ROOT / "examples/demo-train.yaml"), "-o", str(tmp_path), "--eval-base"]
     )
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     base = metrics["base"]
-    # Each by more than the noise of the validation set: CER by a wide margin, IoU by more
-    # than the standard error of the base's mean IoU over the grounding samples.
-    assert metrics["cer"] < base["cer"] - 0.1, (metrics["cer"], base)
-    assert metrics["iou"] - base["iou"] > base["iou_se"], (metrics["iou"], base)
+    # The base boxes the text, not its table cell: the cell convention is what is learnt,
+    # by many standard errors of the base's mean IoU ...
+    assert metrics["iou"] - base["iou"] > 10 * base["iou_se"], (metrics["iou"], base)
+    # ... while the reading the base already does is kept, within two points of CER.
+    assert metrics["cer"] < base["cer"] + 0.02, (metrics["cer"], base)
 
 
 @pytest.mark.slow
@@ -52,13 +54,15 @@ def test_the_embedded_demo_sweep_finds_a_front_that_beats_the_baseline(tmp_path)
     assert all({"lr_vision", "lr_projector", "lr_llm"} <= set(t.params) for t in trials if t.number)
     (baseline,) = [t for t in trials if t.user_attrs.get("baseline")]
     front = study.best_trials
-    # A trade-off, not one winner. How many points it has depends on the CPU the builtin
-    # model was built on (docs/demo.md, Reproducibility): 3 on the machine the README's
-    # figures come from, 2 on an AMD EPYC one (2026-12-02), with the same code.
-    assert len(front) >= 2, [t.values for t in front]
-    # Some trial of the front dominates the un-tuned baseline: CER lower by far more than
-    # its noise, IoU higher (by less than IoU's standard error, ~0.02: README says so).
-    assert any(t.values[0] < baseline.values[0] - 0.05 and t.values[1] > baseline.values[1] for t in front), (
-        [t.values for t in front],
-        baseline.values,
-    )
+    # The front has the shape the README shows: at least as many points (the README's own
+    # block says how many), and the un-tuned baseline is dominated by one of them.
+    readme = (ROOT / "README.md").read_text()
+    shown = re.search(r"Pareto front of 'demo' \((\d+) of 16 complete trials\)", readme)
+    assert shown, "README.md shows no front of the demo"
+    assert len(front) >= int(shown.group(1)), ([t.values for t in front], shown.group(0))
+    assert any(
+        t.values[0] <= baseline.values[0]
+        and t.values[1] >= baseline.values[1]
+        and t.values != baseline.values
+        for t in front
+    ), ([t.values for t in front], baseline.values)

@@ -33,6 +33,10 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Make or check datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+builtin_app = typer.Typer(
+    help="The builtin base models: check the shipped weights, rebuild them.", no_args_is_help=True
+)
+app.add_typer(builtin_app, name="builtin")
 
 
 def _fail(err: UserInputError) -> NoReturn:
@@ -79,9 +83,8 @@ def train(
         from vlsweep import demo
         from vlsweep.trials import load_data, run_trial
 
-        cfg = demo.resolve(cfg, build=False)  # the data is checked before a first-run build
+        cfg = demo.resolve(cfg)
         data = load_data(cfg.data, base_dir)
-        cfg.model = demo.resolve_model(cfg.model, log=_echo)
         result = run_trial(
             cfg.params, cfg.budget, spec=cfg, data=data, output_dir=out, eval_base=eval_base, log=_echo
         )
@@ -145,16 +148,14 @@ def _preflight(cfg: SweepConfig, base_dir: Path) -> TrialData:
 
 
 def _check_run(cfg: RunConfig, base_dir: Path) -> TrialData:
-    """Load the data and check the model without loading weights (a builtin model is
-    checked by name, not built). Returns the data."""
+    """Load the data and check the model without loading weights (a builtin model's
+    shipped files against their checksums). Returns the data."""
     from vlsweep import demo
-    from vlsweep.config import BUILTIN
     from vlsweep.trials import check_model, load_data
 
-    resolved = demo.resolve(cfg, build=False)
+    resolved = demo.resolve(cfg)
     data = load_data(resolved.data, base_dir)
-    if not cfg.model.name_or_path.startswith(BUILTIN):
-        check_model(cfg.model)
+    check_model(resolved.model)
     return data
 
 
@@ -345,9 +346,8 @@ def eval_(
         from vlsweep import demo
         from vlsweep.trials import load_data, score
 
-        cfg = demo.resolve(cfg, build=False)
+        cfg = demo.resolve(cfg)
         val = load_data(cfg.data, base_dir, ("val",)).val
-        cfg.model = demo.resolve_model(cfg.model, log=_echo)
         what = cfg.model.name_or_path + (f" + {adapter}" if adapter else "")
         _echo(f"vlsweep eval: {what} on {len(val)} samples")
         metrics, predictions = score(cfg, val, adapter=adapter, log=_echo)
@@ -532,6 +532,68 @@ def data_check(
         _fail(UserInputError(problems))
     for line in counts:
         typer.echo(f"ok: {line}")
+
+
+@builtin_app.command("verify")
+def builtin_verify(
+    names: Annotated[list[str] | None, typer.Argument(help="builtin models (default: all)")] = None,
+    run_probe: Annotated[
+        bool, typer.Option("--probe", help="also probe each base against its recipe's thresholds")
+    ] = False,
+) -> None:
+    """Check the shipped weights against their SHA256SUMS (and, with --probe, that each base
+    still reads and grounds as its recipe requires)."""
+    from vlsweep.demo import RECIPES, builtin_checkpoint, probe
+
+    failed = False
+    for name in names or sorted(RECIPES):
+        try:
+            path = builtin_checkpoint(name)
+        except UserInputError as err:
+            _fail(err)
+        line = f"builtin:{name}: {path}: checksums ok"
+        if run_probe:
+            figures = probe(path)
+            ok = RECIPES[name].meets(figures)
+            failed |= not ok
+            recipe = RECIPES[name]
+            verdict = "ok" if ok else "BELOW THE RECIPE"
+            line += (
+                f"; probe cer={figures['cer']:.4f} (<= {recipe.probe_max_cer:g}) "
+                f"iou={figures['iou']:.4f} (>= {recipe.probe_min_iou:g}): {verdict}"
+            )
+        typer.echo(line)
+    if failed:
+        raise typer.Exit(1)
+
+
+@builtin_app.command("rebuild")
+def builtin_rebuild(
+    name: Annotated[str, typer.Argument(help="the builtin model, e.g. tiny-qwen2-vl")],
+    out: Annotated[
+        Path | None, typer.Option("-o", "--output-dir", help="a new directory (default: ./builtin-NAME)")
+    ] = None,
+) -> None:
+    """Build a builtin base from its recipe (vlsweep/demo/builtin.py), as the shipped one was:
+    minutes on 2 CPU cores. Use the result with `model.name_or_path: DIR`."""
+    from vlsweep.demo import builtin_path, rebuild, sha256
+
+    out = out or Path(f"builtin-{name}")
+    try:
+        info = rebuild(name, out, log=_echo)
+    except UserInputError as err:
+        _fail(err)
+    figures = info["probe"]
+    shipped = builtin_path(name) / "model.safetensors"
+    same = shipped.is_file() and sha256(shipped) == sha256(out / "model.safetensors")
+    verdict = "meets" if figures["meets_recipe"] else "is BELOW"
+    typer.echo(
+        f"built builtin:{name} in {info['seconds']:.0f} s into {out}; probe cer={figures['cer']:.4f} "
+        f"iou={figures['iou']:.4f}: {verdict} the recipe's thresholds; "
+        f"weights {'identical to' if same else 'differ from'} the shipped ones"
+    )
+    if not figures["meets_recipe"]:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -79,9 +79,9 @@ def sweep_config(results: SweepResults) -> Any:
 
 
 def target_config(results: SweepResults) -> Any:
-    """The sweep config with builtin names made concrete (a builtin model: its cached
-    checkpoint, built if need be; the demo data: its cached files), so that another tool
-    can load what it names."""
+    """The sweep config with builtin names made concrete (a builtin model: its shipped
+    checkpoint; the demo data: its cached files), so that another tool can load what it
+    names."""
     from vlsweep import demo
 
     return demo.resolve(sweep_config(results))

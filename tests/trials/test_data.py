@@ -61,6 +61,40 @@ def test_grounding_scene_words_sit_in_distinct_cells_inside_the_image(n_words):
             assert 0 <= x1 < x2 <= img.width and 0 <= y1 < y2 <= img.height
 
 
+def test_the_demo_dataset_boxes_table_cells_and_replays_a_tenth_of_plain_ocr(tmp_path: Path):
+    """The demo's fine-tune (docs/demo.md): grounding answers are the box of the table cell
+    holding the asked-for word, training holds a tenth OCR, validation half; the retention
+    split keeps the base's own task (text boxes, pretraining style)."""
+    from PIL import Image
+
+    from vlsweep.demo.synth import GRID, GROUNDING_SIZE, cell_of
+
+    paths = write_dataset(tmp_path, n_train=40, n_val=20, n_retain=10, seed=1)
+    recs = {split: [json.loads(x) for x in paths[split].read_text().splitlines()] for split in paths}
+    assert Counter(r["task"] for r in recs["train"]) == {"ocr": 4, "grounding": 36}
+    assert Counter(r["task"] for r in recs["val"]) == {"ocr": 10, "grounding": 10}
+    cell_w, cell_h = GROUNDING_SIZE[0] // GRID[0], GROUNDING_SIZE[1] // GRID[1]
+    for r in recs["train"] + recs["val"]:
+        if r["task"] == "grounding":
+            x1, y1, x2, y2 = r["box"]
+            assert (x2 - x1, y2 - y1) == (cell_w, cell_h) and x1 % cell_w == 0 and y1 % cell_h == 0, r
+        else:  # plain print: black digits on white
+            with Image.open(tmp_path / r["image"]) as im:
+                assert im.convert("RGB").getpixel((0, 0)) == (255, 255, 255)
+    assert all(r["box"][2] - r["box"][0] < cell_w for r in recs["retain"] if r["task"] == "grounding")
+    # A word's cell is the cell its centre lies in, the edges included.
+    assert cell_of([3, 30, 20, 40]) == [0, 28, 56, 56]
+    assert cell_of([60, 70, 111, 84]) == [56, 56, 112, 84]
+    # The earlier demo's data (text boxes, one style, half OCR) is one call away.
+    old = write_dataset(
+        tmp_path / "old", n_train=10, n_val=4, n_retain=0, boxes="text", ocr_style="demo", ocr_share=0.5
+    )
+    assert Counter(json.loads(x)["task"] for x in old["train"].read_text().splitlines()) == {
+        "ocr": 5,
+        "grounding": 5,
+    }
+
+
 def _write(path: Path, lines: list[object]) -> Path:
     path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
     return path

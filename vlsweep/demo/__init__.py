@@ -1,12 +1,12 @@
 """The demo's assets: the builtin base models (``builtin:NAME``) and the synthetic OCR +
 grounding data (``builtin:demo/train``, ``builtin:demo/val``).
 
-This package sits above the trial engine: a builtin model is built by fine-tuning a tiny
-checkpoint with the engine's own data, batching and loss, and is then a checkpoint
-directory like any other. ``resolve`` turns a config's builtin names into those cached
-paths (building on first use) before the engine sees the config, so the engine only ever
-loads paths and Hub ids. Importing the package loads the standard library only: the
-rest (pydantic configs, torch for a build) loads when first asked for.
+This package sits above the trial engine: a builtin model was built by fine-tuning a tiny
+checkpoint with the engine's own data, batching and loss, and ships as a checkpoint
+directory like any other. ``resolve`` turns a config's builtin names into those paths
+(and the demo data's cached files) before the engine sees the config, so the engine only
+ever loads paths and Hub ids. Importing the package loads the standard library only: the
+rest (pydantic configs, torch for a rebuild) loads when first asked for.
 """
 
 from __future__ import annotations
@@ -17,7 +17,15 @@ from vlsweep.demo.synth import DEMO_TRAIN, DEMO_VAL, STYLES, write_dataset
 from vlsweep.lazy import lazy_exports
 
 if TYPE_CHECKING:  # for type checkers; at run time __getattr__ below loads them
-    from vlsweep.demo.builtin import RECIPES, BuildProgress, ensure_builtin  # noqa: F401
+    from vlsweep.demo.builtin import (  # noqa: F401
+        RECIPES,
+        BuildProgress,
+        builtin_checkpoint,
+        builtin_path,
+        sha256,
+    )
+    from vlsweep.demo.probing import probe  # noqa: F401
+    from vlsweep.demo.rebuilding import rebuild  # noqa: F401
     from vlsweep.demo.sources import (  # noqa: F401
         check_builtin,
         demo_data_dir,
@@ -30,7 +38,11 @@ if TYPE_CHECKING:  # for type checkers; at run time __getattr__ below loads them
 _LAZY = {
     "RECIPES": "builtin",
     "BuildProgress": "builtin",
-    "ensure_builtin": "builtin",
+    "builtin_checkpoint": "builtin",
+    "builtin_path": "builtin",
+    "sha256": "builtin",
+    "rebuild": "rebuilding",
+    "probe": "probing",
     "check_builtin": "sources",
     "demo_data_dir": "sources",
     "resolve": "sources",

@@ -1,5 +1,6 @@
-"""Builtin names in configs, made concrete: ``builtin:NAME`` models (built on first use)
-and the ``builtin:demo`` dataset (written on first use), as cached paths the engine loads."""
+"""Builtin names in configs, made concrete: ``builtin:NAME`` models (shipped weights) and
+the ``builtin:demo`` dataset (written into the cache on first use), as paths the engine
+loads."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from vlsweep.demo.synth import write_dataset
 from vlsweep.errors import UserInputError
 
 # Bumped when the generator changes: a new cache entry, old ones are never read.
-DEMO_DATA_VERSION = 4
+DEMO_DATA_VERSION = 5
 Run = TypeVar("Run", bound=RunConfig)
 
 
@@ -29,15 +30,15 @@ def check_builtin(source: str) -> None:
         )
 
 
-def resolve_model(cfg: ModelConfig, *, log: Any = print) -> ModelConfig:
-    """The model config with a builtin name replaced by its cached checkpoint directory
-    (built on first use); any other name is returned as it is."""
+def resolve_model(cfg: ModelConfig) -> ModelConfig:
+    """The model config with a builtin name replaced by its shipped checkpoint directory
+    (checked against its checksums); any other name is returned as it is."""
     if not cfg.name_or_path.startswith(BUILTIN):
         return cfg
-    from vlsweep.demo.builtin import ensure_builtin
+    from vlsweep.demo.builtin import builtin_checkpoint
 
     check_builtin(cfg.name_or_path)
-    path = ensure_builtin(cfg.name_or_path.removeprefix(BUILTIN), log=log)
+    path = builtin_checkpoint(cfg.name_or_path.removeprefix(BUILTIN))
     return cfg.model_copy(update={"name_or_path": str(path)})
 
 
@@ -73,12 +74,12 @@ def resolve_data(cfg: DataConfig) -> DataConfig:
     )
 
 
-def resolve(cfg: Run, *, build: bool = True, log: Any = print) -> Run:
-    """A run config the engine can load: builtin data made concrete, and (with ``build``)
-    the builtin model too; without ``build`` a builtin model name is only checked."""
+def resolve(cfg: Run, *, model: bool = True) -> Run:
+    """A run config the engine can load: builtin data made concrete, and (with ``model``)
+    the builtin model too; without ``model`` a builtin model name is only checked."""
     update: dict[str, Any] = {"data": resolve_data(cfg.data)}
-    if build:
-        update["model"] = resolve_model(cfg.model, log=log)
+    if model:
+        update["model"] = resolve_model(cfg.model)
     elif cfg.model.name_or_path.startswith(BUILTIN):
         check_builtin(cfg.model.name_or_path)
     return cfg.model_copy(update=update)

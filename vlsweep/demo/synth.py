@@ -4,9 +4,14 @@ Rendering styles share the task family: ``demo`` (what users fine-tune on), ``pr
 (plain black-on-white print, pure colours, larger digits), which the builtin base models
 are pretrained on, and ``varied`` (a new background and new shades of each colour in
 every scene), which their vision towers also see, so that what they learn about colour
-and position carries over to renderings they were not trained on. The base model
-therefore half-knows the demo task, and a LoRA fine-tune has something to adapt to.
-Everything is deterministic by seed.
+and position carries over to renderings they were not trained on.
+
+The demo's own dataset (``write_dataset``, docs/demo.md) models a table-grounding
+fine-tune: grounding scenes are borderless tables of the ``demo`` style whose answer is
+the box of the table *cell* holding the asked-for text (the convention of table datasets
+such as PubTables-1M and FinTabNet), where the base model was pretrained to box the text
+itself; a tenth of the training samples are plain-print OCR the base already reads (a
+replay share, so the fine-tune keeps reading). Everything is deterministic by seed.
 """
 
 from __future__ import annotations
@@ -23,14 +28,19 @@ ALPHABET = "ABCDEFGHJKLMNPRSTUVWXYZ23456789"
 OCR_ALPHABET = "0123456789"
 COLOR_NAMES = ("red", "green", "blue")
 # The demo dataset's size (``builtin:demo``, ``vlsweep data demo``): 384 validation
-# samples (192 per task) keep the standard error of the mean IoU near 0.02, small next to
-# the spread of a sweep's front (docs/benchmarks.md).
+# samples, 192 per task, whatever the training mix.
 DEMO_TRAIN, DEMO_VAL = 640, 384
+# The share of OCR samples in the demo's training split (a replay share of what the base
+# already reads); the validation split is half OCR, half grounding.
+DEMO_OCR_SHARE = 0.1
 # The retention split (``builtin:demo/retain``): scenes in the style the builtin base models
 # were pretrained on, which they already answer; forgetting is measured on them.
 DEMO_RETAIN = 64
 OCR_SIZE = (140, 28)
 GROUNDING_SIZE = (112, 84)
+# A grounding scene is a borderless table of this many columns and rows; each word sits
+# in a cell of its own.
+GRID = (2, 3)
 
 
 RGB = tuple[int, int, int]
@@ -162,7 +172,7 @@ def grounding_scene(rng: random.Random, style: Style, n_words: int | None = None
     img = Image.new("RGB", GROUNDING_SIZE, background)
     draw = ImageDraw.Draw(img)
     names = rng.sample(COLOR_NAMES, rng.randint(2, 3) if n_words is None else n_words)
-    cols, rows = 2, 3
+    cols, rows = GRID
     cell_w, cell_h = GROUNDING_SIZE[0] // cols, GROUNDING_SIZE[1] // rows
     cells = rng.sample([(c, r) for c in range(cols) for r in range(rows)], len(names))
     boxes: dict[str, list[int]] = {}
@@ -178,11 +188,22 @@ def grounding_scene(rng: random.Random, style: Style, n_words: int | None = None
     return img, boxes
 
 
-def grounding_sample(rng: random.Random, style: Style):  # noqa: ANN201
-    """A grounding scene and one query; returns (image, query, exact pixel box)."""
-    img, boxes = grounding_scene(rng, style)
-    target = rng.choice(sorted(boxes))
-    return img, f"the {target} text", boxes[target]
+def cell_of(box: list[int]) -> list[int]:
+    """The box of the table cell (of a ``GRID`` over ``GROUNDING_SIZE``) that holds ``box``."""
+    cols, rows = GRID
+    cell_w, cell_h = GROUNDING_SIZE[0] // cols, GROUNDING_SIZE[1] // rows
+    c = min(cols - 1, int((box[0] + box[2]) / 2) // cell_w)
+    r = min(rows - 1, int((box[1] + box[3]) / 2) // cell_h)
+    return [c * cell_w, r * cell_h, (c + 1) * cell_w, (r + 1) * cell_h]
+
+
+def grounding_sample(rng: random.Random, style: Style, boxes: str = "text"):  # noqa: ANN201
+    """A grounding scene and one query; returns (image, query, pixel box): the exact box of
+    the asked-for word (``boxes="text"``) or of the table cell it sits in (``"cell"``)."""
+    img, words = grounding_scene(rng, style)
+    target = rng.choice(sorted(words))
+    box = words[target] if boxes == "text" else cell_of(words[target])
+    return img, f"the {target} text", box
 
 
 def write_dataset(
@@ -192,29 +213,40 @@ def write_dataset(
     n_val: int = DEMO_VAL,
     seed: int = 0,
     style: str = "demo",
-    ocr_fraction: float = 0.5,
+    ocr_style: str = "pretrain",
+    ocr_share: float = DEMO_OCR_SHARE,
+    boxes: str = "cell",
     n_retain: int = DEMO_RETAIN,
 ) -> dict[str, Path]:
-    """Write ``train.jsonl``, ``val.jsonl``, ``retain.jsonl`` (``n_retain`` samples in the
-    ``pretrain`` style the builtin models already answer; none when 0) and their images
-    under ``out``."""
+    """Write ``train.jsonl``, ``val.jsonl``, ``retain.jsonl`` and their images under ``out``.
+
+    Grounding scenes are drawn in ``style``, their answer the ``boxes`` of the asked-for
+    word (``cell``: its table cell, the demo's convention; ``text``: the word itself); OCR
+    strips are drawn in ``ocr_style``, ``ocr_share`` of the training split (at least one
+    sample of each task) and half the validation split. ``retain.jsonl`` holds
+    ``n_retain`` samples in the ``pretrain`` style the builtin models already answer, text
+    boxes and half OCR (none when 0): forgetting is measured on it."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "img").mkdir(exist_ok=True)
     paths = {}
-    splits = [("train", n_train, 0, style), ("val", n_val, 1_000_003, style)]
+    # (split, size, seed offset, OCR share, grounding style, OCR style, grounding boxes)
+    splits = [
+        ("train", n_train, 0, ocr_share, style, ocr_style, boxes),
+        ("val", n_val, 1_000_003, 0.5, style, ocr_style, boxes),
+    ]
     if n_retain:
-        splits.append(("retain", n_retain, 2_000_003, "pretrain"))
-    for split, n, offset, split_style in splits:
-        st = STYLES[split_style]
+        splits.append(("retain", n_retain, 2_000_003, 0.5, "pretrain", "pretrain", "text"))
+    for split, n, offset, share, g_style, o_style, split_boxes in splits:
         rng = random.Random(seed * 7_919 + offset)
+        n_ocr = min(n - 1, max(1, round(n * share)))
         lines = []
         for i in range(n):
             name = f"img/{split}-{i:05d}.png"
-            if i < round(n * ocr_fraction):
-                img, text = ocr_sample(rng, st)
+            if i < n_ocr:
+                img, text = ocr_sample(rng, STYLES[o_style])
                 rec = {"image": name, "task": "ocr", "text": text}
             else:
-                img, query, box = grounding_sample(rng, st)
+                img, query, box = grounding_sample(rng, STYLES[g_style], split_boxes)
                 rec = {"image": name, "task": "grounding", "query": query, "box": box}
             img.save(out / name)
             lines.append(json.dumps(rec))

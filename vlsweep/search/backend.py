@@ -1,6 +1,6 @@
 """The Ray backend of a sweep: starting or joining Ray, stopping the local Ray processes a
 killed driver left behind, what a trial asks Ray for and whether any node can hold it,
-why a pending trial waits, and the builtin model built on every node before trials start.
+and why a pending trial waits.
 
 Everything here talks to Ray; nothing here knows Optuna beyond recording on the study.
 """
@@ -11,24 +11,16 @@ import contextlib
 import json
 import os
 import socket
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import optuna
 
 from vlsweep import artifacts
-from vlsweep.config import BUILTIN
 from vlsweep.errors import UserInputError
 from vlsweep.search.config import SweepConfig
 
 Log = Callable[[str], None]
-# How often the driver renews its claim on the study while it builds the builtin model
-# (a claim older than study.HEARTBEAT_STALE_SECONDS may be taken over).
-DRIVER_BEAT_SECONDS = 20.0
-# While the builtin model builds on the nodes of a cluster, a line every 10 s.
-BUILD_PROGRESS_SECONDS = 10.0
 # The study attr where a driver records the local Ray it started.
 LOCAL_RAY_ATTR = "local_ray"
 
@@ -239,80 +231,3 @@ def reap_local_ray(study: optuna.Study, log: Log) -> int:
         log(f"stopped {len(left)} Ray process(es) left by the previous driver (pid {info['driver_pid']})")
     return len(left)
 
-
-def ensure_model(cfg: SweepConfig, log: Log, beat: Callable[[], None] | None = None) -> None:
-    """A builtin model is built before any trial starts, once per machine, with its
-    progress shown here: on one machine by this process, on a cluster of several nodes by
-    one Ray task on each node that can run a trial (each caches its own copy, unless
-    ``$VLSWEEP_CACHE`` is a mount they share). Otherwise every node's first trial would
-    build it in a worker whose output nobody sees. ``beat`` is called every
-    ``DRIVER_BEAT_SECONDS`` meanwhile, so the driver's claim on the study stays fresh
-    through a build of minutes."""
-    import ray
-
-    source = cfg.model.name_or_path
-    if not source.startswith(BUILTIN):
-        return
-    from vlsweep.demo import ensure_builtin
-
-    done = threading.Event()
-
-    def beating() -> None:
-        while not done.wait(DRIVER_BEAT_SECONDS):
-            with contextlib.suppress(Exception):  # a storage hiccup here must not kill the build
-                beat()  # type: ignore[misc]
-
-    thread = threading.Thread(target=beating, daemon=True) if beat is not None else None
-    if thread is not None:
-        thread.start()
-    try:
-        name = source.removeprefix(BUILTIN)
-        nodes = [n for n in ray.nodes() if n.get("Alive")] if ray.is_initialized() else []
-        if len(nodes) <= 1:
-            ensure_builtin(name, log=log)
-        else:
-            request = trial_resources(cfg)
-            build_on_nodes(name, [n for n in nodes if _fits_times(n.get("Resources", {}), request) > 0], log)
-    finally:
-        done.set()
-        if thread is not None:
-            thread.join()
-
-
-def build_on_nodes(name: str, nodes: list[dict[str, Any]], log: Log, runtime_env: dict | None = None) -> None:
-    """Make sure each of ``nodes`` has builtin:NAME in its cache: one task pinned to each
-    (no CPU reserved, so it runs beside whatever holds the node), with a line here every
-    ``BUILD_PROGRESS_SECONDS`` until all are done."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    def build_here() -> tuple[str, list[str]]:
-        from vlsweep.demo import ensure_builtin
-
-        lines: list[str] = []
-        path = ensure_builtin(name, log=lines.append)
-        return str(path), lines
-
-    task = ray.remote(num_cpus=0, max_retries=0)(build_here)
-    pending = {}
-    for node in nodes:
-        strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
-        ref = task.options(scheduling_strategy=strategy, runtime_env=runtime_env).remote()
-        pending[ref] = node.get("NodeManagerHostname") or node["NodeID"][:8]
-    log(
-        f"making sure builtin:{name} is cached on {len(nodes)} node{'' if len(nodes) == 1 else 's'} "
-        "(a build is first run only, about 5 min)"
-    )
-    started = time.time()
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=BUILD_PROGRESS_SECONDS)
-        for ref in ready:
-            where = pending.pop(ref)
-            path, lines = ray.get(ref)
-            built = [line for line in lines if line.startswith("built ")]
-            log(f"  node {where}: {built[0] if built else 'cached'} ({path})")
-        if pending:
-            log(
-                f"  [{time.time() - started:.0f} s] builtin:{name} still building on "
-                + ", ".join(sorted(pending.values()))
-            )

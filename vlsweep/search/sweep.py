@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune import Callback
 
-from vlsweep import artifacts
+from vlsweep import artifacts, demo
 from vlsweep.errors import SweepFailed, SweepInterrupted, UserInputError
 from vlsweep.params import BASELINE
 from vlsweep.search import study as studies
@@ -38,7 +38,6 @@ from vlsweep.search.backend import (
     LOCAL_RAY_ATTR,
     check_shared_storage,
     check_trial_fits,
-    ensure_model,
     ray_init,
     reap_local_ray,
     trial_resources,
@@ -174,11 +173,11 @@ def run_sweep(
         )
         if remaining <= 0:
             return study
+        demo.resolve_model(cfg.model)  # a builtin model's shipped files, before Ray starts
         started_ray = ray_init(cfg, address, log, study)
         storage_path = cfg.ray.storage_path or str(out_root / "ray")
         check_shared_storage(cfg, storage_path, store_spec)
-        scaling = check_trial_fits(cfg, log)  # before a build of minutes, not after it
-        ensure_model(cfg, log, beat=lambda: studies.heartbeat(study, driver))
+        scaling = check_trial_fits(cfg, log)
         spec = cfg.train_config().model_dump(mode="json")
         sanitized = sanitized_config(cfg, base_dir)
         spec["data"], spec["model"] = sanitized["data"], sanitized["model"]

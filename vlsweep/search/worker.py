@@ -96,7 +96,7 @@ def run(
 
     try:
         spec, base_dir = _localized(spec, base_dir, driver_dir)
-        # A builtin model is resolved to this node's cached copy (the driver made sure of it).
+        # A builtin model is resolved to the weights shipped in this node's vlsweep.
         cfg = demo.resolve(TrainConfig.model_validate(spec))
         params = TrialParams.of(config["params"])
         base = _cached(_BASE, json.dumps(spec["model"], sort_keys=True), lambda: load_base(cfg.model))

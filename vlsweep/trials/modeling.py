@@ -1,6 +1,6 @@
 """Loading a base model and its processor: a Hub id or a local checkpoint directory.
 
-A ``builtin:NAME`` model is resolved to its cached checkpoint before it gets here
+A ``builtin:NAME`` model is resolved to its shipped checkpoint before it gets here
 (``vlsweep.demo.resolve``): the engine loads paths and Hub ids only."""
 
 from __future__ import annotations

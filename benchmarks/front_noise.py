@@ -1,0 +1,141 @@
+"""Is a sweep's front more than noise? Its ends compared sample by sample.
+
+Reads a finished sweep (the demo's, by default) and its stored predictions, and for the
+front's two ends, the trial with the lowest CER and the one with the highest IoU, scores
+every validation sample of each (the edit distance of each OCR answer, the IoU of each
+box) and computes each metric's difference between the two ends with the standard error
+of that paired difference: the two trials answered the same samples, so the per-sample
+differences carry the comparison (for CER, a ratio of sums: the difference of the summed
+edit distances over the summed reference lengths, its standard error sqrt(n) times the
+standard deviation of the per-sample differences over the summed lengths). It also
+reports the front's IoU span and whether a front trial dominates the baseline (trial 0).
+
+    vlsweep launch        # the demo study, in ./vlsweep.db
+    python benchmarks/front_noise.py [--study demo] [--storage sqlite:///vlsweep.db] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def _per_sample(study: Any, store: Any, trial: Any, records: list[Any], codec: Any) -> dict[str, list[float]]:
+    from rapidfuzz.distance import Levenshtein
+
+    from vlsweep import artifacts
+    from vlsweep.metrics import iou
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (path,) = artifacts.download(study, store, trial, ["predictions.jsonl"], Path(tmp))
+        rows = [json.loads(x) for x in path.read_text().splitlines()]
+    if len(rows) != len(records):
+        raise SystemExit(
+            f"error: trial {trial.number} has {len(rows)} predictions for {len(records)} samples"
+        )
+    out: dict[str, list[float]] = {"dist": [], "length": [], "iou": []}
+    for row, rec in zip(rows, records, strict=True):
+        if rec.task == "ocr":
+            out["dist"].append(Levenshtein.distance(row["predict"], rec.text))
+            out["length"].append(len(rec.text))
+        else:
+            out["iou"].append(iou(codec.decode(row["predict"], rec.size, rec.size), rec.box))
+    return out
+
+
+def measure(study_name: str, storage: str) -> dict[str, Any]:
+    import optuna
+
+    from vlsweep import artifacts, demo
+    from vlsweep.export import target_config
+    from vlsweep.results import SweepResults
+    from vlsweep.trials import load_data, load_processing
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    results = SweepResults.of(study)
+    cfg = target_config(results)
+    spec = demo.resolve(cfg.train_config())
+    records = load_data(spec.data, Path("."), ("val",)).val
+    codec = load_processing(spec.model).codec
+    store = artifacts.store_of(study)
+    front = sorted(results.front, key=lambda t: t.values[0])
+    low_cer, high_iou = front[0], max(front, key=lambda t: t.values[1])
+    a = _per_sample(study, store, low_cer, records, codec)
+    b = _per_sample(study, store, high_iou, records, codec)
+    total = sum(a["length"])
+    d_dist = [x - y for x, y in zip(a["dist"], b["dist"], strict=True)]
+    d_iou = [x - y for x, y in zip(a["iou"], b["iou"], strict=True)]
+    cer_diff, cer_se = sum(d_dist) / total, math.sqrt(len(d_dist)) * statistics.stdev(d_dist) / total
+    iou_diff, iou_se = statistics.mean(d_iou), statistics.stdev(d_iou) / math.sqrt(len(d_iou))
+    baseline = next(t for t in results.complete if t.user_attrs.get("baseline"))
+    return {
+        "study": study_name,
+        "front": [[t.number, *t.values] for t in front],
+        "iou_span": max(t.values[1] for t in front) - min(t.values[1] for t in front),
+        "best_iou": high_iou.values[1],
+        "low_cer_trial": low_cer.number,
+        "high_iou_trial": high_iou.number,
+        "cer_diff": cer_diff,
+        "cer_diff_se": cer_se,
+        "iou_diff": iou_diff,
+        "iou_diff_se": iou_se,
+        "baseline": [baseline.number, *baseline.values],
+        "dominates_baseline": [
+            t.number
+            for t in front
+            if t.values[0] <= baseline.values[0] and t.values[1] >= baseline.values[1] and t is not baseline
+        ],
+    }
+
+
+def doc_table(m: dict[str, Any]) -> str:
+    """The docs' table (benchmarks/doc_tables.py)."""
+
+    def z(diff: float, se: float) -> str:
+        return f"{abs(diff) / se:.1f}" if se > 0 else "inf"
+
+    lo, hi = m["low_cer_trial"], m["high_iou_trial"]
+    front = ", ".join(f"#{n} ({c:.4f}, {i:.3f})" for n, c, i in m["front"])
+    return (
+        "\n".join(
+            [
+                f"Front of `{m['study']}` (CER, IoU): {front}; baseline #{m['baseline'][0]} "
+                f"({m['baseline'][1]:.4f}, {m['baseline'][2]:.3f}), dominated by "
+                f"{', '.join(f'#{n}' for n in m['dominates_baseline']) or 'none'}.",
+                "",
+                f"| ends: #{lo} (lowest CER) against #{hi} (highest IoU) | difference | paired s.e. | "
+                "difference / s.e. |",
+                "|---|---|---|---|",
+                *(
+                    f"| {name} | {m[k + '_diff']:+.4f} | {m[k + '_diff_se']:.4f} | "
+                    f"{z(m[k + '_diff'], m[k + '_diff_se'])} |"
+                    for name, k in (("CER", "cer"), ("IoU", "iou"))
+                ),
+                "",
+                f"IoU span of the front {m['iou_span']:.3f}, best IoU {m['best_iou']:.3f}.",
+            ]
+        )
+        + "\n"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--study", default="demo")
+    ap.add_argument("--storage", default="sqlite:///vlsweep.db")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    m = measure(args.study, args.storage)
+    print(doc_table(m))
+    if args.json:
+        args.json.write_text(json.dumps(m, indent=1) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
