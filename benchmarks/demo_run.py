@@ -9,6 +9,7 @@
    each from the moment the command started; and the front exactly as it printed it.
 
     python benchmarks/demo_run.py [--json docs/benchmarks/demo_run.json] [--skip-install VENV]
+        [--front-json docs/benchmarks/demo_front.json]
 
 ``--skip-install VENV`` times the launch alone with an existing environment.
 """
@@ -39,6 +40,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--skip-install", type=Path, metavar="VENV", help="use this environment instead")
+    ap.add_argument("--front-json", type=Path, help="also write benchmarks/front_noise.py's figures here")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vlsweep-demo-run-"))
     env = {**os.environ, "PIP_NO_CACHE_DIR": "1", "VLSWEEP_CACHE": str(work / "cache")}
@@ -80,6 +82,41 @@ def main() -> None:
     lines = out.stdout.splitlines()
     first = next(i for i, x in enumerate(lines) if x.startswith("Pareto front of 'demo'"))
     result["front_text"] = "\n".join(lines[first:])
+    if args.front_json:  # how far the front's ends lie apart, against their noise
+        subprocess.run(
+            [
+                str(venv / "bin/python"),
+                str(clone / "benchmarks/front_noise.py"),
+                "--json",
+                str(args.front_json.resolve()),
+            ],
+            cwd=run_dir,
+            env=launch_env,
+            check=True,
+            capture_output=True,
+        )
+    # The README's other command: one fine-tune of examples/demo-train.yaml.
+    t0 = time.perf_counter()
+    subprocess.run(
+        [
+            str(venv / "bin/vlsweep"),
+            "train",
+            str(clone / "examples/demo-train.yaml"),
+            "-o",
+            "train",
+            "--eval-base",
+        ],
+        cwd=run_dir,
+        env=launch_env,
+        check=True,
+        capture_output=True,
+    )
+    metrics = json.loads((run_dir / "train" / "metrics.json").read_text())
+    result["train"] = {
+        "seconds": time.perf_counter() - t0,
+        "base": {k: metrics["base"][k] for k in ("cer", "iou", "iou_se")},
+        **{k: metrics[k] for k in ("cer", "iou", "iou_se")},
+    }
     print(json.dumps({k: v for k, v in result.items() if k != "front_text"}), flush=True)
     print(result["front_text"])
     if args.json:
@@ -102,6 +139,16 @@ def _first_trial_running(db: Path, venv: Path) -> float:
 def doc_readme_front(summary: dict[str, Any]) -> str:
     """The README's front block (benchmarks/doc_tables.py), as `vlsweep launch` printed it."""
     return "```\n" + summary["front_text"] + "\n```\n"
+
+
+def doc_readme_train(summary: dict[str, Any]) -> str:
+    """The README's `vlsweep train` figures (benchmarks/doc_tables.py)."""
+    t, base = summary["train"], summary["train"]["base"]
+    return (
+        f"It took {t['seconds']:.0f} s and moved CER from {base['cer']:.4f} (base) to {t['cer']:.4f} and IoU "
+        f"from {base['iou']:.3f} to {t['iou']:.3f} (IoU's standard error {t['iou_se']:.3f}; "
+        f"`python benchmarks/demo_run.py`, {summary['date']}).\n"
+    )
 
 
 def doc_readme_times(summary: dict[str, Any]) -> str:

@@ -215,5 +215,36 @@ def main() -> None:
         )
 
 
+def doc_table(f: dict[str, Any]) -> str:
+    """The docs' table (benchmarks/doc_tables.py): each trainer's seeds against the trial."""
+    seeds = sorted({r["seed"] for r in f["rows"]})
+    promised = f["promised"]
+    names = {
+        "vlsweep": "`vlsweep train` on `--format vlsweep`",
+        "llamafactory": "LLaMA-Factory on `--format llamafactory`",
+        "swift": "ms-swift on `--format swift`",
+    }
+    head = "| trained by | " + " | ".join(f"seed {s}" for s in seeds) + " | mean cer | mean iou |"
+    lines = [head, "|" + "---|" * (len(seeds) + 3)]
+    lines.append(
+        f"| the sweep (trial {f['trial']}) | {promised['cer']:.4f} / {promised['iou']:.4f} |"
+        + " |" * (len(seeds) + 1)
+    )
+    for tool, s in f["summary"].items():
+        cells = []
+        for seed in seeds:
+            r = next((r for r in f["rows"] if r["tool"] == tool and r["seed"] == seed), None)
+            cells.append(f"{r['cer']:.4f} / {r['iou']:.4f}" if r else "")
+        lines.append(
+            f"| {names.get(tool, tool)} | "
+            + " | ".join(cells)
+            + f" | {s['cer']:.4f} ± {s['cer_sd']:.4f} | {s['iou']:.4f} ± {s['iou_sd']:.4f} |"
+        )
+    p = f["params"]
+    lrs = ", ".join(f"{k} {p[k]:.3g}" for k in ("lr_vision", "lr_projector", "lr_llm") if k in p)
+    lines.append(f"\n(cells: cer / iou; means ± s.d. over seeds.) The trial's rates: {lrs}.")
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
     main()

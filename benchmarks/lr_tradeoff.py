@@ -345,7 +345,18 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a smoke run: tiny budgets, one seed")
     ap.add_argument("--json", type=Path, help="the summary file to write this part into")
     ap.add_argument("--png", type=Path, help="write the plot here (needs Chromium)")
+    ap.add_argument("--replot", action="store_true", help="only draw --png from the rows in --json")
     args = ap.parse_args()
+    if args.replot:
+        if not (args.json and args.png):
+            ap.error("--replot needs --json (the rows) and --png")
+        summary = json.loads(args.json.read_text())
+        from vlsweep.report import write_png
+
+        rows = summary["scan"] if args.what == "scan" else summary["tied_vs_separate"]
+        write_png((scan_figure if args.what == "scan" else tied_figure)(rows), args.png, width=1100)
+        print(f"wrote {args.png}")
+        return
     seeds = [int(s) for s in (args.seeds or ("0,1,2" if args.what == "scan" else "0,1,2,3,4")).split(",")]
     steps, trials = None, args.trials
     if args.quick:

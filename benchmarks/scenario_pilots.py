@@ -71,7 +71,13 @@ SCENARIOS = {
 
 # (lr_vision, lr_projector, lr_llm): a shared scan, then separate rates.
 SHARED = [1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
-SPLITS = [(1e-4, 1e-4, 3e-3), (3e-3, 1e-4, 3e-3), (1e-4, 1e-3, 1e-2), (1e-2, 1e-3, 1e-3)]
+SPLITS = [
+    (1e-4, 1e-4, 3e-3),  # the LLM fast, the vision side slow
+    (3e-3, 1e-4, 3e-3),  # the projector alone slow
+    (1e-4, 1e-3, 1e-2),  # the split
+    (1e-3, 3e-3, 1e-3),  # the projector alone fast
+    (1e-2, 1e-4, 1e-3),  # the vision tower alone fast
+]
 
 
 def _register_codecs() -> None:

@@ -10,10 +10,12 @@ noise hits both alike; the ratio of median samples/s is printed (target >= 0.95)
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,6 +27,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--hidden", type=int, default=96)
     ap.add_argument("--quick", action="store_true", help="2 rounds of 10 steps (CI smoke run)")
+    ap.add_argument("--json", type=Path, help="write the figures here (benchmarks/doc_tables.py)")
     args = ap.parse_args()
     if args.quick:
         args.steps, args.rounds = 10, 2
@@ -123,6 +126,29 @@ def main() -> None:
         f"plain loop   samples/s: median {statistics.median(plain):.1f}  all {[round(x, 1) for x in plain]}"
     )
     print(f"ratio vlsweep/plain: {ratio:.3f} (target >= 0.95)")
+    if args.json:
+        summary = {
+            "date": time.strftime("%Y-%m-%d"),
+            "params": n_params,
+            "steps": args.steps,
+            "rounds": args.rounds,
+            "batch_size": args.batch_size,
+            "vlsweep": ours,
+            "plain": plain,
+            "ratio": ratio,
+        }
+        args.json.write_text(json.dumps(summary, indent=1) + "\n")
+        print(f"wrote {args.json}")
+
+
+def doc_table(s: dict[str, Any]) -> str:
+    """The docs' table (benchmarks/doc_tables.py)."""
+    return (
+        "| run | vlsweep samples/s (median) | plain samples/s (median) | ratio |\n|---|---|---|---|\n"
+        f"| {s['date']}, {s['steps']} steps x {s['rounds']} rounds, batch {s['batch_size']}, "
+        f"{s['params']:,} parameters | {statistics.median(s['vlsweep']):.1f} | "
+        f"{statistics.median(s['plain']):.1f} | **{s['ratio']:.3f}** (target >= 0.95) |\n"
+    )
 
 
 if __name__ == "__main__":

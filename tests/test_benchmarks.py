@@ -76,3 +76,30 @@ def test_early_signal_correlates_each_step_with_the_final_value():
     assert (first["steps"], first["fraction"]) == (40, 0.2)
     assert first["spearman_iou"] == 1.0 and first["spearman_cer"] == -1.0
     assert [r["median_iou"] for r in out["steps"]] == sorted(r["median_iou"] for r in out["steps"])
+
+
+def test_the_docs_tables_are_the_ones_their_benchmark_files_make():
+    """Every marked table of the README and docs/ is what benchmarks/doc_tables.py makes
+    from the file a benchmark wrote: a figure is never typed by hand, and a rerun that
+    changed a file without refreshing the docs is caught."""
+    import doc_tables
+
+    cache: dict[str, str] = {}
+    blocks = 0
+    for doc in doc_tables.DOCS:
+        text = doc.read_text()
+        blocks += len(doc_tables.BLOCK.findall(text))
+        assert doc_tables.refresh(text, cache) == text, (
+            f"{doc}: a table differs from its file; run python benchmarks/doc_tables.py"
+        )
+    assert blocks >= len(doc_tables.TABLES)  # every renderer is used somewhere
+
+
+def test_a_docs_table_is_made_from_its_file_between_its_markers():
+    import doc_tables
+
+    text = "before\n<!-- table: module_lr.scan -->\nstale\n<!-- /table -->\nafter\n"
+    made = doc_tables.refresh(text, {"module_lr.scan": "| fresh |\n"})
+    assert made == "before\n<!-- table: module_lr.scan -->\n| fresh |\n<!-- /table -->\nafter\n"
+    with pytest.raises(SystemExit, match="unknown table 'nope'"):
+        doc_tables.refresh("<!-- table: nope -->\n<!-- /table -->\n", {})

@@ -208,3 +208,37 @@ def test_dashboard_listens_on_loopback_and_warns_otherwise(tmp_path, host, warns
     assert bool(warning) == warns, err
     if warns:
         assert "no authentication" in warning[0] and "0.0.0.0" in warning[0]
+
+
+def test_builtin_verify_checks_the_shipped_weights_and_names_a_damaged_file(tmp_path, monkeypatch):
+    import shutil
+
+    from vlsweep.demo import builtin
+
+    ok = runner.invoke(app, ["builtin", "verify"])
+    assert ok.exit_code == 0, ok.output
+    assert {line.split(":")[1] for line in ok.output.splitlines()} == set(builtin.RECIPES)
+    assert all(line.endswith("checksums ok") for line in ok.output.splitlines())
+
+    shutil.copytree(builtin.builtin_path("tiny-qwen2-vl"), tmp_path / "tiny-qwen2-vl")
+    (tmp_path / "tiny-qwen2-vl" / "config.json").write_text("{}")
+    monkeypatch.setattr(builtin, "WEIGHTS", tmp_path)
+    builtin._verified.cache_clear()
+    try:
+        bad = runner.invoke(app, ["builtin", "verify", "tiny-qwen2-vl"])
+    finally:
+        builtin._verified.cache_clear()
+    assert bad.exit_code == 2
+    errors = _errors(bad)
+    assert errors[0].endswith("config.json does not match its checksum in SHA256SUMS"), errors
+    assert "vlsweep builtin rebuild tiny-qwen2-vl -o DIR" in errors[-1]
+
+
+def test_builtin_rebuild_refuses_a_non_empty_directory_and_an_unknown_name(tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    full = runner.invoke(app, ["builtin", "rebuild", "tiny-qwen2-vl", "-o", str(tmp_path)])
+    assert full.exit_code == 2 and "exists and is not empty; give a new directory" in _errors(full)[0]
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+    unknown = runner.invoke(app, ["builtin", "rebuild", "tiny-gpt", "-o", str(tmp_path / "new")])
+    assert unknown.exit_code == 2 and "unknown builtin model 'tiny-gpt'" in _errors(unknown)[0]
+    assert not (tmp_path / "new").exists()

@@ -493,9 +493,10 @@ def data_demo(
     seed: Annotated[int, typer.Option(help="random seed (same seed, same files)")] = 0,
     n_train: Annotated[int, typer.Option("--n-train", min=2)] = DEMO_TRAIN,
     n_val: Annotated[int, typer.Option("--n-val", min=2)] = DEMO_VAL,
-    style: Annotated[str, typer.Option(help="rendering style: demo or pretrain")] = "demo",
+    style: Annotated[str, typer.Option(help="rendering style of the tables: demo or pretrain")] = "demo",
 ) -> None:
-    """Write a synthetic OCR + grounding dataset (rendered text, exact boxes)."""
+    """Write the demo's synthetic dataset: table-cell grounding and plain-print OCR, exact
+    boxes (docs/demo.md)."""
     from vlsweep.demo import STYLES, write_dataset
 
     if style not in STYLES:

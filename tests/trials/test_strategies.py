@@ -4,6 +4,7 @@ produces, the data schedules' draws, the LoRA layout, and a trial with each of t
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -167,6 +168,20 @@ def test_difficulty_ranks_text_length_and_small_boxes_within_each_task():
     d = difficulty(_records())
     assert d[:4] == [0.0, 2 / 3, 1 / 3, 1.0]  # ocr: 1 < 3 < 5 < 9 characters
     assert d[4:] == [1.0, 1 / 3, 0.0, 2 / 3]  # grounding: side 10 is the hardest
+
+
+def test_tied_samples_share_their_mean_rank_and_equal_boxes_leave_the_strategies_no_order():
+    def box(side: int) -> Record:
+        return Record(Path("x.png"), "grounding", (100, 100), query="q", box=(0, 0, side, side))
+
+    # Sides 10, 30, 30, 50: the two 30s take ranks 1 and 2 together.
+    assert difficulty([box(10), box(30), box(30), box(50)]) == [1.0, 0.5, 0.5, 0.0]
+    # Table cells: every box one size, so no sample is harder than another.
+    cells = [box(40) for _ in range(6)]
+    assert difficulty(cells) == [0.5] * 6
+    mixer = StrategyMixer(cells, 1.0, 0, steps=100, hard_oversample=4.0, curriculum_ratio=0.5)
+    draws = Counter(mixer.batch(6000, step=1))  # the curriculum's first step admits them all
+    assert set(draws) == set(range(6)) and max(draws.values()) / min(draws.values()) < 1.15
 
 
 def test_competence_grows_by_the_square_root_schedule_and_reaches_all():

@@ -280,7 +280,10 @@ def difficulty(records: Sequence[Record]) -> list[float]:
     - grounding: how small the box is against the image, 1 - sqrt(box area / image area)
       (a small target is harder to find and to box tightly).
 
-    Ties keep their order; a task of one sample has difficulty 0.
+    Tied samples share the mean of their ranks (nothing orders them), so data whose boxes
+    are all one size (table cells, say) has one grounding difficulty, 0.5, and the
+    strategies that read it treat every such sample alike; a task of one sample has
+    difficulty 0.
     """
     raw: list[float] = []
     for r in records:
@@ -294,9 +297,17 @@ def difficulty(records: Sequence[Record]) -> list[float]:
     for i, r in enumerate(records):
         by_task.setdefault(r.task, []).append(i)
     for idx in by_task.values():
+        if len(idx) < 2:
+            continue
         ranked = sorted(idx, key=lambda i: raw[i])
-        for k, i in enumerate(ranked):
-            out[i] = k / (len(ranked) - 1) if len(ranked) > 1 else 0.0
+        start = 0
+        while start < len(ranked):  # one run of tied values at a time
+            end = start
+            while end + 1 < len(ranked) and raw[ranked[end + 1]] == raw[ranked[start]]:
+                end += 1
+            for i in ranked[start : end + 1]:
+                out[i] = (start + end) / 2 / (len(ranked) - 1)
+            start = end + 1
     return out
 
 
@@ -357,11 +368,12 @@ class StrategyMixer(TaskMixer):
 
     def pool(self, task: str, step: int) -> list[int]:
         """The samples of ``task`` the curriculum admits at ``step`` (never none: the
-        easiest one at least)."""
+        easiest ones at least, all of them when they tie)."""
         c = competence(step, self.ramp_steps)
         ix = self._by_task[task]
         admitted = [i for i in ix if self.difficulty[i] <= c]
-        return admitted or [min(ix, key=lambda i: self.difficulty[i])]
+        easiest = min(self.difficulty[i] for i in ix)
+        return admitted or [i for i in ix if self.difficulty[i] == easiest]
 
     def probabilities_at(self, step: int) -> dict[str, float]:
         return rotation_probabilities(self.probabilities, step, self.period, self.share)
