@@ -27,7 +27,6 @@ if TYPE_CHECKING:  # for type checkers; at run time __getattr__ below loads them
     from vlsweep.demo.probing import probe  # noqa: F401
     from vlsweep.demo.rebuilding import rebuild  # noqa: F401
     from vlsweep.demo.sources import (  # noqa: F401
-        check_builtin,
         demo_data_dir,
         resolve,
         resolve_data,
@@ -43,7 +42,6 @@ _LAZY = {
     "sha256": "builtin",
     "rebuild": "rebuilding",
     "probe": "probing",
-    "check_builtin": "sources",
     "demo_data_dir": "sources",
     "resolve": "sources",
     "resolve_data": "sources",

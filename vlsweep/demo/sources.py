@@ -12,22 +12,10 @@ from typing import Any, TypeVar
 from vlsweep.cache import cache_dir
 from vlsweep.config import BUILTIN, DEMO_DATA, DataConfig, ModelConfig, RunConfig
 from vlsweep.demo.synth import write_dataset
-from vlsweep.errors import UserInputError
 
 # Bumped when the generator changes: a new cache entry, old ones are never read.
 DEMO_DATA_VERSION = 5
 Run = TypeVar("Run", bound=RunConfig)
-
-
-def check_builtin(source: str) -> None:
-    """A ``builtin:NAME`` model name must name a recipe."""
-    from vlsweep.demo.builtin import RECIPES
-
-    if source.removeprefix(BUILTIN) not in RECIPES:
-        raise UserInputError(
-            f"model.name_or_path: unknown builtin model {source!r}; "
-            f"choose one of {sorted(BUILTIN + n for n in RECIPES)}"
-        )
 
 
 def resolve_model(cfg: ModelConfig) -> ModelConfig:
@@ -37,7 +25,6 @@ def resolve_model(cfg: ModelConfig) -> ModelConfig:
         return cfg
     from vlsweep.demo.builtin import builtin_checkpoint
 
-    check_builtin(cfg.name_or_path)
     path = builtin_checkpoint(cfg.name_or_path.removeprefix(BUILTIN))
     return cfg.model_copy(update={"name_or_path": str(path)})
 
@@ -74,12 +61,6 @@ def resolve_data(cfg: DataConfig) -> DataConfig:
     )
 
 
-def resolve(cfg: Run, *, model: bool = True) -> Run:
-    """A run config the engine can load: builtin data made concrete, and (with ``model``)
-    the builtin model too; without ``model`` a builtin model name is only checked."""
-    update: dict[str, Any] = {"data": resolve_data(cfg.data)}
-    if model:
-        update["model"] = resolve_model(cfg.model)
-    elif cfg.model.name_or_path.startswith(BUILTIN):
-        check_builtin(cfg.model.name_or_path)
-    return cfg.model_copy(update=update)
+def resolve(cfg: Run) -> Run:
+    """A run config the engine can load: its builtin model and data made concrete."""
+    return cfg.model_copy(update={"data": resolve_data(cfg.data), "model": resolve_model(cfg.model)})
