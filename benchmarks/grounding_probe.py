@@ -50,25 +50,12 @@ def scenes(
     return records, all_boxes
 
 
-def ocr_records(out: Path, style: str, n: int, seed: int) -> list[Any]:
-    from vlsweep.demo.synth import STYLES, ocr_sample
-    from vlsweep.trials import Record
-
-    rng = random.Random(seed)
-    records = []
-    for i in range(n):
-        img, text = ocr_sample(rng, STYLES[style])
-        path = out / f"{style}-ocr-{i:04d}.png"
-        img.save(path)
-        records.append(Record(image=path, task="ocr", size=img.size, text=text))
-    return records
-
-
 def probe(model: str, samples: int, seed: int, words: int | None) -> dict[str, Any]:
     import torch  # noqa: F401  (loaded before transformers, as the engine does)
 
     from vlsweep import demo
     from vlsweep.config import load_train_config
+    from vlsweep.demo.probing import ocr_records
     from vlsweep.metrics import iou
     from vlsweep.trials import TrialData, load_base
     from vlsweep.trials.engine import Trainer  # the engine's internals: this probe scores without training
@@ -83,7 +70,7 @@ def probe(model: str, samples: int, seed: int, words: int | None) -> dict[str, A
     for style in ("pretrain", "demo"):
         with tempfile.TemporaryDirectory() as tmp:
             records, all_boxes = scenes(Path(tmp), style, samples, seed, words)
-            ocr = ocr_records(Path(tmp), style, samples, seed + 1)
+            ocr = ocr_records(Path(tmp), style, samples, random.Random(seed + 1))
             trainer = Trainer(
                 spec.params,
                 spec.budget,

@@ -19,22 +19,31 @@ PROBE_SEED = 5
 PROBE_SAMPLES = 64
 
 
-def probe_records(out: Path, style: str, samples: int, seed: int) -> list[Any]:
-    """``samples`` OCR strips and ``samples`` grounding scenes (text boxes) of ``style``,
-    images written under ``out``."""
-    from vlsweep.demo.synth import STYLES, grounding_sample, ocr_sample
+def ocr_records(out: Path, style: str, samples: int, rng: random.Random) -> list[Any]:
+    """``samples`` OCR strips of ``style`` drawn from ``rng``, images written under ``out``."""
+    from vlsweep.demo.synth import STYLES, ocr_sample
     from vlsweep.trials import Record
 
-    rng = random.Random(seed)
     records = []
     for i in range(samples):
         img, text = ocr_sample(rng, STYLES[style])
-        path = out / f"ocr-{i:04d}.png"
+        path = out / f"{style}-ocr-{i:04d}.png"
         img.save(path)
         records.append(Record(image=path, task="ocr", size=img.size, text=text))
+    return records
+
+
+def probe_records(out: Path, style: str, samples: int, seed: int) -> list[Any]:
+    """``samples`` OCR strips and ``samples`` grounding scenes (text boxes) of ``style``,
+    images written under ``out``."""
+    from vlsweep.demo.synth import STYLES, grounding_sample
+    from vlsweep.trials import Record
+
+    rng = random.Random(seed)
+    records = ocr_records(out, style, samples, rng)
     for i in range(samples):
         img, query, box = grounding_sample(rng, STYLES[style], "text")
-        path = out / f"grounding-{i:04d}.png"
+        path = out / f"{style}-grounding-{i:04d}.png"
         img.save(path)
         records.append(Record(image=path, task="grounding", size=img.size, query=query, box=box))
     return records
