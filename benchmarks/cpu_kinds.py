@@ -56,7 +56,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
 METRICS = ("cer", "iou", "parse_fail_rate")
 
 
-def train(env: dict[str, str], params: dict[str, Any], threads: int, work: Path) -> dict[str, Any]:
+def train(
+    env: dict[str, str], params: dict[str, Any], threads: int, work: Path, steps: int | None = None
+) -> dict[str, Any]:
     cfg = yaml.safe_load(TRAIN.read_text())
     cfg["params"] = {**cfg.get("params", {}), **params}
     # The config's relative paths are read from its folder: builtin names only here.
@@ -69,7 +71,8 @@ def train(env: dict[str, str], params: dict[str, Any], threads: int, work: Path)
         [sys.executable, "-c", probe], env=run_env, capture_output=True, text=True, check=True
     ).stdout.strip()
     done = subprocess.run(
-        [sys.executable, "-m", "vlsweep.cli", "train", str(path), "-o", str(out)],
+        [sys.executable, "-m", "vlsweep.cli", "train", str(path), "-o", str(out)]
+        + (["--steps", str(steps)] if steps else []),
         env=run_env,
         capture_output=True,
         text=True,
@@ -83,17 +86,19 @@ def train(env: dict[str, str], params: dict[str, Any], threads: int, work: Path)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", type=Path, help="write the figures here")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: one setting, 5 steps")
     args = ap.parse_args()
     rows = []
     runs = [(kind, 1) for kind in KINDS] + [("native", 2)]
-    for setting, params in SETTINGS.items():
+    settings = dict(list(SETTINGS.items())[:1]) if args.quick else SETTINGS
+    for setting, params in settings.items():
         for kind, threads in runs:
             with tempfile.TemporaryDirectory() as tmp:
                 row = {
                     "setting": setting,
                     "kind": kind,
                     "threads": threads,
-                    **train(KINDS[kind], params, threads, Path(tmp)),
+                    **train(KINDS[kind], params, threads, Path(tmp), 5 if args.quick else None),
                 }
             print(json.dumps(row), flush=True)
             rows.append(row)

@@ -217,7 +217,15 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--summary", type=Path, default=None, help=f"write the docs' file (e.g. {SUMMARY})")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: the demo's scenario, 5 steps, into a temporary file",
+    )
     args = ap.parse_args()
+    if args.quick:
+        args.scenarios, args.steps = "table-cells", 5
+        args.out = Path(tempfile.mkdtemp()) / "pilots.jsonl"
     names = args.scenarios.split(",")
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:

@@ -66,3 +66,16 @@ def test_the_embedded_demo_sweep_finds_a_front_that_beats_the_baseline(tmp_path)
         and t.values != baseline.values
         for t in front
     ), ([t.values for t in front], baseline.values)
+    # The ends of the front against their noise (docs/demo.md reads this benchmark), from
+    # the predictions the sweep stored for them.
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import front_noise
+
+    noise = front_noise.measure("demo", f"sqlite:///{tmp_path / 'vlsweep.db'}")
+    assert noise["front"] == sorted(([t.number, *t.values] for t in front), key=lambda r: r[1])
+    assert noise["cer_diff_se"] > 0 and noise["iou_diff_se"] > 0
+    ends = {t.number: t.values for t in front}
+    low, high = ends[noise["low_cer_trial"]], ends[noise["high_iou_trial"]]
+    # Recomputed from the stored answers, the ends' differences are the trials' own.
+    assert noise["cer_diff"] == pytest.approx(low[0] - high[0], abs=1e-9)
+    assert noise["iou_diff"] == pytest.approx(low[1] - high[1], abs=1e-9)
