@@ -27,7 +27,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from vlsweep.demo import RECIPES, probe, rebuild
-    from vlsweep.demo.builtin import PROVENANCE, builtin_path, sha256
+    from vlsweep.demo.builtin import PROVENANCE, builtin_path
 
     rows: list[dict[str, Any]] = []
     for name in args.names.split(","):
@@ -42,8 +42,7 @@ def main() -> None:
                 "rebuilt": info["probe"],
                 "shipped": probe(shipped),
                 "shipped_machine": json.loads((shipped / PROVENANCE).read_text())["machine"],
-                "identical_weights": sha256(out / "model.safetensors")
-                == sha256(shipped / "model.safetensors"),
+                "identical_weights": info["identical_to_shipped"],
                 "thresholds": {
                     "max_cer": RECIPES[name].probe_max_cer,
                     "min_iou": RECIPES[name].probe_min_iou,

@@ -102,7 +102,9 @@ def main() -> None:
                 }
             print(json.dumps(row), flush=True)
             rows.append(row)
-    summary = {"machine": _cpu(), "rows": rows, "largest_difference": largest(rows)}
+    from vlsweep.demo.builtin import cpu_name
+
+    summary = {"machine": cpu_name(), "rows": rows, "largest_difference": largest(rows)}
     print(doc_table(summary))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1) + "\n")
@@ -113,13 +115,6 @@ def largest(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Each metric's largest difference from the native one-thread run of the same setting."""
     ref = {r["setting"]: r for r in rows if r["kind"] == "native" and r["threads"] == 1}
     return {m: max(abs(r[m] - ref[r["setting"]][m]) for r in rows) for m in METRICS}
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def doc_table(summary: dict[str, Any]) -> str:

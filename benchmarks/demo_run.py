@@ -4,9 +4,9 @@
 2. the README's install, timed: ``python3 -m venv .venv``, ``pip install torch==2.14.1
    torchvision==0.29.1``, ``pip install -e .`` (pip's cache off, as on a new machine);
 3. ``vlsweep launch`` in an empty directory with an empty ``$VLSWEEP_CACHE``, timed: when
-   the first trial's fine-tune is running (its first training step: the trial's end less
-   its training and evaluation time, from the study) and when the whole demo has ended,
-   each from the moment the command started; and the front exactly as it printed it.
+   the first trial's fine-tune was training (its first step done: the ``train_started``
+   its worker records on the trial) and when the whole demo has ended, each from the
+   moment the command started; and the front exactly as it printed it.
 
     python benchmarks/demo_run.py [--json docs/benchmarks/demo_run.json] [--skip-install VENV]
         [--front-json docs/benchmarks/demo_front.json]
@@ -79,6 +79,7 @@ def main() -> None:
         sys.exit(f"vlsweep launch failed ({out.returncode}):\n{out.stdout[-3000:]}{out.stderr[-3000:]}")
     result["launch_seconds"] = ended - started
     result["first_trial_running_seconds"] = _first_trial_running(run_dir / "vlsweep.db", venv) - started
+    result["front_lr_ratios"] = _front_lr_ratios(run_dir / "vlsweep.db", venv)
     lines = out.stdout.splitlines()
     first = next(i for i, x in enumerate(lines) if x.startswith("Pareto front of 'demo'"))
     result["front_text"] = "\n".join(lines[first:])
@@ -125,15 +126,34 @@ def main() -> None:
 
 
 def _first_trial_running(db: Path, venv: Path) -> float:
-    """The earliest moment a trial's fine-tune was training, as a Unix time: each complete
-    trial's end less the training and evaluation it recorded."""
+    """The earliest moment a trial's fine-tune was training (its first step done), as Unix
+    time: each trial's ``train_started``, which its worker records."""
     code = (
         f"import json, optuna; s = optuna.load_study(study_name='demo', storage='sqlite:///{db}');"
-        "print(json.dumps([[t.datetime_complete.timestamp(), t.user_attrs['train_seconds'],"
-        " t.user_attrs['eval_seconds']] for t in s.get_trials() if t.state.name == 'COMPLETE']))"
+        "print(json.dumps([t.user_attrs['train_started'] for t in s.get_trials()"
+        " if 'train_started' in t.user_attrs]))"
     )
     out = subprocess.run([str(venv / "bin/python"), "-c", code], capture_output=True, text=True, check=True)
-    return min(end - train - evaluate for end, train, evaluate in json.loads(out.stdout))
+    return min(json.loads(out.stdout))
+
+
+def _front_lr_ratios(db: Path, venv: Path) -> list[float]:
+    """lr_llm / lr_projector of each trial on the front."""
+    code = (
+        f"import json, optuna; s = optuna.load_study(study_name='demo', storage='sqlite:///{db}');"
+        "print(json.dumps([t.params['lr_llm'] / t.params['lr_projector'] for t in s.best_trials]))"
+    )
+    out = subprocess.run([str(venv / "bin/python"), "-c", code], capture_output=True, text=True, check=True)
+    return sorted(json.loads(out.stdout))
+
+
+def doc_readme_ratios(summary: dict[str, Any]) -> str:
+    """The README's sentence on the front's learning rates (benchmarks/doc_tables.py)."""
+    r = summary["front_lr_ratios"]
+    return (
+        f"Read the learning rates: every trial on the front trains the projector {r[0]:.0f} to "
+        f"{r[-1]:.0f} times slower than the language model.\n"
+    )
 
 
 def doc_readme_front(summary: dict[str, Any]) -> str:

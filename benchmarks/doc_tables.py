@@ -42,6 +42,7 @@ TABLES: dict[str, tuple[str, str, str]] = {
     "demo_run.front": ("demo_run.json", "demo_run", "doc_readme_front"),
     "demo_run.times": ("demo_run.json", "demo_run", "doc_readme_times"),
     "demo_run.train": ("demo_run.json", "demo_run", "doc_readme_train"),
+    "demo_run.ratios": ("demo_run.json", "demo_run", "doc_readme_ratios"),
     "demo_front": ("demo_front.json", "front_noise", "doc_table"),
     "train_loop": ("train_loop.json", "train_loop", "doc_table"),
     "export_fidelity": ("export_fidelity.json", "export_fidelity", "doc_table"),

@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 
-def _per_sample(study: Any, store: Any, trial: Any, records: list[Any], codec: Any) -> dict[str, list[float]]:
+def _per_sample(study: Any, store: Any, trial: Any, val: list[Any], codec: Any) -> dict[str, list[float]]:
+    """Each validation sample's edit distance (OCR, with the reference's length) or IoU
+    (grounding) in ``trial``'s stored answers; ``val`` holds (record, resized image size)."""
     from rapidfuzz.distance import Levenshtein
 
     from vlsweep import artifacts
@@ -34,17 +36,15 @@ def _per_sample(study: Any, store: Any, trial: Any, records: list[Any], codec: A
     with tempfile.TemporaryDirectory() as tmp:
         (path,) = artifacts.download(study, store, trial, ["predictions.jsonl"], Path(tmp))
         rows = [json.loads(x) for x in path.read_text().splitlines()]
-    if len(rows) != len(records):
-        raise SystemExit(
-            f"error: trial {trial.number} has {len(rows)} predictions for {len(records)} samples"
-        )
+    if len(rows) != len(val):
+        raise SystemExit(f"error: trial {trial.number} has {len(rows)} predictions for {len(val)} samples")
     out: dict[str, list[float]] = {"dist": [], "length": [], "iou": []}
-    for row, rec in zip(rows, records, strict=True):
+    for row, (rec, resized) in zip(rows, val, strict=True):
         if rec.task == "ocr":
             out["dist"].append(Levenshtein.distance(row["predict"], rec.text))
             out["length"].append(len(rec.text))
-        else:
-            out["iou"].append(iou(codec.decode(row["predict"], rec.size, rec.size), rec.box))
+        else:  # decoded as the trial's evaluation decodes it (Qwen2.5-VL needs the resized size)
+            out["iou"].append(iou(codec.decode(row["predict"], rec.size, resized), rec.box))
     return out
 
 
@@ -54,41 +54,46 @@ def measure(study_name: str, storage: str) -> dict[str, Any]:
     from vlsweep import artifacts, demo
     from vlsweep.export import target_config
     from vlsweep.results import SweepResults
-    from vlsweep.trials import load_data, load_processing
+    from vlsweep.trials import Encoder, load_data, load_processing
 
     study = optuna.load_study(study_name=study_name, storage=storage)
     results = SweepResults.of(study)
-    cfg = target_config(results)
-    spec = demo.resolve(cfg.train_config())
+    spec = demo.resolve(target_config(results).train_config())
     records = load_data(spec.data, Path("."), ("val",)).val
-    codec = load_processing(spec.model).codec
+    processing = load_processing(spec.model)
+    prompts = {t: spec.data.prompt(t) for t in ("ocr", "grounding")}
+    encoder = Encoder(processing.processor, processing.family, processing.codec, prompts)
+    val = [(r, encoder.encode(r).resized if r.task == "grounding" else r.size) for r in records]
     store = artifacts.store_of(study)
-    front = sorted(results.front, key=lambda t: t.values[0])
-    low_cer, high_iou = front[0], max(front, key=lambda t: t.values[1])
-    a = _per_sample(study, store, low_cer, records, codec)
-    b = _per_sample(study, store, high_iou, records, codec)
+    c, i = results.metric_names.index("cer"), results.metric_names.index("iou")
+    front = sorted(results.front, key=lambda t: t.values[c])
+    low_cer, high_iou = front[0], max(front, key=lambda t: t.values[i])
+    a = _per_sample(study, store, low_cer, val, processing.codec)
+    b = _per_sample(study, store, high_iou, val, processing.codec)
     total = sum(a["length"])
     d_dist = [x - y for x, y in zip(a["dist"], b["dist"], strict=True)]
     d_iou = [x - y for x, y in zip(a["iou"], b["iou"], strict=True)]
     cer_diff, cer_se = sum(d_dist) / total, math.sqrt(len(d_dist)) * statistics.stdev(d_dist) / total
     iou_diff, iou_se = statistics.mean(d_iou), statistics.stdev(d_iou) / math.sqrt(len(d_iou))
-    baseline = next(t for t in results.complete if t.user_attrs.get("baseline"))
+    baseline = results.baseline
     return {
         "study": study_name,
-        "front": [[t.number, *t.values] for t in front],
-        "iou_span": max(t.values[1] for t in front) - min(t.values[1] for t in front),
-        "best_iou": high_iou.values[1],
+        "front": [[t.number, t.values[c], t.values[i]] for t in front],
+        "iou_span": max(t.values[i] for t in front) - min(t.values[i] for t in front),
+        "best_iou": high_iou.values[i],
         "low_cer_trial": low_cer.number,
         "high_iou_trial": high_iou.number,
         "cer_diff": cer_diff,
         "cer_diff_se": cer_se,
         "iou_diff": iou_diff,
         "iou_diff_se": iou_se,
-        "baseline": [baseline.number, *baseline.values],
-        "dominates_baseline": [
+        "baseline": None if baseline is None else [baseline.number, baseline.values[c], baseline.values[i]],
+        "dominates_baseline": []
+        if baseline is None
+        else [
             t.number
             for t in front
-            if t.values[0] <= baseline.values[0] and t.values[1] >= baseline.values[1] and t is not baseline
+            if t.values[c] <= baseline.values[c] and t.values[i] >= baseline.values[i] and t is not baseline
         ],
     }
 

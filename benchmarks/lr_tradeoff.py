@@ -297,7 +297,7 @@ def tied_figure(rows: list[dict[str, Any]]) -> Any:
             )
         )
     fig.update_layout(
-        title="Demo fronts: three module LRs against one tied LR (the demo's 16 trials each)",
+        title="Demo fronts: three module LRs against one tied LR (the same trials, steps and sampler)",
         xaxis_title="CER (lower is better)",
         yaxis_title="IoU (higher is better)",
         height=500,

@@ -157,7 +157,7 @@ def run(name: str, steps: int, workers: int, done: set[tuple[Any, ...]]) -> list
 
     scenario = SCENARIOS[name]
     jobs = [(lr, lr, lr) for lr in SHARED] + SPLITS
-    jobs = [j for j in jobs if (name, *j) not in done]
+    jobs = [j for j in jobs if (name, steps, *j) not in done]
     if not jobs:
         return []
     rows = []
@@ -168,6 +168,7 @@ def run(name: str, steps: int, workers: int, done: set[tuple[Any, ...]]) -> list
             for row in pool.imap(_train, jobs):
                 row = {
                     "scenario": name,
+                    "steps": steps,
                     "shared": row["lr_vision"] == row["lr_projector"] == row["lr_llm"],
                     **row,
                 }
@@ -232,7 +233,9 @@ def main() -> None:
         ap.error(f"--scenarios: unknown {unknown}; known: {', '.join(SCENARIOS)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(x) for x in args.out.read_text().splitlines()] if args.out.is_file() else []
-    done = {(r["scenario"], r["lr_vision"], r["lr_projector"], r["lr_llm"]) for r in rows}
+    done = {
+        (r["scenario"], r.get("steps", 200), r["lr_vision"], r["lr_projector"], r["lr_llm"]) for r in rows
+    }
     for name in names:
         new = run(name, args.steps, args.workers, done)
         with args.out.open("a") as f:

@@ -222,16 +222,19 @@ def test_builtin_verify_checks_the_shipped_weights_and_names_a_damaged_file(tmp_
 
     shutil.copytree(builtin.builtin_path("tiny-qwen2-vl"), tmp_path / "tiny-qwen2-vl")
     (tmp_path / "tiny-qwen2-vl" / "config.json").write_text("{}")
+    shutil.copytree(builtin.builtin_path("tiny-llava"), tmp_path / "tiny-llava")
+    (tmp_path / "tiny-llava" / "model.safetensors").unlink()
     monkeypatch.setattr(builtin, "WEIGHTS", tmp_path)
-    builtin._verified.cache_clear()
-    try:
-        bad = runner.invoke(app, ["builtin", "verify", "tiny-qwen2-vl"])
-    finally:
-        builtin._verified.cache_clear()
+    bad = runner.invoke(app, ["builtin", "verify"])
     assert bad.exit_code == 2
-    errors = _errors(bad)
-    assert errors[0].endswith("config.json does not match its checksum in SHA256SUMS"), errors
-    assert "vlsweep builtin rebuild tiny-qwen2-vl -o DIR" in errors[-1]
+    errors = _errors(bad)  # both damaged models, each file named
+    assert errors[0].endswith("tiny-llava/model.safetensors is missing"), errors
+    assert errors[1].endswith("tiny-qwen2-vl/config.json does not match its checksum in SHA256SUMS"), errors
+    assert "vlsweep builtin rebuild NAME -o DIR" in errors[-1]
+    unknown = runner.invoke(app, ["builtin", "verify", "tiny-gpt"])
+    assert unknown.exit_code == 2 and _errors(unknown)[0].startswith(
+        "error: NAME: unknown builtin model 'tiny-gpt'"
+    )
 
 
 def test_builtin_rebuild_refuses_a_non_empty_directory_and_an_unknown_name(tmp_path):

@@ -1,4 +1,6 @@
-"""Where vlsweep keeps what it builds once per machine: builtin models and demo data."""
+"""Where vlsweep keeps what it makes once per machine: the demo data and the base
+models' answers on a retention set. (Caches of earlier versions also hold builtin models,
+under ``models/``: the models now ship with the package, so that folder may be removed.)"""
 
 from __future__ import annotations
 

@@ -543,28 +543,46 @@ def builtin_verify(
     ] = False,
 ) -> None:
     """Check the shipped weights against their SHA256SUMS (and, with --probe, that each base
-    still reads and grounds as its recipe requires)."""
-    from vlsweep.demo import RECIPES, builtin_checkpoint, probe
+    still reads and grounds as its recipe requires). Every model is checked, then the
+    problems are reported together."""
+    from vlsweep.demo import RECIPES, builtin_path, check_name, probe, verify
 
-    failed = False
+    try:
+        for name in names or []:
+            check_name(name, "NAME")
+    except UserInputError as err:
+        _fail(err)
+    problems: list[str] = []
+    below = False
     for name in names or sorted(RECIPES):
-        try:
-            path = builtin_checkpoint(name)
-        except UserInputError as err:
-            _fail(err)
+        path = builtin_path(name)
+        damaged = verify(path)
+        if damaged:
+            problems += [f"builtin:{name}: {p}" for p in damaged]
+            continue
         line = f"builtin:{name}: {path}: checksums ok"
         if run_probe:
-            figures = probe(path)
-            ok = RECIPES[name].meets(figures)
-            failed |= not ok
-            recipe = RECIPES[name]
+            figures, recipe = probe(path), RECIPES[name]
+            ok = recipe.meets(figures)
+            below |= not ok
             verdict = "ok" if ok else "BELOW THE RECIPE"
             line += (
                 f"; probe cer={figures['cer']:.4f} (<= {recipe.probe_max_cer:g}) "
                 f"iou={figures['iou']:.4f} (>= {recipe.probe_min_iou:g}): {verdict}"
             )
         typer.echo(line)
-    if failed:
+    if problems:
+        _fail(
+            UserInputError(
+                problems
+                + [
+                    "the shipped weights are damaged or incomplete: reinstall vlsweep, or rebuild a "
+                    "model from its recipe (`vlsweep builtin rebuild NAME -o DIR`) and set "
+                    "model.name_or_path to DIR"
+                ]
+            )
+        )
+    if below:
         raise typer.Exit(1)
 
 
@@ -577,7 +595,7 @@ def builtin_rebuild(
 ) -> None:
     """Build a builtin base from its recipe (vlsweep/demo/builtin.py), as the shipped one was:
     minutes on 2 CPU cores. Use the result with `model.name_or_path: DIR`."""
-    from vlsweep.demo import builtin_path, rebuild, sha256
+    from vlsweep.demo import rebuild
 
     out = out or Path(f"builtin-{name}")
     try:
@@ -585,13 +603,11 @@ def builtin_rebuild(
     except UserInputError as err:
         _fail(err)
     figures = info["probe"]
-    shipped = builtin_path(name) / "model.safetensors"
-    same = shipped.is_file() and sha256(shipped) == sha256(out / "model.safetensors")
     verdict = "meets" if figures["meets_recipe"] else "is BELOW"
+    same = "identical to" if info["identical_to_shipped"] else "differ from"
     typer.echo(
         f"built builtin:{name} in {info['seconds']:.0f} s into {out}; probe cer={figures['cer']:.4f} "
-        f"iou={figures['iou']:.4f}: {verdict} the recipe's thresholds; "
-        f"weights {'identical to' if same else 'differ from'} the shipped ones"
+        f"iou={figures['iou']:.4f}: {verdict} the recipe's thresholds; weights {same} the shipped ones"
     )
     if not figures["meets_recipe"]:
         raise typer.Exit(1)

@@ -158,6 +158,10 @@ def test_reused_actor_never_carries_weights_to_the_next_trial(
     assert first.params == again.params == a and other.params == b
     # The same process ran all three: the actor was reused.
     assert first.user_attrs["worker_pid"] == other.user_attrs["worker_pid"] == again.user_attrs["worker_pid"]
+    # Each records when its fine-tune began training: after it was asked for, before it ended.
+    for t in (first, other, again):
+        started = t.user_attrs["train_started"]
+        assert t.datetime_start.timestamp() <= started <= t.datetime_complete.timestamp()
     keys = ("val_loss_ocr", "val_loss_grounding")
     assert [first.user_attrs[k] for k in keys] != [other.user_attrs[k] for k in keys], (
         "B must train differently"

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from vlsweep.demo import builtin
-from vlsweep.demo.builtin import RECIPES, BuildProgress
+from vlsweep.demo.builtin import RECIPES
+from vlsweep.demo.pretrain import BuildProgress
 from vlsweep.demo.rebuilding import rebuild
 from vlsweep.errors import UserInputError
 
@@ -41,7 +42,7 @@ SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from vlsweep.demo import builtin, rebuilding
+    from vlsweep.demo import builtin, pretrain, rebuilding
 
     builtin.RECIPES["test-tiny"] = builtin.Recipe(
         "qwen2_vl", {"hidden": 32, "layers": 1, "vision_layers": 1, "heads": 2}, **TOY
@@ -51,7 +52,7 @@ SCRIPT = textwrap.dedent(
         os.kill(os.getpid(), signal.SIGKILL)
 
     if sys.argv[2] == "kill":
-        builtin.BuildProgress.update = update
+        pretrain.BuildProgress.update = update
     rebuilding.rebuild("test-tiny", Path(sys.argv[1]), log=lambda m: print(m, flush=True))
     print("DONE", flush=True)
     """
@@ -76,14 +77,27 @@ def test_a_damaged_shipped_file_is_refused_with_the_file_and_the_fix(tmp_path, m
     data[-1] ^= 1  # one bit of one weight
     weights.write_bytes(bytes(data))
     monkeypatch.setattr(builtin, "WEIGHTS", tmp_path)
-    builtin._verified.cache_clear()
-    try:
-        with pytest.raises(UserInputError) as err:
-            builtin.builtin_checkpoint("tiny-qwen2-vl")
-    finally:
-        builtin._verified.cache_clear()
+    with pytest.raises(UserInputError) as err:
+        builtin.builtin_checkpoint("tiny-qwen2-vl")
     assert f"{weights} does not match its checksum in SHA256SUMS" in err.value.problems[0]
     assert "vlsweep builtin rebuild tiny-qwen2-vl -o DIR" in err.value.problems[-1]
+
+
+def test_a_listing_that_leaves_files_out_or_is_not_sha256sum_output_is_damaged(tmp_path):
+    path = tmp_path / "ckpt"
+    shutil.copytree(builtin.builtin_path("tiny-qwen2-vl"), path)
+    (path / "extra.bin").write_bytes(b"smuggled in")
+    listing = path / builtin.CHECKSUMS
+    lines = listing.read_text().splitlines()
+    kept = [x for x in lines if not x.endswith("  model.safetensors")]
+    listing.write_text("\n".join([*kept, "not-a-hash *config.json"]) + "\n")
+    problems = builtin.verify(path)
+    assert f"{listing}:{len(kept) + 1}: not a `sha256sum` line" in problems[0]
+    assert f"{listing} does not list model.safetensors" in problems
+    assert f"{path / 'extra.bin'} is not in SHA256SUMS" in problems
+    assert f"{path / 'model.safetensors'} is not in SHA256SUMS" in problems
+    listing.write_text("")
+    assert f"{listing} does not list config.json" in builtin.verify(path)
 
 
 @pytest.mark.slow
@@ -122,6 +136,7 @@ def test_a_killed_rebuild_leaves_nothing_loadable(tmp_path):
     output = done.communicate(timeout=300)[0]
     assert done.returncode == 0 and "DONE" in output, output
     assert builtin.verify(tmp_path / "out") == []
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # the killed one's leftovers are gone
 
 
 def test_build_progress_in_a_log_is_a_line_every_tenth_with_an_estimate():
@@ -159,14 +174,11 @@ def test_a_rebuild_writes_a_checked_checkpoint_that_builtin_names_load(tmp_path,
         size["image_size"] = 112
     monkeypatch.setitem(builtin.RECIPES, "test-tiny", builtin.Recipe(family, size, **TOY))
     monkeypatch.setattr(builtin, "WEIGHTS", tmp_path)
-    builtin._verified.cache_clear()
     logged: list[str] = []
-    try:
-        info = rebuild("test-tiny", tmp_path / "test-tiny", log=logged.append)
-        path = demo.resolve_model(ModelConfig(name_or_path="builtin:test-tiny", device="cpu")).name_or_path
-    finally:
-        builtin._verified.cache_clear()
+    info = rebuild("test-tiny", tmp_path / "test-tiny", log=logged.append)
+    path = demo.resolve_model(ModelConfig(name_or_path="builtin:test-tiny", device="cpu")).name_or_path
     assert path == str(tmp_path / "test-tiny")
+    assert info.pop("identical_to_shipped")  # it is the one in WEIGHTS here
     assert any(x.startswith("  building builtin:test-tiny, stage 2 of 2") for x in logged), logged
     provenance = json.loads((tmp_path / "test-tiny" / builtin.PROVENANCE).read_text())
     # (as JSON text: a toy build's losses may be NaN, which equals nothing)
@@ -208,3 +220,23 @@ def test_the_frozen_vision_shortcut_gives_the_plain_forward_logits(tiny_checkpoi
         fast = _frozen_vision_forward(base.model, samples)(idx, batch)
     mask = batch["attention_mask"].bool()
     assert torch.allclose(plain[mask], fast[mask], atol=1e-5), (plain[mask] - fast[mask]).abs().max()
+
+
+def test_every_shipped_weight_file_is_package_data():
+    """A wheel or a non-editable install carries exactly what pyproject's package-data
+    names: every file of every shipped base must match one of its patterns."""
+    import fnmatch
+    import re
+
+    root = Path(builtin.__file__).resolve().parents[2]
+    # (tomllib is Python 3.11+; the project supports 3.10)
+    section = (root / "pyproject.toml").read_text().split("[tool.setuptools.package-data]", 1)[1]
+    patterns = json.loads(re.search(r"^vlsweep = (\[.*\])$", section, re.M).group(1))
+    for name in RECIPES:
+        for file in builtin.builtin_path(name).iterdir():
+            rel = file.relative_to(root / "vlsweep").as_posix()
+            # glob semantics: a `*` stands for one path component, never a `/`
+            parts = rel.split("/")
+            assert any(
+                len(q := p.split("/")) == len(parts) and all(map(fnmatch.fnmatch, parts, q)) for p in patterns
+            ), (rel, patterns)

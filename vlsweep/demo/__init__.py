@@ -17,13 +17,7 @@ from vlsweep.demo.synth import DEMO_TRAIN, DEMO_VAL, STYLES, write_dataset
 from vlsweep.lazy import lazy_exports
 
 if TYPE_CHECKING:  # for type checkers; at run time __getattr__ below loads them
-    from vlsweep.demo.builtin import (  # noqa: F401
-        RECIPES,
-        BuildProgress,
-        builtin_checkpoint,
-        builtin_path,
-        sha256,
-    )
+    from vlsweep.demo.builtin import RECIPES, builtin_checkpoint, builtin_path, check_name, verify  # noqa: F401
     from vlsweep.demo.probing import probe  # noqa: F401
     from vlsweep.demo.rebuilding import rebuild  # noqa: F401
     from vlsweep.demo.sources import (  # noqa: F401
@@ -36,10 +30,10 @@ if TYPE_CHECKING:  # for type checkers; at run time __getattr__ below loads them
 # Public name -> the submodule that defines it, loaded on first use.
 _LAZY = {
     "RECIPES": "builtin",
-    "BuildProgress": "builtin",
+    "check_name": "builtin",
+    "verify": "builtin",
     "builtin_checkpoint": "builtin",
     "builtin_path": "builtin",
-    "sha256": "builtin",
     "rebuild": "rebuilding",
     "probe": "probing",
     "demo_data_dir": "sources",

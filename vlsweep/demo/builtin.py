@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,37 +115,57 @@ def write_checksums(path: Path) -> Path:
     return out
 
 
+# Files a checkpoint directory cannot do without: a listing that leaves them out is damaged.
+REQUIRED = ("config.json", "model.safetensors")
+
+
 def verify(path: Path) -> list[str]:
-    """What is wrong with the checkpoint directory ``path`` against its ``SHA256SUMS``:
-    a missing list, a missing file or one whose checksum differs (empty when all match)."""
+    """What is wrong with the checkpoint directory ``path`` against its ``SHA256SUMS``: a
+    missing or unreadable listing, a file missing, changed or not listed (empty when all
+    is well)."""
     listing = path / CHECKSUMS
     if not listing.is_file():
         return [f"{listing} is missing"]
+    listed: dict[str, str] = {}
     problems = []
-    for line in listing.read_text().splitlines():
-        expected, _, name = line.partition("  ")
+    for number, line in enumerate(listing.read_text().splitlines(), start=1):
+        expected, sep, name = line.partition("  ")
+        if not sep or len(expected) != 64 or not name or "/" in name:
+            problems.append(f"{listing}:{number}: not a `sha256sum` line (HASH, two spaces, FILE): {line!r}")
+            continue
+        listed[name] = expected
+    for name in REQUIRED:
+        if name not in listed:
+            problems.append(f"{listing} does not list {name}")
+    for name, expected in listed.items():
         file = path / name
         if not file.is_file():
             problems.append(f"{file} is missing")
         elif sha256(file) != expected:
             problems.append(f"{file} does not match its checksum in {CHECKSUMS}")
+    for file in sorted(path.iterdir()):
+        if file.is_file() and file.name != CHECKSUMS and file.name not in listed:
+            problems.append(f"{file} is not in {CHECKSUMS}")
     return problems
 
 
 @functools.cache
-def _verified(name: str) -> tuple[str, ...]:
-    return tuple(verify(builtin_path(name)))
+def _verified(path: Path) -> tuple[str, ...]:
+    return tuple(verify(path))
+
+
+def check_name(name: str, where: str = "model.name_or_path") -> None:
+    """A builtin model's name must name a recipe; ``where`` names what the user typed."""
+    if name not in RECIPES:
+        known = sorted("builtin:" + n for n in RECIPES)
+        raise UserInputError(f"{where}: unknown builtin model {name!r}; choose one of {known}")
 
 
 def builtin_checkpoint(name: str) -> Path:
     """The checkpoint directory of builtin:NAME, its files checked against their checksums
-    (once per process)."""
-    if name not in RECIPES:
-        raise UserInputError(
-            f"model.name_or_path: unknown builtin model {name!r}; "
-            f"choose one of {sorted('builtin:' + n for n in RECIPES)}"
-        )
-    problems = _verified(name)
+    (once per process and directory)."""
+    check_name(name)
+    problems = _verified(builtin_path(name))
     if problems:
         raise UserInputError(
             [f"builtin:{name}: {p}" for p in problems]
@@ -160,55 +178,14 @@ def builtin_checkpoint(name: str) -> Path:
     return builtin_path(name)
 
 
-class BuildProgress:
-    """The build's progress for whoever waits on it: a tqdm bar with its estimate on a
-    terminal; in a log (CI, ``ray job submit``, a pipe) a line every 10% with the elapsed
-    time and the estimate, instead of a bar redrawn thousands of times."""
+def cpu_name() -> str:
+    """The CPU kind this machine has, as the OS names it (a build's weights depend on it)."""
+    import platform
 
-    def __init__(self, title: str, log: Any, *, stream: Any = None):
-        self.title, self.log = title, log
-        self.stream = stream if stream is not None else sys.stderr
-        self.bar: Any = None
-        self.total = 0
-        self.done = 0
-        self.t0 = time.perf_counter()
-        self.tenth = 1  # the next line is due at tenth / 10 of the steps
-        self.label = title
-
-    def __enter__(self) -> BuildProgress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-    def start(self, total: int, stage: str = "") -> None:
-        """``total`` units of work (training steps) of one stage follow; each stage has its
-        own estimate (a vision step costs several language-model steps)."""
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-        self.total, self.done, self.tenth = total, 0, 1
-        self.t0 = time.perf_counter()
-        self.label = f"{self.title}, {stage}" if stage else self.title
-        if getattr(self.stream, "isatty", lambda: False)():
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=self.label, unit="step", file=self.stream, mininterval=0.5)
-
-    def update(self, n: int = 1, **stats: float) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-            if stats:
-                self.bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()}, refresh=False)
-            return
-        if self.total and 10 * self.done >= self.tenth * self.total:
-            self.tenth = 10 * self.done // self.total + 1
-            elapsed = time.perf_counter() - self.t0
-            left = elapsed * (self.total - self.done) / max(self.done, 1)
-            extra = "".join(f", {k} {v:.3f}" for k, v in stats.items())
-            self.log(
-                f"  {self.label}: {100 * self.done // self.total}% ({self.done}/{self.total} steps, "
-                f"{elapsed:.0f} s, about {left:.0f} s left{extra})"
-            )
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -1,14 +1,14 @@
-"""How the builtin models are made: the recipe's two pretraining stages (``build``).
+"""How the builtin models are made: the recipe's two pretraining stages (``build``) and
+the progress lines a build shows (``BuildProgress``).
 
-Run by ``vlsweep builtin rebuild`` (``builtin.rebuild``), never where the demo runs: the
-weights it made ship with the package (vlsweep/demo/builtin.py says why).
+Run by ``vlsweep builtin rebuild`` (``rebuilding.rebuild``), never where the demo runs:
+the weights it made ship with the package (vlsweep/demo/builtin.py says why).
 """
 
 from __future__ import annotations
 
-import json
-import platform
 import re
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -19,7 +19,61 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vlsweep.demo.builtin import PROVENANCE, RECIPE_VERSION, RECIPES, BuildProgress
+from vlsweep.demo.builtin import RECIPE_VERSION, RECIPES, cpu_name
+
+
+class BuildProgress:
+    """The build's progress for whoever waits on it: a tqdm bar with its estimate on a
+    terminal; in a log (CI, a pipe) a line every 10% with the elapsed time and the
+    estimate, instead of a bar redrawn thousands of times."""
+
+    def __init__(self, title: str, log: Any, *, stream: Any = None):
+        self.title, self.log = title, log
+        self.stream = stream if stream is not None else sys.stderr
+        self.bar: Any = None
+        self.total = 0
+        self.done = 0
+        self.t0 = time.perf_counter()
+        self.tenth = 1  # the next line is due at tenth / 10 of the steps
+        self.label = title
+
+    def __enter__(self) -> BuildProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def start(self, total: int, stage: str = "") -> None:
+        """``total`` units of work (training steps) of one stage follow; each stage has its
+        own estimate (a vision step costs several language-model steps)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self.total, self.done, self.tenth = total, 0, 1
+        self.t0 = time.perf_counter()
+        self.label = f"{self.title}, {stage}" if stage else self.title
+        if getattr(self.stream, "isatty", lambda: False)():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=self.label, unit="step", file=self.stream, mininterval=0.5)
+
+    def update(self, n: int = 1, **stats: float) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            if stats:
+                self.bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()}, refresh=False)
+            return
+        if self.total and 10 * self.done >= self.tenth * self.total:
+            self.tenth = 10 * self.done // self.total + 1
+            elapsed = time.perf_counter() - self.t0
+            left = elapsed * (self.total - self.done) / max(self.done, 1)
+            extra = "".join(f", {k} {v:.3f}" for k, v in stats.items())
+            self.log(
+                f"  {self.label}: {100 * self.done // self.total}% ({self.done}/{self.total} steps, "
+                f"{elapsed:.0f} s, about {left:.0f} s left{extra})"
+            )
 
 
 @dataclass
@@ -191,7 +245,8 @@ def _frozen_vision_forward(model: Any, samples: list[dict[str, torch.Tensor]]) -
 
 
 def build(name: str, out: Path, *, progress: BuildProgress | None = None) -> dict[str, Any]:
-    """Make the tiny checkpoint, pretrain it on synthetic data and save it under ``out``.
+    """Make the tiny checkpoint, pretrain it on synthetic data and save it under ``out``;
+    returns its provenance (``rebuilding.rebuild`` writes it beside the weights).
 
     Two stages. A tiny language model trained from scratch learns to look at the image
     only very slowly (measured: no progress on single-digit reading in 600 steps, while a
@@ -333,7 +388,7 @@ def build(name: str, out: Path, *, progress: BuildProgress | None = None) -> dic
         p.requires_grad_(True)
     model.eval()
     # The build prints its own progress; a "Writing model shards" bar for one small file
-    # is noise in a sweep's log.
+    # is noise in the build's log.
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
@@ -353,18 +408,6 @@ def build(name: str, out: Path, *, progress: BuildProgress | None = None) -> dic
         **{f"loss_{t}": float(per_task[i]) for i, t in enumerate(tasks)},
         "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
-        "machine": _cpu(),
+        "machine": cpu_name(),
     }
-    (out / PROVENANCE).write_text(json.dumps(info, indent=2) + "\n")
     return info
-
-
-def _cpu() -> str:
-    """The CPU kind a build ran on (its weights depend on it), as the OS names it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

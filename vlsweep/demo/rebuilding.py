@@ -1,6 +1,6 @@
 """Rebuilding a builtin base from its recipe (``vlsweep builtin rebuild``): the two
 pretraining stages (``pretrain.build``), then the probe it is held to, into a new
-directory with its ``SHA256SUMS``."""
+directory with its provenance and ``SHA256SUMS``."""
 
 from __future__ import annotations
 
@@ -10,24 +10,39 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from vlsweep.demo.builtin import BUILD_THREADS, PROVENANCE, RECIPES, BuildProgress, write_checksums
+from vlsweep.demo.builtin import (
+    BUILD_THREADS,
+    PROVENANCE,
+    RECIPES,
+    builtin_path,
+    check_name,
+    sha256,
+    write_checksums,
+)
 from vlsweep.errors import UserInputError
 
 
 def rebuild(name: str, out: Path, *, log: Any = print) -> dict[str, Any]:
     """Build builtin:NAME from its recipe into the new directory ``out`` (with its
-    ``SHA256SUMS``) and probe it; returns the build's provenance with the probe's figures
-    and whether they meet the recipe's thresholds. ``out`` appears only when complete."""
+    provenance and ``SHA256SUMS``) and probe it; returns the provenance, with the probe's
+    figures and whether they meet the recipe's thresholds, and ``identical_to_shipped``.
+
+    ``out`` appears only when complete: the build writes into a hidden directory beside it
+    (``.NAME.tmp-*``, removed by the next rebuild into the same place if this one is
+    killed) that is renamed into place at the end."""
+    check_name(name, "NAME")
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"-o/--output-dir: {out} is a file; give a new directory")
+    if out.is_dir() and any(out.iterdir()):
+        raise UserInputError(f"-o/--output-dir: {out} exists and is not empty; give a new directory")
     import torch
 
-    from vlsweep.demo.pretrain import build
+    from vlsweep.demo.pretrain import BuildProgress, build
     from vlsweep.demo.probing import probe
 
-    if name not in RECIPES:
-        raise UserInputError(f"unknown builtin model {name!r}; choose one of {sorted(RECIPES)}")
-    if out.exists() and any(out.iterdir()):
-        raise UserInputError(f"{out} exists and is not empty; give a new directory")
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):  # a killed rebuild's leftovers
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         threads = torch.get_num_threads()
@@ -45,10 +60,17 @@ def rebuild(name: str, out: Path, *, log: Any = print) -> dict[str, Any]:
         tmp.chmod(0o755)  # mkdtemp makes it 0700
         for f in tmp.iterdir():
             f.chmod(0o644)
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return info
+    try:
+        if out.is_dir():
+            out.rmdir()  # empty (checked above): the rename needs it gone
+        tmp.rename(out)
+    except OSError as exc:  # something took `out` meanwhile: keep the finished build
+        raise UserInputError(
+            f"-o/--output-dir: cannot move the finished build {tmp} to {out} ({exc})"
+        ) from None
+    shipped = builtin_path(name) / "model.safetensors"
+    same = shipped.is_file() and sha256(shipped) == sha256(out / "model.safetensors")
+    return {**info, "identical_to_shipped": same}

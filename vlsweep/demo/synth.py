@@ -200,6 +200,8 @@ def cell_of(box: list[int]) -> list[int]:
 def grounding_sample(rng: random.Random, style: Style, boxes: str = "text"):  # noqa: ANN201
     """A grounding scene and one query; returns (image, query, pixel box): the exact box of
     the asked-for word (``boxes="text"``) or of the table cell it sits in (``"cell"``)."""
+    if boxes not in ("text", "cell"):
+        raise ValueError(f"boxes must be 'text' or 'cell', got {boxes!r}")
     img, words = grounding_scene(rng, style)
     target = rng.choice(sorted(words))
     box = words[target] if boxes == "text" else cell_of(words[target])

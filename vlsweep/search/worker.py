@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,7 @@ def run(
     torch.set_num_threads(max(1, threads))
     steps = 0
     # Where the trial ran: recorded on the Optuna trial (a reused actor keeps its pid).
-    where = {"node_id": ray.get_runtime_context().get_node_id(), "worker_pid": os.getpid()}
+    where: dict[str, Any] = {"node_id": ray.get_runtime_context().get_node_id(), "worker_pid": os.getpid()}
 
     def report(step: int, metrics: dict[str, float]) -> None:
         nonlocal steps
@@ -112,6 +113,9 @@ def run(
         def log_row(row: dict[str, Any]) -> None:
             nonlocal rows
             rows += 1
+            # When the fine-tune itself began training (its first step done), as Unix time:
+            # after the worker's start, the model load and the encoding of the data.
+            where.setdefault("train_started", time.time())
             if (rows - 1) % every == 0:
                 curves = {f"train/{k}": v for k, v in row.items() if k != "step"}
                 tune.report({**curves, **where, "steps": row["step"]})
