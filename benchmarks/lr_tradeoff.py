@@ -194,6 +194,8 @@ def scan_figure(rows: list[dict[str, Any]]) -> Any:
         fig.update_xaxes(
             type="log", title_text="shared learning rate (vision = projector = LLM)", row=1, col=col
         )
+    # CER spans two decades (a base that reads, a model that broke): a log axis shows both.
+    fig.update_yaxes(type="log", row=1, col=1)
     fig.update_layout(
         title="Demo: one shared LR, 200 steps, baseline otherwise", height=450, template="plotly_white"
     )
@@ -202,6 +204,7 @@ def scan_figure(rows: list[dict[str, Any]]) -> Any:
 
 def _sweep(mode: str, seed: int, trials: int | None, steps: int | None, root: Path) -> dict[str, Any]:
     """One real sweep of the demo; its front's hypervolume."""
+    from vlsweep.export import trial_params
     from vlsweep.params import DEFAULT_SPACE
     from vlsweep.pareto import hypervolume
     from vlsweep.results import SweepResults
@@ -231,6 +234,11 @@ def _sweep(mode: str, seed: int, trials: int | None, steps: int | None, root: Pa
         "seed": seed,
         "hypervolume": hypervolume(front, REFERENCE, ["minimize", "maximize"]) if front else 0.0,
         "front": front,
+        # What the front trials ran with (a tied trial's vision and projector rates are its lr_llm).
+        "front_params": [
+            {"cer": t.values[0], "iou": t.values[1], **trial_params(cfg, t).to_dict()}
+            for t in sorted(results.front, key=lambda t: t.values[0])
+        ],
         "complete": len(results.complete),
         "points": [[t.values[0], t.values[1]] for t in results.complete],
         "seconds": round(time.perf_counter() - t0, 1),
