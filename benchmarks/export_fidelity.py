@@ -18,6 +18,10 @@ validation data, prompts and generation settings). The trainers come from
     python benchmarks/export_fidelity.py --study demo --storage sqlite:///vlsweep.db \
         [--pick knee] [--seeds 0,1,2] [--tools vlsweep,llamafactory,swift] [--json out.json]
 
+``--tools`` may also name ``llamafactory-frozen-projector``: the LLaMA-Factory export with
+its ``additional_target`` removed (the projector frozen), the edit docs/report.md weighs
+when a trial's projector rate is far below its language model's.
+
 It runs nine fine-tunes of the demo (about 15 minutes on 2 cores); it is not part of CI,
 whose trainer tests (tests/test_trainers.py) check the exports' trainable parameters.
 """
@@ -93,6 +97,24 @@ def train_llamafactory(work: Path, exports: Path, seed: int) -> Path:
     return d / out
 
 
+def train_llamafactory_frozen_projector(work: Path, exports: Path, seed: int) -> Path:
+    """The LLaMA-Factory export with one edit a user can make when the trial's projector
+    rate is far below the exported learning_rate: no ``additional_target``, so the
+    projector stays frozen instead of training at the language model's rate."""
+    tool = os.environ["VLSWEEP_LLAMAFACTORY"]
+    d = exports / "llamafactory"
+    doc = yaml.safe_load((d / "llamafactory.yaml").read_text())
+    doc.pop("additional_target", None)
+    doc["output_dir"] = f"{doc['output_dir']}-frozen-projector-seed{seed}"
+    (d / "llamafactory-frozen-projector.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    _run(
+        [tool, "train", "llamafactory-frozen-projector.yaml", f"seed={seed}"],
+        d,
+        work / f"llamafactory-frozen-projector-seed{seed}.log",
+    )
+    return d / doc["output_dir"]
+
+
 def train_swift(work: Path, exports: Path, seed: int) -> Path:
     tool = os.environ["VLSWEEP_SWIFT"]
     d = exports / "swift"
@@ -111,7 +133,12 @@ def sd(xs: list[float]) -> float:
     return statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
-TRAINERS = {"vlsweep": train_vlsweep, "llamafactory": train_llamafactory, "swift": train_swift}
+TRAINERS = {
+    "vlsweep": train_vlsweep,
+    "llamafactory": train_llamafactory,
+    "llamafactory-frozen-projector": train_llamafactory_frozen_projector,
+    "swift": train_swift,
+}
 
 
 def main() -> None:
@@ -141,7 +168,7 @@ def main() -> None:
         f"trial {trial.number} of {args.study!r}: cer={promised['cer']:.4f} iou={promised['iou']:.4f}",
         flush=True,
     )
-    for fmt in {"vlsweep", *tools}:
+    for fmt in {"vlsweep", *(t.split("-")[0] for t in tools)}:
         # --force: what a tool would train differently is what this benchmark measures.
         _vlsweep(
             "export",
@@ -222,6 +249,7 @@ def doc_table(f: dict[str, Any]) -> str:
     names = {
         "vlsweep": "`vlsweep train` on `--format vlsweep`",
         "llamafactory": "LLaMA-Factory on `--format llamafactory`",
+        "llamafactory-frozen-projector": "LLaMA-Factory, no `additional_target` (projector frozen)",
         "swift": "ms-swift on `--format swift`",
     }
     head = "| trained by | " + " | ".join(f"seed {s}" for s in seeds) + " | mean cer | mean iou |"

@@ -18,7 +18,7 @@ from optuna.trial import create_trial
 from tests.helpers import swift_argv, train_config
 from tests.llamafactory_keys import LLAMAFACTORY_KEYS
 from tests.swift_keys import SWIFT_SFT_KEYS
-from vlsweep.export import export
+from vlsweep.export import export, sweep_config
 from vlsweep.results import SweepResults
 from vlsweep.search.config import distributions, load_sweep_config, sanitized_config
 
@@ -118,6 +118,21 @@ def test_llamafactory_export_holds_only_keys_llamafactory_accepts(study_url, tmp
     # What it cannot express is said, with the searched values.
     assert "lr_vision=0.0002" in text and "lr_projector=0.002" in text
     assert "study 'exp', trial 1: cer=0.2, iou=0.5" in text and "Exported by vlsweep" in text
+
+
+def test_llamafactory_export_says_when_a_frozen_projector_is_closer_than_the_one_rate(study_url, tmp_path):
+    study = optuna.load_study(study_name="exp", storage=study_url)
+    dists = distributions(sweep_config(_results(study_url)).parsed_space())
+    slow = {"lr_vision": 1e-4, "lr_projector": 2e-5, "lr_llm": 1e-3, "lora_r": 16, "mix_temperature": 2.0}
+    study.add_trial(create_trial(values=[0.05, 0.05], params=slow, distributions=dists))
+    res = _results(study_url)
+    export(res, res.trial(3), "llamafactory", tmp_path / "slow")
+    text = (tmp_path / "slow" / "llamafactory.yaml").read_text()
+    assert "# NOTE: the trial trained the projector 50x slower than learning_rate (2e-05)" in text
+    assert "drop additional_target (the projector then stays frozen)" in text
+    # The trial of the fixture trains its projector faster than the LLM: no such note.
+    export(res, res.trial(1), "llamafactory", tmp_path / "fast")
+    assert "slower than learning_rate" not in (tmp_path / "fast" / "llamafactory.yaml").read_text()
 
 
 def test_llamafactory_export_registers_the_trials_data_in_sharegpt(study_url, tmp_path, demo_data):
