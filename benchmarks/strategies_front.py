@@ -1,21 +1,22 @@
 """Does searching the strategies move the front? Hypervolume with them against without.
 
-For each seed, two sweeps of the demo with the same trial budget, the same objectives
-(CER, IoU, forgetting on the demo's retention set) and the same sampler: one with every
-``strategies`` key on (examples/strategies-sweep.yaml), one with the default space alone.
-Each front's hypervolume is computed against one reference point shared by all the runs
-(CER 1 and IoU 0, the metrics table's worst; forgetting: the worst value any run saw), so
-the numbers compare across runs. Prints one row per seed and the mean difference.
+For each seed, sweeps of the demo with the same trial budget, the same objectives (CER,
+IoU, forgetting on the demo's retention set) and the same sampler: one without any
+strategy (the default space alone), and one per "with" arm: ``all`` turns on every
+``strategies`` key of the config (examples/strategies-sweep.yaml), ``only:KEY[+KEY]`` just
+those keys (one strategy against none, rather than all of them). Every arm of a seed is
+compared with the same "without" sweep, run once. Each front's hypervolume is computed
+against one reference point shared by all the runs (CER 1 and IoU 0, the metrics
+table's worst; forgetting: the worst value any run saw), so the numbers compare across
+runs and arms. Prints one row per seed and arm and the mean difference.
 
     python benchmarks/strategies_front.py [--seeds 0 1 2] [--trials 40] [--steps 200]
-        [--config FILE] [--only KEY ...] [--json docs/benchmarks/strategies_front.json]
+        [--arms all only:loss_balance] [--config FILE] [--json docs/benchmarks/strategies_front.json]
 
 ``--config`` compares on another sweep file with a ``strategies`` section (its relative
 paths are read from its folder); ``search.seed``, ``search.trials`` and ``budget.steps``
-are the script's. ``--only loss_balance`` turns on that key alone in the arm with (one
-strategy against none, rather than all of them). ``--json`` writes the figures for the
-docs' tables (``benchmarks/doc_tables.py``); with ``--only``, under the key ``only_KEY``
-of that file, without, under ``all``, so both comparisons live in one file.
+are the script's. ``--json`` writes the figures for the docs' tables
+(``benchmarks/doc_tables.py``), one part per arm (``all``, ``only_loss_balance``, ...).
 """
 
 from __future__ import annotations
@@ -32,15 +33,34 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def arm_keys(arm: str, configured: dict[str, bool], ap: argparse.ArgumentParser) -> dict[str, bool]:
+    """The ``strategies`` section of a "with" arm."""
+    from vlsweep.params import STRATEGIES
+
+    if arm == "all":
+        return configured
+    if not arm.startswith("only:"):
+        ap.error(f"--arms {arm}: give `all` or `only:KEY` (KEY+KEY for several)")
+    keys = arm.removeprefix("only:").split("+")
+    unknown = [k for k in keys if k not in STRATEGIES]
+    if unknown:
+        ap.error(
+            f"--arms {arm}: {', '.join(unknown)} not a strategies key; the keys are {', '.join(STRATEGIES)}"
+        )
+    return {k: k in keys for k in STRATEGIES}
+
+
+def part_name(arm: str) -> str:
+    return "all" if arm == "all" else "only_" + "_".join(arm.removeprefix("only:").split("+"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--trials", type=int, default=40)
     ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--arms", nargs="+", default=["all"], help="`all` and/or `only:KEY`: the arms with")
     ap.add_argument("--config", type=Path, default=ROOT / "examples" / "strategies-sweep.yaml")
-    ap.add_argument(
-        "--only", nargs="+", metavar="KEY", help="turn on only these strategies keys in the arm with"
-    )
     ap.add_argument("--json", type=Path, help="write the figures into this file (read and updated)")
     args = ap.parse_args()
 
@@ -55,27 +75,22 @@ def main() -> None:
     base = yaml.safe_load(args.config.read_text())
     if not base.get("strategies"):
         ap.error(f"--config {args.config}: no `strategies` section, so both arms would be the same sweep")
-    if args.only:
-        from vlsweep.params import STRATEGIES
-
-        unknown = [k for k in args.only if k not in STRATEGIES]
-        if unknown:
-            ap.error(
-                f"--only {' '.join(unknown)}: not a strategies key; the keys are {', '.join(STRATEGIES)}"
-            )
-        base["strategies"] = {k: k in args.only for k in STRATEGIES}
+    arms = {arm: arm_keys(arm, base["strategies"], ap) for arm in args.arms}
     tmp = Path(tempfile.mkdtemp())
     url = f"sqlite:///{tmp / 'fronts.db'}"
     values: dict[tuple[int, str], list[list[float]]] = {}
     for seed in args.seeds:
-        for arm in ("with", "without"):
-            raw = dict(base, name=f"s{seed}-{arm}", output_dir=str(tmp / "runs" / f"s{seed}-{arm}"))
+        for arm in ["without", *arms]:
+            name = f"s{seed}-{part_name(arm) if arm != 'without' else 'without'}"
+            raw = dict(base, name=name, output_dir=str(tmp / "runs" / name))
             raw["search"] = {**base["search"], "seed": seed, "trials": args.trials}
             raw["budget"] = {**base["budget"], "steps": args.steps}
             if arm == "without":
                 raw.pop("strategies")
+            else:
+                raw["strategies"] = arms[arm]
             cfg, base_dir = load_sweep_config(args.config, data=raw)
-            print(f"seed {seed}, strategies {arm}: {args.trials} trials ...", flush=True)
+            print(f"seed {seed}, {arm}: {args.trials} trials ...", flush=True)
             study = run_sweep(cfg, base_dir, url, log=lambda _m: None)
             done = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
             values[(seed, arm)] = [list(t.values) for t in done]
@@ -87,38 +102,48 @@ def main() -> None:
         seen = [v[i] for vs in values.values() for v in vs]
         ref.append(worst if worst is not None else (max(seen) if d == "minimize" else min(seen)))
     print(f"\nreference point {dict(zip(names, ref, strict=True))}")
-    print(f"{'seed':>4} {'with':>10} {'without':>10} {'with - without':>15}")
-    rows = []
-    for seed in args.seeds:
-        row: dict[str, Any] = {"seed": seed}
-        for arm in ("with", "without"):
-            points = values[(seed, arm)]
-            front = pareto.non_dominated_fronts([pareto.to_min(v, dirs) for v in points])[0] if points else []
-            row[arm] = pareto.hypervolume(points, ref, dirs)
-            row[f"front_{arm}"] = len(front)
-            row[f"best_{arm}"] = {
-                n: (min if d == "minimize" else max)(v[i] for v in points)
-                for i, (n, d) in enumerate(zip(names, dirs, strict=True))
-            }
-        row["diff"] = row["with"] - row["without"]
-        rows.append(row)
-        print(f"{seed:>4} {row['with']:10.5f} {row['without']:10.5f} {row['diff']:15.5f}")
-    diffs = [r["diff"] for r in rows]
-    sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
-    print(f"mean difference {statistics.mean(diffs):.5f} (sd {sd:.5f} over {len(diffs)} seeds)")
-    if args.json:
-        key = "only_" + "_".join(args.only) if args.only else "all"
-        summary = json.loads(args.json.read_text()) if args.json.is_file() else {}
-        summary[key] = {
+
+    def front_of(points: list[list[float]]) -> dict[str, Any]:
+        front = pareto.non_dominated_fronts([pareto.to_min(v, dirs) for v in points])[0] if points else []
+        best = {
+            n: (min if d == "minimize" else max)(v[i] for v in points)
+            for i, (n, d) in enumerate(zip(names, dirs, strict=True))
+        }
+        return {"hv": pareto.hypervolume(points, ref, dirs), "size": len(front), "best": best}
+
+    summary = json.loads(args.json.read_text()) if args.json and args.json.is_file() else {}
+    for arm, keys in arms.items():
+        print(f"\n{arm}\n{'seed':>4} {'with':>10} {'without':>10} {'with - without':>15}")
+        rows = []
+        for seed in args.seeds:
+            w, wo = front_of(values[(seed, arm)]), front_of(values[(seed, "without")])
+            rows.append(
+                {
+                    "seed": seed,
+                    "with": w["hv"],
+                    "without": wo["hv"],
+                    "diff": w["hv"] - wo["hv"],
+                    "front_with": w["size"],
+                    "front_without": wo["size"],
+                    "best_with": w["best"],
+                    "best_without": wo["best"],
+                }
+            )
+            print(f"{seed:>4} {w['hv']:10.5f} {wo['hv']:10.5f} {rows[-1]['diff']:15.5f}")
+        diffs = [r["diff"] for r in rows]
+        sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
+        print(f"mean difference {statistics.mean(diffs):.5f} (sd {sd:.5f} over {len(diffs)} seeds)")
+        summary[part_name(arm)] = {
             "objectives": names,
             "reference_point": ref,
             "trials": args.trials,
             "steps": args.steps,
-            "keys": sorted(k for k, on in base["strategies"].items() if on),
+            "keys": sorted(k for k, on in keys.items() if on),
             "rows": rows,
             "mean_diff": statistics.mean(diffs),
             "sd_diff": sd,
         }
+    if args.json:
         args.json.write_text(json.dumps(summary, indent=1) + "\n")
         print(f"wrote {args.json}")
 
