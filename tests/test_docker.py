@@ -8,6 +8,7 @@ Each check is also shown to fail on a broken copy, so a passing check means some
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -95,6 +96,7 @@ def test_kuberay_manifests_validate_against_the_kubernetes_schemas(tmp_path: Pat
     cluster = next(d for d in docs if d["kind"] == "RayCluster")
     templates = [cluster["spec"]["headGroupSpec"]["template"]]
     templates += [g["template"] for g in cluster["spec"]["workerGroupSpecs"]]
+    templates += [next(d for d in docs if d["kind"] == "RayJob")["spec"]["submitterPodTemplate"]]
     builtin = [d for d in docs if d["apiVersion"] == "v1"]
     builtin += [
         {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": f"ray-{i}"}, "template": t}
@@ -108,8 +110,9 @@ def test_kuberay_manifests_validate_against_the_kubernetes_schemas(tmp_path: Pat
     assert ok.returncode == 0 and ok.stdout.count("passed") == len(files), ok.stdout + ok.stderr
 
     templates[0]["spec"]["containers"][0]["imagePullPolice"] = "Always"  # a misspelt field
-    files[-2].write_text(yaml.safe_dump(builtin[-2]))
-    assert _run(_tool("kubernetes-validate"), "--strict", str(files[-2])).returncode != 0
+    head = len(builtin) - len(templates)  # the head's template, made a PodTemplate above
+    files[head].write_text(yaml.safe_dump(builtin[head]))
+    assert _run(_tool("kubernetes-validate"), "--strict", str(files[head])).returncode != 0
 
 
 def test_kuberay_job_runs_the_configmaps_sweep_with_the_secrets_storage(tmp_path: Path) -> None:
@@ -130,6 +133,77 @@ def test_kuberay_job_runs_the_configmaps_sweep_with_the_secrets_storage(tmp_path
     sweep.write_text(docs["ConfigMap"]["data"]["sweep.yaml"])
     cfg, _ = load_sweep_config(sweep)
     assert cfg.ray.shared_storage and cfg.output_dir.startswith("/shared/")
+
+
+def _ray_auth_problems(compose: dict, manifests: list[dict], files: dict[str, str]) -> list[str]:
+    """Where the shipped cluster setups would turn Ray's token auth off or carry a token."""
+    problems = []
+    for name, service in compose["services"].items():
+        env = service.get("environment", {})
+        if name == "postgres":
+            continue
+        if env.get("RAY_AUTH_MODE") != "token":
+            problems.append(f"compose service {name}: RAY_AUTH_MODE is {env.get('RAY_AUTH_MODE')!r}")
+        if "RAY_AUTH_TOKEN" in env:
+            problems.append(f"compose service {name}: a token written into the file")
+        path = env.get("RAY_AUTH_TOKEN_PATH", "")
+        secrets = service.get("secrets", [])
+        if not any(path == f"/run/secrets/{s}" for s in secrets):
+            problems.append(f"compose service {name}: the token is not read from a compose secret")
+    for secret in compose.get("secrets", {}).values():
+        if "file" not in secret:
+            problems.append(f"compose secret {secret}: not read from a file")
+    containers = []
+    for doc in manifests:
+        if doc["kind"] == "RayCluster":
+            groups = [doc["spec"]["headGroupSpec"], *doc["spec"]["workerGroupSpecs"]]
+            containers += [c for g in groups for c in g["template"]["spec"]["containers"]]
+        if doc["kind"] == "RayJob":
+            containers += doc["spec"].get("submitterPodTemplate", {}).get("spec", {}).get("containers", [])
+    for c in containers:
+        env = {e["name"]: e for e in c.get("env", [])}
+        if env.get("RAY_AUTH_MODE", {}).get("value") != "token":
+            problems.append(f"container {c['name']}: RAY_AUTH_MODE is not token")
+        if "secretKeyRef" not in env.get("RAY_AUTH_TOKEN", {}).get("valueFrom", {}):
+            problems.append(f"container {c['name']}: RAY_AUTH_TOKEN does not come from a Secret")
+    for name, text in files.items():
+        # A token in a file: 32 or more hex digits (what `secrets.token_hex` and most
+        # generators give), or Ray's auth turned off anywhere.
+        if re.search(r"\b[0-9a-f]{32,}\b", text) or re.search(r"RAY_AUTH_MODE\W+disabled", text):
+            problems.append(f"{name}: a token, or Ray's auth turned off")
+    return problems
+
+
+def test_the_cluster_setups_keep_ray_auth_on_with_the_token_outside_them():
+    """compose and KubeRay run Ray with token auth, the token from a compose secret / a
+    Kubernetes Secret; no file under docker/ holds a token or turns auth off. The check
+    is shown to catch each way of getting it wrong."""
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    manifests = _manifests()
+    files = {str(f): f.read_text() for f in DOCKER.rglob("*") if f.is_file()}
+    assert _ray_auth_problems(compose, manifests, files) == []
+    cluster = next(d for d in manifests if d["kind"] == "RayCluster")
+    job = next(d for d in manifests if d["kind"] == "RayJob")
+    assert job["spec"]["submitterPodTemplate"]["spec"]["containers"], "the submitter needs the token too"
+    assert cluster["spec"]["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "0.0.0.0"  # token-gated
+    assert "/docker/ray_token" in (DOCKER.parent / ".gitignore").read_text().splitlines()
+
+    off = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    off["x-vlsweep"]["environment"]["RAY_AUTH_MODE"] = "disabled"
+    off["services"]["ray-head"]["environment"] = {"RAY_AUTH_MODE": "disabled"}
+    assert any("ray-head: RAY_AUTH_MODE is 'disabled'" in p for p in _ray_auth_problems(off, manifests, {}))
+    plain = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    plain["services"]["submit"]["environment"] = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "x"}
+    assert any("submit: a token written" in p for p in _ray_auth_problems(plain, manifests, {}))
+    literal = [yaml.safe_load(yaml.safe_dump(d)) for d in manifests]
+    head = next(d for d in literal if d["kind"] == "RayCluster")["spec"]["headGroupSpec"]
+    env = head["template"]["spec"]["containers"][0]["env"]
+    next(e for e in env if e["name"] == "RAY_AUTH_TOKEN").update(value="t", valueFrom={})
+    assert any("does not come from a Secret" in p for p in _ray_auth_problems(compose, literal, {}))
+    leaked = {"docker/x.yaml": "RAY_AUTH_TOKEN: " + "ab12" * 8}
+    assert _ray_auth_problems(compose, manifests, leaked) == [
+        "docker/x.yaml: a token, or Ray's auth turned off"
+    ]
 
 
 @pytest.mark.skipif(shutil.which("docker") is None, reason="no docker here")
