@@ -42,3 +42,19 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
         return made[family]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def qwen_ids_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen2-VL with Qwen's special-token ids, vocabulary and chat template
+    (tests/tiny_models.py: build_qwen2_vl_qwen_ids), saved once per session."""
+    import torch
+
+    from tests.tiny_models import build_qwen2_vl_qwen_ids
+
+    torch.manual_seed(0)
+    model, processor = build_qwen2_vl_qwen_ids()
+    path = tmp_path_factory.mktemp("ckpt-qwen-ids")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

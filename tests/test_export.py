@@ -26,7 +26,12 @@ from vlsweep.search.config import distributions, load_sweep_config, sanitized_co
 @pytest.fixture
 def study_url(tmp_path, tiny_checkpoint, demo_data):
     """A study as `vlsweep launch` leaves it (config attr, metric names), trials made by hand."""
-    raw = train_config(tiny_checkpoint("qwen2_vl"), demo_data, budget={"steps": 3, "batch_size": 4})
+    return make_study(tmp_path, tiny_checkpoint("qwen2_vl"), demo_data)
+
+
+def make_study(tmp_path: Path, checkpoint: Path, demo_data: Path) -> str:
+    """The study of ``study_url`` on another checkpoint; its storage URL."""
+    raw = train_config(checkpoint, demo_data, budget={"steps": 3, "batch_size": 4})
     raw.update(
         name="exp",
         lora={"vision": True, "projector": "full", "rank": {"vision": 4}},

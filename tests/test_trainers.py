@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_export import _results, study_url  # noqa: F401  (the fixture)
+from tests.test_export import _results, make_study, study_url  # noqa: F401  (the fixture)
 from vlsweep.export import export, target_config, trial_params
 
 pytestmark = pytest.mark.trainers
@@ -141,3 +141,45 @@ def test_swift_loraplus_drops_the_module_lrs_as_the_export_warns(study_url, tmp_
     log = _swift(out, tool)
     assert "optimizer='lorap'" in log or "optimizer=lorap" in log, log[-3000:]
     assert "vit_lr: " not in log
+
+
+def test_swift_trains_a_checkpoint_with_qwens_ids_as_exported_with_images_expanded(
+    tmp_path, qwen_ids_checkpoint, demo_data
+):
+    """On a checkpoint that keeps Qwen's special-token ids the swift export needs no
+    --force: ms-swift runs it as written (only the step count changed), expands each image
+    into as many <|image_pad|> tokens as the checkpoint's own processor does, and trains
+    the trial's parameters at its module learning rates."""
+    from PIL import Image
+
+    from vlsweep.trials import load_processing
+
+    tool = _tool("VLSWEEP_SWIFT")
+    url = make_study(tmp_path, qwen_ids_checkpoint, demo_data)
+    res = _expressible(url)
+    trial = res.trial(2)
+    out = tmp_path / "sw"
+    export(res, trial, "swift", out)  # no --force: nothing to refuse
+    assert "--force" not in (out / "swift_sft.sh").read_text()
+    log = _swift(out, tool)
+    n, _ = _trainable(res, trial)
+    m = re.search(r"\(([\d.]+)M Trainable", log)
+    assert m, log[-3000:]
+    assert float(m.group(1)) == pytest.approx(n / 1e6, abs=5e-5)
+    p = trial_params(target_config(res), trial)
+    lrs = re.search(r"vit_lr: ([\d.e-]+), aligner_lr: ([\d.e-]+), llm_lr: ([\d.e-]+)", log)
+    assert lrs, log[-3000:]
+    assert [float(x) for x in lrs.groups()] == pytest.approx([p.lr_vision, p.lr_projector, p.lr_llm])
+    # The sample ms-swift prints: the image expanded to the processor's count of tokens.
+    shown = re.findall(r"<\|vision_start\|>\[(?:<\|image_pad\|>|151655) \* (\d+)\]<\|vision_end\|>", log)
+    assert shown, log[-3000:]
+    processor = load_processing(target_config(res).model).processor
+    counts = set()
+    for line in (demo_data / "train.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        with Image.open(demo_data / rec["image"]) as im:
+            grid = processor.image_processor(images=[im.convert("RGB")], return_tensors="pt")[
+                "image_grid_thw"
+            ]
+        counts.add(int(grid.prod()) // 4)
+    assert {int(x) for x in shown} <= counts, (shown, counts)

@@ -415,6 +415,88 @@ def build_gemma3(
     return model, processor
 
 
+# Qwen2-VL-Instruct's own chat template: a default system prompt, and images as
+# <|vision_start|><|image_pad|><|vision_end|>.
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# Qwen2-VL's vocabulary: its special tokens from id 151643 on, 151936 rows in all.
+QWEN_FIRST_SPECIAL_ID, QWEN_VOCAB_SIZE = 151643, 151936
+
+
+def build_qwen2_vl_qwen_ids(
+    *, hidden: int = 32, layers: int = 2, vision_layers: int = 1, heads: int = 2
+) -> tuple[Any, Any]:
+    """A tiny Qwen2-VL that keeps Qwen's special-token ids (the image pad at 151655), its
+    vocabulary size and its chat template, as trainers with a Qwen template expect
+    (ms-swift expands images at the fixed id 151655). Its own characters take the low ids;
+    the embedding is tied to the output, as Qwen2-VL-2B's is, so the checkpoint stays
+    about 20 MB. The engine and the exports read it as any Qwen2-VL checkpoint."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLProcessor,
+    )
+
+    from vlsweep.demo.tiny import CHARSET, QWEN_SPECIALS
+
+    vocab: dict[str, int] = {}
+    for ch in CHARSET:
+        vocab.setdefault(ch, len(vocab))
+    vocab["<unk>"] = len(vocab)
+    vocab.update({t: QWEN_FIRST_SPECIAL_ID + i for i, t in enumerate(QWEN_SPECIALS)})
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<unk>",
+        extra_special_tokens=[t for t in QWEN_SPECIALS if t not in ("<|im_end|>", "<|endoftext|>")],
+        chat_template=QWEN2_VL_CHAT_TEMPLATE,
+        padding_side="left",
+    )
+    text = qwen_text_config(tokenizer, hidden=hidden, layers=layers, heads=heads)
+    text.update(vocab_size=QWEN_VOCAB_SIZE, tie_word_embeddings=True)
+    config = Qwen2VLConfig(
+        text_config=text,
+        vision_config={
+            "depth": vision_layers,
+            "embed_dim": hidden,
+            "hidden_size": hidden,
+            "mlp_ratio": 2,
+            "num_heads": heads,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+        tie_word_embeddings=True,
+        **qwen_token_ids(tokenizer),
+    )
+    model = Qwen2VLForConditionalGeneration(config)
+    processor = qwen_processor(Qwen2VLProcessor, tokenizer, patch_size=14, max_pixels=128 * 28 * 28)
+    processor.chat_template = QWEN2_VL_CHAT_TEMPLATE
+    return model, processor
+
+
 # Family name (the config's model_type) -> builder of a tiny random checkpoint.
 BUILDERS: dict[str, Callable[..., tuple[Any, Any]]] = {
     "qwen2_vl": build_qwen2_vl,
@@ -429,3 +511,16 @@ BUILDERS: dict[str, Callable[..., tuple[Any, Any]]] = {
     "paligemma": build_paligemma,
     "gemma3": build_gemma3,
 }
+
+
+if __name__ == "__main__":  # python -m tests.tiny_models qwen2_vl_qwen_ids OUT
+    import sys
+
+    import torch
+
+    name, out = sys.argv[1], sys.argv[2]
+    torch.manual_seed(0)
+    model, processor = {**BUILDERS, "qwen2_vl_qwen_ids": build_qwen2_vl_qwen_ids}[name]()
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    print(f"wrote {name} to {out}")
