@@ -12,10 +12,13 @@ runs and arms. Prints one row per seed and arm and the mean difference.
 
     python benchmarks/strategies_front.py [--seeds 0 1 2] [--trials 40] [--steps 200]
         [--arms all only:loss_balance] [--config FILE] [--json docs/benchmarks/strategies_front.json]
+        [--workdir DIR]
 
 ``--config`` compares on another sweep file with a ``strategies`` section (its relative
 paths are read from its folder); ``search.seed``, ``search.trials`` and ``budget.steps``
-are the script's. ``--json`` writes the figures for the docs' tables
+are the script's. ``--workdir`` keeps the sweeps' database and runs in DIR (default a new
+temporary folder): run again with the same DIR after an interruption and the finished
+sweeps are read back, the unfinished one continues where it stopped. ``--json`` writes the figures for the docs' tables
 (``benchmarks/doc_tables.py``), one part per arm (``all``, ``only_loss_balance``, ...).
 """
 
@@ -62,6 +65,7 @@ def main() -> None:
     ap.add_argument("--arms", nargs="+", default=["all"], help="`all` and/or `only:KEY`: the arms with")
     ap.add_argument("--config", type=Path, default=ROOT / "examples" / "strategies-sweep.yaml")
     ap.add_argument("--json", type=Path, help="write the figures into this file (read and updated)")
+    ap.add_argument("--workdir", type=Path, help="keep (and continue) the sweeps here; default a new temp folder")
     args = ap.parse_args()
 
     import optuna
@@ -76,7 +80,8 @@ def main() -> None:
     if not base.get("strategies"):
         ap.error(f"--config {args.config}: no `strategies` section, so both arms would be the same sweep")
     arms = {arm: arm_keys(arm, base["strategies"], ap) for arm in args.arms}
-    tmp = Path(tempfile.mkdtemp())
+    tmp = args.workdir.resolve() if args.workdir else Path(tempfile.mkdtemp())
+    tmp.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{tmp / 'fronts.db'}"
     values: dict[tuple[int, str], list[list[float]]] = {}
     for seed in args.seeds:
@@ -91,7 +96,7 @@ def main() -> None:
                 raw["strategies"] = arms[arm]
             cfg, base_dir = load_sweep_config(args.config, data=raw)
             print(f"seed {seed}, {arm}: {args.trials} trials ...", flush=True)
-            study = run_sweep(cfg, base_dir, url, log=lambda _m: None)
+            study = run_sweep(cfg, base_dir, url, resume=True, log=lambda _m: None)
             done = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
             values[(seed, arm)] = [list(t.values) for t in done]
     names = list(base["objectives"])
