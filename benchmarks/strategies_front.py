@@ -18,8 +18,9 @@ runs and arms. Prints one row per seed and arm and the mean difference.
 paths are read from its folder); ``search.seed``, ``search.trials`` and ``budget.steps``
 are the script's. ``--workdir`` keeps the sweeps' database and runs in DIR (default a new
 temporary folder): run again with the same DIR after an interruption and the finished
-sweeps are read back, the unfinished one continues where it stopped. ``--json`` writes the figures for the docs' tables
-(``benchmarks/doc_tables.py``), one part per arm (``all``, ``only_loss_balance``, ...).
+sweeps are read back, the unfinished one continues where it stopped. ``--json`` writes the
+figures for the docs' tables (``benchmarks/doc_tables.py``), one part per arm (``all``,
+``only_loss_balance``, ...).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def main() -> None:
     ap.add_argument("--arms", nargs="+", default=["all"], help="`all` and/or `only:KEY`: the arms with")
     ap.add_argument("--config", type=Path, default=ROOT / "examples" / "strategies-sweep.yaml")
     ap.add_argument("--json", type=Path, help="write the figures into this file (read and updated)")
-    ap.add_argument("--workdir", type=Path, help="keep (and continue) the sweeps here; default a new temp folder")
+    ap.add_argument("--workdir", type=Path, help="keep (and continue) the sweeps here")
     args = ap.parse_args()
 
     import optuna
