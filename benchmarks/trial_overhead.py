@@ -126,11 +126,21 @@ def main() -> None:
     import ray
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     tmp = Path(tempfile.mkdtemp(prefix="vlsweep-overhead-"))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    # One Ray for every arm, started as a sweep starts its own: token auth on, loopback only.
+    from vlsweep.search import backend
+
+    backend.ensure_auth_token(lambda _m: None)
+    with backend.loopback_node():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="ERROR",
+            _node_ip_address="127.0.0.1",
+        )
 
     ideal = math.ceil(args.trials / 2) * args.trial_seconds
     setups = {

@@ -38,9 +38,8 @@ ARGS = [
 
 
 def _vlsweep(*args: str, cwd: Path, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     return subprocess.run(
-        [sys.executable, "-m", "vlsweep.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, **kw
+        [sys.executable, "-m", "vlsweep.cli", *args], cwd=cwd, capture_output=True, text=True, **kw
     )
 
 

@@ -10,10 +10,15 @@ import pytest
 
 @pytest.fixture(scope="module")
 def ray_local():
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    """A local Ray started as a sweep starts its own: token auth on, loopback only."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    from vlsweep.search import backend
+
+    backend.ensure_auth_token(lambda _m: None)
+    with backend.loopback_node():
+        kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
+        ray.init(num_cpus=2, _node_ip_address="127.0.0.1", **kwargs)
     yield
     ray.shutdown()
 

@@ -55,7 +55,7 @@ def vlsweep(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproc
     return subprocess.Popen(
         [sys.executable, "-m", "vlsweep.cli", *args],
         cwd=cwd,
-        env={**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})},
+        env={**os.environ, **(env or {})},
         start_new_session=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

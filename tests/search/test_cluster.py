@@ -1,6 +1,7 @@
 """A real multi-node Ray cluster on one machine: a head and a second node started with
-`ray start` on loopback (each with its own temp dir), the study in PostgreSQL, sweeps sent
-with `ray job submit` and with `vlsweep launch --address ray://...`.
+`ray start` on loopback (each with its own temp dir) with Ray's token authentication on, as
+Ray recommends, the study in PostgreSQL, sweeps sent with `ray job submit` and with
+`vlsweep launch --address ray://...`: with the token they run, without it they are refused.
 
 Run alone with ``pytest -m cluster`` (CI does): it starts Ray nodes of its own, with
 PostgreSQL from .ci/postgres.sh (its PGPASSWORD reaches the nodes' environment, as a
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -30,7 +32,25 @@ from tests.search.conftest import fresh_pg_database
 pytestmark = pytest.mark.cluster
 
 RAY = str(Path(sys.executable).with_name("ray"))
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+# The clusters' token, and what the nodes and the user's commands run with: the token in a
+# file of the user's only, named by RAY_AUTH_TOKEN_PATH, and token mode on.
+TOKEN = Path(f"/tmp/vlsweep-ray-{os.getpid()}-token")
+AUTH_VARS = {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"}
+ENV = {
+    **{k: v for k, v in os.environ.items() if k not in AUTH_VARS},
+    "RAY_AUTH_MODE": "token",
+    "RAY_AUTH_TOKEN_PATH": str(TOKEN),
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster_token():
+    fd = os.open(TOKEN, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    yield TOKEN
+    TOKEN.unlink(missing_ok=True)
 
 
 def _free_ports(n: int) -> list[int]:
@@ -271,6 +291,45 @@ def test_launch_through_ray_client_runs_trials_on_both_nodes(cluster, tiny_check
     # (The head's own log lines stream back asynchronously, so only the outcome is checked.)
     assert again.returncode == 0 and "Pareto front of 'clientsweep'" in again.stdout, again.stderr[-3000:]
     _check_ran_on_both_nodes(url, "clientsweep")  # still exactly the 4 trials
+
+
+def test_without_the_token_a_sweep_through_ray_client_exits_2_naming_it(
+    cluster, tiny_checkpoint, demo_data, tmp_path
+):
+    """A user whose machine lacks the cluster's token: exit 2 and an `error:` that says
+    where Ray looks for it and how to pass it, not a stack trace or a hang. Nothing is
+    created in the study storage."""
+    url = fresh_pg_database()
+    wd = _working_dir(cluster["root"], "notoken", tiny_checkpoint, demo_data)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**{k: v for k, v in ENV.items() if k not in AUTH_VARS}, "HOME": str(home)}
+    out = subprocess.run(
+        [sys.executable, "-m", "vlsweep.cli", "launch", "sweep.yaml", "--storage", url]
+        + ["--address", cluster["client"]],
+        env=env,
+        cwd=wd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "error: --address ray://" in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "no Ray auth token was found here" in out.stderr and "~/.ray/auth_token" in out.stderr
+    assert "notoken" not in optuna.get_all_study_names(url)
+    # With a wrong token the error says the token was sent and to check it.
+    wrong = home / "wrong_token"
+    wrong.write_text("0" * 64)
+    out = subprocess.run(
+        [sys.executable, "-m", "vlsweep.cli", "launch", "sweep.yaml", "--storage", url]
+        + ["--address", cluster["client"]],
+        env={**env, "RAY_AUTH_TOKEN_PATH": str(wrong)},
+        cwd=wd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 2 and f"the token from {wrong} was sent" in out.stderr, out.stderr[-2000:]
 
 
 def test_ctrl_c_through_ray_client_stops_the_driver_on_the_head(cluster, tiny_checkpoint, demo_data):

@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -145,29 +147,158 @@ def waiting_reason(request: dict[str, float], scaling: bool, active: int) -> str
     )
 
 
+def auth_token_path() -> Path | None:
+    """The file Ray reads its auth token from (None: the token is in ``RAY_AUTH_TOKEN``)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return None
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+
+
+def ensure_auth_token(log: Log) -> None:
+    """Make sure Ray finds a token, readable by this user only.
+
+    Ray makes one itself when none exists, but with the default umask (0644 under a 0755
+    ~/.ray, measured with Ray 2.60): on a shared login node every other user could read it
+    and run code on this user's Ray. So the token is written here first, as Ray would
+    write it (64 hex characters), with mode 0600; one found readable by others is made
+    0600 too, and said so.
+    """
+    path = auth_token_path()
+    if path is None:
+        return
+    if path.is_file() and path.read_text().strip():
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            path.chmod(0o600)
+            log(f"made Ray's auth token {path} readable by you only (it was mode {mode:o})")
+        return
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # an empty file, or another sweep made one just now
+        if path.read_text().strip():
+            return
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+        os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    log(f"made a Ray auth token in {path} (readable by you only); Ray's tools read it from there")
+
+
+def use_token_if_found() -> None:
+    """Before joining an existing cluster: send Ray's token when one is found here.
+
+    Ray itself sends it only with RAY_AUTH_MODE=token exported (a client without it, facing
+    a cluster with token auth on, waits 30 s and reports a timeout). With the variable
+    unset and a token where Ray looks (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH,
+    ~/.ray/auth_token), token mode is turned on for this process, as Ray's own
+    ``maybe_enable_token_auth_if_token_available`` does (a cluster without auth ignores
+    the token; measured with Ray 2.60). A mode the user set is left as it is.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    from ray._private.authentication.authentication_token_setup import (
+        maybe_enable_token_auth_if_token_available,
+    )
+
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def token_source() -> str | None:
+    """Where Ray finds its token here (RAY_AUTH_TOKEN or a file), None when nowhere."""
+    path = auth_token_path()
+    return "RAY_AUTH_TOKEN" if path is None else str(path) if path.is_file() else None
+
+
+def token_hint() -> str:
+    """What to check about Ray's token when joining a cluster failed."""
+    mode = (os.environ.get("RAY_AUTH_MODE") or "").lower()
+    found = token_source()
+    how = (
+        "copy the cluster's token into ~/.ray/auth_token (mode 600), or set RAY_AUTH_TOKEN_PATH to "
+        'its file or RAY_AUTH_TOKEN to it (docs/cluster.md, "Ray\'s token authentication")'
+    )
+    if mode == "disabled":
+        return (
+            "RAY_AUTH_MODE=disabled is set here, and a cluster with Ray's token auth on (Ray's "
+            f"default since 2.60) refuses a client without its token: unset it and {how}"
+        )
+    if found is None:
+        return (
+            "no Ray auth token was found here (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token), "
+            f"and a cluster with token auth on refuses a client without it: {how}"
+        )
+    return (
+        f"the token from {found} was sent; if the cluster runs with token auth, check that it is "
+        "the cluster's token; otherwise that the address is right and its port reachable from here"
+    )
+
+
+@contextlib.contextmanager
+def loopback_node() -> Iterator[None]:
+    """Start the local Ray with 127.0.0.1 as its node address, so that its GCS, raylet,
+    agents and workers listen on loopback only.
+
+    ``ray.init(_node_ip_address="127.0.0.1")`` is not enough: Ray maps a loopback address
+    to the machine's outward one unless its "cluster" mode is off, which it reads from
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, at import (Ray 2.60). So both are set for the
+    start (the environment for the processes Ray starts, the constant for this one) and
+    put back after it, so that a later ``ray.init(address=...)`` in this process still
+    finds its outward address.
+    """
+    from ray._private import ray_constants
+
+    var = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    saved_env, saved_flag = os.environ.get(var), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[var], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = saved_env
+
+
 def ray_init(cfg: SweepConfig, address: str | None, log: Log, study: optuna.Study) -> bool:
-    """Start (or join) Ray; True when this call started a local Ray that we must stop."""
+    """Start (or join) Ray; True when this call started a local Ray that we must stop.
+
+    A local Ray keeps Ray's token auth on (its default since 2.60; never turned off here)
+    and listens on loopback only: loopback alone would still let every other user of a
+    shared machine in, the token alone would still show the ports to the network.
+    """
     import ray
 
     if ray.is_initialized():
         return False
     # Inside `ray job submit`, the job's cluster is RAY_ADDRESS.
     address = address or cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    if address is None:
-        # A local, single-user Ray: Ray 2.60 turns token auth on by default (it writes
-        # ~/.ray/auth_token), which only gets in the way here.
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
-    if address is None:
-        kwargs.update(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus)
-    else:
-        kwargs["address"] = address
-    log(f"starting Ray ({'local' if address is None else address}) ...")
-    ray.init(**kwargs)
     if address is not None:
+        log(f"joining Ray at {address} ...")
+        use_token_if_found()
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, ray.exceptions.AuthenticationError) as err:
+            last = str(err).strip().splitlines()[-1][:200]
+            msg = f"cannot join the Ray cluster at {address} ({last}); {token_hint()}"
+            raise UserInputError(msg) from None
         return False
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is None or mode.lower() == "token":
+        ensure_auth_token(log)
+    else:
+        log(
+            f"warning: RAY_AUTH_MODE={mode} is set, so the local Ray runs without token auth: any "
+            "user of this machine can run code as you through it; unset it to keep auth on "
+            "(docs/cluster.md)"
+        )
+    log("starting Ray (local, loopback only) ...")
+    with loopback_node():
+        ray.init(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, _node_ip_address="127.0.0.1", **kwargs)
     # The local Ray's processes (GCS, raylet, agents) are this driver's children. Some of
     # them outlive a SIGKILLed driver and ignore SIGTERM (measured with Ray 2.60), so we
     # record them on the study; the next driver of this sweep stops what is left.
@@ -230,4 +361,3 @@ def reap_local_ray(study: optuna.Study, log: Log) -> int:
     if left:
         log(f"stopped {len(left)} Ray process(es) left by the previous driver (pid {info['driver_pid']})")
     return len(left)
-

@@ -40,7 +40,10 @@ from vlsweep.search.backend import (
     check_trial_fits,
     ray_init,
     reap_local_ray,
+    token_hint,
+    token_source,
     trial_resources,
+    use_token_if_found,
 )
 from vlsweep.search.callbacks import Events, logger_callbacks, progress_line, trial_name
 from vlsweep.search.config import SweepConfig, distributions, sanitized_config
@@ -405,17 +408,20 @@ def run_sweep_via_client(
             f"--storage {studies.masked(storage_url)}: with --address ray://..., the sweep's driver runs on "
             "the cluster, which must reach the study: use a PostgreSQL storage (see docs/cluster.md)"
         )
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     log(f"connecting to {address} (Ray Client); the sweep's driver runs on the head node ...")
+    use_token_if_found()
     for attempt in range(3):
         try:
             ray.init(address=address, log_to_driver=True, logging_level=logging.ERROR)
             break
-        except ConnectionError as err:
+        except (ConnectionError, ray.exceptions.AuthenticationError) as err:
             # The client server starts a server per session; that start can fail while an
-            # earlier session's one is still shutting down. Twice more, as a user would.
-            if attempt == 2:
-                msg = f"--address {address}: cannot connect through Ray Client ({err})"
+            # earlier session's one is still shutting down. Twice more, as a user would; not
+            # when the token is missing (a client without it waits 30 s for a timeout).
+            no_token = token_source() is None and "timeout" in str(err)
+            if attempt == 2 or no_token or isinstance(err, ray.exceptions.AuthenticationError):
+                last = str(err).strip().splitlines()[-1][:200]
+                msg = f"--address {address}: cannot connect through Ray Client ({last}); {token_hint()}"
                 raise UserInputError(msg) from None
             log(f"Ray Client connection failed ({str(err).strip().splitlines()[-1][:200]}); retrying in 5 s")
             time.sleep(5)
