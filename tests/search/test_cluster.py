@@ -186,6 +186,62 @@ def _submit(cluster, wd: Path, url: str, timeout: float = 600) -> subprocess.Com
     )
 
 
+def _wait_for_autoscaler_report(port: int, node_type: str) -> None:
+    """Until `ray status` shows the autoscaler's report naming ``node_type``."""
+    deadline = time.time() + 120
+    while True:
+        cmd = [RAY, "status", f"--address=127.0.0.1:{port}"]
+        status = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=60)
+        if status.returncode == 0 and node_type in status.stdout:
+            return
+        assert time.time() < deadline, status.stdout[-2000:] + status.stderr[-2000:]
+        time.sleep(0.5)
+
+
+def test_a_fixed_cluster_with_the_v2_autoscaler_refuses_a_trial_no_node_can_hold(
+    tmp_path, tiny_checkpoint, demo_data
+):
+    """A head started by hand with Ray's v2 autoscaler on runs it read-only: no node can
+    be added, so a trial asking for a GPU none has is refused with exit 2, as on any fixed
+    cluster, instead of waiting for an autoscaler that never adds one."""
+    temp = Path(f"/tmp/vlsweep-ray-{os.getpid()}-v2")
+    (port,) = _free_ports(1)
+    head = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1"]
+    head += [f"--temp-dir={temp}", "--include-dashboard=false", "--disable-usage-stats"]
+    wd = _working_dir(tmp_path, "fixedv2", tiny_checkpoint, demo_data)
+    raw = yaml.safe_load((wd / "sweep.yaml").read_text())
+    raw["resources"] = {"cpus_per_trial": 1, "gpus_per_trial": 1}
+    (wd / "sweep.yaml").write_text(yaml.safe_dump(raw))
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    try:
+        started = subprocess.run(
+            head, env={**ENV, "RAY_enable_autoscaler_v2": "1"}, capture_output=True, text=True, timeout=120
+        )
+        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+        monitors = [" ".join(p.cmdline()) for p in _ours([temp]) if "monitor" in " ".join(p.cmdline())]
+        assert any("autoscaler/v2/monitor.py" in m for m in monitors), monitors
+        out = subprocess.run(
+            [sys.executable, "-m", "vlsweep.cli", "launch", "sweep.yaml", "--storage", url]
+            + ["--address", f"127.0.0.1:{port}"],
+            env=ENV,
+            cwd=wd,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        procs = _ours([temp])
+        for proc in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(signal.SIGKILL)
+        psutil.wait_procs(procs, timeout=20)
+        shutil.rmtree(temp, ignore_errors=True)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    refused = "error: resources.gpus_per_trial: each trial asks for 1 CPU, 1 GPU"
+    assert refused in out.stderr, out.stderr[-2000:]
+    assert "autoscaler may add" not in out.stdout + out.stderr
+
+
 def test_trials_wait_for_an_autoscaler_and_run_on_the_node_it_adds(tmp_path, tiny_checkpoint, demo_data):
     """A head whose real Ray autoscaler (Ray's fake multi-node provider: it starts nodes as
     local processes) can add a node with a GPU, and none has one yet: the sweep says it
@@ -238,6 +294,10 @@ def test_trials_wait_for_an_autoscaler_and_run_on_the_node_it_adds(tmp_path, tin
     try:
         started = subprocess.run(head, env=env, capture_output=True, text=True, timeout=120)
         assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+        # The moment: the autoscaler has published its first report (its node types), which
+        # is what the sweep reads to know that nodes may be added. Launched before it, the
+        # sweep would see a fixed cluster and refuse, as it should.
+        _wait_for_autoscaler_report(port, "ray.head.default")
         out = subprocess.run(
             [sys.executable, "-m", "vlsweep.cli", "launch", "sweep.yaml", "--storage", url]
             + ["--address", f"127.0.0.1:{port}"],

@@ -59,12 +59,14 @@ def autoscaling(cfg: SweepConfig) -> bool:
     if cfg.ray.autoscaling is not None:
         return cfg.ray.autoscaling
     # Ray has no public call for this; these are the marks its own tools read: the cluster
-    # launcher's bootstrap file on the head (what Ray Tune checks), the v2 autoscaler's
-    # flag, and the status the v1 autoscaler writes. Every Ray head runs a v1 monitor, a
-    # read-only one on a fixed cluster, whose node types are the nodes themselves
-    # ("node_<id>"); a real one (KubeRay's, the cluster launcher's) names the node types
-    # of its config.
+    # launcher's bootstrap file on the head (what Ray Tune checks), the node types the v2
+    # autoscaler sees, and the status the v1 autoscaler writes. Every Ray head runs an
+    # autoscaler, a read-only one on a fixed cluster, whose node types are the nodes
+    # themselves (v1: "node_<id>"; v2: nodes with no type name); a real one (KubeRay's,
+    # the cluster launcher's) names the node types of its config, and the nodes it starts
+    # carry them. The v2 flag alone says which autoscaler runs, not that it adds nodes.
     try:
+        import ray
         from ray.tune.execution.cluster_info import _is_ray_cluster
 
         if _is_ray_cluster():
@@ -72,7 +74,11 @@ def autoscaling(cfg: SweepConfig) -> bool:
         from ray.autoscaler.v2.utils import is_autoscaler_v2
 
         if is_autoscaler_v2(fetch_from_server=True):
-            return True
+            from ray._raylet import GcsClient  # type: ignore[attr-defined]
+            from ray.autoscaler.v2.sdk import get_cluster_resource_state
+
+            gcs = GcsClient(address=ray.get_runtime_context().gcs_address)
+            return any(node.ray_node_type_name for node in get_cluster_resource_state(gcs).node_states)
         from ray.experimental.internal_kv import _internal_kv_get
 
         raw = _internal_kv_get("__autoscaling_status")
