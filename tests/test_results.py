@@ -160,3 +160,31 @@ def test_an_objective_that_never_varied_has_no_importances():
     res = SweepResults.of(_study([(0.1 * i, 0.0) for i in range(1, 8)]))
     imp = importances(res)
     assert imp["iou"] == {} and set(imp["cer"]) == {"lr_llm", "lr_projector"}
+
+
+def test_the_front_tables_show_peak_gpu_memory_only_where_trials_ran_on_a_gpu():
+    from vlsweep.report import _front_table
+    from vlsweep.status import front_table
+
+    study = _study([(0.5, 0.5), (0.2, 0.6), (0.6, 0.9)])
+    cpu = SweepResults.of(study)
+    assert "gpu_mem" not in front_table(cpu) and "GPU memory" not in _front_table(cpu, None)
+    on_gpu = optuna.create_study(directions=["minimize", "maximize"], study_name="g")
+    on_gpu.set_metric_names(["cer", "iou"])
+    for t, gib in zip(study.get_trials(), (11.5, 12.25, 30.0), strict=True):
+        on_gpu.add_trial(
+            create_trial(
+                values=t.values,
+                params=t.params,
+                distributions=t.distributions,
+                user_attrs={**t.user_attrs, "peak_gpu_memory_gb": gib},
+            )
+        )
+    gpu = SweepResults.of(on_gpu)
+    table = front_table(gpu).splitlines()
+    assert table[1].split()[:4] == ["trial", "cer", "iou", "gpu_mem_gb"]
+    rows = {line.split()[0]: line.split()[3] for line in table[2:4]}
+    assert rows == {"#1*": "12.2", "#2": "30"}
+    assert "gpu_mem_gb: the trial's peak GPU memory, GiB" in table[-1]
+    html_table = _front_table(gpu, None)
+    assert "<th>peak GPU memory, GiB</th>" in html_table and "<td>12.2</td>" in html_table

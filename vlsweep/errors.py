@@ -15,6 +15,26 @@ class UserInputError(Exception):
         super().__init__("\n".join(self.problems))
 
 
+class TrialOutOfMemory(RuntimeError):
+    """A trial ran out of accelerator memory: where (the step, training or evaluating, with
+    which batch size) and what to change. Raised once the trial's own tensors are out of
+    scope, so the worker can free the memory for its next trial."""
+
+    def __init__(self, step: int, phase: str, batch: int, detail: str):
+        self.step, self.phase, self.batch = step, phase, batch
+        if phase == "evaluation":
+            where = f"evaluating at step {step} with eval batch {batch}; lower budget.eval_batch_size"
+        else:
+            where = (
+                f"at step {step} with batch {batch}; lower budget.batch_size or set "
+                "model.gradient_checkpointing: true"
+            )
+        super().__init__(
+            f"out of GPU memory {where}, or give each trial more of a GPU (resources.gpus_per_trial) "
+            f"({detail})"
+        )
+
+
 class SweepStopped(Exception):
     """The sweep ended early for a reason the user must see; the CLI exits with ``exit_code``."""
 

@@ -152,6 +152,7 @@ METRICS: dict[str, Metric] = {
         Metric("iou_se", "minimize", "grounding", None, _grounding("iou_se"), "IoU standard error", False),
         Metric("eval_seconds", "minimize", None, None, None, "evaluation seconds", False),
         Metric("samples_per_second", "maximize", None, None, None, "training samples per second", False),
+        Metric("peak_gpu_memory_gb", "minimize", None, None, None, "peak GPU memory, GiB", False),
     )
 }
 # The names a sweep may optimize or constrain.

@@ -381,7 +381,9 @@ def figures(results: SweepResults, picked_number: int | None) -> dict[str, Any]:
 def _front_table(results: SweepResults, picked_number: int | None) -> str:
     rows = front_rows(results)
     params = sorted({k for r in rows for k in r["params"]})
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["trial", *results.metric_names, *params, "logs"])
+    memory = any(r["peak_gpu_memory_gb"] is not None for r in rows)  # trials that ran on a GPU
+    names = [*results.metric_names, *(["peak GPU memory, GiB"] if memory else []), *params, "logs"]
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["trial", *names])
     body = []
     for r in rows:
         mark = " *" if r["dominates_baseline"] else ""
@@ -389,6 +391,7 @@ def _front_table(results: SweepResults, picked_number: int | None) -> str:
         log = r["log_dir"]
         link = f'<a href="{Path(log).as_uri()}">{html.escape(Path(log).name)}</a>' if log else "-"
         cells = [f"#{r['trial']}{mark}", *(f"{r[m]:.4g}" for m in results.metric_names)]
+        cells += [short(r["peak_gpu_memory_gb"])] if memory else []
         cells += [short(r["params"].get(p)) for p in params]
         body.append(
             f"<tr{style}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + f"<td>{link}</td></tr>"

@@ -311,6 +311,7 @@ def front_rows(results: SweepResults) -> list[dict[str, Any]]:
                 ),
                 "params": dict(t.params),
                 "log_dir": t.user_attrs.get("log_dir"),
+                "peak_gpu_memory_gb": t.user_attrs.get("peak_gpu_memory_gb"),
             }
         )
     return rows

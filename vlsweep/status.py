@@ -16,11 +16,14 @@ def front_table(results: SweepResults) -> str:
     if not rows_data:
         return f"study {results.name!r}: no COMPLETE trial yet"
     params = sorted({k for r in rows_data for k in r["params"]})
-    header = ["trial", *names, *params]
+    # Peak GPU memory, where the trials ran on a GPU (a CPU sweep has none to show).
+    memory = any(r["peak_gpu_memory_gb"] is not None for r in rows_data)
+    header = ["trial", *names, *(["gpu_mem_gb"] if memory else []), *params]
     rows = [
         [
             f"#{r['trial']}{'*' if r['dominates_baseline'] else ''}",
             *(studies.fmt(r[n]) for n in names),
+            *([short(r["peak_gpu_memory_gb"])] if memory else []),
             *(short(r["params"].get(p)) for p in params),
         ]
         for r in rows_data
@@ -36,6 +39,8 @@ def front_table(results: SweepResults) -> str:
             + "  (* = dominates the baseline)"
         )
     legend = metrics.legend(names, results.directions)
+    if memory:
+        legend.append("gpu_mem_gb: the trial's peak GPU memory, GiB")
     if legend:
         lines.append("; ".join(legend))
     return "\n".join(lines)

@@ -216,8 +216,9 @@ def test_a_worker_killed_mid_trial_is_retried_and_recorded_once(
 
 def _faulty_worker(plan: dict[int, str]):
     """The real worker, with a fault injected into the trials ``plan`` names: ``raise`` (a
-    RuntimeError at step 2) or ``oom`` (torch's OutOfMemoryError at step 2). A closure, so
-    Ray ships it by value to its workers."""
+    RuntimeError at step 2) or ``oom`` (torch's real ``torch.cuda.OutOfMemoryError``,
+    raised inside the training step of step 2, as CUDA's allocator raises it). A closure,
+    so Ray ships it by value to its workers."""
 
     def run(config, **kwargs):
         import torch
@@ -226,26 +227,32 @@ def _faulty_worker(plan: dict[int, str]):
         from vlsweep.trials import engine
 
         fault = plan.get(config["optuna_trial"])
-        real = engine.run_trial
+        real_run, real_step = engine.run_trial, engine.Trainer.step
+
+        def step(self, batch, step=None):
+            if step is not None and step >= 2:
+                raise torch.cuda.OutOfMemoryError(
+                    "CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.11 GiB total)"
+                )
+            return real_step(self, batch, step)
 
         def run_trial(*args, on_log_row=None, **kw):
             def log_row(row):
-                if fault and row["step"] >= 2:
-                    if fault == "oom":
-                        raise torch.OutOfMemoryError(
-                            "CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.11 GiB total)"
-                        )
+                if fault == "raise" and row["step"] >= 2:
                     raise RuntimeError(f"injected fault in trial {config['optuna_trial']}")
                 if on_log_row is not None:
                     on_log_row(row)
 
-            return real(*args, on_log_row=log_row, **kw)
+            return real_run(*args, on_log_row=log_row, **kw)
 
         engine.run_trial = run_trial
+        if fault == "oom":
+            engine.Trainer.step = step
         try:
             worker.run(config, **kwargs)
         finally:
-            engine.run_trial = real  # a reused actor runs the next trial unpatched
+            # A reused actor runs the next trial unpatched.
+            engine.run_trial, engine.Trainer.step = real_run, real_step
 
     return run
 
@@ -270,8 +277,8 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(ray_local, tmp_path, 
     errors = {t.number: t.user_attrs.get("error", "") for t in trials}
     assert errors[1].startswith("FloatingPointError: ") and "nan" in errors[1]
     assert errors[2] == "RuntimeError: injected fault in trial 2"
-    assert errors[3].startswith("out of memory: CUDA out of memory. Tried to allocate 20.00 GiB")
-    assert "lower budget.batch_size" in errors[3]
+    assert errors[3].startswith("out of GPU memory at step 2 with batch 4; lower budget.batch_size")
+    assert errors[3].endswith("(CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.11 GiB total))")
     assert [t.state for t in trials] == [
         TrialState.COMPLETE,
         TrialState.FAIL,
@@ -281,6 +288,23 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(ray_local, tmp_path, 
     ]
 
 
+def test_a_trial_out_of_gpu_memory_fails_and_the_next_runs_in_the_same_worker(
+    ray_local, tmp_path, tiny_checkpoint, demo_data
+):
+    """One trial at a time, actors reused: the trial whose training step runs out of GPU
+    memory ends FAIL with its reason, and the next trial runs in the very same worker
+    process and completes."""
+    path = sweep_cfg(tmp_path, tiny_checkpoint("qwen2_vl"), demo_data, trials=3, max_concurrent=1)
+    edit_yaml(path, budget={"steps": 4})
+    cfg, base_dir = load_sweep_config(path)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    run_sweep(cfg, base_dir, url, worker_fn=_faulty_worker({1: "oom"}), log=lambda _m: None)
+    trials = optuna.load_study(study_name="t", storage=url).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[1].user_attrs["error"].startswith("out of GPU memory at step 2 with batch 4")
+    assert trials[1].user_attrs["worker_pid"] == trials[2].user_attrs["worker_pid"]
+
+
 def test_the_sweep_stops_when_the_first_trials_all_fail_alike(
     ray_local, tmp_path, tiny_checkpoint, demo_data
 ):
@@ -288,7 +312,8 @@ def test_the_sweep_stops_when_the_first_trials_all_fail_alike(
     edit_yaml(path, budget={"steps": 6})
     cfg, base_dir = load_sweep_config(path)
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    with pytest.raises(SweepFailed, match="the first 3 trials all failed with the same error: out of memory"):
+    same = "the first 3 trials all failed with the same error: out of GPU memory"
+    with pytest.raises(SweepFailed, match=same):
         run_sweep(cfg, base_dir, url, worker_fn=_faulty_worker(dict.fromkeys(range(12), "oom")), log=print)
     study = optuna.load_study(study_name="t", storage=url)
     check_invariants(study)

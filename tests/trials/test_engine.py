@@ -146,3 +146,54 @@ def test_outputs_written(setup, tmp_path):
     row = json.loads(log[-1])
     assert {"loss_ocr", "loss_grounding", "grad_norm_llm", "lr_llm"} <= set(row)
     assert result["cer"] == saved["cer"]
+
+
+@pytest.mark.parametrize("phase", ["training", "evaluation"])
+def test_running_out_of_gpu_memory_names_the_step_and_batch_and_leaves_the_base_clean(
+    setup, monkeypatch, phase
+):
+    """torch's real OutOfMemoryError, raised inside the training step (or the evaluation)
+    of the third step, becomes TrialOutOfMemory with the step, the batch size and the fix;
+    the adapter is gone from the kept base model, so the next trial starts clean."""
+    import gc
+    import weakref
+
+    from vlsweep.errors import TrialOutOfMemory
+
+    cfg, data = setup
+    budget = cfg.budget.model_copy(update={"steps": 4, "eval_at": [3], "eval_every": None})
+    base = load_base(cfg.model)
+    real = Trainer.step if phase == "training" else Trainer.evaluate
+    trainers: list[weakref.ref] = []
+
+    def exhausted(self, *args, **kwargs):
+        trainers.append(weakref.ref(self))
+        step = args[1] if phase == "training" else self.steps_done
+        if step == 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0)")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "step" if phase == "training" else "evaluate", exhausted)
+    with pytest.raises(TrialOutOfMemory) as caught:
+        run_trial(TrialParams(), budget, spec=cfg, data=data, base=base)
+    err = caught.value
+    assert (err.step, err.phase) == (3, phase)
+    if phase == "training":
+        assert str(err).startswith(
+            f"out of GPU memory at step 3 with batch {budget.batch_size}; lower budget.batch_size "
+            "or set model.gradient_checkpointing: true"
+        )
+    else:
+        assert str(err).startswith(
+            f"out of GPU memory evaluating at step 3 with eval batch {budget.eval_batch_size}; "
+            "lower budget.eval_batch_size"
+        )
+    assert str(err).endswith("(CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0))")
+    assert err.__context__ is None, "torch's error (and the step's tensors) would live on"
+    del caught, err
+    gc.collect()
+    assert all(ref() is None for ref in trainers), "the trial's Trainer outlived its failure"
+    assert not any("lora" in n for n, _ in base.model.named_parameters())
+    monkeypatch.undo()
+    after = run_trial(TrialParams(), budget, spec=cfg, data=data, base=base)
+    assert after["steps"] == 4

@@ -38,7 +38,7 @@ from vlsweep.spaces import Space
 _log = logging.getLogger("vlsweep")
 
 # Where the trial ran (node id, worker process), recorded as reported.
-_WHERE_KEYS = ("node_id", "worker_pid", "train_started")
+_WHERE_KEYS = ("node_id", "worker_pid", "gpu_ids", "train_started")
 
 
 class OptunaAskTellSearcher(Searcher):

@@ -89,12 +89,18 @@ def run(
     steps = 0
     # Where the trial ran: recorded on the Optuna trial (a reused actor keeps its pid).
     where: dict[str, Any] = {"node_id": ray.get_runtime_context().get_node_id(), "worker_pid": os.getpid()}
+    # The GPUs Ray gave this worker (it sets CUDA_VISIBLE_DEVICES to them, so torch's
+    # "cuda" is the first of them): trials sharing a GPU (gpus_per_trial 0.5) show the same.
+    gpus = ray.get_gpu_ids()
+    if gpus:
+        where["gpu_ids"] = ",".join(str(g) for g in gpus)
 
     def report(step: int, metrics: dict[str, float]) -> None:
         nonlocal steps
         steps = step
         tune.report({**metrics, **where, "steps": step})
 
+    failure: str | None = None
     try:
         spec, base_dir = _localized(spec, base_dir, driver_dir)
         # A builtin model is resolved to the weights shipped in this node's vlsweep.
@@ -124,7 +130,12 @@ def run(
             params, cfg.budget, report, spec=cfg, data=data, base=base, output_dir=out, on_log_row=log_row
         )
     except Exception as exc:  # a trial-level failure: recorded on the trial, not retried
-        tune.report({ERROR_KEY: describe_failure(exc), **where, "steps": steps})
+        failure = describe_failure(exc)
+    if failure is not None:
+        # Out of the handler, the error and the trial's tensors its frames held are gone:
+        # free what they used, so the next trial in this (reused) worker starts clean.
+        release_memory()
+        tune.report({ERROR_KEY: failure, **where, "steps": steps})
         return
     # The engine reported each evaluation; a final report carries the run's timings and
     # the metadata of the files stored for the driver to link to the Optuna trial.
@@ -147,30 +158,39 @@ def _store_files(spec: str, trial_dir: Path) -> dict[str, str]:
     return {artifacts.RESULT_KEY: json.dumps(metas)}
 
 
-def describe_failure(exc: BaseException) -> str:
-    """The reason a trial failed, as recorded on the Optuna trial (``error`` user attr).
-
-    An out-of-memory error says what to change, and the worker frees what it can so the
-    next trial in this (reused) process starts clean.
-    """
+def release_memory() -> None:
+    """Free what a finished trial's tensors held: Python's cycles, and torch's cached GPU
+    blocks (which another process sharing the GPU could not use otherwise)."""
     import gc
 
     import torch
 
-    from vlsweep.errors import UserInputError
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def describe_failure(exc: BaseException) -> str:
+    """The reason a trial failed, as recorded on the Optuna trial (``error`` user attr).
+
+    An out-of-memory error says where it happened (when the engine knows: the step and the
+    batch) and what to change.
+    """
+    import torch
+
+    from vlsweep.errors import TrialOutOfMemory, UserInputError
 
     tail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     if isinstance(exc, (UserInputError, FileNotFoundError, PermissionError)):
         # A model or data path this worker cannot read: say which machine could not.
         return f"on node {socket.gethostname()} ({_START_DIR}): {tail}"
+    if isinstance(exc, TrialOutOfMemory):
+        return str(exc)
     oom = isinstance(exc, torch.OutOfMemoryError) or (
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
     )
     if not oom:
         return tail
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
     return (
         f"out of memory: {first} (lower budget.batch_size or budget.eval_batch_size, set "

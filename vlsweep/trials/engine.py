@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from vlsweep.config import DEMO_DATA, BudgetConfig, DataConfig, TrainConfig
-from vlsweep.errors import UserInputError
+from vlsweep.errors import TrialOutOfMemory, UserInputError
 from vlsweep.metrics import Evaluation, compute
 from vlsweep.params import GROUP_LR, TrialParams
 from vlsweep.trials import forgetting
@@ -450,9 +450,14 @@ def run_trial(
     train_seconds = eval_seconds = 0.0
     metrics: dict[str, float] = {}
     trainer.model.train()
+    cuda = base.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(base.device)
     t_train = time.perf_counter()
+    phase, step, oom = "training", 0, ""
     try:
         for step in range(1, budget.steps + 1):
+            phase = "training"
             out = trainer.step(trainer.train_batch(mixer.batch(budget.batch_size, step)), step)
             if step % 10 == 0 or step in eval_at or step == 1:
                 loss = float(out["loss"])
@@ -478,6 +483,7 @@ def run_trial(
             if step in eval_at:
                 train_seconds += time.perf_counter() - t_train
                 t0 = time.perf_counter()
+                phase = "evaluation"
                 metrics = trainer.evaluate()
                 eval_seconds += time.perf_counter() - t0
                 _finite(metrics)
@@ -503,15 +509,25 @@ def run_trial(
                 "params": params.to_dict(),
             }
         )
+        if cuda:
+            result["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(base.device) / 2**30
         if output_dir is not None:
             output_dir.mkdir(parents=True, exist_ok=True)
             trainer.model.save_pretrained(output_dir / "adapter")
             (output_dir / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log_rows))
             (output_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
             (output_dir / "predictions.jsonl").write_text(trainer.predictions_jsonl())
+    except torch.OutOfMemoryError as exc:
+        oom = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
     finally:
         if not owns_base and trainer.model is not None:
             trainer.detach()
+    if oom:
+        # Raised here, not in the handler: torch's error (and the frames holding the step's
+        # tensors) is gone by now, so the caller can free the memory for the next trial.
+        batch = budget.eval_batch_size if phase == "evaluation" else budget.batch_size
+        del trainer, mixer  # the trial's optimizer state and gradients go with them
+        raise TrialOutOfMemory(step, phase, batch, oom)
     return result
 
 
