@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,44 @@ def test_running_out_of_gpu_memory_names_the_step_and_batch_and_leaves_the_base_
     monkeypatch.undo()
     after = run_trial(TrialParams(), budget, spec=cfg, data=data, base=base)
     assert after["steps"] == 4
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_half_precision_base_trains_float32_parameters_under_autocast(setup, dtype):
+    """Mixed precision, as on a GPU (autocast runs on the CPU too): the frozen base stays
+    in the half dtype, the trained parameters are float32 and move, the loss is finite;
+    float16 trains with a loss scaler. The base is left as it was for the next trial."""
+    cfg, data = setup
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"dtype": dtype})})
+    budget = cfg.budget.model_copy(update={"steps": 3, "eval_at": [3], "eval_every": None})
+    base = load_base(cfg.model)
+    half = getattr(torch, dtype)
+    assert base.model.dtype == half
+    trainer = Trainer(TrialParams(), budget, spec=cfg, data=data, base=base)
+    assert trainer.amp_dtype == half and (trainer.scaler is not None) == (dtype == "float16")
+    trainer.attach()
+    trained = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
+    frozen = [p for p in trainer.model.parameters() if not p.requires_grad and p.is_floating_point()]
+    assert trained and all(p.dtype == torch.float32 for p in trained.values())
+    assert frozen and all(p.dtype == half for p in frozen)
+    before = {n: p.detach().clone() for n, p in trained.items()}
+    trainer.model.train()
+    for step in (1, 2):
+        out = trainer.step(trainer.train_batch(list(range(budget.batch_size))), step)
+        assert math.isfinite(float(out["loss"])), out
+    assert any(not torch.equal(before[n], p) for n, p in trained.items()), "nothing trained"
+    metrics = trainer.evaluate()
+    assert metrics["cer"] >= 0.0 and 0.0 <= metrics["iou"] <= 1.0
+    trainer.detach()
+    assert all(p.dtype == half for p in base.model.parameters() if p.is_floating_point())
+    # A whole trial on it, end to end.
+    assert run_trial(TrialParams(), budget, spec=cfg, data=data, base=base)["steps"] == 3
+
+
+def test_float16_refuses_a_loss_balance_a_loss_scaler_would_change(setup):
+    from vlsweep.errors import UserInputError
+
+    cfg, data = setup
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"dtype": "float16"})})
+    with pytest.raises(UserInputError, match="model.dtype: float16 trains with a loss scaler"):
+        Trainer(TrialParams(loss_balance="famo"), cfg.budget, spec=cfg, data=data, base=load_base(cfg.model))

@@ -7,6 +7,7 @@ point and returns the final metrics.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -98,6 +99,20 @@ class Trainer:
         weights = params.weights_for(self.tasks)
         self.weights = torch.tensor([weights[t] for t in self.tasks], device=base.device)
         self.balance = BALANCES[params.loss_balance](len(self.tasks), self.weights, spec.loss).to(base.device)
+        # Mixed precision, as LLaMA-Factory and the HF Trainer train LoRA: the frozen base in
+        # the model's half dtype, the trained parameters in float32, the forward pass under
+        # autocast; float16 adds a loss scaler (its gradients underflow without one).
+        dtype = base.model.dtype
+        self.amp_dtype = dtype if dtype in (torch.bfloat16, torch.float16) else None
+        self.scaler: torch.amp.GradScaler | None = None
+        if dtype == torch.float16:
+            if not self.balance.scale_equivariant:
+                raise UserInputError(
+                    f"model.dtype: float16 trains with a loss scaler, which would change what "
+                    f"loss_balance {params.loss_balance!r} optimizes; use bfloat16 (on a GPU that has "
+                    "it) or float32, or another loss_balance"
+                )
+            self.scaler = torch.amp.GradScaler(base.device.type)
         # The LLM's LoRA stays still for the first steps (progressive training).
         self.vision_first_steps = round(params.vision_first_ratio * budget.steps)
         self.steps_done = 0
@@ -143,6 +158,12 @@ class Trainer:
         plan = plan_lora(model, self.base.groups, self.params, self.spec.lora)
         self.plan = plan
         self.model = attach_lora(model, plan, self.params, self.spec.lora)
+        if self.amp_dtype is not None:
+            # The trained copies (LoRA factors, a projector trained whole) in float32: AdamW's
+            # small updates would round away in a half dtype. detach() drops them again.
+            for p in self.model.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()
         if self.spec.model.gradient_checkpointing:
             self.model.enable_input_require_grads()
         named = list(self.model.named_parameters())
@@ -215,8 +236,9 @@ class Trainer:
         self.steps_done = step
         batch = self._to_device(batch)
         labels, task_ids = batch.pop("labels"), batch.pop("task_ids")
-        logits = self.model(**batch, use_cache=False).logits
-        means, counts = task_losses(logits, labels, task_ids, len(self.tasks))
+        with self._autocast():
+            logits = self.model(**batch, use_cache=False).logits
+        means, counts = task_losses(logits, labels, task_ids, len(self.tasks))  # in float32
         del logits
         vision_only = step <= self.vision_first_steps
         model_groups = [g for g in self.groups if g["module_group"] != "balance"]
@@ -225,7 +247,12 @@ class Trainer:
         inputs = [
             p for g in self.groups if not (vision_only and g["module_group"] == "llm") for p in g["params"]
         ]
-        objective = self.balance.backward(means, counts, inputs)
+        if self.scaler is None:
+            objective = self.balance.backward(means, counts, inputs)
+        else:  # every task loss times the scale: the balance's gradient times it (scale_equivariant)
+            objective = self.balance.backward(self.scaler.scale(means), counts, inputs)
+            objective = objective / self.scaler.get_scale()
+            self.scaler.unscale_(self.optimizer)
         per_task = means.detach()
         if vision_only:
             # AdamW skips a parameter without a gradient: no step, no moment update.
@@ -242,11 +269,15 @@ class Trainer:
             torch.nn.utils.clip_grads_with_norm_(
                 [p for g in model_groups for p in g["params"]], max_norm, total
             )
-        self.optimizer.step()
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)  # skipped when a gradient overflowed
+            self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.balance.needs_losses_after_step:
-            with torch.no_grad():
+            with torch.no_grad(), self._autocast():
                 logits = self.model(**batch, use_cache=False).logits
                 self.balance.after_step(*task_losses(logits, labels, task_ids, len(self.tasks)))
         return {
@@ -260,6 +291,11 @@ class Trainer:
             "grad_norm_total": total,
         }
 
+    def _autocast(self) -> Any:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.base.device.type, dtype=self.amp_dtype)
+
     # -- evaluation --------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -269,11 +305,12 @@ class Trainer:
         was_training = model.training
         model.eval()
         try:
-            texts = self._generate(model)
-            self.last_predictions = texts
-            evaluation = self._evaluation(texts, self._val_loss(model))
-            if self.reference is not None:
-                evaluation.forgetting = float(self._retain_kl(model).mean())
+            with self._autocast():  # float32 trained parts meet the half-dtype base
+                texts = self._generate(model)
+                self.last_predictions = texts
+                evaluation = self._evaluation(texts, self._val_loss(model))
+                if self.reference is not None:
+                    evaluation.forgetting = float(self._retain_kl(model).mean())
             metrics = compute(evaluation)
         finally:
             model.train(was_training)

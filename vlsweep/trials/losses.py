@@ -65,6 +65,9 @@ class Balance:
 
     # Whether after_step needs the batch's losses recomputed after the step.
     needs_losses_after_step = False
+    # Whether multiplying every task loss by one factor multiplies the model's gradient by
+    # it and changes nothing else: what a float16 loss scaler needs.
+    scale_equivariant = True
 
     def __init__(self, n_tasks: int, static_weights: torch.Tensor):
         self.n_tasks = n_tasks
@@ -104,6 +107,8 @@ class Static(Balance):
 class Uncertainty(Balance):
     """Kendall et al.: sum_i 0.5 exp(-s_i) L_i + 0.5 s_i, with s_i learned."""
 
+    scale_equivariant = False  # a scaled L_i moves the learned s_i
+
     def __init__(self, n_tasks: int, static_weights: torch.Tensor):
         from torchjd.scalarization import UW
 
@@ -134,6 +139,7 @@ class Famo(Balance):
     from the change of each loss on the same batch."""
 
     needs_losses_after_step = True
+    scale_equivariant = False  # log(k L_i) has the gradient of log(L_i): the scale is lost
 
     def __init__(self, n_tasks: int, static_weights: torch.Tensor, lr: float = 0.025):
         from torchjd.scalarization import FAMO
