@@ -46,6 +46,7 @@ TABLES: dict[str, tuple[str, str, str]] = {
     "demo_front": ("demo_front.json", "front_noise", "doc_table"),
     "train_loop": ("train_loop.json", "train_loop", "doc_table"),
     "export_fidelity": ("export_fidelity.json", "export_fidelity", "doc_table"),
+    "swift_fidelity": ("swift_fidelity.json", "swift_fidelity", "doc_table"),
 }
 
 
