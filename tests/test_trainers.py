@@ -110,6 +110,19 @@ def _swift(out: Path, tool: Path, *extra: str) -> str:
     )
 
 
+def _check_swift_trained_the_trial(results, trial, log: str) -> None:
+    """ms-swift's log: the trial's count of trainable parameters (swift prints millions to
+    4 decimals) and its three module learning rates."""
+    n, _ = _trainable(results, trial)
+    m = re.search(r"\(([\d.]+)M Trainable", log)
+    assert m, log[-3000:]
+    assert float(m.group(1)) == pytest.approx(n / 1e6, abs=5e-5)
+    p = trial_params(target_config(results), trial)
+    lrs = re.search(r"vit_lr: ([\d.e-]+), aligner_lr: ([\d.e-]+), llm_lr: ([\d.e-]+)", log)
+    assert lrs, log[-3000:]
+    assert [float(x) for x in lrs.groups()] == pytest.approx([p.lr_vision, p.lr_projector, p.lr_llm])
+
+
 def test_swift_trains_what_the_trial_trained_at_its_module_lrs(study_url, tmp_path, demo_data):  # noqa: F811
     tool = _tool("VLSWEEP_SWIFT")
     res = _expressible(study_url)
@@ -117,14 +130,7 @@ def test_swift_trains_what_the_trial_trained_at_its_module_lrs(study_url, tmp_pa
     out = tmp_path / "sw"
     export(res, trial, "swift", out, force=True)
     log = _swift(out, tool)
-    n, _ = _trainable(res, trial)
-    m = re.search(r"\(([\d.]+)M Trainable", log)
-    assert m, log[-3000:]
-    assert float(m.group(1)) == pytest.approx(n / 1e6, abs=5e-5)
-    p = trial_params(target_config(res), trial)
-    lrs = re.search(r"vit_lr: ([\d.e-]+), aligner_lr: ([\d.e-]+), llm_lr: ([\d.e-]+)", log)
-    assert lrs, log[-3000:]
-    assert [float(x) for x in lrs.groups()] == pytest.approx([p.lr_vision, p.lr_projector, p.lr_llm])
+    _check_swift_trained_the_trial(res, trial, log)
     (ckpt,) = (out / "output").glob("*/v*/checkpoint-2")
     metrics = _eval(target_config(res).model.name_or_path, ckpt, demo_data / "val.jsonl")
     assert 0 <= metrics["iou"] <= 1
@@ -162,14 +168,7 @@ def test_swift_trains_a_checkpoint_with_qwens_ids_as_exported_with_images_expand
     export(res, trial, "swift", out)  # no --force: nothing to refuse
     assert "--force" not in (out / "swift_sft.sh").read_text()
     log = _swift(out, tool)
-    n, _ = _trainable(res, trial)
-    m = re.search(r"\(([\d.]+)M Trainable", log)
-    assert m, log[-3000:]
-    assert float(m.group(1)) == pytest.approx(n / 1e6, abs=5e-5)
-    p = trial_params(target_config(res), trial)
-    lrs = re.search(r"vit_lr: ([\d.e-]+), aligner_lr: ([\d.e-]+), llm_lr: ([\d.e-]+)", log)
-    assert lrs, log[-3000:]
-    assert [float(x) for x in lrs.groups()] == pytest.approx([p.lr_vision, p.lr_projector, p.lr_llm])
+    _check_swift_trained_the_trial(res, trial, log)
     # The sample ms-swift prints: the image expanded to the processor's count of tokens.
     shown = re.findall(r"<\|vision_start\|>\[(?:<\|image_pad\|>|151655) \* (\d+)\]<\|vision_end\|>", log)
     assert shown, log[-3000:]

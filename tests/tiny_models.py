@@ -16,6 +16,7 @@ from vlsweep.demo.tiny import (
     char_tokenizer,
     llama_text,
     llava_tokenizer,
+    qwen2_vl_vision_config,
     qwen_processor,
     qwen_text_config,
     qwen_token_ids,
@@ -478,16 +479,7 @@ def build_qwen2_vl_qwen_ids(
     text.update(vocab_size=QWEN_VOCAB_SIZE, tie_word_embeddings=True)
     config = Qwen2VLConfig(
         text_config=text,
-        vision_config={
-            "depth": vision_layers,
-            "embed_dim": hidden,
-            "hidden_size": hidden,
-            "mlp_ratio": 2,
-            "num_heads": heads,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-        },
+        vision_config=qwen2_vl_vision_config(hidden=hidden, layers=vision_layers, heads=heads),
         tie_word_embeddings=True,
         **qwen_token_ids(tokenizer),
     )

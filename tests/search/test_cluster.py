@@ -122,13 +122,7 @@ def cluster(tmp_path_factory):
             time.sleep(2)
         yield {"root": root, "jobs": f"http://127.0.0.1:{dash}", "client": f"ray://127.0.0.1:{client}"}
     finally:
-        procs = _ours(dirs)
-        for proc in procs:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.send_signal(signal.SIGKILL)
-        psutil.wait_procs(procs, timeout=20)
-        for d in dirs:
-            shutil.rmtree(d, ignore_errors=True)
+        _stop(dirs)
     assert _ours(dirs) == [], "a Ray process of the test cluster is left"
 
 
@@ -186,6 +180,30 @@ def _submit(cluster, wd: Path, url: str, timeout: float = 600) -> subprocess.Com
     )
 
 
+def _stop(temp_dirs: list[Path]) -> None:
+    """Kill the Ray processes of these nodes and remove their temp dirs."""
+    procs = _ours(temp_dirs)
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGKILL)
+    psutil.wait_procs(procs, timeout=20)
+    for d in temp_dirs:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _launch_joining(wd: Path, url: str, port: int, timeout: float) -> subprocess.CompletedProcess:
+    """`vlsweep launch` in ``wd`` joining the cluster whose GCS is on ``port``."""
+    return subprocess.run(
+        [sys.executable, "-m", "vlsweep.cli", "launch", "sweep.yaml", "--storage", url]
+        + ["--address", f"127.0.0.1:{port}"],
+        env=ENV,
+        cwd=wd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def _wait_for_autoscaler_report(port: int, node_type: str) -> None:
     """Until `ray status` shows the autoscaler's report naming ``node_type``."""
     deadline = time.time() + 120
@@ -220,22 +238,9 @@ def test_a_fixed_cluster_with_the_v2_autoscaler_refuses_a_trial_no_node_can_hold
         assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
         monitors = [" ".join(p.cmdline()) for p in _ours([temp]) if "monitor" in " ".join(p.cmdline())]
         assert any("autoscaler/v2/monitor.py" in m for m in monitors), monitors
-        out = subprocess.run(
-            [sys.executable, "-m", "vlsweep.cli", "launch", "sweep.yaml", "--storage", url]
-            + ["--address", f"127.0.0.1:{port}"],
-            env=ENV,
-            cwd=wd,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        out = _launch_joining(wd, url, port, timeout=300)
     finally:
-        procs = _ours([temp])
-        for proc in procs:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.send_signal(signal.SIGKILL)
-        psutil.wait_procs(procs, timeout=20)
-        shutil.rmtree(temp, ignore_errors=True)
+        _stop([temp])
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
     refused = "error: resources.gpus_per_trial: each trial asks for 1 CPU, 1 GPU"
     assert refused in out.stderr, out.stderr[-2000:]
@@ -298,22 +303,9 @@ def test_trials_wait_for_an_autoscaler_and_run_on_the_node_it_adds(tmp_path, tin
         # is what the sweep reads to know that nodes may be added. Launched before it, the
         # sweep would see a fixed cluster and refuse, as it should.
         _wait_for_autoscaler_report(port, "ray.head.default")
-        out = subprocess.run(
-            [sys.executable, "-m", "vlsweep.cli", "launch", "sweep.yaml", "--storage", url]
-            + ["--address", f"127.0.0.1:{port}"],
-            env=ENV,
-            cwd=wd,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        out = _launch_joining(wd, url, port, timeout=600)
     finally:
-        procs = _ours([temp])
-        for proc in procs:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.send_signal(signal.SIGKILL)
-        psutil.wait_procs(procs, timeout=20)
-        shutil.rmtree(temp, ignore_errors=True)
+        _stop([temp])
     logs = out.stdout + out.stderr
     assert out.returncode == 0, logs[-3000:]
     assert "each trial asks for 1 CPU, 1 GPU, but no node of the Ray cluster has that" in logs, logs[-3000:]

@@ -164,6 +164,20 @@ def qwen_text_config(tokenizer: Any, *, hidden: int, layers: int, heads: int) ->
     }
 
 
+def qwen2_vl_vision_config(*, hidden: int, layers: int, heads: int) -> dict[str, Any]:
+    """A tiny Qwen2-VL vision tower: 14-pixel patches merged 2x2, as in the real one."""
+    return {
+        "depth": layers,
+        "embed_dim": hidden,
+        "hidden_size": hidden,
+        "mlp_ratio": 2,
+        "num_heads": heads,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    }
+
+
 def qwen_token_ids(tokenizer: Any) -> dict[str, Any]:
     image, video, vstart, vend = _ids(
         tokenizer, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"
@@ -189,16 +203,7 @@ def build_qwen2_vl(
     tokenizer = qwen_tokenizer()
     config = Qwen2VLConfig(
         text_config=qwen_text_config(tokenizer, hidden=hidden, layers=layers, heads=heads),
-        vision_config={
-            "depth": vision_layers,
-            "embed_dim": hidden,
-            "hidden_size": hidden,
-            "mlp_ratio": 2,
-            "num_heads": heads,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-        },
+        vision_config=qwen2_vl_vision_config(hidden=hidden, layers=vision_layers, heads=heads),
         **qwen_token_ids(tokenizer),
     )
     model = Qwen2VLForConditionalGeneration(config)
