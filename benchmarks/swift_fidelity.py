@@ -146,10 +146,14 @@ def doc_table(f: dict[str, Any]) -> str:
         rows.append((names[key], f"{a:.4g}", f"{b:.4g}", abs(a - b) <= 1e-9 + 1e-6 * abs(a)))
     lines = [
         f"| trial {f['trial']} of a {f['trials']}-trial sweep on {f['checkpoint']} | the trial | "
-        f"ms-swift {f['swift_version'] or ''} on `--format swift` | same |",
+        f"ms-swift {f['swift_version'] or ''} on `--format swift` | equal |",
         "|---|---|---|---|",
     ]
     lines += [f"| {name} | {a} | {b} | {'yes' if ok else '**no**'} |" for name, a, b, ok in rows]
+    lines.append(
+        "\n(ms-swift prints its count of trainable parameters in millions to 4 decimals: equal "
+        "within that rounding, 50 parameters.)"
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -12,6 +12,14 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ray_token_of_the_tests(tmp_path_factory: pytest.TempPathFactory):
+    """The local Rays the tests start keep token auth on, with a token of their own: the
+    user's ~/.ray/auth_token is neither made nor changed by a test run."""
+    if "RAY_AUTH_TOKEN" not in os.environ and "RAY_AUTH_TOKEN_PATH" not in os.environ:
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(tmp_path_factory.mktemp("ray-token") / "auth_token")
+
+
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic OCR + grounding dataset (train.jsonl, val.jsonl, img/)."""

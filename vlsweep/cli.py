@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 from vlsweep.demo import DEMO_TRAIN, DEMO_VAL
-from vlsweep.errors import SweepInterrupted, SweepStopped, UserInputError
+from vlsweep.errors import SweepInterrupted, SweepStopped, TrialOutOfMemory, UserInputError
 
 if TYPE_CHECKING:  # heavy imports stay inside the commands (`vlsweep --help` is fast)
     import optuna
@@ -90,6 +90,9 @@ def train(
         )
     except UserInputError as err:
         _fail(err)
+    except TrialOutOfMemory as err:  # its message says where and what to change
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
     summary: dict[str, Any] = {k: result[k] for k in ("cer", "iou", "parse_fail_rate") if k in result}
     if "base" in result:
         summary["base"] = {k: result["base"].get(k) for k in ("cer", "iou")}

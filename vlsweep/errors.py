@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class UserInputError(Exception):
     """One or more problems with what the user gave us, each a self-contained line.
@@ -20,10 +22,12 @@ class TrialOutOfMemory(RuntimeError):
     which batch size) and what to change. Raised once the trial's own tensors are out of
     scope, so the worker can free the memory for its next trial."""
 
-    def __init__(self, step: int, phase: str, batch: int, detail: str):
-        self.step, self.phase, self.batch = step, phase, batch
+    def __init__(self, *, step: int, phase: str, batch: int, detail: str):
+        self.step, self.phase, self.batch, self.detail = step, phase, batch, detail
         if phase == "evaluation":
             where = f"evaluating at step {step} with eval batch {batch}; lower budget.eval_batch_size"
+        elif phase == "setup":
+            where = "attaching the adapter, before step 1; lower lora_r or train fewer modules"
         else:
             where = (
                 f"at step {step} with batch {batch}; lower budget.batch_size or set "
@@ -33,6 +37,13 @@ class TrialOutOfMemory(RuntimeError):
             f"out of GPU memory {where}, or give each trial more of a GPU (resources.gpus_per_trial) "
             f"({detail})"
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keyword-only: pickled (to a pool's parent) by hand
+        return (_trial_out_of_memory, (self.step, self.phase, self.batch, self.detail))
+
+
+def _trial_out_of_memory(step: int, phase: str, batch: int, detail: str) -> TrialOutOfMemory:
+    return TrialOutOfMemory(step=step, phase=phase, batch=batch, detail=detail)
 
 
 class SweepStopped(Exception):

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.cluster
 RAY = str(Path(sys.executable).with_name("ray"))
 # The clusters' token, and what the nodes and the user's commands run with: the token in a
 # file of the user's only, named by RAY_AUTH_TOKEN_PATH, and token mode on.
-TOKEN = Path(f"/tmp/vlsweep-ray-{os.getpid()}-token")
+TOKEN = Path(tempfile.mkdtemp(prefix="vlsweep-ray-token-")) / "token"  # a private folder
 AUTH_VARS = {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"}
 ENV = {
     **{k: v for k, v in os.environ.items() if k not in AUTH_VARS},
@@ -46,11 +47,11 @@ ENV = {
 
 @pytest.fixture(scope="module", autouse=True)
 def cluster_token():
-    fd = os.open(TOKEN, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(TOKEN, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32))
     yield TOKEN
-    TOKEN.unlink(missing_ok=True)
+    shutil.rmtree(TOKEN.parent, ignore_errors=True)
 
 
 def _free_ports(n: int) -> list[int]:

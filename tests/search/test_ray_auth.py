@@ -81,18 +81,19 @@ def test_a_sweeps_local_ray_refuses_a_client_without_the_token(tmp_path, tiny_ch
     edit_yaml(path, budget={"steps": 4, "eval_every": 2})
     held = tmp_path / "held"
     held.mkdir()
-    driver = subprocess.Popen(
-        [sys.executable, str(HELD), str(path), f"sqlite:///{tmp_path / 'db.sqlite'}", str(held)],
-        cwd=tmp_path,
-        env=_env(home),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    log = tmp_path / "driver.log"
+    with log.open("w") as out:  # a file, not a pipe: a chatty driver never blocks on it
+        driver = subprocess.Popen(
+            [sys.executable, str(HELD), str(path), f"sqlite:///{tmp_path / 'db.sqlite'}", str(held)],
+            cwd=tmp_path,
+            env=_env(home),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.time() + 300
         while not (held / "ready").exists():
-            assert driver.poll() is None, driver.communicate()[0][-3000:]
+            assert driver.poll() is None, log.read_text()[-3000:]
             assert time.time() < deadline, "the sweep never reported a first evaluation"
             time.sleep(0.5)
         gcs = json.loads((held / "ready").read_text())["gcs_address"]
@@ -118,9 +119,9 @@ def test_a_sweeps_local_ray_refuses_a_client_without_the_token(tmp_path, tiny_ch
         assert "TASK ran" in out, out[-2000:]
     finally:
         (held / "release").touch()
-    out, _ = driver.communicate(timeout=300)
-    assert driver.returncode == 0, out[-3000:]
-    assert "made a Ray auth token in" in out, out[-3000:]
+    driver.wait(timeout=300)
+    assert driver.returncode == 0, log.read_text()[-3000:]
+    assert "made a Ray auth token in" in log.read_text(), log.read_text()[-3000:]
 
 
 def test_the_token_is_made_readable_by_the_user_only_and_an_open_one_is_closed(tmp_path, monkeypatch):
@@ -146,3 +147,29 @@ def test_the_token_is_made_readable_by_the_user_only_and_an_open_one_is_closed(t
     n = len(said)
     backend.ensure_auth_token(said.append)
     assert len(said) == n, "a token in RAY_AUTH_TOKEN needs no file"
+
+
+def test_a_cluster_gets_only_a_token_given_for_it_and_a_failed_join_says_what_to_check(tmp_path, monkeypatch):
+    """The token of the user's local Rays (~/.ray/auth_token) is never sent to a cluster
+    unasked; one named in RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN is. The hint after a failed
+    join says which case it was."""
+    for var in AUTH_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert backend.token_source() is None
+    assert backend.token_hint().startswith("no Ray auth token was found here")
+    backend.ensure_auth_token(lambda _m: None)  # as a local sweep makes it
+    local = tmp_path / ".ray" / "auth_token"
+    assert backend.token_source() is None, "the local Rays' token would go to the cluster"
+    assert backend.token_hint().startswith(f"no token was sent: {local} holds the token of your local Rays")
+    missing = tmp_path / "cluster_token"
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(missing))
+    assert backend.token_hint().startswith(f"RAY_AUTH_TOKEN_PATH names {missing}, which does not exist")
+    missing.write_text("f" * 64)
+    assert backend.token_source() == str(missing)
+    assert backend.token_hint().startswith(f"the token from {missing} was sent")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert backend.token_hint().startswith("RAY_AUTH_MODE=disabled is set here")
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH")
+    assert backend.token_source() == str(local), "asked for with RAY_AUTH_MODE=token, it is sent"

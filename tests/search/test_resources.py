@@ -150,3 +150,26 @@ def test_trials_the_cluster_can_hold_are_never_said_to_wait_for_resources(
     run_sweep(cfg, base_dir, f"sqlite:///{tmp_path / 'db.sqlite'}", log=lines.append)
     progress = [x for x in lines if "trials done" in x]
     assert progress and not [x for x in progress if "waiting for resources" in x], progress
+
+
+@pytest.mark.parametrize(("types", "adds"), [(["", ""], False), (["headgroup", "gpu-group"], True)])
+def test_the_v2_autoscaler_counts_as_adding_nodes_only_when_its_nodes_carry_node_types(
+    monkeypatch, types, adds
+):
+    """Under the v2 autoscaler, hand-started nodes carry no node type name (its read-only
+    mode) and the nodes of an autoscaler's config carry theirs (KubeRay's group names):
+    the flag alone does not make a fixed cluster an autoscaling one."""
+    from types import SimpleNamespace as NS
+
+    import ray.autoscaler.v2.sdk as sdk
+    import ray.autoscaler.v2.utils as v2
+    import ray.experimental.internal_kv as kv
+    import ray.tune.execution.cluster_info as cluster_info
+
+    monkeypatch.setattr(cluster_info, "_is_ray_cluster", lambda: False)
+    monkeypatch.setattr(v2, "is_autoscaler_v2", lambda fetch_from_server=False: True)
+    monkeypatch.setattr(kv, "internal_kv_get_gcs_client", lambda: "gcs")
+    state = NS(node_states=[NS(ray_node_type_name=t) for t in types])
+    monkeypatch.setattr(sdk, "get_cluster_resource_state", lambda gcs: state if gcs == "gcs" else None)
+    cfg = SimpleNamespace(ray=SimpleNamespace(autoscaling=None))
+    assert backend.autoscaling(cfg) is adds

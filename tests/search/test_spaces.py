@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import optuna
 import pytest
 
@@ -250,3 +252,25 @@ def test_every_strategys_range_holds_its_off_value_so_the_baseline_is_inside():
     assert "rotation_share" not in values and values["rotation_period"] == 0
     study.enqueue_trial({**BASELINE, "rotation_period": 25})
     assert "rotation_share" in space.suggest(study.ask(), settings)
+
+
+def test_float16_with_a_balance_a_loss_scaler_changes_is_refused_before_the_sweep():
+    import torch
+    import yaml
+
+    from vlsweep.config import LossConfig
+    from vlsweep.search.config import NOT_SCALE_EQUIVARIANT
+    from vlsweep.trials.losses import BALANCES
+
+    balances = {n: make(2, torch.ones(2), LossConfig()) for n, make in BALANCES.items()}
+    flagged = [n for n, b in balances.items() if not b.scale_equivariant]
+    assert sorted(flagged) == sorted(NOT_SCALE_EQUIVARIANT)
+    path = Path(__file__).parents[2] / "examples" / "strategies-sweep.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["model"] = {**raw.get("model", {}), "dtype": "float16"}
+    with pytest.raises(UserInputError, match="model.dtype: float16 trains with a loss scaler") as err:
+        load_sweep_config(path, data=raw)
+    assert "uncertainty and famo" in str(err.value)
+    raw["space"] = {"loss_balance": {"type": "categorical", "choices": ["static", "upgrad"]}}
+    raw.pop("strategies")
+    load_sweep_config(path, data=raw)  # the others take a loss scaler

@@ -149,13 +149,14 @@ def test_outputs_written(setup, tmp_path):
     assert result["cer"] == saved["cer"]
 
 
-@pytest.mark.parametrize("phase", ["training", "evaluation"])
+@pytest.mark.parametrize("phase", ["training", "evaluation", "setup"])
 def test_running_out_of_gpu_memory_names_the_step_and_batch_and_leaves_the_base_clean(
     setup, monkeypatch, phase
 ):
     """torch's real OutOfMemoryError, raised inside the training step (or the evaluation)
-    of the third step, becomes TrialOutOfMemory with the step, the batch size and the fix;
-    the adapter is gone from the kept base model, so the next trial starts clean."""
+    of the third step, or once the adapter is attached, becomes TrialOutOfMemory with the
+    step, the batch size and the fix; the adapter is gone from the kept base model, so the
+    next trial starts clean."""
     import gc
     import weakref
 
@@ -164,22 +165,28 @@ def test_running_out_of_gpu_memory_names_the_step_and_batch_and_leaves_the_base_
     cfg, data = setup
     budget = cfg.budget.model_copy(update={"steps": 4, "eval_at": [3], "eval_every": None})
     base = load_base(cfg.model)
-    real = Trainer.step if phase == "training" else Trainer.evaluate
+    method = {"training": "step", "evaluation": "evaluate", "setup": "attach"}[phase]
+    real = getattr(Trainer, method)
     trainers: list[weakref.ref] = []
 
     def exhausted(self, *args, **kwargs):
         trainers.append(weakref.ref(self))
+        if phase == "setup":
+            real(self, *args, **kwargs)  # attached, then out of memory
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0)")
         step = args[1] if phase == "training" else self.steps_done
         if step == 3:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0)")
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(Trainer, "step" if phase == "training" else "evaluate", exhausted)
+    monkeypatch.setattr(Trainer, method, exhausted)
     with pytest.raises(TrialOutOfMemory) as caught:
         run_trial(TrialParams(), budget, spec=cfg, data=data, base=base)
     err = caught.value
-    assert (err.step, err.phase) == (3, phase)
-    if phase == "training":
+    assert (err.step, err.phase) == (0 if phase == "setup" else 3, phase)
+    if phase == "setup":
+        assert str(err).startswith("out of GPU memory attaching the adapter, before step 1")
+    elif phase == "training":
         assert str(err).startswith(
             f"out of GPU memory at step 3 with batch {budget.batch_size}; lower budget.batch_size "
             "or set model.gradient_checkpointing: true"
@@ -239,3 +246,14 @@ def test_float16_refuses_a_loss_balance_a_loss_scaler_would_change(setup):
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"dtype": "float16"})})
     with pytest.raises(UserInputError, match="model.dtype: float16 trains with a loss scaler"):
         Trainer(TrialParams(loss_balance="famo"), cfg.budget, spec=cfg, data=data, base=load_base(cfg.model))
+
+
+def test_trial_out_of_memory_survives_pickling():
+    """A pool worker's error reaches its parent intact (keyword-only constructor)."""
+    import pickle
+
+    from vlsweep.errors import TrialOutOfMemory
+
+    err = TrialOutOfMemory(step=7, phase="training", batch=8, detail="CUDA out of memory.")
+    back = pickle.loads(pickle.dumps(err))
+    assert (back.step, back.phase, back.batch, str(back)) == (7, "training", 8, str(err))

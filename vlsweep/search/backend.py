@@ -66,20 +66,18 @@ def autoscaling(cfg: SweepConfig) -> bool:
     # the cluster launcher's) names the node types of its config, and the nodes it starts
     # carry them. The v2 flag alone says which autoscaler runs, not that it adds nodes.
     try:
-        import ray
         from ray.tune.execution.cluster_info import _is_ray_cluster
 
         if _is_ray_cluster():
             return True
         from ray.autoscaler.v2.utils import is_autoscaler_v2
+        from ray.experimental.internal_kv import _internal_kv_get, internal_kv_get_gcs_client
 
         if is_autoscaler_v2(fetch_from_server=True):
-            from ray._raylet import GcsClient  # type: ignore[attr-defined]
             from ray.autoscaler.v2.sdk import get_cluster_resource_state
 
-            gcs = GcsClient(address=ray.get_runtime_context().gcs_address)
-            return any(node.ray_node_type_name for node in get_cluster_resource_state(gcs).node_states)
-        from ray.experimental.internal_kv import _internal_kv_get
+            state = get_cluster_resource_state(internal_kv_get_gcs_client())
+            return any(node.ray_node_type_name for node in state.node_states)
 
         raw = _internal_kv_get("__autoscaling_status")
         mapping = json.loads(raw).get("autoscaler_report", {}).get("node_type_mapping") or {} if raw else {}
@@ -179,29 +177,36 @@ def ensure_auth_token(log: Log) -> None:
             log(f"made Ray's auth token {path} readable by you only (it was mode {mode:o})")
         return
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # an empty file, or another sweep made one just now
-        if path.read_text().strip():
-            return
-        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
-        os.fchmod(fd, 0o600)
+    # Written whole to a private temp file, then put in place in one step: a second sweep
+    # starting at the same moment finds either no token or a complete one.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32))
+    try:
+        if path.exists():  # an empty file: replaced
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if another sweep's token got there first: keep that one
+    except FileExistsError:
+        return
+    finally:
+        tmp.unlink(missing_ok=True)
     log(f"made a Ray auth token in {path} (readable by you only); Ray's tools read it from there")
 
 
 def use_token_if_found() -> None:
-    """Before joining an existing cluster: send Ray's token when one is found here.
+    """Before joining an existing cluster: send the token the user gave for clusters.
 
-    Ray itself sends it only with RAY_AUTH_MODE=token exported (a client without it, facing
-    a cluster with token auth on, waits 30 s and reports a timeout). With the variable
-    unset and a token where Ray looks (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH,
-    ~/.ray/auth_token), token mode is turned on for this process, as Ray's own
-    ``maybe_enable_token_auth_if_token_available`` does (a cluster without auth ignores
-    the token; measured with Ray 2.60). A mode the user set is left as it is.
+    Ray sends a token only with RAY_AUTH_MODE=token exported (a client without it, facing a
+    cluster with token auth on, waits 30 s and reports a timeout). With the variable unset
+    and a token named explicitly (RAY_AUTH_TOKEN, or the file RAY_AUTH_TOKEN_PATH names),
+    token mode is turned on for this process (a cluster without auth ignores the token;
+    measured with Ray 2.60). ``~/.ray/auth_token`` alone is not sent: it is the token of
+    the user's local Rays, and a cluster of someone else's must not receive it unasked.
+    A mode the user set is left as it is.
     """
-    if "RAY_AUTH_MODE" in os.environ:
+    if "RAY_AUTH_MODE" in os.environ or not _explicit_token():
         return
     from ray._private.authentication.authentication_token_setup import (
         maybe_enable_token_auth_if_token_available,
@@ -210,8 +215,17 @@ def use_token_if_found() -> None:
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
+def _explicit_token() -> bool:
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or bool(path and Path(path).expanduser().is_file())
+
+
 def token_source() -> str | None:
-    """Where Ray finds its token here (RAY_AUTH_TOKEN or a file), None when nowhere."""
+    """Where the token sent to a cluster comes from here (RAY_AUTH_TOKEN or a file), None
+    when none is sent."""
+    mode = (os.environ.get("RAY_AUTH_MODE") or "").lower()
+    if mode != "token" and not (mode == "" and _explicit_token()):
+        return None
     path = auth_token_path()
     return "RAY_AUTH_TOKEN" if path is None else str(path) if path.is_file() else None
 
@@ -219,24 +233,36 @@ def token_source() -> str | None:
 def token_hint() -> str:
     """What to check about Ray's token when joining a cluster failed."""
     mode = (os.environ.get("RAY_AUTH_MODE") or "").lower()
-    found = token_source()
+    sent = token_source()
+    path = auth_token_path()
     how = (
-        "copy the cluster's token into ~/.ray/auth_token (mode 600), or set RAY_AUTH_TOKEN_PATH to "
-        'its file or RAY_AUTH_TOKEN to it (docs/cluster.md, "Ray\'s token authentication")'
+        "put the cluster's token in a file of yours (mode 600) and set RAY_AUTH_TOKEN_PATH to it, "
+        "or set RAY_AUTH_TOKEN to it, or copy it into ~/.ray/auth_token and export "
+        'RAY_AUTH_MODE=token (docs/cluster.md, "Ray\'s token authentication")'
     )
     if mode == "disabled":
         return (
             "RAY_AUTH_MODE=disabled is set here, and a cluster with Ray's token auth on (Ray's "
             f"default since 2.60) refuses a client without its token: unset it and {how}"
         )
-    if found is None:
+    if sent is not None:
         return (
-            "no Ray auth token was found here (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token), "
-            f"and a cluster with token auth on refuses a client without it: {how}"
+            f"the token from {sent} was sent; if the cluster runs with token auth, check that it is "
+            "the cluster's token; otherwise that the address is right and its port reachable from here"
+        )
+    named = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if named and path is not None and not path.is_file():
+        return f"RAY_AUTH_TOKEN_PATH names {path}, which does not exist: {how}"
+    if path is not None and path.is_file():
+        return (
+            f"no token was sent: {path} holds the token of your local Rays, which is sent to a "
+            f"cluster only when you ask; if the cluster runs with token auth, {how}; otherwise "
+            "check that the address is right and its port reachable from here"
         )
     return (
-        f"the token from {found} was sent; if the cluster runs with token auth, check that it is "
-        "the cluster's token; otherwise that the address is right and its port reachable from here"
+        "no Ray auth token was found here (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token); "
+        f"if the cluster runs with token auth (Ray's default since 2.60), {how}; otherwise check "
+        "that the address is right and its port reachable from here"
     )
 
 
@@ -289,7 +315,7 @@ def ray_init(cfg: SweepConfig, address: str | None, log: Log, study: optuna.Stud
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, ray.exceptions.AuthenticationError) as err:
-            last = str(err).strip().splitlines()[-1][:200]
+            last = (str(err).strip().splitlines() or [type(err).__name__])[-1][:200]
             msg = f"cannot join the Ray cluster at {address} ({last}); {token_hint()}"
             raise UserInputError(msg) from None
         return False

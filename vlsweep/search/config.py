@@ -358,10 +358,33 @@ def load_sweep_config(path: str | Path, data: dict[str, Any] | None = None) -> t
                 if unknown:
                     problems.append(f"{path}: search.warm_start.{i}.params: unknown parameter(s) {unknown}")
     if cfg is not None and not problems:
-        problems += [f"{path}: {p}" for p in _warm_start_problems(cfg)]
+        problems += [f"{path}: {p}" for p in _warm_start_problems(cfg) + _float16_problems(cfg)]
     if problems or cfg is None:
         raise UserInputError(problems)
     return cfg, path.resolve().parent
+
+
+# The loss balances whose objective a float16 loss scaler changes (Balance.scale_equivariant).
+NOT_SCALE_EQUIVARIANT = ("uncertainty", "famo")
+
+
+def _float16_problems(cfg: SweepConfig) -> list[str]:
+    """model.dtype float16 trains with a loss scaler, which two loss balances cannot take:
+    said before the sweep, rather than as failed trials (the trial engine checks again)."""
+    if cfg.model.dtype != "float16":
+        return []
+    space = cfg.parsed_space()
+    spec = space.specs.get("loss_balance")
+    offered = list(spec.choices) if spec is not None and hasattr(spec, "choices") else []
+    offered += [space.fixed["loss_balance"]] if "loss_balance" in space.fixed else []
+    bad = [b for b in NOT_SCALE_EQUIVARIANT if b in offered]
+    if not bad:
+        return []
+    return [
+        f"model.dtype: float16 trains with a loss scaler, which would change what loss_balance "
+        f"{' and '.join(bad)} optimize; use bfloat16 (on a GPU that has it) or float32, or leave "
+        f"{' and '.join(bad)} out of space.loss_balance.choices"
+    ]
 
 
 def distributions(space: Space) -> dict[str, Any]:

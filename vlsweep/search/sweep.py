@@ -419,11 +419,11 @@ def run_sweep_via_client(
             # earlier session's one is still shutting down. Twice more, as a user would; not
             # when the token is missing (a client without it waits 30 s for a timeout).
             no_token = token_source() is None and "timeout" in str(err)
+            last = (str(err).strip().splitlines() or [type(err).__name__])[-1][:200]
             if attempt == 2 or no_token or isinstance(err, ray.exceptions.AuthenticationError):
-                last = str(err).strip().splitlines()[-1][:200]
                 msg = f"--address {address}: cannot connect through Ray Client ({last}); {token_hint()}"
                 raise UserInputError(msg) from None
-            log(f"Ray Client connection failed ({str(err).strip().splitlines()[-1][:200]}); retrying in 5 s")
+            log(f"Ray Client connection failed ({last}); retrying in 5 s")
             time.sleep(5)
     try:
         sanitized = studies.strip_password(storage_url)

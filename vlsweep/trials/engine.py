@@ -252,7 +252,6 @@ class Trainer:
         else:  # every task loss times the scale: the balance's gradient times it (scale_equivariant)
             objective = self.balance.backward(self.scaler.scale(means), counts, inputs)
             objective = objective / self.scaler.get_scale()
-            self.scaler.unscale_(self.optimizer)
         per_task = means.detach()
         if vision_only:
             # AdamW skips a parameter without a gradient: no step, no moment update.
@@ -260,6 +259,9 @@ class Trainer:
                 if g["module_group"] == "llm":
                     for p in g["params"]:
                         p.grad = None
+        if self.scaler is not None:
+            # After the LLM's gradients are dropped: an overflow there must not skip the step.
+            self.scaler.unscale_(self.optimizer)
         # Clipping and the total norm are the model's: a balance's own parameters (the
         # uncertainty log-variances) are logged apart and never scale the model's update.
         norms, total = group_grad_norms(model_groups)
@@ -397,7 +399,8 @@ class Trainer:
             was_training = model.training
             model.eval()
             try:
-                return forgetting.reference_of(self._retain_log_probs(model))
+                with self._autocast():  # as every evaluation it is compared with runs
+                    return forgetting.reference_of(self._retain_log_probs(model))
             finally:
                 model.train(was_training)
 
@@ -480,19 +483,21 @@ def run_trial(
             f"base model: cer={base_metrics.get('cer', float('nan')):.4f} "
             f"iou={base_metrics.get('iou', float('nan')):.4f} ({time.perf_counter() - t0:.1f}s)"
         )
-    trainer.attach()
     mixer = make_mixer(data.train, params, budget.steps, spec.seed)
     eval_at = _eval_steps(budget)
     log_rows: list[dict[str, Any]] = []
     train_seconds = eval_seconds = 0.0
     metrics: dict[str, float] = {}
-    trainer.model.train()
     cuda = base.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(base.device)
-    t_train = time.perf_counter()
-    phase, step, oom = "training", 0, ""
+    phase, step, oom = "setup", 0, ""
     try:
+        # Inside the try: an adapter half attached (an error while its parameters are
+        # cast) is taken off the kept base all the same.
+        trainer.attach()
+        trainer.model.train()
+        t_train = time.perf_counter()
         for step in range(1, budget.steps + 1):
             phase = "training"
             out = trainer.step(trainer.train_batch(mixer.batch(budget.batch_size, step)), step)
@@ -564,7 +569,7 @@ def run_trial(
         # tensors) is gone by now, so the caller can free the memory for the next trial.
         batch = budget.eval_batch_size if phase == "evaluation" else budget.batch_size
         del trainer, mixer  # the trial's optimizer state and gradients go with them
-        raise TrialOutOfMemory(step, phase, batch, oom)
+        raise TrialOutOfMemory(step=step, phase=phase, batch=batch, detail=oom)
     return result
 
 

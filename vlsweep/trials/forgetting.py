@@ -30,7 +30,7 @@ from vlsweep.trials.batching import IGNORE
 TOPK = 20
 _MIN = 1e-12
 # Bumped when what is stored changes: old files are never read.
-FORMAT = 1
+FORMAT = 2  # 2: a half-dtype base is run under autocast
 
 
 @dataclass
