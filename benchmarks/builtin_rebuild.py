@@ -5,7 +5,7 @@ rebuild``) into a temporary directory, probes it and the shipped one on the same
 scenes, and says whether the rebuild's weights are identical to the shipped ones (they
 are on the CPU kind, torch build and thread count the shipped ones were built with, and
 differ elsewhere). Not part of CI: a rebuild takes minutes (about 4 for tiny-qwen2-vl
-and 6 for tiny-llava on 2 cores); the test suite probes the shipped weights only.
+and 5 for tiny-llava on 2 cores); the test suite probes the shipped weights only.
 
     python benchmarks/builtin_rebuild.py [--names tiny-qwen2-vl,tiny-llava] \
         [--json docs/benchmarks/builtin_rebuild.json]

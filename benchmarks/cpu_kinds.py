@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from vlsweep.params import BASELINE
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "examples" / "demo-train.yaml"
 # The instruction-set ceilings, as each library names them; "native" sets none.
@@ -40,17 +42,11 @@ KINDS: dict[str, dict[str, str]] = {
         "ONEDNN_MAX_CPU_ISA": "SSE41",
     },
 }
-# The demo-train settings and two more of the demo's: the untuned baseline's single rate,
-# and one with the projector's rate as high as the LLM's.
+# The demo-train settings and two more of the demo's: the sweep's untuned baseline (trial
+# 0, vlsweep.params.BASELINE), and one with the projector's rate as high as the LLM's.
 SETTINGS: dict[str, dict[str, Any]] = {
     "demo-train": {},
-    "baseline": {
-        "lr_vision": 1e-4,
-        "lr_projector": 1e-4,
-        "lr_llm": 1e-4,
-        "lora_r": 8,
-        "lora_alpha_ratio": 2.0,
-    },
+    "baseline": dict(BASELINE),
     "shared-1e-3": {"lr_vision": 1e-3, "lr_projector": 1e-3, "lr_llm": 1e-3},
 }
 METRICS = ("cer", "iou", "parse_fail_rate")

@@ -55,17 +55,17 @@ def test_the_embedded_demo_sweep_finds_a_front_that_beats_the_baseline(tmp_path)
     (baseline,) = [t for t in trials if t.user_attrs.get("baseline")]
     front = study.best_trials
     # The front has the shape the README shows: at least as many points (the README's own
-    # block says how many), and the un-tuned baseline is dominated by one of them.
+    # block says how many), and one of them beats the un-tuned baseline on both metrics,
+    # on IoU by more than three of its standard errors.
     readme = (ROOT / "README.md").read_text()
     shown = re.search(r"Pareto front of 'demo' \((\d+) of 16 complete trials\)", readme)
     assert shown, "README.md shows no front of the demo"
     assert len(front) >= int(shown.group(1)), ([t.values for t in front], shown.group(0))
     assert any(
-        t.values[0] <= baseline.values[0]
-        and t.values[1] >= baseline.values[1]
-        and t.values != baseline.values
+        t.values[0] < baseline.values[0]
+        and t.values[1] > baseline.values[1] + 3 * t.user_attrs["iou_se"]
         for t in front
-    ), ([t.values for t in front], baseline.values)
+    ), ([(t.values, t.user_attrs.get("iou_se")) for t in front], baseline.values)
     # The ends of the front against their noise (docs/demo.md reads this benchmark), from
     # the predictions the sweep stored for them.
     sys.path.insert(0, str(ROOT / "benchmarks"))

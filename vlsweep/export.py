@@ -348,7 +348,7 @@ def export_llamafactory(results: SweepResults, trial: FrozenTrial, out: Path, op
             f"cannot be expressed; learning_rate is the LLM's ({params.lr_llm:.3g}). For per-module "
             "rates use --format swift (vit_lr / aligner_lr) or --format peft (param_groups.json)."
         )
-    if modules_to_save and params.lr_projector * SLOW_PROJECTOR <= params.lr_llm:
+    if modules_to_save and 0 < params.lr_projector * SLOW_PROJECTOR <= params.lr_llm:
         # Measured on the demo (docs/report.md): at the LLM's rate a whole projector is
         # rewritten, while one the trial trained 10x slower or more barely moved.
         notes.append(

@@ -178,7 +178,7 @@ def test_a_rebuild_writes_a_checked_checkpoint_that_builtin_names_load(tmp_path,
     info = rebuild("test-tiny", tmp_path / "test-tiny", log=logged.append)
     path = demo.resolve_model(ModelConfig(name_or_path="builtin:test-tiny", device="cpu")).name_or_path
     assert path == str(tmp_path / "test-tiny")
-    assert info.pop("identical_to_shipped")  # it is the one in WEIGHTS here
+    info.pop("identical_to_shipped")  # the build compared with itself here: checked below
     assert any(x.startswith("  building builtin:test-tiny, stage 2 of 2") for x in logged), logged
     provenance = json.loads((tmp_path / "test-tiny" / builtin.PROVENANCE).read_text())
     # (as JSON text: a toy build's losses may be NaN, which equals nothing)
@@ -195,6 +195,13 @@ def test_a_rebuild_writes_a_checked_checkpoint_that_builtin_names_load(tmp_path,
     assert load_base(ModelConfig(name_or_path=path, device="cpu")).model_type == family
     with pytest.raises(UserInputError, match="exists and is not empty"):
         rebuild("test-tiny", tmp_path / "test-tiny", log=logged.append)
+    # A rebuild elsewhere gives the weights in WEIGHTS byte for byte, and says so; against
+    # other weights it says they differ.
+    assert rebuild("test-tiny", tmp_path / "again", log=logged.append)["identical_to_shipped"]
+    shipped = tmp_path / "test-tiny" / "model.safetensors"
+    data = shipped.read_bytes()
+    shipped.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    assert not rebuild("test-tiny", tmp_path / "third", log=logged.append)["identical_to_shipped"]
 
 
 def test_the_frozen_vision_shortcut_gives_the_plain_forward_logits(tiny_checkpoint, demo_data):

@@ -63,7 +63,7 @@ class Recipe:
     # every image, and the LLM learns to ignore them; a wider init makes them informative.
     vision_init_std: float = 0.1
     # What the base must do, untrained, on fresh scenes of the style it was pretrained on
-    # (probe.probe): read with at most this CER and box the asked-for word with at least
+    # (probing.probe): read with at most this CER and box the asked-for word with at least
     # this mean IoU. The shipped weights and every rebuild are held to it.
     probe_max_cer: float = 0.05
     probe_min_iou: float = 0.5

@@ -372,8 +372,10 @@ class StrategyMixer(TaskMixer):
         c = competence(step, self.ramp_steps)
         ix = self._by_task[task]
         admitted = [i for i in ix if self.difficulty[i] <= c]
+        if admitted:
+            return admitted
         easiest = min(self.difficulty[i] for i in ix)
-        return admitted or [i for i in ix if self.difficulty[i] == easiest]
+        return [i for i in ix if self.difficulty[i] == easiest]
 
     def probabilities_at(self, step: int) -> dict[str, float]:
         return rotation_probabilities(self.probabilities, step, self.period, self.share)
