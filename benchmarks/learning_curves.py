@@ -1,11 +1,14 @@
-"""Learning curves of the tiny-VLM demo: (cer, iou) every 20 steps for random configs.
+"""Learning curves of the demo: every evaluation's metrics, every 10% of the steps, for
+random configs.
 
 Records the data the multi-fidelity benchmark replays (``benchmarks/mf_replay.py``): the
 embedded demo's model, data, budget (200 steps) and default search space, configs drawn
 by Optuna's RandomSampler from a fixed seed, each trained with the trial engine and
-evaluated every 20 steps. One JSON line per config in
-``benchmarks/data/learning_curves.jsonl``; a rerun appends only the configs still
-missing, so it can be stopped and continued, and the same seed gives the same configs.
+evaluated every 20 steps. Each curve point holds the evaluation's metrics (cer, iou, the
+per-task validation losses, the parse-failure rate) and the per-task training losses at
+that step. One JSON line per config in ``benchmarks/data/learning_curves.jsonl``; a rerun
+appends only the configs still missing, so it can be stopped and continued, and the same
+seed gives the same configs.
 
     python benchmarks/learning_curves.py [--configs 300] [--workers 2] [--out FILE] [--every 20]
 """
@@ -65,12 +68,17 @@ def _run(job: tuple[int, dict[str, Any]]) -> dict[str, Any]:
 
     index, values = job
     curve: list[dict[str, float]] = []
+    train_losses: dict[int, dict[str, float]] = {}
+
+    def on_log_row(row: dict[str, Any]) -> None:
+        train_losses[row["step"]] = {f"train_{k}": v for k, v in row.items() if k.startswith("loss")}
 
     def report(step: int, metrics: dict[str, float]) -> None:
-        # The objectives, and the per-task validation losses (smoother candidates for
-        # ranking at early rungs; the first 300-config table predates them).
-        keys = ("cer", "iou", "val_loss_ocr", "val_loss_grounding")
-        curve.append({"steps": step, **{k: metrics[k] for k in keys if k in metrics}})
+        # Everything the evaluation measured (the objectives, the per-task validation
+        # losses: smoother candidates for ranking at early rungs) and the training losses
+        # of that step; the first 300-config table (2026-11) holds cer and iou only.
+        point = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        curve.append({**point, "steps": step, **train_losses.get(step, {})})
 
     t0 = time.perf_counter()
     try:
@@ -81,6 +89,7 @@ def _run(job: tuple[int, dict[str, Any]]) -> dict[str, Any]:
             spec=_STATE["spec"],
             data=_STATE["data"],
             base=_STATE["base"],
+            on_log_row=on_log_row,
         )
         error = None
         train_seconds = result["train_seconds"]

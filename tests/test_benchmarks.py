@@ -42,20 +42,70 @@ def test_nearest_returns_the_recorded_config_itself(table):
         assert t.nearest(row["params"]) is row
 
 
+def _replay(name, table, budget, hub=None):
+    t, space, settings = table
+    return mf_replay.replay(
+        mf_replay.make_method(name, space, settings, 0, [20, 60, 180], 3, hub), t, budget, 2
+    )
+
+
 def test_full_budget_spends_200_steps_per_trial_and_mo_asha_stops_some(table):
     t, space, settings = table
     budget = 10 * mf_replay.MAX_T
-    full, full_started = mf_replay.simulate("tpe-full", t, space, settings, 0, budget, 2)
+    full, full_started = _replay("tpe-full", table, budget)
     assert all(s % 20 == 0 for s, _ in full)  # time advances in evaluation intervals
     assert [hv for _, hv in full] == sorted(hv for _, hv in full)  # the front only grows
     # Every trial runs all 200 steps: the budget buys that many full trials, less the
     # two left running when it runs out and any that hit the diverging config.
     assert budget // mf_replay.MAX_T - 3 <= len(full) - 1 <= budget // mf_replay.MAX_T
-    asha, asha_started = mf_replay.simulate("moasha-random", t, space, settings, 0, budget, 2)
-    # The same steps buy MO-ASHA many more configs: most stop at the first rungs.
-    assert asha_started > full_started
-    assert len(asha) - 1 < asha_started
+    # The same steps buy each early-stopping method many more configs: most stop at the
+    # first rungs.
+    for name in ("mo-asha-random", "mo-asha-rung-tpe", "syne-tune-moasha"):
+        asha, asha_started = _replay(name, table, budget)
+        assert asha_started > full_started, name
+        assert len(asha) - 1 < asha_started, name
     assert mf_replay.at(t.rows[7], 80) is None and mf_replay.at(t.rows[7], 60) is not None
+
+
+def test_the_headline_figures_follow_the_issue_definitions():
+    budget = 1000
+    runs = {
+        # Per seed: (history of (steps, hypervolume), trials started). TPE ends at 0.5 and 0.4.
+        "tpe-full": [([(0, 0.0), (400, 0.3), (1000, 0.5)], 5), ([(0, 0.0), (600, 0.4)], 5)],
+        # Reaches 95% of that seed's TPE final (0.475, then 0.38) at 200 and 300 steps.
+        "mo-asha-random": [([(0, 0.0), (200, 0.48)], 9), ([(0, 0.0), (300, 0.39)], 9)],
+        # Never on one seed, at 500 steps on the other: the median is infinite, so null.
+        "mo-asha-tpe": [([(0, 0.0), (900, 0.1)], 9), ([(0, 0.0), (500, 0.39)], 9)],
+        "syne-tune-moasha": [([(0, 0.0), (100, 0.2), (150, 0.6)], 9), ([(0, 0.0), (50, 0.45)], 9)],
+    }
+    figures = mf_replay.summarize(runs, budget)
+    assert figures["tpe-full"]["steps_to_95pct"] == 0.8  # median of 1.0 and 0.6
+    assert figures["mo-asha-random"]["steps_to_95pct"] == 0.25
+    assert figures["mo-asha-tpe"]["steps_to_95pct"] is None
+    assert figures["mo-asha-tpe"]["steps_to_95pct_per_seed"] == [None, 0.5]
+    assert len(figures["tpe-full"]["median_hv"]) == mf_replay.BUDGETS
+    assert figures["mo-asha-random"]["median_hv"][0] == 0.0  # at 50 steps
+    assert figures["mo-asha-random"]["median_hv"][-1] == pytest.approx(0.435)
+    v = mf_replay.verdict(figures)
+    assert v["mo_asha"] == "mo-asha-random" and v["within_33pct"]
+    # TPE's median ends higher (0.45); Syne Tune is ahead at every budget (0.525 from 150 steps).
+    assert v["budgets_below_peer"] == {"tpe-full": [20], "syne-tune-moasha": list(range(1, 21))}
+    assert not v["at_least_every_peer"]
+
+
+def test_optunahub_multimetric_pruner_from_a_local_registry_copy(table, tmp_path):
+    """Runs only where a copy of OptunaHub's registry is given (CI's quick mode has none)."""
+    import os
+
+    registry = os.environ.get("VLSWEEP_OPTUNAHUB_REGISTRY")
+    if not registry:
+        pytest.skip("set VLSWEEP_OPTUNAHUB_REGISTRY to a checkout of optuna/optunahub-registry")
+    hub, left_out = mf_replay.load_hub(Path(registry))
+    assert left_out is None
+    # Over Optuna's SuccessiveHalvingPruner it cannot run (see OptunaHubMethod).
+    assert "KeyError" in (mf_replay.sha_error(hub) or "")
+    history, started = _replay("optunahub-multimetric", table, 10 * mf_replay.MAX_T, hub)
+    assert started > 10 and len(history) > 1
 
 
 def test_early_signal_correlates_each_step_with_the_final_value():

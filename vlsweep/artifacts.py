@@ -151,6 +151,11 @@ def link(storage: Any, trial_id: int, metas: Sequence[dict[str, Any]]) -> None:
         storage.set_trial_system_attr(trial_id, _ATTR_PREFIX + meta["artifact_id"], json.dumps(meta))
 
 
+def any_linked(trials: Sequence[FrozenTrial]) -> bool:
+    """Whether any of ``trials`` has stored files linked to it (removed ones included)."""
+    return any(key.startswith(_ATTR_PREFIX) for t in trials for key in t.system_attrs)
+
+
 def removed_ids(study: optuna.Study) -> set[str]:
     """Ids of the stored files retention removed (recorded on the study: a finished
     trial's own attrs can no longer change)."""

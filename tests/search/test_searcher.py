@@ -79,6 +79,92 @@ def test_scheduler_stopped_trial_is_pruned_with_steps(searcher):
     assert searcher.study.best_trials == []
 
 
+def test_a_trial_records_its_objectives_at_each_rung_it_reaches(tmp_path):
+    s = _searcher(tmp_path, rungs=[10, 30])
+    s.suggest("r")
+    s.on_trial_result("r", {"steps": 10})  # a training-curve row at a rung: no objectives
+    s.on_trial_result("r", {"steps": 10, "cer": 0.4, "iou": 0.2})
+    s.on_trial_result("r", {"steps": 20, "cer": 0.3, "iou": 0.3})  # not a rung
+    s.on_trial_result("r", {"steps": 30, "cer": float("nan"), "iou": 0.3})  # not finite: not recorded
+    s.on_trial_complete("r", {"steps": 30, "cer": float("nan"), "iou": 0.3})
+    assert _only(s).user_attrs["rungs"] == {"10": [0.4, 0.2]}
+    # A trial the scheduler stops at a rung: Tune hands that result to on_trial_complete only.
+    s.suggest("q")
+    s.on_trial_result("q", {"steps": 10, "cer": 0.5, "iou": 0.1})
+    s.on_trial_complete("q", {"steps": 30, "cer": 0.45, "iou": 0.15})
+    q = s.study.get_trials()[1]
+    assert q.state == TrialState.PRUNED
+    assert q.user_attrs["rungs"] == {"10": [0.5, 0.1], "30": [0.45, 0.15]}
+
+
+def test_the_sampler_sees_stopped_trials_at_the_highest_rung_with_enough_of_them():
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from vlsweep.search.study import at_highest_rung
+
+    dist = {"x": FloatDistribution(0, 1), "y": FloatDistribution(0, 1)}  # d = 2: a rung needs 3
+
+    def trial(number, state, rungs, values=None):
+        t = create_trial(state=state, params={"x": 0.5, "y": 0.5}, distributions=dist, values=values)
+        t.number, t.user_attrs = number, ({"rungs": rungs} if rungs else {})
+        return t
+
+    r10, r30 = {"10": [0.5, 0.1]}, {"10": [0.5, 0.1], "30": [0.4, 0.2]}
+    trials = [
+        trial(0, TrialState.PRUNED, r10),
+        trial(1, TrialState.PRUNED, r30),
+        trial(2, TrialState.COMPLETE, r30, [0.3, 0.3]),
+        trial(3, TrialState.PRUNED, r30),
+        trial(4, TrialState.FAIL, None),
+        trial(5, TrialState.RUNNING, r30),  # running: its rungs may still change: not counted
+    ]
+    seen = at_highest_rung(trials, [10, 30])
+    # Rung 30 has 3 finished trials: they are COMPLETE with their values there; the one
+    # stopped at rung 10 stays PRUNED (worse at a lower rung), the others are as they were.
+    assert [t.state for t in seen] == [
+        TrialState.PRUNED,
+        TrialState.COMPLETE,
+        TrialState.COMPLETE,
+        TrialState.COMPLETE,
+        TrialState.FAIL,
+        TrialState.RUNNING,
+    ]
+    assert [seen[k].values for k in (1, 2, 3)] == [[0.4, 0.2]] * 3
+    assert trials[2].values == [0.3, 0.3] and trials[1].state == TrialState.PRUNED  # copies
+    # Too few at rung 30: rung 10 (4 finished trials there) stands in.
+    fewer = at_highest_rung(trials[:3], [10, 30])
+    assert [t.values for t in fewer] == [[0.5, 0.1]] * 3
+    # Enough full-budget trials: seen as they are.
+    done = [trial(k, TrialState.COMPLETE, r30, [0.3, 0.3]) for k in range(3)]
+    assert at_highest_rung(done + trials, [10, 30]) == done + trials
+    # No rung with enough trials: as they are (TPE's own start-up decides).
+    assert at_highest_rung(trials[:2], [10, 30]) == trials[:2]
+
+
+def test_tpe_learns_from_the_rungs_where_it_learned_nothing_from_pruned_trials():
+    """Every trial stopped at the first rung: told only PRUNED, TPE proposes about as a
+    random sampler does; told what the rung measured, it closes in on the good region."""
+    import statistics
+
+    from vlsweep.search.study import RUNG_ATTR, make_sampler
+
+    def distance_after_startup(rungs):
+        study = optuna.create_study(
+            directions=["minimize", "maximize"], sampler=make_sampler("tpe", 0, rungs=rungs)
+        )
+        distances = []
+        for _ in range(40):
+            t = study.ask()
+            d = abs(t.suggest_float("x", 0, 1) - 0.8)  # the good configs sit near x = 0.8
+            distances.append(d)
+            t.set_user_attr(RUNG_ATTR, {"10": [d, 1 - d]})
+            study.tell(t, state=TrialState.PRUNED)
+        return statistics.median(distances[10:])  # after TPE's 10 random start-up trials
+
+    assert distance_after_startup([10]) < 0.12 < 0.15 < distance_after_startup([])
+
+
 def test_worker_failure_gets_rays_message_and_close_leaves_nothing_running(searcher):
     searcher.suggest("a")
     searcher.suggest("b")

@@ -257,6 +257,12 @@ def test_mo_asha_sweep_prunes_at_rungs_and_only_full_budget_trials_complete(
     assert pruned and complete, [(t.number, t.state, t.user_attrs.get("steps")) for t in trials]
     assert {t.user_attrs["steps"] for t in pruned} <= {1, 3}  # stopped at a rung
     assert all(t.user_attrs["steps"] == 9 for t in complete)
+    # What each trial measured at the rungs it reached is on it, for the sampler to learn
+    # from (search.learn_from_rungs, on by default).
+    for t in pruned + complete:
+        reached = {str(r) for r in (1, 3) if r <= t.user_attrs["steps"]}
+        assert set(t.user_attrs["rungs"]) == reached, (t.number, t.user_attrs)
+        assert all(len(v) == 2 and 0 <= v[0] and 0 <= v[1] <= 1 for v in t.user_attrs["rungs"].values())
 
 
 def test_every_export_format_writes_the_values_the_trial_ran_with(

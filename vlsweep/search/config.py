@@ -81,6 +81,10 @@ class SearchConfig(_Strict):
     # grace_steps defaults to budget.steps / reduction_factor**2 (three rungs with the last).
     grace_steps: int | None = Field(default=None, ge=1)
     reduction_factor: int = Field(default=3, ge=2)
+    # With early stopping and the TPE sampler: propose from what stopped trials measured
+    # at the rungs (a model at the highest rung with enough trials, as BOHB does) rather
+    # than from the few full-budget trials alone.
+    learn_from_rungs: bool = True
     # Stop the sweep after this many seconds (running trials are stopped and end FAIL,
     # "stopped: search.time_budget_s ... reached"); the trial budget still caps the count.
     time_budget_s: float | None = Field(default=None, gt=0)

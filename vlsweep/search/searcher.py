@@ -31,7 +31,7 @@ from ray.tune.search import Searcher
 
 from vlsweep import artifacts
 from vlsweep.metrics import METRICS
-from vlsweep.search.study import reproducible_slot
+from vlsweep.search.study import RUNG_ATTR, reproducible_slot
 from vlsweep.search.worker import ERROR_KEY
 from vlsweep.spaces import Space
 
@@ -55,6 +55,7 @@ class OptunaAskTellSearcher(Searcher):
         reproducible_window: int | None = None,
         artifact_store: Any | None = None,
         keep_last: int | None = None,
+        rungs: list[int] | None = None,
     ):
         super().__init__(metric=None, mode=None)
         self.study = study
@@ -82,6 +83,14 @@ class OptunaAskTellSearcher(Searcher):
         # Each finished trial's files, written to this store by its worker (vlsweep.artifacts).
         self.artifact_store = artifact_store
         self.keep_last = keep_last
+        # Whether the study has any stored files (None: not looked yet). Retention reads
+        # every trial; with no files there is nothing to remove, and the read is a tenth
+        # of the driver's time per trial when trials are short (benchmarks/trial_overhead.py).
+        self._has_files: bool | None = None
+        # Early stopping's rungs: each trial's objectives there go to its RUNG_ATTR, so the
+        # sampler learns from trials stopped early (study.at_highest_rung).
+        self.rungs = sorted(rungs or [])
+        self._at_rungs: dict[str, dict[str, list[float]]] = {}
 
     # -- Tune's hooks ----------------------------------------------------------------------
 
@@ -105,6 +114,8 @@ class OptunaAskTellSearcher(Searcher):
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if "steps" in result and result["steps"] is not None:
             self._steps[trial_id] = int(result["steps"])
+            if int(result["steps"]) in self.rungs:
+                self._record_rung(trial_id, int(result["steps"]), result)
         if result.get(ERROR_KEY):
             self._reported_error[trial_id] = str(result[ERROR_KEY])
         trial = self._live.get(trial_id)
@@ -115,10 +126,23 @@ class OptunaAskTellSearcher(Searcher):
                 for key, value in where.items():
                     trial.set_user_attr(key, value)
 
+    def _record_rung(self, trial_id: str, steps: int, result: dict[str, Any]) -> None:
+        trial = self._live.get(trial_id)
+        values = [result.get(name) for name in self.objectives]
+        if trial is None or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            return
+        measured = self._at_rungs.setdefault(trial_id, {})
+        measured[str(steps)] = [float(v) for v in values]  # type: ignore[arg-type]
+        trial.set_user_attr(RUNG_ATTR, measured)
+
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
         self._held, self.holding = False, []
+        if result and not error and result.get("steps") in self.rungs:
+            # A trial stopped at a rung: Tune hands its last result here, not to on_trial_result.
+            self._record_rung(trial_id, int(result["steps"]), result)
+        self._at_rungs.pop(trial_id, None)
         trial = self._live.pop(trial_id, None)
         if trial is None:
             return
@@ -194,7 +218,8 @@ class OptunaAskTellSearcher(Searcher):
         self._where = {}
         self._first_errors, self.abort_reason = None, None
         self.window, self._held, self.holding = None, False, []
-        self.artifact_store, self.keep_last = None, None
+        self.artifact_store, self.keep_last, self._has_files = None, None, None
+        self.rungs, self._at_rungs = [], {}
 
     # -- telling Optuna --------------------------------------------------------------------
 
@@ -254,11 +279,16 @@ class OptunaAskTellSearcher(Searcher):
             )
         self.study.tell(trial, values)
         self._first_errors = None  # a trial succeeded: the sweep works
-        if self.artifact_store is not None:
+        if self.artifact_store is not None and self._files_stored():
             try:
                 artifacts.prune(self.study, self.artifact_store, self.keep_last)
             except Exception as exc:  # retention must never cost a sweep its trials
                 _log.warning("artifact retention failed (files are kept): %s", exc)
+
+    def _files_stored(self) -> bool:
+        if self._has_files is None:
+            self._has_files = artifacts.any_linked(self.study.get_trials(deepcopy=False))
+        return self._has_files
 
     def _link_files(self, trial: optuna.Trial, result: dict[str, Any]) -> None:
         """Link the files the worker stored to the Optuna trial (or say why there are none)."""
@@ -267,11 +297,13 @@ class OptunaAskTellSearcher(Searcher):
         metas = result.get(artifacts.RESULT_KEY)
         if metas and self.artifact_store is not None:
             artifacts.link(self.study._storage, trial._trial_id, json.loads(metas))
+            self._has_files = True
 
     def _tell_fail(self, trial_id: str, trial: optuna.Trial, message: str, steps: int | None = None) -> None:
         self._steps.pop(trial_id, None)
         self._reported_error.pop(trial_id, None)
         self._where.pop(trial_id, None)
+        self._at_rungs.pop(trial_id, None)
         trial.set_user_attr("error", message[-2000:])
         if steps is not None:
             trial.set_user_attr("steps", steps)

@@ -223,11 +223,14 @@ def create_or_check(
     return study
 
 
-def make_sampler(kind: str, seed: int | None, window: int | None = None) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    kind: str, seed: int | None, window: int | None = None, rungs: Sequence[int] = ()
+) -> optuna.samplers.BaseSampler:
     """Optuna's sampler with Optuna's defaults, reading the study once per ask. With
     ``window`` (the sweep's concurrency), each ask sees a history that depends on the
     trial's number only (``OneReadPerAsk``), so a seeded sweep proposes the same points
-    however its trials' completions interleave."""
+    however its trials' completions interleave. With ``rungs`` (early stopping), TPE
+    learns from what stopped trials measured at the rungs (``at_highest_rung``)."""
     if kind == "tpe":
         inner: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(seed=seed)
     elif kind == "nsga2":
@@ -238,7 +241,50 @@ def make_sampler(kind: str, seed: int | None, window: int | None = None) -> optu
         inner = optuna.samplers.RandomSampler(seed=seed)
     else:
         raise UserInputError(f"search.sampler: unknown sampler {kind!r}; choose tpe, nsga2, gp or random")
-    return OneReadPerAsk(inner, window=window)
+    return OneReadPerAsk(inner, window=window, rungs=rungs if kind == "tpe" else ())
+
+
+# -- learning from the rungs ----------------------------------------------------------------
+
+# User attr of a trial under early stopping: {"<steps>": [objective values]} at each rung
+# it reached, in the study's objective order.
+RUNG_ATTR = "rungs"
+
+
+def at_highest_rung(trials: list[FrozenTrial], rungs: Sequence[int]) -> list[FrozenTrial]:
+    """The trials as a sampler should see them under early stopping: judged at the highest
+    fidelity that has enough of them, as BOHB's model does (Falkner et al. 2018).
+
+    A trial a scheduler stopped is PRUNED, and Optuna's TPE then knows only that it was
+    worse than the ones that went on: what it measured at the rungs is lost, and with
+    successive halving most trials are stopped. Here, while fewer than ``d + 1`` trials
+    (``d``: the parameters searched) finished the whole budget, the highest rung that
+    ``d + 1`` trials reached stands in for the budget: every trial measured there is
+    COMPLETE with its values at that rung; one stopped before it stays PRUNED (worse at a
+    lower rung), a running one stays RUNNING. From ``d + 1`` full-budget trials on, the
+    trials are returned unchanged. The sampling itself is Optuna's.
+    """
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    n_min = len({name for t in finished for name in t.distributions}) + 1
+    if n_min < 2 or sum(t.state == TrialState.COMPLETE for t in finished) >= n_min:
+        return trials
+    for rung in sorted(rungs, reverse=True):
+        key = str(rung)
+        measured = [
+            t for t in trials if t.state != TrialState.RUNNING and key in t.user_attrs.get(RUNG_ATTR, {})
+        ]
+        if len(measured) < n_min:
+            continue
+        ids = {t.number for t in measured}
+        out = []
+        for t in trials:
+            if t.number in ids:
+                t = copy.copy(t)
+                t.state, t.values = TrialState.COMPLETE, list(t.user_attrs[RUNG_ATTR][key])
+                t.intermediate_values = {}
+            out.append(t)
+        return out
+    return trials
 
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -268,18 +314,28 @@ class OneReadPerAsk(optuna.samplers.BaseSampler):
     have finished by then (the searcher asks for trial k only once the earlier ones have
     ended). What a trial is proposed then depends on its number, not on which of the
     trials in flight happened to finish first.
+
+    With ``rungs`` (early stopping), the trials are then seen ``at_highest_rung``.
     """
 
-    def __init__(self, inner: optuna.samplers.BaseSampler, window: int | None = None):
+    def __init__(
+        self, inner: optuna.samplers.BaseSampler, window: int | None = None, rungs: Sequence[int] = ()
+    ):
         self.inner = inner
         self.window = window
+        self.rungs = list(rungs)
         self._view: TrialsSnapshot | None = None
 
     def _seen(self, study: optuna.Study, trial: FrozenTrial) -> Any:
         if self._view is None or self._view.study is not study:
             self._view = TrialsSnapshot(study)
-            if self.window:
-                self._view._trials = _as_of(self._view.get_trials(deepcopy=False), trial.number, self.window)
+            if self.window or self.rungs:
+                trials = self._view.get_trials(deepcopy=False)
+                if self.window:
+                    trials = _as_of(trials, trial.number, self.window)
+                if self.rungs:
+                    trials = at_highest_rung(trials, self.rungs)
+                self._view._trials = trials
         return self._view
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:

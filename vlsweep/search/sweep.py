@@ -144,7 +144,8 @@ def run_sweep(
     loggers = logger_callbacks(cfg)  # a missing logger package is an error before anything is written
     storage = studies.open_storage(storage_url)
     window = cfg.search.max_concurrent if cfg.search.reproducible else None
-    sampler = studies.make_sampler(cfg.search.sampler, cfg.search.seed, window)
+    rungs = rung_steps(cfg) if cfg.search.learn_from_rungs else []
+    sampler = studies.make_sampler(cfg.search.sampler, cfg.search.seed, window, rungs)
     names = [o.name for o in cfg.objectives]
     directions = [o.direction or "minimize" for o in cfg.objectives]
     new_study = cfg.name not in optuna.get_all_study_names(storage)
@@ -219,6 +220,7 @@ def run_sweep(
             reproducible_window=window,
             artifact_store=store,
             keep_last=cfg.artifacts.keep_last,
+            rungs=rungs,
         )
         started = time.time()
         events = Events(
