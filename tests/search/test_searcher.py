@@ -360,6 +360,54 @@ def test_a_reproducible_sweep_proposes_the_same_points_whatever_finishes_first(t
     assert plain_a != plain_b
 
 
+def test_the_drivers_storage_proposes_and_stores_what_a_plain_one_does(tmp_path):
+    """DriverStorage serves the driver's running trials from memory: the sampler proposes
+    exactly the same points, the database ends up holding the same trials, and a trial
+    another process enqueues mid-sweep is still picked up."""
+    from vlsweep.search.study import DriverStorage, make_sampler, open_storage
+
+    def sweep(url, driver):
+        storage = open_storage(url, driver=driver)
+        assert isinstance(storage, DriverStorage) == driver
+        study = optuna.create_study(
+            storage=storage,
+            study_name="s",
+            directions=["minimize", "maximize"],
+            sampler=make_sampler("tpe", 0),
+        )
+        running, asked = [], []
+        for k in range(30):
+            if k == 20:  # another process (a second storage on the file) enqueues a point
+                optuna.load_study(study_name="s", storage=open_storage(url)).enqueue_trial(
+                    {"x": 0.123, "c": "b"}
+                )
+            t = study.ask()
+            x = t.suggest_float("x", 0, 1)
+            asked.append((t.number, x, t.suggest_categorical("c", ["a", "b"])))
+            t.set_user_attr("ray_trial_id", f"r{k}")
+            t.set_user_attr("steps", k)
+            running.append(t)
+            if len(running) == 2:  # two in flight: the older one ends
+                old = running.pop(0)
+                if k % 5 == 0:
+                    study.tell(old, state=TrialState.PRUNED)
+                else:
+                    study.tell(old, [old.params["x"], 1 - old.params["x"]])
+        return asked
+
+    def stored(url):
+        return [
+            (t.number, t.state, t.values, t.params, t.user_attrs)
+            for t in optuna.load_study(study_name="s", storage=open_storage(url)).get_trials()
+        ]
+
+    plain, driver = f"sqlite:///{tmp_path / 'plain.db'}", f"sqlite:///{tmp_path / 'driver.db'}"
+    asked = sweep(driver, True)
+    assert asked == sweep(plain, False)
+    assert (20, 0.123, "b") in asked
+    assert stored(driver) == stored(plain)
+
+
 def test_the_metrics_table_sets_the_trial_attrs(searcher):
     """Every metric of vlsweep.metrics other than the study's two values (cer, iou) is a
     user attr, as docs/sweep.md lists them; keys outside the table are not copied."""

@@ -54,8 +54,12 @@ def strip_password(url: str) -> str:
     return make_url(url).set(password=None).render_as_string(hide_password=False)
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """An RDB storage for ``url``; a PostgreSQL password may come from PGPASSWORD."""
+def open_storage(url: str, *, driver: bool = False) -> optuna.storages.RDBStorage:
+    """An RDB storage for ``url``; a PostgreSQL password may come from PGPASSWORD.
+
+    ``driver``: the storage of a sweep's driver, which keeps its running trials in memory
+    (``DriverStorage``); everything else (status, report, dashboard) reads the database.
+    """
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -73,7 +77,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     else:
         kwargs["pool_pre_ping"] = True
     try:
-        storage = ResilientStorage(url, engine_kwargs=kwargs)
+        storage = (DriverStorage if driver else ResilientStorage)(url, engine_kwargs=kwargs)
         if sqlite and parsed.database not in (None, "", ":memory:"):
             _sqlite_wal(storage)
         return storage
@@ -179,6 +183,117 @@ for _name in (
 ):
     if callable(getattr(optuna.storages.RDBStorage, _name, None)):
         setattr(ResilientStorage, _name, _retrying(_name))
+
+
+class DriverStorage(ResilientStorage):
+    """The sweep driver's storage: the trials it created and has not finished are served
+    from memory, every write still goes to the database first.
+
+    Optuna caches finished trials, but reads a running trial back from the database
+    whenever it is asked for, since in Optuna's distributed mode other processes write to
+    it. In a sweep they do not: the driver alone asks, suggests, records and tells (its
+    workers report through Ray, and a second driver is refused), so what it wrote is what
+    the database holds. Each trial was read back five times (creating it, sampling,
+    telling it, twice to list the running trials), about a third of the driver's time
+    per trial when trials are short (benchmarks/trial_overhead.py). A trial leaves the
+    memory copy when its state changes (popped from the queue, finished): the next read
+    is from the database, so the timestamps Optuna sets there are the ones seen here.
+    Trials other processes create in the study still arrive by the database.
+
+    Written here: Optuna's own cache (``_CachedStorage``) has no mode that trusts its
+    writer, and it is private.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._lock = threading.Lock()
+        self._mine: dict[int, tuple[int, FrozenTrial]] = {}  # trial id -> (study id, trial)
+
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        trial = super()._create_new_trial(study_id, template_trial)
+        if trial.state == TrialState.RUNNING:
+            with self._lock:
+                self._mine[trial._trial_id] = (study_id, copy.deepcopy(trial))
+        return trial
+
+    def _update(self, trial_id: int, change: Any) -> None:
+        with self._lock:
+            if trial_id in self._mine:
+                change(self._mine[trial_id][1])
+
+    def _set_trial_param(
+        self,
+        trial_id: int,
+        param_name: str,
+        param_value_internal: float,
+        distribution: Any,
+        previous_distribution: Any,
+    ) -> None:
+        super()._set_trial_param(
+            trial_id, param_name, param_value_internal, distribution, previous_distribution
+        )
+
+        def change(t: FrozenTrial) -> None:
+            t.params[param_name] = distribution.to_external_repr(param_value_internal)
+            t.distributions[param_name] = distribution
+
+        self._update(trial_id, change)
+
+    def set_trial_param(
+        self, trial_id: int, param_name: str, param_value_internal: float, distribution: Any
+    ) -> None:
+        self._set_trial_param(trial_id, param_name, param_value_internal, distribution, None)
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        with self._lock:
+            self._mine.pop(trial_id, None)  # read back: the database sets its timestamps
+        return super().set_trial_state_values(trial_id, state, values)
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        super().set_trial_intermediate_value(trial_id, step, intermediate_value)
+        self._update(trial_id, lambda t: t.intermediate_values.__setitem__(step, intermediate_value))
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        super().set_trial_user_attr(trial_id, key, value)
+        self._update(trial_id, lambda t: t.user_attrs.__setitem__(key, copy.deepcopy(value)))
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        super().set_trial_system_attr(trial_id, key, value)
+        self._update(trial_id, lambda t: t.system_attrs.__setitem__(key, copy.deepcopy(value)))
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        with self._lock:
+            if trial_id in self._mine:
+                return copy.deepcopy(self._mine[trial_id][1])
+        return super().get_trial(trial_id)
+
+    def _get_trials(
+        self,
+        study_id: int,
+        states: Any,
+        included_trial_ids: set[int],
+        trial_id_greater_than: int,
+    ) -> list[FrozenTrial]:
+        with self._lock:
+            mine = {i: copy.deepcopy(t) for i, (sid, t) in self._mine.items() if sid == study_id}
+        if not mine:
+            return super()._get_trials(study_id, states, included_trial_ids, trial_id_greater_than)
+        # Read from the database what is not here: the other trials asked for, and any
+        # created since (by id: ids are assigned in order across the whole database).
+        newest = max(mine)
+        if newest - trial_id_greater_than > 10_000:  # another study's trials in between: read as usual
+            return super()._get_trials(study_id, states, included_trial_ids, trial_id_greater_than)
+        between = set(range(trial_id_greater_than + 1, newest)) - mine.keys()
+        read = super()._get_trials(
+            study_id,
+            states,
+            (set(included_trial_ids) | between) - mine.keys(),
+            max(trial_id_greater_than, newest),
+        )
+        wanted = [t for i, t in mine.items() if i in included_trial_ids or i > trial_id_greater_than]
+        return read + [t for t in wanted if states is None or t.state in states]
 
 
 def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:

@@ -142,7 +142,7 @@ def run_sweep(
 
     space = cfg.parsed_space()
     loggers = logger_callbacks(cfg)  # a missing logger package is an error before anything is written
-    storage = studies.open_storage(storage_url)
+    storage = studies.open_storage(storage_url, driver=True)
     window = cfg.search.max_concurrent if cfg.search.reproducible else None
     rungs = rung_steps(cfg) if cfg.search.learn_from_rungs else []
     sampler = studies.make_sampler(cfg.search.sampler, cfg.search.seed, window, rungs)
