@@ -40,6 +40,13 @@ def early_signal(rows: list[dict[str, Any]]) -> dict[str, Any]:
             rho = spearmanr(now, end).statistic if s != final_step else 1.0
             row[f"spearman_{metric}"] = round(float(rho), 3)
             row[f"median_{metric}"] = round(statistics.median(now), 4)
+        # Each task's validation loss as a stand-in for its objective (where recorded):
+        # its rank correlation with the objective's final value (negative for IoU: a
+        # lower loss should mean a higher IoU).
+        for loss, metric in (("val_loss_grounding", "iou"), ("val_loss_ocr", "cer")):
+            if all(loss in a for a, _ in pairs):
+                rho = spearmanr([a[loss] for a, _ in pairs], [b[metric] for _, b in pairs]).statistic
+                row[f"spearman_{loss}_vs_{metric}"] = round(float(rho), 3)
         out["steps"].append(row)
     return out
 
@@ -61,15 +68,23 @@ def main() -> None:
 
 
 def table(result: dict[str, Any]) -> str:
+    losses = all("spearman_val_loss_grounding_vs_iou" in r for r in result["steps"])
     lines = [
         f"{result['configs']} configs that ran to the end ({result['diverged']} diverged or failed)\n",
-        "| step | share of steps | Spearman IoU vs final | median IoU | Spearman CER vs final | median CER |",
-        "|---|---|---|---|---|---|",
+        "| step | share of steps | Spearman IoU vs final | median IoU | Spearman CER vs final | median CER |"
+        + (" grounding val loss vs final IoU | OCR val loss vs final CER |" if losses else ""),
+        "|---|---|---|---|---|---|" + ("---|---|" if losses else ""),
     ]
     for r in result["steps"]:
         lines.append(
             f"| {r['steps']} | {r['fraction']:.0%} | {r['spearman_iou']:+.2f} | {r['median_iou']:.3f} | "
             f"{r['spearman_cer']:+.2f} | {r['median_cer']:.3f} |"
+            + (
+                f" {r['spearman_val_loss_grounding_vs_iou']:+.2f} |"
+                f" {r['spearman_val_loss_ocr_vs_cer']:+.2f} |"
+                if losses
+                else ""
+            )
         )
     return "\n".join(lines) + "\n"
 

@@ -19,6 +19,8 @@ Methods (each over the same seeds):
 - ``mo-asha-rung-tpe``: the same with what a sweep does by default
   (``search.learn_from_rungs``): TPE sees the trials at the highest rung that has enough
   of them (``vlsweep.search.study.at_highest_rung``);
+- ``mo-asha-losses``: a candidate measured here, not a sweep option: rung-TPE with the
+  rungs from 10% of the steps (20, 60, 180) ranked by each task's validation loss;
 - ``optunahub-multimetric``: Optuna's TPE with OptunaHub's ``MultiMetricPruner``
   (Pareto rank per step, ``joint=True``) over Optuna's ``SuccessiveHalvingPruner`` with
   the same rungs; loaded from a local copy of the registry (``--optunahub-registry``:
@@ -26,7 +28,9 @@ Methods (each over the same seeds):
   when none is given;
 - ``syne-tune-moasha``: Syne Tune's ``MOASHA`` (random proposals, non-dominated
   sorting) driven through its own scheduler API (suggest / on_trial_add /
-  on_trial_result / on_trial_complete), on (cer, 1 - iou);
+  on_trial_result / on_trial_complete), on (cer, 1 - iou); ``syne-tune-moasha-ranked``:
+  the same with its priority given as its contract states (``ranked_priority``: the
+  default one returns a sort order where a priority per trial is expected);
 - ``ray-asha-scalarized``: Ray Tune's ``ASHAScheduler`` on (1 - cer) * iou with Ray's
   random search, under real Ray Tune (a local Ray with ``--workers`` CPUs): the
   trainable replays the nearest config's curve, 1 ms of sleep per step, and a callback
@@ -62,8 +66,16 @@ DATA = Path(__file__).parent / "data" / "learning_curves.jsonl"
 MAX_T = 200
 REF = (1.0, 0.0)  # cer, iou: the natural worst values
 BUDGETS = 20  # the equally spaced budgets the methods are compared at
-PEERS = ("tpe-full", "optunahub-multimetric", "syne-tune-moasha", "ray-asha-scalarized")
-OURS = ("mo-asha-random", "mo-asha-tpe", "mo-asha-rung-tpe")
+LOSS_GRACE = 20  # mo-asha-losses' first rung
+PEERS = (
+    "tpe-full",
+    "optunahub-multimetric",
+    "syne-tune-moasha",
+    "syne-tune-moasha-ranked",
+    "ray-asha-scalarized",
+)
+OURS = ("mo-asha-random", "mo-asha-tpe", "mo-asha-rung-tpe", "mo-asha-losses")
+LOSSES = ["val_loss_ocr", "val_loss_grounding"]
 METHODS = ("tpe-full", *OURS, *PEERS[1:])
 
 Point = tuple[float, float]  # (cer, iou)
@@ -101,12 +113,15 @@ class Table:
         return self.rows[int(np.argmin(((self.x - q) ** 2).sum(1)))]
 
 
+def recorded(row: dict[str, Any], steps: int) -> dict[str, float] | None:
+    """Everything the evaluation at ``steps`` measured, or None if the config failed before."""
+    return next((point for point in row["curve"] if point["steps"] == steps), None)
+
+
 def at(row: dict[str, Any], steps: int) -> Point | None:
     """(cer, iou) recorded at ``steps``, or None if the config failed before."""
-    for point in row["curve"]:
-        if point["steps"] == steps:
-            return point["cer"], point["iou"]
-    return None
+    point = recorded(row, steps)
+    return None if point is None else (point["cer"], point["iou"])
 
 
 def hypervolume(points: list[Point]) -> float:
@@ -126,7 +141,8 @@ class Method:
     def propose(self) -> tuple[Any, dict[str, Any]]:
         raise NotImplementedError
 
-    def result(self, handle: Any, steps: int, point: Point) -> bool:
+    def result(self, handle: Any, steps: int, point: Point, measured: dict[str, float]) -> bool:
+        """``point``: (cer, iou) at ``steps``; ``measured``: all the evaluation recorded."""
         return False
 
     def finish(self, handle: Any, point: Point | None) -> None:
@@ -162,7 +178,7 @@ def replay(method: Method, table: Table, budget: int, workers: int) -> tuple[lis
             front.append(value)
             history.append((spent, hypervolume(front)))
             start(clock)
-        elif method.result(handle, step, value):
+        elif method.result(handle, step, value, recorded(row, step) or {}):
             start(clock)
         else:
             heapq.heappush(
@@ -187,7 +203,7 @@ class OptunaMethod(Method):
         trial = self.study.ask()
         return trial, self.space.suggest(trial, self.settings)
 
-    def result(self, trial: Any, steps: int, point: Point) -> bool:
+    def result(self, trial: Any, steps: int, point: Point, measured: dict[str, float]) -> bool:
         from optuna.trial import TrialState
 
         from vlsweep.search.study import RUNG_ATTR
@@ -196,10 +212,7 @@ class OptunaMethod(Method):
             trial.set_user_attr(RUNG_ATTR, {**trial.user_attrs.get(RUNG_ATTR, {}), str(steps): list(point)})
         if self.scheduler is None:
             return False
-        if (
-            self.scheduler.on_result(str(trial.number), {"steps": steps, "cer": point[0], "iou": point[1]})
-            != "STOP"
-        ):
+        if self.scheduler.on_result(str(trial.number), {**measured, "steps": steps}) != "STOP":
             return False
         self.study.tell(trial, state=TrialState.PRUNED)
         return True
@@ -241,7 +254,7 @@ class OptunaHubMethod(OptunaMethod):
         trial = self.module.MultiMetricPrunerTrial(self.study.ask())
         return trial, self.space.suggest(trial, self.settings)
 
-    def result(self, trial: Any, steps: int, point: Point) -> bool:
+    def result(self, trial: Any, steps: int, point: Point, measured: dict[str, float]) -> bool:
         from optuna.trial import TrialState
 
         if steps not in self.rungs:
@@ -297,10 +310,34 @@ def syne_space(space: Any) -> dict[str, Any]:
     return out
 
 
-class SyneTuneMethod(Method):
-    """Syne Tune's MOASHA through its scheduler API, minimizing (cer, 1 - iou)."""
+def ranked_priority() -> Any:
+    """Syne Tune's non-dominated priority as its contract states it: one priority per item.
 
-    def __init__(self, space: Any, seed: int, grace: int, eta: int):
+    ``MOPriority.__call__`` is documented to return, per sample, a priority (lower picked
+    first), and MOASHA's rungs read the last entry as the new trial's. Syne Tune 0.16's
+    ``NonDominatedPriority`` returns ``nondominated_sort``'s order instead (the indices of
+    the items, best first), so MOASHA judges a new trial by the index of whichever trial
+    sorts last: ``nondominated_sort([[.9, .9], [.1, .1], [.5, .5], [.2, .8]])`` is
+    ``[1, 3, 2, 0]``, and the new trial (index 3, second best) gets the priority 0 of
+    the worst. This subclass turns the order into each item's place in it.
+    """
+    from syne_tune.optimizer.schedulers.multiobjective.multiobjective_priority import NonDominatedPriority
+
+    class Ranked(NonDominatedPriority):
+        def priority_unsafe(self, objectives: np.ndarray) -> np.ndarray:
+            order = np.asarray(super().priority_unsafe(objectives))
+            ranks = np.empty(len(order))
+            ranks[order] = np.arange(len(order))
+            return ranks
+
+    return Ranked()
+
+
+class SyneTuneMethod(Method):
+    """Syne Tune's MOASHA through its scheduler API, minimizing (cer, 1 - iou); with
+    ``ranked``, given ``ranked_priority()`` instead of its default priority."""
+
+    def __init__(self, space: Any, seed: int, grace: int, eta: int, ranked: bool = False):
         from syne_tune.optimizer.schedulers.multiobjective.moasha import MOASHA
 
         np.random.seed(seed)  # Syne Tune's domains sample from numpy's global generator
@@ -313,6 +350,7 @@ class SyneTuneMethod(Method):
             grace_period=grace,
             reduction_factor=eta,
             random_seed=seed,
+            multiobjective_priority=ranked_priority() if ranked else None,
         )
         self.next_id = 0
 
@@ -331,7 +369,7 @@ class SyneTuneMethod(Method):
     def _result(steps: int, point: Point) -> dict[str, float]:
         return {"steps": steps, "cer": point[0], "iou_loss": 1.0 - point[1]}
 
-    def result(self, trial: Any, steps: int, point: Point) -> bool:
+    def result(self, trial: Any, steps: int, point: Point, measured: dict[str, float]) -> bool:
         if self.scheduler.on_trial_result(trial, self._result(steps, point)) != "STOP":
             return False
         self.scheduler.on_trial_remove(trial)
@@ -342,6 +380,12 @@ class SyneTuneMethod(Method):
             self.scheduler.on_trial_remove(trial)
         else:
             self.scheduler.on_trial_complete(trial, self._result(MAX_T, point))
+
+
+def rungs_below(grace: int, eta: int) -> list[int]:
+    from vlsweep.search.schedulers import rungs
+
+    return rungs(grace, eta, MAX_T)
 
 
 def make_method(
@@ -367,10 +411,19 @@ def make_method(
         return OptunaMethod(make_sampler("tpe", seed), space, settings, moasha())
     if name == "mo-asha-rung-tpe":
         return OptunaMethod(make_sampler("tpe", seed, rungs=rungs), space, settings, moasha(), rungs)
+    if name == "mo-asha-losses":
+        # A candidate, not a sweep option: rungs ranked by each task's validation loss,
+        # from 10% of the steps, where the losses already rank configs as the final
+        # objectives do (docs/benchmarks.md's early-signal table) and IoU does not.
+        loss_rungs = rungs_below(LOSS_GRACE, eta)
+        sched = MOASHAScheduler(
+            metrics=LOSSES, modes=["min", "min"], max_t=MAX_T, grace_period=LOSS_GRACE, reduction_factor=eta
+        )
+        return OptunaMethod(make_sampler("tpe", seed, rungs=loss_rungs), space, settings, sched, loss_rungs)
     if name == "optunahub-multimetric":
         return OptunaHubMethod(hub, make_sampler("tpe", seed), space, settings, rungs, eta)
-    if name == "syne-tune-moasha":
-        return SyneTuneMethod(space, seed, rungs[0], eta)
+    if name in ("syne-tune-moasha", "syne-tune-moasha-ranked"):
+        return SyneTuneMethod(space, seed, rungs[0], eta, ranked=name.endswith("ranked"))
     raise ValueError(name)
 
 
@@ -516,6 +569,11 @@ def summarize(runs: dict[str, list[tuple[list, int]]], budget: int) -> dict[str,
             "steps_to_95pct": None if math.isinf(median) else round(median, 4),
             "steps_to_95pct_per_seed": [None if math.isinf(x) else round(x, 4) for x in to95],
             "median_hv": [round(statistics.median(hv_at(h, b) for h, _ in seeds), 4) for b in budgets],
+            # The spread over seeds at each budget (quartiles), to weigh a difference of medians.
+            "hv_quartiles": [
+                [round(float(q), 4) for q in np.percentile([hv_at(h, b) for h, _ in seeds], [25, 75])]
+                for b in budgets
+            ],
             "final_hv_median": round(statistics.median(hv_at(h, budget) for h, _ in seeds), 4),
             "trials_started_median": statistics.median(n for _, n in seeds),
         }
@@ -539,11 +597,21 @@ def verdict(methods: dict[str, Any]) -> dict[str, Any]:
         if peer in methods
     }
     s95 = methods[best]["steps_to_95pct"]
+    ours = methods[best]
     return {
         "mo_asha": best,
         "within_33pct": s95 is not None and s95 <= 0.33,
         "budgets_below_peer": {p: ks for p, ks in below.items() if ks},
         "at_least_every_peer": not any(below.values()),
+        # How far below, against how much the median moves between seeds there.
+        "largest_shortfall": {
+            p: round(max(methods[p]["median_hv"][k - 1] - ours["median_hv"][k - 1] for k in ks), 4)
+            for p, ks in below.items()
+            if ks
+        },
+        "median_iqr": round(
+            statistics.median(q75 - q25 for q25, q75 in ours.get("hv_quartiles", [[0, 0]])), 4
+        ),
     }
 
 
@@ -564,11 +632,18 @@ def table_md(summary: dict[str, Any]) -> str:
         cells = [f"{m['trials_started_median']:.0f}", *(f"{m['median_hv'][c - 1]:.4f}" for c in cols), s95]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     v = summary["verdict"]
-    below = "; ".join(f"{p} at budgets {ks}" for p, ks in v["budgets_below_peer"].items()) or "none"
+    below = (
+        "; ".join(
+            f"{p} at budgets {ks} (by up to {v['largest_shortfall'][p]:.4f})"
+            for p, ks in v["budgets_below_peer"].items()
+        )
+        or "none"
+    )
     lines.append(
         f"\nMO-ASHA's better proposer: {v['mo_asha']}; within 33% of the steps: {v['within_33pct']}; "
         f"median HV at least every peer's at all {BUDGETS} budgets: {v['at_least_every_peer']} "
-        f"(below a peer: {below})."
+        f"(below a peer: {below}); the median spread between seeds (interquartile range of "
+        f"{v['mo_asha']}'s hypervolume over the {BUDGETS} budgets) is {v['median_iqr']:.4f}."
     )
     if summary.get("left_out"):
         lines.append(f"Left out: {summary['left_out']}.")

@@ -153,3 +153,15 @@ def test_a_docs_table_is_made_from_its_file_between_its_markers():
     assert made == "before\n<!-- table: module_lr.scan -->\n| fresh |\n<!-- /table -->\nafter\n"
     with pytest.raises(SystemExit, match="unknown table 'nope'"):
         doc_tables.refresh("<!-- table: nope -->\n<!-- /table -->\n", {})
+
+
+def test_syne_tunes_priority_is_a_sort_order_and_the_ranked_one_a_place_per_trial():
+    """Why the replay runs Syne Tune's MOASHA twice: its default priority returns the
+    items' sort order where MOASHA's rungs read a priority per item (the last: the new
+    trial's). The second-best new trial below gets the worst item's index, 0."""
+    import numpy as np
+    from syne_tune.optimizer.schedulers.multiobjective.multiobjective_priority import NonDominatedPriority
+
+    x = np.array([[0.9, 0.9], [0.1, 0.1], [0.5, 0.5], [0.2, 0.8]])
+    assert list(NonDominatedPriority()(x)) == [1, 3, 2, 0]
+    assert list(mf_replay.ranked_priority()(x)) == [3, 0, 2, 1]
