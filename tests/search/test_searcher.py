@@ -406,6 +406,19 @@ def test_the_drivers_storage_proposes_and_stores_what_a_plain_one_does(tmp_path)
     assert asked == sweep(plain, False)
     assert (20, 0.123, "b") in asked
     assert stored(driver) == stored(plain)
+    # The driver writes a trial's parameters with its next write: a parameter that clashes
+    # with the study's is refused there, before the Ray trial id is recorded.
+    study = optuna.load_study(
+        study_name="s", storage=open_storage(driver, driver=True), sampler=optuna.samplers.RandomSampler(0)
+    )
+    t = study.ask()
+    t.suggest_categorical("x", ["a", "b"])  # x is a float in this study
+    with pytest.raises(ValueError, match="distribution"):
+        t.set_user_attr("ray_trial_id", "r")
+    assert (
+        "ray_trial_id"
+        not in optuna.load_study(study_name="s", storage=open_storage(driver)).trials[-1].user_attrs
+    )
 
 
 def test_the_metrics_table_sets_the_trial_attrs(searcher):

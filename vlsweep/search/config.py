@@ -78,7 +78,8 @@ class SearchConfig(_Strict):
     # none | asha (Ray's, on the first objective) | mo-asha (multi-objective, vlsweep's).
     early_stopping: Literal["none", "asha", "mo-asha"] = "none"
     # Rungs at grace_steps * reduction_factor**k training steps below budget.steps;
-    # grace_steps defaults to budget.steps / reduction_factor**2 (three rungs with the last).
+    # grace_steps defaults to a fifth of budget.steps (schedulers.GRACE_SHARE: where the
+    # demo's early values first rank configs as the final ones do).
     grace_steps: int | None = Field(default=None, ge=1)
     reduction_factor: int = Field(default=3, ge=2)
     # With early stopping and the TPE sampler: propose from what stopped trials measured

@@ -200,6 +200,11 @@ class DriverStorage(ResilientStorage):
     is from the database, so the timestamps Optuna sets there are the ones seen here.
     Trials other processes create in the study still arrive by the database.
 
+    The parameters of such a trial are written together with its next write (one
+    transaction instead of one per parameter); the searcher's next write, the Ray trial
+    id, comes before the Ray trial starts. A parameter whose distribution clashes with
+    the study's is refused then, by Optuna's own check.
+
     Written here: Optuna's own cache (``_CachedStorage``) has no mode that trusts its
     writer, and it is private.
     """
@@ -208,6 +213,7 @@ class DriverStorage(ResilientStorage):
         super().__init__(*args, **kwargs)
         self._lock = threading.Lock()
         self._mine: dict[int, tuple[int, FrozenTrial]] = {}  # trial id -> (study id, trial)
+        self._held: dict[int, list[tuple[str, float, Any, Any]]] = {}  # parameters not yet written
 
     def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
         trial = super()._create_new_trial(study_id, template_trial)
@@ -229,37 +235,70 @@ class DriverStorage(ResilientStorage):
         distribution: Any,
         previous_distribution: Any,
     ) -> None:
-        super()._set_trial_param(
-            trial_id, param_name, param_value_internal, distribution, previous_distribution
-        )
-
-        def change(t: FrozenTrial) -> None:
-            t.params[param_name] = distribution.to_external_repr(param_value_internal)
-            t.distributions[param_name] = distribution
-
-        self._update(trial_id, change)
+        with self._lock:
+            mine = trial_id in self._mine
+            if mine:
+                # Held with the trial and written with its next write, all in one
+                # transaction (the searcher records the Ray trial id right after the
+                # parameters, before the Ray trial starts).
+                t = self._mine[trial_id][1]
+                t.params[param_name] = distribution.to_external_repr(param_value_internal)
+                t.distributions[param_name] = distribution
+                self._held.setdefault(trial_id, []).append(
+                    (param_name, param_value_internal, distribution, previous_distribution)
+                )
+        if not mine:
+            super()._set_trial_param(
+                trial_id, param_name, param_value_internal, distribution, previous_distribution
+            )
 
     def set_trial_param(
         self, trial_id: int, param_name: str, param_value_internal: float, distribution: Any
     ) -> None:
         self._set_trial_param(trial_id, param_name, param_value_internal, distribution, None)
 
+    def flush(self, trial_id: int) -> None:
+        """Write the parameters held for ``trial_id`` (one transaction)."""
+        with self._lock:
+            held = self._held.pop(trial_id, [])
+        if not held:
+            return
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        def write(storage: DriverStorage) -> None:
+            with _create_scoped_session(storage.scoped_session, True) as session:
+                for name, internal, distribution, previous in held:
+                    storage._set_trial_param_without_commit(
+                        session, trial_id, name, internal, distribution, previous
+                    )
+
+        try:
+            self._retry(write, (), {})
+        except BaseException:
+            with self._lock:  # not written: the next write tries again
+                self._held[trial_id] = held + self._held.get(trial_id, [])
+            raise
+
     def set_trial_state_values(
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
     ) -> bool:
+        self.flush(trial_id)
         with self._lock:
             self._mine.pop(trial_id, None)  # read back: the database sets its timestamps
         return super().set_trial_state_values(trial_id, state, values)
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        self.flush(trial_id)
         super().set_trial_intermediate_value(trial_id, step, intermediate_value)
         self._update(trial_id, lambda t: t.intermediate_values.__setitem__(step, intermediate_value))
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self.flush(trial_id)
         super().set_trial_user_attr(trial_id, key, value)
         self._update(trial_id, lambda t: t.user_attrs.__setitem__(key, copy.deepcopy(value)))
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self.flush(trial_id)
         super().set_trial_system_attr(trial_id, key, value)
         self._update(trial_id, lambda t: t.system_attrs.__setitem__(key, copy.deepcopy(value)))
 
