@@ -226,25 +226,47 @@ class OptunaMethod(Method):
             self.study.tell(trial, list(point))
 
 
+def rung_halving(eta: int) -> Any:
+    """Successive halving's rule as an Optuna pruner on intermediate values alone: at the
+    step a trial just reported, stop it unless its value there is among the best
+    ceil(n / eta) of the n trials that reported that step, itself included (minimized:
+    MultiMetricPruner hands it Pareto ranks). Written here because Optuna's
+    ``SuccessiveHalvingPruner`` keeps its rungs in the trials' system attrs, which the
+    study MultiMetricPruner builds does not carry, and ``PercentilePruner`` judges a
+    trial by its best value over all steps so far, not at the rung."""
+    import optuna
+
+    class RungHalving(optuna.pruners.BasePruner):
+        def prune(self, study: Any, trial: Any) -> bool:
+            step = trial.last_step
+            if step is None:
+                return False
+            mine = trial.intermediate_values[step]
+            values = [
+                t.intermediate_values[step]
+                for t in study.get_trials(deepcopy=False)
+                if t.number != trial.number and step in t.intermediate_values
+            ] + [mine]
+            return mine > sorted(values)[math.ceil(len(values) / eta) - 1]
+
+    return RungHalving()
+
+
 class OptunaHubMethod(OptunaMethod):
     """Optuna's TPE with OptunaHub's MultiMetricPruner (Pareto rank per step, joint=True),
     used as its README shows: ``MultiMetricPrunerTrial.report`` then ``should_prune``.
 
     Its base pruner cannot be Optuna's ``SuccessiveHalvingPruner`` (``sha_error``): that
     pruner records each rung's value in the trial's system attrs, and the pruner hands it
-    a trial that is in no storage. The successive-halving rule is given to it instead
-    through intermediate values: the trial reports at the rungs only, and
-    ``PercentilePruner(100 / eta)`` stops it unless its Pareto rank there is in the best
-    1/eta of the trials that reported at that rung (pruned ones included), as ASHA does.
+    a trial that is in no storage. The trial reports at the rungs only, and
+    ``rung_halving`` applies successive halving's rule to its Pareto rank there.
     """
 
     def __init__(self, module: Any, sampler: Any, space: Any, settings: dict, rungs: list[int], eta: int):
         import optuna
 
         pruner = module.MultiMetricPruner(
-            optuna.pruners.PercentilePruner(100.0 / eta, n_startup_trials=0, n_min_trials=1),
-            metric_directions={"cer": "minimize", "iou": "maximize"},
-            joint=True,
+            rung_halving(eta), metric_directions={"cer": "minimize", "iou": "maximize"}, joint=True
         )
         self.study = optuna.create_study(directions=["minimize", "maximize"], sampler=sampler, pruner=pruner)
         self.module, self.space, self.settings = module, space, settings
@@ -446,6 +468,11 @@ def _replay_trainable(config: dict[str, Any], table: Table, pace: float) -> None
                 "score": (1 - point["cer"]) * point["iou"],
             }
         )
+    if done < MAX_T:  # the config diverged before its next evaluation: those steps were spent
+        evals = sorted({p["steps"] for r in table.rows for p in r["curve"]})
+        failed_at = next(s for s in evals if s > done)
+        time.sleep(pace * (failed_at - done))
+        tune.report({"steps": failed_at, "diverged": True})
 
 
 def ray_asha(
@@ -483,7 +510,7 @@ def ray_asha(
             steps = int(result["steps"])
             self.spent += steps - self.last.get(trial.trial_id, 0)
             self.last[trial.trial_id] = steps
-            if steps >= MAX_T and self.spent <= budget:
+            if steps >= MAX_T and "cer" in result and self.spent <= budget:
                 self.front.append((result["cer"], result["iou"]))
                 self.history.append((self.spent, hypervolume(self.front)))
 
@@ -553,17 +580,22 @@ def hv_at(history: list[tuple[int, float]], steps: float) -> float:
     return max((hv for s, hv in history if s <= steps), default=0.0)
 
 
-def steps_to(history: list[tuple[int, float]], target: float) -> float:
-    return next((s for s, hv in history if hv >= target), math.inf)
+def steps_to(history: list[tuple[int, float]], target: float, budget: float = math.inf) -> float:
+    """Steps spent when the hypervolume first reached ``target``; infinite if not within ``budget``."""
+    return next((s for s, hv in history if hv >= target and s <= budget), math.inf)
 
 
 def summarize(runs: dict[str, list[tuple[list, int]]], budget: int) -> dict[str, Any]:
     """The headline figures of every method (see the module docstring)."""
+    if "tpe-full" not in runs:
+        raise SystemExit("error: --methods: the figures are relative to tpe-full; include it")
     tpe_final = [hv_at(h, budget) for h, _ in runs["tpe-full"]]
     budgets = [budget * (k + 1) / BUDGETS for k in range(BUDGETS)]
     out: dict[str, Any] = {}
     for name, seeds in runs.items():
-        to95 = [steps_to(h, 0.95 * final) / budget for (h, _), final in zip(seeds, tpe_final, strict=True)]
+        to95 = [
+            steps_to(h, 0.95 * final, budget) / budget for (h, _), final in zip(seeds, tpe_final, strict=True)
+        ]
         median = statistics.median(to95)
         out[name] = {
             "steps_to_95pct": None if math.isinf(median) else round(median, 4),
@@ -584,6 +616,8 @@ def verdict(methods: dict[str, Any]) -> dict[str, Any]:
     """The issue's bar: MO-ASHA with its better proposer within 33% of the steps, and at
     least every peer's median hypervolume at each of the 20 budgets."""
     ours = [m for m in OURS if m in methods]
+    if not ours:
+        return {}
     best = min(ours, key=lambda m: (methods[m]["steps_to_95pct"] is None, methods[m]["steps_to_95pct"] or 0))
     below = {
         peer: [
@@ -632,6 +666,8 @@ def table_md(summary: dict[str, Any]) -> str:
         cells = [f"{m['trials_started_median']:.0f}", *(f"{m['median_hv'][c - 1]:.4f}" for c in cols), s95]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     v = summary["verdict"]
+    if not v:
+        return "\n".join(lines) + "\n"
     below = (
         "; ".join(
             f"{p} at budgets {ks} (by up to {v['largest_shortfall'][p]:.4f})"

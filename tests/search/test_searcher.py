@@ -116,19 +116,21 @@ def test_the_sampler_sees_stopped_trials_at_the_highest_rung_with_enough_of_them
         trial(1, TrialState.PRUNED, r30),
         trial(2, TrialState.COMPLETE, r30, [0.3, 0.3]),
         trial(3, TrialState.PRUNED, r30),
-        trial(4, TrialState.FAIL, None),
+        trial(4, TrialState.FAIL, r30),  # crashed or re-queued after it reached rung 30: not counted
         trial(5, TrialState.RUNNING, r30),  # running: its rungs may still change: not counted
+        trial(6, TrialState.COMPLETE, None, [0.1, 0.9]),  # a warm-start point: no rung values
     ]
     seen = at_highest_rung(trials, [10, 30])
-    # Rung 30 has 3 finished trials: they are COMPLETE with their values there; the one
-    # stopped at rung 10 stays PRUNED (worse at a lower rung), the others are as they were.
-    assert [t.state for t in seen] == [
-        TrialState.PRUNED,
-        TrialState.COMPLETE,
-        TrialState.COMPLETE,
-        TrialState.COMPLETE,
-        TrialState.FAIL,
-        TrialState.RUNNING,
+    # Rung 30 has 3 stopped or finished trials: they are COMPLETE with their values there;
+    # the one stopped at rung 10 stays PRUNED (worse at a lower rung), the failed and the
+    # running one are as they were, and the warm-start point (another fidelity) is left out.
+    assert [(t.number, t.state) for t in seen] == [
+        (0, TrialState.PRUNED),
+        (1, TrialState.COMPLETE),
+        (2, TrialState.COMPLETE),
+        (3, TrialState.COMPLETE),
+        (4, TrialState.FAIL),
+        (5, TrialState.RUNNING),
     ]
     assert [seen[k].values for k in (1, 2, 3)] == [[0.4, 0.2]] * 3
     assert trials[2].values == [0.3, 0.3] and trials[1].state == TrialState.PRUNED  # copies
@@ -406,19 +408,24 @@ def test_the_drivers_storage_proposes_and_stores_what_a_plain_one_does(tmp_path)
     assert asked == sweep(plain, False)
     assert (20, 0.123, "b") in asked
     assert stored(driver) == stored(plain)
-    # The driver writes a trial's parameters with its next write: a parameter that clashes
-    # with the study's is refused there, before the Ray trial id is recorded.
+    # A parameter that clashes with the study's is refused when it is suggested, as with a
+    # plain storage: the first use of a name by the database, later ones against it; the
+    # trial can still be told.
     study = optuna.load_study(
         study_name="s", storage=open_storage(driver, driver=True), sampler=optuna.samplers.RandomSampler(0)
     )
-    t = study.ask()
-    t.suggest_categorical("x", ["a", "b"])  # x is a float in this study
-    with pytest.raises(ValueError, match="distribution"):
-        t.set_user_attr("ray_trial_id", "r")
-    assert (
-        "ray_trial_id"
-        not in optuna.load_study(study_name="s", storage=open_storage(driver)).trials[-1].user_attrs
-    )
+    for k in range(3):
+        t = study.ask()
+        t.suggest_float("x", 0, 1)
+        if k == 0:
+            t.suggest_categorical("c", ["a", "b"])  # as the study has it
+        else:
+            with pytest.raises(ValueError):
+                t.suggest_categorical("c", [1, 2])  # c has other choices in this study
+        study.tell(t, state=TrialState.FAIL)
+    reread = optuna.load_study(study_name="s", storage=open_storage(driver)).trials
+    assert [t.state for t in reread[-3:]] == [TrialState.FAIL] * 3
+    assert [set(t.params) for t in reread[-3:]] == [{"x", "c"}, {"x"}, {"x"}]
 
 
 def test_the_metrics_table_sets_the_trial_attrs(searcher):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import logging
 import math
 import os
@@ -187,7 +188,7 @@ for _name in (
 
 class DriverStorage(ResilientStorage):
     """The sweep driver's storage: the trials it created and has not finished are served
-    from memory, every write still goes to the database first.
+    from memory, and their parameters are written in one transaction.
 
     Optuna caches finished trials, but reads a running trial back from the database
     whenever it is asked for, since in Optuna's distributed mode other processes write to
@@ -202,8 +203,10 @@ class DriverStorage(ResilientStorage):
 
     The parameters of such a trial are written together with its next write (one
     transaction instead of one per parameter); the searcher's next write, the Ray trial
-    id, comes before the Ray trial starts. A parameter whose distribution clashes with
-    the study's is refused then, by Optuna's own check.
+    id, comes before the Ray trial starts. Every other write goes to the database at
+    once. A parameter is checked when it is suggested, as Optuna does: the first use of a
+    name in this process is written at once (the database checks it against the study),
+    later ones are checked against that distribution here.
 
     Written here: Optuna's own cache (``_CachedStorage``) has no mode that trusts its
     writer, and it is private.
@@ -214,6 +217,7 @@ class DriverStorage(ResilientStorage):
         self._lock = threading.Lock()
         self._mine: dict[int, tuple[int, FrozenTrial]] = {}  # trial id -> (study id, trial)
         self._held: dict[int, list[tuple[str, float, Any, Any]]] = {}  # parameters not yet written
+        self._checked: dict[tuple[int, str], Any] = {}  # (study id, name) -> a distribution the database took
 
     def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
         trial = super()._create_new_trial(study_id, template_trial)
@@ -236,21 +240,31 @@ class DriverStorage(ResilientStorage):
         previous_distribution: Any,
     ) -> None:
         with self._lock:
-            mine = trial_id in self._mine
-            if mine:
-                # Held with the trial and written with its next write, all in one
-                # transaction (the searcher records the Ray trial id right after the
-                # parameters, before the Ray trial starts).
-                t = self._mine[trial_id][1]
-                t.params[param_name] = distribution.to_external_repr(param_value_internal)
-                t.distributions[param_name] = distribution
-                self._held.setdefault(trial_id, []).append(
-                    (param_name, param_value_internal, distribution, previous_distribution)
-                )
-        if not mine:
+            study_id = self._mine[trial_id][0] if trial_id in self._mine else None
+            checked = self._checked.get((study_id, param_name)) if study_id is not None else None
+        if study_id is None or checked is None:
+            # Not ours, or the first use of the name here: the database checks it.
+            self.flush(trial_id)
             super()._set_trial_param(
                 trial_id, param_name, param_value_internal, distribution, previous_distribution
             )
+            with self._lock:
+                if study_id is not None:
+                    self._checked[(study_id, param_name)] = distribution
+            self._update(trial_id, lambda t: _set_param(t, param_name, param_value_internal, distribution))
+            return
+        optuna.distributions.check_distribution_compatibility(checked, distribution)
+        with self._lock:
+            # Held with the trial and written with its next write, all in one transaction
+            # (the searcher records the Ray trial id right after the parameters, before
+            # the Ray trial starts).
+            if trial_id in self._mine:
+                _set_param(self._mine[trial_id][1], param_name, param_value_internal, distribution)
+                self._held.setdefault(trial_id, []).append(
+                    (param_name, param_value_internal, distribution, checked)
+                )
+                return
+        super()._set_trial_param(trial_id, param_name, param_value_internal, distribution, checked)
 
     def set_trial_param(
         self, trial_id: int, param_name: str, param_value_internal: float, distribution: Any
@@ -272,12 +286,7 @@ class DriverStorage(ResilientStorage):
                         session, trial_id, name, internal, distribution, previous
                     )
 
-        try:
-            self._retry(write, (), {})
-        except BaseException:
-            with self._lock:  # not written: the next write tries again
-                self._held[trial_id] = held + self._held.get(trial_id, [])
-            raise
+        self._retry(write, (), {})  # on an error the parameters are dropped: the trial can still be told
 
     def set_trial_state_values(
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
@@ -295,12 +304,13 @@ class DriverStorage(ResilientStorage):
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
         self.flush(trial_id)
         super().set_trial_user_attr(trial_id, key, value)
-        self._update(trial_id, lambda t: t.user_attrs.__setitem__(key, copy.deepcopy(value)))
+        # As the database gives it back (JSON: tuples become lists, keys strings).
+        self._update(trial_id, lambda t: t.user_attrs.__setitem__(key, json.loads(json.dumps(value))))
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         self.flush(trial_id)
         super().set_trial_system_attr(trial_id, key, value)
-        self._update(trial_id, lambda t: t.system_attrs.__setitem__(key, copy.deepcopy(value)))
+        self._update(trial_id, lambda t: t.system_attrs.__setitem__(key, json.loads(json.dumps(value))))
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         with self._lock:
@@ -322,8 +332,11 @@ class DriverStorage(ResilientStorage):
         # Read from the database what is not here: the other trials asked for, and any
         # created since (by id: ids are assigned in order across the whole database).
         newest = max(mine)
-        if newest - trial_id_greater_than > 10_000:  # another study's trials in between: read as usual
-            return super()._get_trials(study_id, states, included_trial_ids, trial_id_greater_than)
+        if newest - trial_id_greater_than > 10_000:
+            # Many other trials in between (another study's): read as usual, with this
+            # process's copies of its own trials (their held parameters) over the rows.
+            rows = super()._get_trials(study_id, states, included_trial_ids, trial_id_greater_than)
+            return [mine.get(t._trial_id, t) for t in rows]
         between = set(range(trial_id_greater_than + 1, newest)) - mine.keys()
         read = super()._get_trials(
             study_id,
@@ -333,6 +346,11 @@ class DriverStorage(ResilientStorage):
         )
         wanted = [t for i, t in mine.items() if i in included_trial_ids or i > trial_id_greater_than]
         return read + [t for t in wanted if states is None or t.state in states]
+
+
+def _set_param(trial: FrozenTrial, name: str, internal: float, distribution: Any) -> None:
+    trial.params[name] = distribution.to_external_repr(internal)
+    trial.distributions[name] = distribution
 
 
 def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:
@@ -415,8 +433,10 @@ def at_highest_rung(trials: list[FrozenTrial], rungs: Sequence[int]) -> list[Fro
     (``d``: the parameters searched) finished the whole budget, the highest rung that
     ``d + 1`` trials reached stands in for the budget: every trial measured there is
     COMPLETE with its values at that rung; one stopped before it stays PRUNED (worse at a
-    lower rung), a running one stays RUNNING. From ``d + 1`` full-budget trials on, the
-    trials are returned unchanged. The sampling itself is Optuna's.
+    lower rung), a running one stays RUNNING, a failed one (a crash, or a trial re-queued
+    after an interruption) stays FAIL, and a COMPLETE trial with no value at that rung (a
+    warm-start point added with its values) is left out. From ``d + 1`` full-budget
+    trials on, the trials are returned unchanged. The sampling itself is Optuna's.
     """
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     n_min = len({name for t in finished for name in t.distributions}) + 1
@@ -424,18 +444,17 @@ def at_highest_rung(trials: list[FrozenTrial], rungs: Sequence[int]) -> list[Fro
         return trials
     for rung in sorted(rungs, reverse=True):
         key = str(rung)
-        measured = [
-            t for t in trials if t.state != TrialState.RUNNING and key in t.user_attrs.get(RUNG_ATTR, {})
-        ]
+        measured = {t.number for t in finished if key in t.user_attrs.get(RUNG_ATTR, {})}
         if len(measured) < n_min:
             continue
-        ids = {t.number for t in measured}
         out = []
         for t in trials:
-            if t.number in ids:
+            if t.number in measured:
                 t = copy.copy(t)
                 t.state, t.values = TrialState.COMPLETE, list(t.user_attrs[RUNG_ATTR][key])
                 t.intermediate_values = {}
+            elif t.state == TrialState.COMPLETE:
+                continue  # values at another fidelity (a warm-start point): left out
             out.append(t)
         return out
     return trials
