@@ -137,7 +137,7 @@ def rung_steps(cfg: SweepConfig) -> list[int]:
 # The first rung, as a share of the trial's steps, when search.grace_steps is not given:
 # the earliest share at which both objectives' early values rank the configs as their
 # final values do (Spearman >= 0.75) on the demo's 300 recorded curves; at 10% IoU's
-# is about +0.3 (docs/benchmarks.md, "Which fidelity the early signal supports").
+# is +0.23, at 20% +0.78 (docs/benchmarks.md, "Which fidelity the early signal supports").
 GRACE_SHARE = 0.2
 
 
