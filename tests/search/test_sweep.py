@@ -262,7 +262,7 @@ def test_mo_asha_sweep_prunes_at_rungs_and_only_full_budget_trials_complete(
     for t in pruned + complete:
         reached = {str(r) for r in (1, 3) if r <= t.user_attrs["steps"]}
         assert set(t.user_attrs["rungs"]) == reached, (t.number, t.user_attrs)
-        assert all(len(v) == 2 and 0 <= v[0] and 0 <= v[1] <= 1 for v in t.user_attrs["rungs"].values())
+        assert all(len(v) == 2 and v[0] >= 0 and 0 <= v[1] <= 1 for v in t.user_attrs["rungs"].values())
 
 
 def test_every_export_format_writes_the_values_the_trial_ran_with(
