@@ -407,16 +407,11 @@ class SyneTuneMethod(Method):
             self.scheduler.on_trial_complete(trial, self._result(MAX_T, point))
 
 
-def rungs_below(grace: int, eta: int) -> list[int]:
-    from vlsweep.search.schedulers import rungs
-
-    return rungs(grace, eta, MAX_T)
-
-
 def make_method(
     name: str, space: Any, settings: dict, seed: int, rungs: list[int], eta: int, hub: Any
 ) -> Method:
     from vlsweep.search.schedulers import MOASHAScheduler
+    from vlsweep.search.schedulers import rungs as milestones
     from vlsweep.search.study import make_sampler
 
     def moasha() -> MOASHAScheduler:
@@ -440,7 +435,7 @@ def make_method(
         # A candidate, not a sweep option: rungs ranked by each task's validation loss,
         # from 10% of the steps, where the losses already rank configs as the final
         # objectives do (docs/benchmarks.md's early-signal table) and IoU does not.
-        loss_rungs = rungs_below(LOSS_GRACE, eta)
+        loss_rungs = milestones(LOSS_GRACE, eta, MAX_T)
         sched = MOASHAScheduler(
             metrics=LOSSES, modes=["min", "min"], max_t=MAX_T, grace_period=LOSS_GRACE, reduction_factor=eta
         )

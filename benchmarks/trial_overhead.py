@@ -216,7 +216,6 @@ def main() -> None:
         print(f"wrote {args.json}")
 
 
-
 # The driver's calls per trial that the profile breaks down (cumulative time, per trial).
 PROFILED = {
     "searcher.suggest (ask + sample + record)": "searcher.py:.*\\(suggest\\)",

@@ -99,7 +99,10 @@ def test_optunahub_multimetric_pruner_from_a_local_registry_copy(table, tmp_path
 
     registry = os.environ.get("VLSWEEP_OPTUNAHUB_REGISTRY")
     if not registry:
-        pytest.skip("set VLSWEEP_OPTUNAHUB_REGISTRY to a checkout of optuna/optunahub-registry")
+        pytest.skip(
+            "OptunaHub's registry lives on GitHub, which this machine cannot reach; set "
+            "VLSWEEP_OPTUNAHUB_REGISTRY to a local checkout of optuna/optunahub-registry to run it"
+        )
     hub, left_out = mf_replay.load_hub(Path(registry))
     assert left_out is None
     # Over Optuna's SuccessiveHalvingPruner it cannot run (see OptunaHubMethod).
