@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ def main() -> None:
     env = {**os.environ, "PIP_NO_CACHE_DIR": "1", "VLSWEEP_CACHE": str(work / "cache")}
     env.pop("VIRTUAL_ENV", None)
     result: dict[str, Any] = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "cores": os.cpu_count(),
     }
     clone = work / "vlsweep"

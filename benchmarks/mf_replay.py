@@ -554,21 +554,11 @@ def _ray_storage() -> str:
 
 def start_ray(workers: int) -> None:
     """A local Ray as a sweep starts its own: token auth on, loopback only."""
-    import ray
-
-    from vlsweep.search import backend
+    from vlsweep.search import ray_security
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    backend.ensure_auth_token(lambda _m: None)
-    with backend.loopback_node():
-        ray.init(
-            num_cpus=workers,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level="ERROR",
-            _node_ip_address="127.0.0.1",
-        )
+    ray_security.start_local_ray(num_cpus=workers, log=lambda _m: None)
 
 
 # -- figures ----------------------------------------------------------------------------------

@@ -140,17 +140,9 @@ def main() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     tmp = Path(tempfile.mkdtemp(prefix="vlsweep-overhead-"))
     # One Ray for every arm, started as a sweep starts its own: token auth on, loopback only.
-    from vlsweep.search import backend
+    from vlsweep.search import ray_security
 
-    backend.ensure_auth_token(lambda _m: None)
-    with backend.loopback_node():
-        ray.init(
-            num_cpus=2,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level="ERROR",
-            _node_ip_address="127.0.0.1",
-        )
+    ray_security.start_local_ray(num_cpus=2, log=lambda _m: None)
 
     ideal = math.ceil(args.trials / 2) * args.trial_seconds
     setups = {

@@ -135,17 +135,21 @@ def test_kuberay_job_runs_the_configmaps_sweep_with_the_secrets_storage(tmp_path
     assert cfg.ray.shared_storage and cfg.output_dir.startswith("/shared/")
 
 
+def _talks_to_ray(service: dict) -> bool:
+    return str(service.get("command", "")).startswith("ray ")
+
+
 def _ray_auth_problems(compose: dict, manifests: list[dict], files: dict[str, str]) -> list[str]:
     """Where the shipped cluster setups would turn Ray's token auth off or carry a token."""
     problems = []
     for name, service in compose["services"].items():
         env = service.get("environment", {})
-        if name == "postgres":
+        if "RAY_AUTH_TOKEN" in env:
+            problems.append(f"compose service {name}: a token written into the file")
+        if not _talks_to_ray(service):
             continue
         if env.get("RAY_AUTH_MODE") != "token":
             problems.append(f"compose service {name}: RAY_AUTH_MODE is {env.get('RAY_AUTH_MODE')!r}")
-        if "RAY_AUTH_TOKEN" in env:
-            problems.append(f"compose service {name}: a token written into the file")
         path = env.get("RAY_AUTH_TOKEN_PATH", "")
         secrets = service.get("secrets", [])
         if not any(path == f"/run/secrets/{s}" for s in secrets):
@@ -189,7 +193,6 @@ def test_the_cluster_setups_keep_ray_auth_on_with_the_token_outside_them():
     assert "/docker/ray_token" in (DOCKER.parent / ".gitignore").read_text().splitlines()
 
     off = yaml.safe_load((DOCKER / "compose.yaml").read_text())
-    off["x-vlsweep"]["environment"]["RAY_AUTH_MODE"] = "disabled"
     off["services"]["ray-head"]["environment"] = {"RAY_AUTH_MODE": "disabled"}
     assert any("ray-head: RAY_AUTH_MODE is 'disabled'" in p for p in _ray_auth_problems(off, manifests, {}))
     plain = yaml.safe_load((DOCKER / "compose.yaml").read_text())
@@ -203,6 +206,94 @@ def test_the_cluster_setups_keep_ray_auth_on_with_the_token_outside_them():
     leaked = {"docker/x.yaml": "RAY_AUTH_TOKEN: " + "ab12" * 8}
     assert _ray_auth_problems(compose, manifests, leaked) == [
         "docker/x.yaml: a token, or Ray's auth turned off"
+    ]
+
+
+RAY_TOKEN, DATABASE = "Ray's token", "the database password"
+# The Kubernetes Secrets of the manifests, by what they hold.
+K8S_SECRETS = {"vlsweep-ray-token": RAY_TOKEN, "vlsweep-storage": DATABASE}
+
+
+def _compose_secrets(service: dict) -> tuple[set[str], set[str]]:
+    """(what a compose service is given, what its command uses)."""
+    env = {k: str(v) for k, v in (service.get("environment") or {}).items()}
+    given = {RAY_TOKEN if s == "ray_token" else s for s in service.get("secrets", [])}
+    if service.get("env_file") or any("POSTGRES_PASSWORD" in v for v in env.values()):
+        given.add(DATABASE)  # docker/.env holds it; an env_file hands all of it over
+    command = str(service.get("command", ""))
+    uses = set()
+    if _talks_to_ray(service):
+        uses.add(RAY_TOKEN)
+    # PostgreSQL itself, optuna-dashboard on the study, and a Ray head, where the sweep's
+    # driver (sent with `ray job submit`) opens the study.
+    if "postgres" in str(service.get("image", "")) or command.startswith("vlsweep ") or "--head" in command:
+        uses.add(DATABASE)
+    return given, uses
+
+
+def _k8s_secrets(manifests: list[dict]) -> dict[str, tuple[set[str], set[str]]]:
+    """(what each container is given, what it uses), by container name."""
+    found = {}
+    for doc in manifests:
+        roles = []
+        if doc["kind"] == "RayCluster":
+            roles.append(("head", doc["spec"]["headGroupSpec"]))
+            roles += [("worker", g) for g in doc["spec"]["workerGroupSpecs"]]
+            pods = [(role, g["template"]["spec"]) for role, g in roles]
+        elif doc["kind"] == "RayJob":
+            pods = [("submitter", doc["spec"].get("submitterPodTemplate", {}).get("spec", {}))]
+        else:
+            continue
+        for role, pod in pods:
+            for c in pod.get("containers", []):
+                refs = [
+                    e["valueFrom"]["secretKeyRef"]["name"]
+                    for e in c.get("env", [])
+                    if "secretKeyRef" in e.get("valueFrom", {})
+                ]
+                refs += [f["secretRef"]["name"] for f in c.get("envFrom", []) if "secretRef" in f]
+                refs += [v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v]
+                given = {K8S_SECRETS.get(r, r) for r in refs}
+                uses = {RAY_TOKEN, DATABASE} if role == "head" else {RAY_TOKEN}
+                found[c["name"]] = (given, uses)
+    return found
+
+
+def _secret_problems(compose: dict, manifests: list[dict]) -> list[str]:
+    problems = []
+    places = {f"compose service {n}": _compose_secrets(s) for n, s in compose["services"].items()}
+    places |= {f"container {n}": v for n, v in _k8s_secrets(manifests).items()}
+    for where, (given, uses) in places.items():
+        problems += [f"{where}: given {s}, which it does not use" for s in sorted(given - uses)]
+        problems += [f"{where}: needs {s}, not given" for s in sorted(uses - given)]
+    return problems
+
+
+def test_each_container_gets_only_the_secrets_it_uses():
+    """Ray's token to what talks to Ray, the database password to what opens the study;
+    the dashboard gets no Ray token and the Ray workers no password. Shown to catch a
+    secret given where it is not used, and one missing where it is."""
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    manifests = _manifests()
+    assert _secret_problems(compose, manifests) == []
+    assert _compose_secrets(compose["services"]["dashboard"]) == ({DATABASE}, {DATABASE})
+    assert _compose_secrets(compose["services"]["ray-worker"]) == ({RAY_TOKEN}, {RAY_TOKEN})
+
+    extra = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    extra["services"]["dashboard"]["secrets"] = ["ray_token"]
+    extra["services"]["ray-worker"]["env_file"] = [".env"]
+    assert _secret_problems(extra, manifests) == [
+        f"compose service ray-worker: given {DATABASE}, which it does not use",
+        f"compose service dashboard: given {RAY_TOKEN}, which it does not use",
+    ]
+    missing = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    del missing["services"]["ray-head"]["environment"]["VLSWEEP_STORAGE"]
+    assert _secret_problems(missing, manifests) == [f"compose service ray-head: needs {DATABASE}, not given"]
+    k8s = [yaml.safe_load(yaml.safe_dump(d)) for d in manifests]
+    worker = next(d for d in k8s if d["kind"] == "RayCluster")["spec"]["workerGroupSpecs"][0]
+    worker["template"]["spec"]["containers"][0]["envFrom"] = [{"secretRef": {"name": "vlsweep-storage"}}]
+    assert _secret_problems(compose, k8s) == [
+        f"container ray-worker: given {DATABASE}, which it does not use"
     ]
 
 

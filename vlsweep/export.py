@@ -21,7 +21,7 @@ import json
 import shlex
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ def provenance(results: SweepResults, trial: FrozenTrial) -> dict[str, Any]:
         "values": dict(zip(results.metric_names, trial.values, strict=True)),
         "params": dict(trial.params),
         "vlsweep_version": __version__,
-        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 

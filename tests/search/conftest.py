@@ -13,12 +13,9 @@ def ray_local():
     """A local Ray started as a sweep starts its own: token auth on, loopback only."""
     import ray
 
-    from vlsweep.search import backend
+    from vlsweep.search import ray_security
 
-    backend.ensure_auth_token(lambda _m: None)
-    with backend.loopback_node():
-        kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
-        ray.init(num_cpus=2, _node_ip_address="127.0.0.1", **kwargs)
+    ray_security.start_local_ray(num_cpus=2, log=lambda _m: None)
     yield
     ray.shutdown()
 

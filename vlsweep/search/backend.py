@@ -1,6 +1,6 @@
-"""The Ray backend of a sweep: starting or joining Ray, stopping the local Ray processes a
-killed driver left behind, what a trial asks Ray for and whether any node can hold it,
-and why a pending trial waits.
+"""The Ray backend of a sweep: starting Ray (locked, by ``ray_security``) or joining it,
+stopping the local Ray processes a killed driver left behind, what a trial asks Ray for
+and whether any node can hold it, and why a pending trial waits.
 
 Everything here talks to Ray; nothing here knows Optuna beyond recording on the study.
 """
@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
-import secrets
 import socket
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import optuna
 
 from vlsweep import artifacts
 from vlsweep.errors import UserInputError
+from vlsweep.search import ray_security
 from vlsweep.search.config import SweepConfig
 
 Log = Callable[[str], None]
@@ -151,186 +150,35 @@ def waiting_reason(request: dict[str, float], scaling: bool, active: int) -> str
     )
 
 
-def auth_token_path() -> Path | None:
-    """The file Ray reads its auth token from (None: the token is in ``RAY_AUTH_TOKEN``)."""
-    if os.environ.get("RAY_AUTH_TOKEN"):
-        return None
-    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
-
-
-def ensure_auth_token(log: Log) -> None:
-    """Make sure Ray finds a token, readable by this user only.
-
-    Ray makes one itself when none exists, but with the default umask (0644 under a 0755
-    ~/.ray, measured with Ray 2.60): on a shared login node every other user could read it
-    and run code on this user's Ray. So the token is written here first, as Ray would
-    write it (64 hex characters), with mode 0600; one found readable by others is made
-    0600 too, and said so.
-    """
-    path = auth_token_path()
-    if path is None:
-        return
-    if path.is_file() and path.read_text().strip():
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            path.chmod(0o600)
-            log(f"made Ray's auth token {path} readable by you only (it was mode {mode:o})")
-        return
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # Written whole to a private temp file, then put in place in one step: a second sweep
-    # starting at the same moment finds either no token or a complete one.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32))
-    try:
-        if path.exists():  # an empty file: replaced
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # fails if another sweep's token got there first: keep that one
-    except FileExistsError:
-        return
-    finally:
-        tmp.unlink(missing_ok=True)
-    log(f"made a Ray auth token in {path} (readable by you only); Ray's tools read it from there")
-
-
-def use_token_if_found() -> None:
-    """Before joining an existing cluster: send the token the user gave for clusters.
-
-    Ray sends a token only with RAY_AUTH_MODE=token exported (a client without it, facing a
-    cluster with token auth on, waits 30 s and reports a timeout). With the variable unset
-    and a token named explicitly (RAY_AUTH_TOKEN, or the file RAY_AUTH_TOKEN_PATH names),
-    token mode is turned on for this process (a cluster without auth ignores the token;
-    measured with Ray 2.60). ``~/.ray/auth_token`` alone is not sent: it is the token of
-    the user's local Rays, and a cluster of someone else's must not receive it unasked.
-    A mode the user set is left as it is.
-    """
-    if "RAY_AUTH_MODE" in os.environ or not _explicit_token():
-        return
-    from ray._private.authentication.authentication_token_setup import (
-        maybe_enable_token_auth_if_token_available,
-    )
-
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-
-
-def _explicit_token() -> bool:
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    return bool(os.environ.get("RAY_AUTH_TOKEN")) or bool(path and Path(path).expanduser().is_file())
-
-
-def token_source() -> str | None:
-    """Where the token sent to a cluster comes from here (RAY_AUTH_TOKEN or a file), None
-    when none is sent."""
-    mode = (os.environ.get("RAY_AUTH_MODE") or "").lower()
-    if mode != "token" and not (mode == "" and _explicit_token()):
-        return None
-    path = auth_token_path()
-    return "RAY_AUTH_TOKEN" if path is None else str(path) if path.is_file() else None
-
-
-def token_hint() -> str:
-    """What to check about Ray's token when joining a cluster failed."""
-    mode = (os.environ.get("RAY_AUTH_MODE") or "").lower()
-    sent = token_source()
-    path = auth_token_path()
-    how = (
-        "put the cluster's token in a file of yours (mode 600) and set RAY_AUTH_TOKEN_PATH to it, "
-        "or set RAY_AUTH_TOKEN to it, or copy it into ~/.ray/auth_token and export "
-        'RAY_AUTH_MODE=token (docs/cluster.md, "Ray\'s token authentication")'
-    )
-    if mode == "disabled":
-        return (
-            "RAY_AUTH_MODE=disabled is set here, and a cluster with Ray's token auth on (Ray's "
-            f"default since 2.60) refuses a client without its token: unset it and {how}"
-        )
-    if sent is not None:
-        return (
-            f"the token from {sent} was sent; if the cluster runs with token auth, check that it is "
-            "the cluster's token; otherwise that the address is right and its port reachable from here"
-        )
-    named = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    if named and path is not None and not path.is_file():
-        return f"RAY_AUTH_TOKEN_PATH names {path}, which does not exist: {how}"
-    if path is not None and path.is_file():
-        return (
-            f"no token was sent: {path} holds the token of your local Rays, which is sent to a "
-            f"cluster only when you ask; if the cluster runs with token auth, {how}; otherwise "
-            "check that the address is right and its port reachable from here"
-        )
-    return (
-        "no Ray auth token was found here (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token); "
-        f"if the cluster runs with token auth (Ray's default since 2.60), {how}; otherwise check "
-        "that the address is right and its port reachable from here"
-    )
-
-
-@contextlib.contextmanager
-def loopback_node() -> Iterator[None]:
-    """Start the local Ray with 127.0.0.1 as its node address, so that its GCS, raylet,
-    agents and workers listen on loopback only.
-
-    ``ray.init(_node_ip_address="127.0.0.1")`` is not enough: Ray maps a loopback address
-    to the machine's outward one unless its "cluster" mode is off, which it reads from
-    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, at import (Ray 2.60). So both are set for the
-    start (the environment for the processes Ray starts, the constant for this one) and
-    put back after it, so that a later ``ray.init(address=...)`` in this process still
-    finds its outward address.
-    """
-    from ray._private import ray_constants
-
-    var = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
-    saved_env, saved_flag = os.environ.get(var), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[var], ray_constants.ENABLE_RAY_CLUSTER = "0", False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
-        if saved_env is None:
-            os.environ.pop(var, None)
-        else:
-            os.environ[var] = saved_env
-
-
 def ray_init(cfg: SweepConfig, address: str | None, log: Log, study: optuna.Study) -> bool:
     """Start (or join) Ray; True when this call started a local Ray that we must stop.
 
-    A local Ray keeps Ray's token auth on (its default since 2.60; never turned off here)
-    and listens on loopback only: loopback alone would still let every other user of a
-    shared machine in, the token alone would still show the ports to the network.
+    No address, or Ray's "local" (``--address local``, ``ray.address: local``,
+    ``RAY_ADDRESS=local``), starts a new Ray on this machine, locked by
+    ``ray_security.start_local_ray``: token auth on and loopback only, checked. Any other
+    address joins that cluster, sending a token only when one is given for it.
     """
     import ray
 
     if ray.is_initialized():
         return False
     # Inside `ray job submit`, the job's cluster is RAY_ADDRESS.
-    address = address or cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    address = address or cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
-    if address is not None:
+    if address is not None and not is_local(address):
         log(f"joining Ray at {address} ...")
-        use_token_if_found()
+        ray_security.prepare_join()
         try:
-            ray.init(address=address, **kwargs)
-        except (ConnectionError, ray.exceptions.AuthenticationError) as err:
+            ray.init(
+                address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR
+            )
+        except ray_security.join_errors() as err:
             last = (str(err).strip().splitlines() or [type(err).__name__])[-1][:200]
-            msg = f"cannot join the Ray cluster at {address} ({last}); {token_hint()}"
+            msg = f"cannot join the Ray cluster at {address} ({last}); {ray_security.token_hint()}"
             raise UserInputError(msg) from None
         return False
-    mode = os.environ.get("RAY_AUTH_MODE")
-    if mode is None or mode.lower() == "token":
-        ensure_auth_token(log)
-    else:
-        log(
-            f"warning: RAY_AUTH_MODE={mode} is set, so the local Ray runs without token auth: any "
-            "user of this machine can run code as you through it; unset it to keep auth on "
-            "(docs/cluster.md)"
-        )
-    log("starting Ray (local, loopback only) ...")
-    with loopback_node():
-        ray.init(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, _node_ip_address="127.0.0.1", **kwargs)
+    ray_security.start_local_ray(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, log=log)
     # The local Ray's processes (GCS, raylet, agents) are this driver's children. Some of
     # them outlive a SIGKILLed driver and ignore SIGTERM (measured with Ray 2.60), so we
     # record them on the study; the next driver of this sweep stops what is left.
@@ -340,6 +188,11 @@ def ray_init(cfg: SweepConfig, address: str | None, log: Log, study: optuna.Stud
     record = {"host": socket.gethostname(), "driver_pid": os.getpid(), "procs": procs}
     study.set_user_attr(LOCAL_RAY_ATTR, record)
     return True
+
+
+def is_local(address: str) -> bool:
+    """Ray's address "local": start a new Ray here rather than join one."""
+    return address.strip().lower() == "local"
 
 
 def check_shared_storage(cfg: SweepConfig, storage_path: str, artifact_store: str | None = None) -> None:

@@ -33,6 +33,7 @@ from ray.tune import Callback
 from vlsweep import artifacts, demo
 from vlsweep.errors import SweepFailed, SweepInterrupted, UserInputError
 from vlsweep.params import BASELINE
+from vlsweep.search import ray_security
 from vlsweep.search import study as studies
 from vlsweep.search.backend import (
     LOCAL_RAY_ATTR,
@@ -40,10 +41,7 @@ from vlsweep.search.backend import (
     check_trial_fits,
     ray_init,
     reap_local_ray,
-    token_hint,
-    token_source,
     trial_resources,
-    use_token_if_found,
 )
 from vlsweep.search.callbacks import Events, logger_callbacks, progress_line, trial_name
 from vlsweep.search.config import SweepConfig, distributions, sanitized_config
@@ -411,19 +409,21 @@ def run_sweep_via_client(
             "the cluster, which must reach the study: use a PostgreSQL storage (see docs/cluster.md)"
         )
     log(f"connecting to {address} (Ray Client); the sweep's driver runs on the head node ...")
-    use_token_if_found()
+    ray_security.prepare_join()
     for attempt in range(3):
         try:
             ray.init(address=address, log_to_driver=True, logging_level=logging.ERROR)
             break
-        except (ConnectionError, ray.exceptions.AuthenticationError) as err:
+        except ray_security.join_errors() as err:
             # The client server starts a server per session; that start can fail while an
             # earlier session's one is still shutting down. Twice more, as a user would; not
-            # when the token is missing (a client without it waits 30 s for a timeout).
-            no_token = token_source() is None and "timeout" in str(err)
+            # when the token is missing (a client without it waits 30 s for a timeout), nor
+            # when it was refused.
+            no_token = ray_security.token_source() is None and "timeout" in str(err)
             last = (str(err).strip().splitlines() or [type(err).__name__])[-1][:200]
-            if attempt == 2 or no_token or isinstance(err, ray.exceptions.AuthenticationError):
-                msg = f"--address {address}: cannot connect through Ray Client ({last}); {token_hint()}"
+            if attempt == 2 or no_token or not isinstance(err, ConnectionError):
+                hint = ray_security.token_hint()
+                msg = f"--address {address}: cannot connect through Ray Client ({last}); {hint}"
                 raise UserInputError(msg) from None
             log(f"Ray Client connection failed ({last}); retrying in 5 s")
             time.sleep(5)
