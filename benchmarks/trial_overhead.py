@@ -198,7 +198,7 @@ def main() -> None:
                     "trials": args.trials,
                     "rounds": args.rounds,
                     "trial_seconds": args.trial_seconds,
-                    "auth": "token (Ray's default, which vlsweep keeps on), loopback only",
+                    "auth": "token (set by vlsweep), loopback only, both checked after the start",
                     **summary,
                 },
                 indent=1,
