@@ -338,7 +338,7 @@ def test_a_socket_listening_beyond_loopback_is_found():
     try:
         wide, local = proc.stdout.readline().split()
         me = psutil.Process(proc.pid)
-        found = ray_security.beyond_loopback([(me.pid, me.create_time())])
+        found = ray_security.beyond_loopback(ray_security._listening([(me.pid, me.create_time())]))
         assert len(found) == 1 and found[0].endswith(f" on 0.0.0.0:{wide}"), found
         assert all(not ray_security.is_loopback(ip) for ip in ("0.0.0.0", "::", "10.1.2.3"))
         assert all(ray_security.is_loopback(ip) for ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1"))

@@ -316,20 +316,23 @@ def _loopback() -> Iterator[None]:
 
 
 Proc = tuple[int, float]  # (pid, start time): a process, not a reused pid
+Listener = tuple[str, str, int]  # (process name, address, port)
 
 
-def _processes() -> set[Proc]:
+def _processes(*, this_one: bool = False) -> set[Proc]:
+    """This process's descendants (and itself)."""
     import psutil
 
+    me = psutil.Process()
     found = set()
-    for proc in psutil.Process().children(recursive=True):
+    for proc in [me] * this_one + me.children(recursive=True):
         with contextlib.suppress(psutil.Error):
             found.add((proc.pid, proc.create_time()))
     return found
 
 
-def _listening(procs: set[Proc] | list[Proc]) -> set[tuple[str, str, int]]:
-    """(process name, address, port) of every TCP socket ``procs`` listen on."""
+def _listening(procs: set[Proc] | list[Proc]) -> set[Listener]:
+    """Every TCP socket ``procs`` listen on."""
     import psutil
 
     found = set()
@@ -352,9 +355,9 @@ def is_loopback(ip: str) -> bool:
     return (mapped or addr).is_loopback
 
 
-def beyond_loopback(procs: set[Proc] | list[Proc]) -> list[str]:
-    """Each socket of ``procs`` listening beyond loopback, as "NAME on ADDRESS:PORT"."""
-    return [f"{name} on {ip}:{port}" for name, ip, port in sorted(_listening(procs)) if not is_loopback(ip)]
+def beyond_loopback(listeners: set[Listener]) -> list[str]:
+    """Each of ``listeners`` beyond loopback, as "NAME on ADDRESS:PORT"."""
+    return [f"{name} on {ip}:{port}" for name, ip, port in sorted(listeners) if not is_loopback(ip)]
 
 
 def gcs_answers_without_token(gcs_address: str) -> str | None:
@@ -394,10 +397,7 @@ def start_local_ray(*, num_cpus: int | None, num_gpus: int | None = None, log: L
     else:
         ensure_auth_token(log)
     log("starting Ray (local, loopback only) ...")
-    before = _processes()
-    import psutil
-
-    own = {(p.laddr.ip, p.laddr.port) for p in psutil.Process().net_connections(kind="tcp")}
+    before = _listening(_processes(this_one=True))
     with _loopback(), _auth_for_start(mode):
         ray.init(
             address="local",  # a new Ray, whatever RAY_ADDRESS says
@@ -409,22 +409,21 @@ def start_local_ray(*, num_cpus: int | None, num_gpus: int | None = None, log: L
             _node_ip_address=LOOPBACK,
         )
     try:
-        # This process's Ray core worker listens too: its new sockets count.
-        me = psutil.Process()
-        new_own = [
-            f"{me.name()} on {c.laddr.ip}:{c.laddr.port}"
-            for c in me.net_connections(kind="tcp")
-            if c.status == psutil.CONN_LISTEN
-            and (c.laddr.ip, c.laddr.port) not in own
-            and not is_loopback(c.laddr.ip)
-        ]
-        outward = new_own + beyond_loopback(_processes() - before)
-        if outward:
-            raise _unsafe(f"listened beyond loopback ({', '.join(outward)})", started=True)
-        if mode != "disabled":
-            answered = gcs_answers_without_token(ray.get_runtime_context().gcs_address)
-            if answered is not None:
-                raise _unsafe(f"did not ask for the token ({answered})", started=True)
+        _check_locked(before, token=mode != "disabled")
     except BaseException:
         ray.shutdown()
         raise
+
+
+def _check_locked(before: set[Listener], *, token: bool) -> None:
+    """The Ray just started listens on loopback only (its processes, and the Ray worker in
+    this one: the sockets that were not there before), and its GCS asks for the token."""
+    import ray
+
+    outward = beyond_loopback(_listening(_processes(this_one=True)) - before)
+    if outward:
+        raise _unsafe(f"listened beyond loopback ({', '.join(outward)})", started=True)
+    if token:
+        answered = gcs_answers_without_token(ray.get_runtime_context().gcs_address)
+        if answered is not None:
+            raise _unsafe(f"did not ask for the token ({answered})", started=True)
