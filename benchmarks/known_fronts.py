@@ -6,7 +6,7 @@ trial budget per problem and seed with 2 trials in flight at a time (as a sweep 
 ``max_concurrent: 2``): ask two, then tell the older and ask again. The samplers:
 
 - ``random``, ``tpe`` (vlsweep's default), ``nsga2``, ``gp``: exactly what
-  ``search.sampler`` builds (``vlsweep.search.study.make_sampler``: Optuna's samplers with
+  ``search.sampler`` builds (``vlsweep.search.sampling.make_sampler``: Optuna's samplers with
   their defaults, reading the study once per ask);
 - ``ray-optunasearch``: Ray Tune's stock ``OptunaSearch`` with its defaults (only metric,
   mode and seed given), driven through its Searcher API (``suggest`` /
@@ -84,7 +84,7 @@ def two_in_flight(problem: Any, trials: int, ask: Any, tell: Any) -> list[np.nda
 def run_optuna(problem: Any, kind: str, seed: int, trials: int) -> list[np.ndarray]:
     import optuna
 
-    from vlsweep.search.study import make_sampler
+    from vlsweep.search.sampling import make_sampler
 
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=make_sampler(kind, seed))
 

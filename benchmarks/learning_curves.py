@@ -31,7 +31,7 @@ def configs(n: int, seed: int) -> list[dict[str, Any]]:
     import optuna
 
     from vlsweep.search.config import load_sweep_config
-    from vlsweep.search.study import make_sampler
+    from vlsweep.search.sampling import make_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg, _ = load_sweep_config(Path(__file__).parents[1] / "vlsweep" / "configs" / "demo-sweep.yaml")

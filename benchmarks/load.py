@@ -36,7 +36,7 @@ def make_study(url: str, name: str, n: int, seed: int = 0) -> float:
     from vlsweep import __version__
     from vlsweep.params import BASELINE
     from vlsweep.search.config import distributions, load_sweep_config, sanitized_config
-    from vlsweep.search.study import open_storage
+    from vlsweep.storages import open_storage
 
     demo = Path(__file__).parents[1] / "vlsweep" / "configs" / "demo-sweep.yaml"
     raw = yaml.safe_load(demo.read_text())

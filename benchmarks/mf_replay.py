@@ -18,7 +18,7 @@ Methods (each over the same seeds):
   the rungs; proposals random, or TPE told PRUNED for a stopped trial;
 - ``mo-asha-rung-tpe``: the same with what a sweep does by default
   (``search.learn_from_rungs``): TPE sees the trials at the highest rung that has enough
-  of them (``vlsweep.search.study.at_highest_rung``);
+  of them (``vlsweep.search.sampling.at_highest_rung``);
 - ``mo-asha-losses``: a candidate measured here, not a sweep option: rung-TPE with the
   rungs from 10% of the steps (20, 60, 180) ranked by each task's validation loss;
 - ``optunahub-multimetric``: Optuna's TPE with OptunaHub's ``MultiMetricPruner``
@@ -209,7 +209,7 @@ class OptunaMethod(Method):
     def result(self, trial: Any, steps: int, point: Point, measured: dict[str, float]) -> bool:
         from optuna.trial import TrialState
 
-        from vlsweep.search.study import RUNG_ATTR
+        from vlsweep.search.sampling import RUNG_ATTR
 
         if steps in self.rungs:  # what OptunaAskTellSearcher records at a rung
             trial.set_user_attr(RUNG_ATTR, {**trial.user_attrs.get(RUNG_ATTR, {}), str(steps): list(point)})
@@ -410,9 +410,9 @@ class SyneTuneMethod(Method):
 def make_method(
     name: str, space: Any, settings: dict, seed: int, rungs: list[int], eta: int, hub: Any
 ) -> Method:
+    from vlsweep.search.sampling import make_sampler
     from vlsweep.search.schedulers import MOASHAScheduler
     from vlsweep.search.schedulers import rungs as milestones
-    from vlsweep.search.study import make_sampler
 
     def moasha() -> MOASHAScheduler:
         return MOASHAScheduler(

@@ -213,7 +213,7 @@ PROFILED = {
     "searcher.suggest (ask + sample + record)": "searcher.py:.*\\(suggest\\)",
     "  Optuna's ask": "optuna/study/study.py:.*\\(ask\\)",
     "  TPE sampling": "_tpe/sampler.py:.*\\(sample_independent\\)",
-    "  parameter writes": "vlsweep/search/study.py:.*\\(flush\\)",
+    "  parameter writes": "vlsweep/search/driver_storage.py:.*\\(flush\\)",
     "searcher.on_trial_complete (tell, attrs)": "searcher.py:.*\\(on_trial_complete\\)",
     "searcher.on_trial_result (where it ran)": "searcher.py:.*\\(on_trial_result\\)",
     "progress line and heartbeat": "callbacks.py:.*\\(_tick\\)",

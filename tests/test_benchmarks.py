@@ -17,7 +17,7 @@ def table():
     import optuna
 
     from vlsweep.search.config import load_sweep_config
-    from vlsweep.search.study import make_sampler
+    from vlsweep.search.sampling import make_sampler
 
     cfg, _ = load_sweep_config(Path(__file__).parents[1] / "vlsweep" / "configs" / "demo-sweep.yaml")
     space, settings = cfg.parsed_space(), cfg.settings()

@@ -30,6 +30,8 @@ LAYERS = [
         "vlsweep.pareto",
         "vlsweep.spaces",
         "vlsweep.artifacts",
+        "vlsweep.storages",
+        "vlsweep.outcomes",
     ),
     ("vlsweep.trials",),
     ("vlsweep.demo",),
@@ -256,3 +258,13 @@ def test_export_help_names_every_format():
 
     text = _help_texts()["export"]
     assert all(f in text for f in FORMATS), (FORMATS, text)
+
+
+def test_the_code_that_reads_a_study_does_not_depend_on_the_code_that_runs_one():
+    """results, status and report open and read a study through the bottom layer
+    (storages, outcomes), never through vlsweep.search."""
+    readers = ("vlsweep.results", "vlsweep.status", "vlsweep.report")
+    wrong = [
+        f"{m} imports {i}" for m in readers for i in sorted(_graph()[m]) if i.startswith("vlsweep.search")
+    ]
+    assert wrong == []

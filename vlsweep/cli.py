@@ -166,8 +166,8 @@ def _run_sweep(
     cfg: SweepConfig, base_dir: Path, url: str, address: str | None, *, resume: bool
 ) -> optuna.Study:
     """Run the sweep here, or with ``ray://`` its driver on the cluster's head (Ray Client)."""
-    from vlsweep.search.study import load_existing
     from vlsweep.search.sweep import run_sweep, run_sweep_via_client
+    from vlsweep.storages import load_existing
 
     address = address or cfg.ray.address
     if address and address.startswith("ray://"):
@@ -195,7 +195,7 @@ def launch(
     """Run a sweep: Ray Tune runs the trials, Optuna proposes them (Pareto front of CER and IoU)."""
     try:
         from vlsweep.search.config import load_sweep_config
-        from vlsweep.search.study import storage_url
+        from vlsweep.storages import storage_url
 
         path = config or _default_sweep_config()
         cfg, base_dir = load_sweep_config(path)
@@ -219,7 +219,7 @@ def resume(
     """Continue an interrupted sweep to its trial budget (lost trials re-run with their parameters)."""
     try:
         from vlsweep.search.config import SweepConfig
-        from vlsweep.search.study import load_existing, storage_url
+        from vlsweep.storages import load_existing, storage_url
 
         url = storage_url(storage)
         study = load_existing(url, name)
@@ -278,7 +278,7 @@ def dashboard(
     """Browse the sweep's studies in optuna-dashboard (Pareto front, history, importances,
     each trial's files)."""
     try:
-        from vlsweep.search.study import masked, open_storage, storage_url
+        from vlsweep.storages import masked, open_storage, storage_url
 
         url = storage_url(storage)
         store = open_storage(url)  # the password stays in this process, never on a command line
@@ -412,7 +412,7 @@ def _results_and_pick(name: str, storage: str | None, how: str, where: list[str]
     """The study's results and the picked trial (None when ``optional`` and nothing is COMPLETE)."""
     from vlsweep.metrics import METRICS
     from vlsweep.results import SweepResults, parse_where, pick
-    from vlsweep.search.study import load_existing, storage_url
+    from vlsweep.storages import load_existing, storage_url
 
     results = SweepResults.of(load_existing(storage_url(storage), name))
     known = list(dict.fromkeys([*results.metric_names, *METRICS]))

@@ -16,11 +16,10 @@ from typing import Any, cast
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from vlsweep import pareto
+from vlsweep import outcomes, pareto
 from vlsweep.errors import UserInputError
 from vlsweep.metrics import METRICS
 from vlsweep.params import GROUP_LR
-from vlsweep.search import study as studies
 
 _WHERE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|<|>|==)\s*([-+0-9.eE]+)\s*$")
 
@@ -56,7 +55,7 @@ class SweepResults:
 
     @cached_property
     def front(self) -> list[FrozenTrial]:
-        return studies.pareto_front(self.study, self.trials)
+        return outcomes.pareto_front(self.study, self.trials)
 
     @cached_property
     def baseline(self) -> FrozenTrial | None:
@@ -156,7 +155,7 @@ def pick(results: SweepResults, how: str, where: list[tuple[str, str, float]] | 
     pool = [
         t
         for t in results.complete
-        if studies.feasible(t) and all(_holds(results.value(t, m), op, b) for m, op, b in where)
+        if outcomes.feasible(t) and all(_holds(results.value(t, m), op, b) for m, op, b in where)
     ]
     if not pool:
         cond = " and ".join(f"{m}{op}{b:g}" for m, op, b in where)
@@ -165,7 +164,7 @@ def pick(results: SweepResults, how: str, where: list[tuple[str, str, float]] | 
             + (f" satisfies --where {cond}; loosen it" if where else "")
         )
     if how == "knee":
-        return knee(studies.pareto_front(results.study, pool), results.directions)
+        return knee(outcomes.pareto_front(results.study, pool), results.directions)
     if how.startswith("best:"):
         metric = how.removeprefix("best:")
         if metric not in results.metric_names:
@@ -175,7 +174,7 @@ def pick(results: SweepResults, how: str, where: list[tuple[str, str, float]] | 
         i = results.metric_names.index(metric)
         sign = 1.0 if results.directions[i] == "minimize" else -1.0
         # Among equals on this objective, the better on the others (a front point).
-        front = studies.pareto_front(results.study, pool)
+        front = outcomes.pareto_front(results.study, pool)
         return min(front, key=lambda t: (sign * t.values[i], t.number))
     raise UserInputError(f"--pick {how!r}: choose knee, best:METRIC or trial:N")
 
@@ -198,7 +197,7 @@ def pareto_points(results: SweepResults, picked: FrozenTrial | None) -> list[Par
     front = {t.number for t in results.front}
     out = []
     for t in results.complete:
-        kind = "infeasible" if not studies.feasible(t) else ("front" if t.number in front else "dominated")
+        kind = "infeasible" if not outcomes.feasible(t) else ("front" if t.number in front else "dominated")
         out.append(
             ParetoPoint(
                 number=t.number,
@@ -235,7 +234,7 @@ def hypervolume_history(results: SweepResults, ref: list[float] | None = None) -
     front: list[list[float]] = []  # the non-dominated points so far: they alone set the volume
     hv = 0.0
     for t in sorted(results.trials, key=lambda t: t.number):
-        if t.state == TrialState.COMPLETE and t.values and studies.feasible(t):
+        if t.state == TrialState.COMPLETE and t.values and outcomes.feasible(t):
             p = list(t.values)
             if not any(pareto.weakly_dominates(f, p, directions) for f in front):
                 front = [f for f in front if not pareto.weakly_dominates(p, f, directions)] + [p]
@@ -262,7 +261,7 @@ def importances(results: SweepResults) -> dict[str, dict[str, float]]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                snapshot = cast(optuna.Study, studies.TrialsSnapshot(results.study, results.trials))
+                snapshot = cast(optuna.Study, outcomes.TrialsSnapshot(results.study, results.trials))
                 imp = optuna.importance.get_param_importances(
                     snapshot,  # the trials already read: no second read of the study
                     target=functools.partial(_signed_value, i, sign),

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import optuna
 
-from vlsweep import metrics
+from vlsweep import metrics, outcomes, storages
 from vlsweep.results import SweepResults, front_rows, short
-from vlsweep.search import study as studies
 
 
 def front_table(results: SweepResults) -> str:
@@ -22,7 +21,7 @@ def front_table(results: SweepResults) -> str:
     rows = [
         [
             f"#{r['trial']}{'*' if r['dominates_baseline'] else ''}",
-            *(studies.fmt(r[n]) for n in names),
+            *(outcomes.fmt(r[n]) for n in names),
             *([short(r["peak_gpu_memory_gb"])] if memory else []),
             *(short(r["params"].get(p)) for p in params),
         ]
@@ -35,7 +34,7 @@ def front_table(results: SweepResults) -> str:
     if baseline is not None:
         lines.append(
             f"baseline #{baseline.number}: "
-            + " ".join(f"{n}={studies.fmt(v)}" for n, v in zip(names, baseline.values, strict=True))
+            + " ".join(f"{n}={outcomes.fmt(v)}" for n, v in zip(names, baseline.values, strict=True))
             + "  (* = dominates the baseline)"
         )
     legend = metrics.legend(names, results.directions)
@@ -47,21 +46,21 @@ def front_table(results: SweepResults) -> str:
 
 
 def status_text(name: str | None, storage: str | None) -> str:
-    url = studies.storage_url(storage)
+    url = storages.storage_url(storage)
     if name is None:
-        summaries = optuna.get_all_study_summaries(studies.open_storage(url))
+        summaries = optuna.get_all_study_summaries(storages.open_storage(url))
         if not summaries:
-            return f"no studies in {studies.masked(url)}"
+            return f"no studies in {storages.masked(url)}"
         return "\n".join(f"{s.study_name}: {s.n_trials} trials" for s in summaries)
-    study = studies.load_existing(url, name)
+    study = storages.load_existing(url, name)
     results = SweepResults.of(study)
     trials = results.trials
-    c = studies.counts(trials)
+    c = outcomes.counts(trials)
     head = ", ".join(f"{c[k]} {k.lower()}" for k in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"))
     cfg = results.config
     budget = (cfg.get("search") or {}).get("trials")
-    done = studies.finished_toward_budget(trials)
+    done = outcomes.finished_toward_budget(trials)
     progress = f"{done}/{budget} trials done" if budget else f"{done} trials done"
     driver = study.user_attrs.get("driver")
     running = f"; driver pid {driver['pid']} on {driver['host']}" if driver else ""
-    return f"study {name!r} in {studies.masked(url)}: {progress} ({head}){running}\n{front_table(results)}"
+    return f"study {name!r} in {storages.masked(url)}: {progress} ({head}){running}\n{front_table(results)}"

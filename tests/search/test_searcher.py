@@ -101,7 +101,7 @@ def test_the_sampler_sees_stopped_trials_at_the_highest_rung_with_enough_of_them
     from optuna.distributions import FloatDistribution
     from optuna.trial import create_trial
 
-    from vlsweep.search.study import at_highest_rung
+    from vlsweep.search.sampling import at_highest_rung
 
     dist = {"x": FloatDistribution(0, 1), "y": FloatDistribution(0, 1)}  # d = 2: a rung needs 3
 
@@ -149,7 +149,7 @@ def test_tpe_learns_from_the_rungs_where_it_learned_nothing_from_pruned_trials()
     random sampler does; told what the rung measured, it closes in on the good region."""
     import statistics
 
-    from vlsweep.search.study import RUNG_ATTR, make_sampler
+    from vlsweep.search.sampling import RUNG_ATTR, make_sampler
 
     def distance_after_startup(rungs):
         study = optuna.create_study(
@@ -254,7 +254,8 @@ def test_pickle_holds_no_storage(searcher, tmp_path):
 def test_one_read_per_ask_samples_exactly_what_the_plain_sampler_does(tmp_path, kind):
     """The wrapped sampler proposes the same points as Optuna's own, one trial always
     running alongside (so TPE's constant liar is in play), from one read per ask."""
-    from vlsweep.search.study import make_sampler, open_storage
+    from vlsweep.search.sampling import make_sampler
+    from vlsweep.storages import open_storage
 
     space, _ = parse_space(None)
     settings = {"lora.vision": True, "lora.projector": "lora"}
@@ -301,7 +302,7 @@ def test_one_read_per_ask_samples_exactly_what_the_plain_sampler_does(tmp_path, 
 def _run_sweep_by_hand(tmp_path, name, order_of_completion, reproducible):
     """Two slots, 14 trials, finishing in the given order within each pair in flight; each
     trial's values depend on its parameters only. Returns the points proposed."""
-    from vlsweep.search.study import make_sampler
+    from vlsweep.search.sampling import make_sampler
 
     window = 2 if reproducible else None
     storage = f"sqlite:///{tmp_path / (name + '.db')}"
@@ -366,10 +367,12 @@ def test_the_drivers_storage_proposes_and_stores_what_a_plain_one_does(tmp_path)
     """DriverStorage serves the driver's running trials from memory: the sampler proposes
     exactly the same points, the database ends up holding the same trials, and a trial
     another process enqueues mid-sweep is still picked up."""
-    from vlsweep.search.study import DriverStorage, make_sampler, open_storage
+    from vlsweep.search.driver_storage import DriverStorage
+    from vlsweep.search.sampling import make_sampler
+    from vlsweep.storages import open_storage
 
     def sweep(url, driver):
-        storage = open_storage(url, driver=driver)
+        storage = open_storage(url, kind=DriverStorage if driver else None)
         assert isinstance(storage, DriverStorage) == driver
         study = optuna.create_study(
             storage=storage,
@@ -412,7 +415,9 @@ def test_the_drivers_storage_proposes_and_stores_what_a_plain_one_does(tmp_path)
     # plain storage: the first use of a name by the database, later ones against it; the
     # trial can still be told.
     study = optuna.load_study(
-        study_name="s", storage=open_storage(driver, driver=True), sampler=optuna.samplers.RandomSampler(0)
+        study_name="s",
+        storage=open_storage(driver, kind=DriverStorage),
+        sampler=optuna.samplers.RandomSampler(0),
     )
     for k in range(3):
         t = study.ask()

@@ -12,7 +12,8 @@ from typing import Any
 import optuna
 from ray.tune import Callback
 
-from vlsweep.search import study as studies
+from vlsweep import outcomes
+from vlsweep.search import lease
 from vlsweep.search.backend import waiting_reason
 from vlsweep.search.config import SweepConfig, check_loggers
 from vlsweep.search.searcher import OptunaAskTellSearcher
@@ -38,12 +39,12 @@ def progress_line(
     ones from Ray Tune (``tune_trials``) when given: an Optuna trial is RUNNING from the
     moment it is asked for, while Ray may still be waiting for resources to start it."""
     trials = study.get_trials(deepcopy=False)  # one read of the study per line
-    c = studies.counts(trials)
-    done = studies.finished_toward_budget(trials)
-    front = studies.pareto_front(study, trials)
+    c = outcomes.counts(trials)
+    done = outcomes.finished_toward_budget(trials)
+    front = outcomes.pareto_front(study, trials)
     shown = ", ".join(
         "#{} {}".format(
-            t.number, " ".join(f"{n}={studies.fmt(v)}" for n, v in zip(names, t.values, strict=True))
+            t.number, " ".join(f"{n}={outcomes.fmt(v)}" for n, v in zip(names, t.values, strict=True))
         )
         for t in front[:4]
     )
@@ -157,7 +158,7 @@ class Events(Callback):
         now = time.time()
         if now - self.last >= (PROGRESS_MIN_SECONDS if force else PROGRESS_EVERY_SECONDS):
             self.last = now
-            studies.heartbeat(self.study, self.driver)
+            lease.heartbeat(self.study, self.driver)
             trials = self.tune_trials or []
             pending = any(t.status == "PENDING" for t in trials)
             active = sum(t.status in ("PENDING", "RUNNING") for t in trials)

@@ -31,7 +31,7 @@ from ray.tune.search import Searcher
 
 from vlsweep import artifacts
 from vlsweep.metrics import METRICS
-from vlsweep.search.study import RUNG_ATTR, reproducible_slot
+from vlsweep.search.sampling import RUNG_ATTR, reproducible_slot
 from vlsweep.search.worker import ERROR_KEY
 from vlsweep.spaces import Space
 
@@ -76,7 +76,7 @@ class OptunaAskTellSearcher(Searcher):
         self._first_errors: list[str] | None = [] if fail_fast > 0 else None
         self.abort_reason: str | None = None
         # Reproducible sweeps (search.reproducible): trial k is asked for only once every
-        # trial ``window`` or more numbers before it has ended (see study.OneReadPerAsk).
+        # trial ``window`` or more numbers before it has ended (see sampling.OneReadPerAsk).
         self.window = reproducible_window
         self._held = False  # the last suggest() waited; re-read the study only after a trial ends
         self.holding: list[int] = []  # the trials that wait holds for, for the progress line

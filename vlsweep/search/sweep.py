@@ -30,11 +30,10 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune import Callback
 
-from vlsweep import artifacts, demo
+from vlsweep import artifacts, demo, outcomes, storages
 from vlsweep.errors import SweepFailed, SweepInterrupted, UserInputError
 from vlsweep.params import BASELINE
-from vlsweep.search import ray_security
-from vlsweep.search import study as studies
+from vlsweep.search import lease, ray_security
 from vlsweep.search.backend import (
     LOCAL_RAY_ATTR,
     check_shared_storage,
@@ -45,6 +44,8 @@ from vlsweep.search.backend import (
 )
 from vlsweep.search.callbacks import Events, logger_callbacks, progress_line, trial_name
 from vlsweep.search.config import SweepConfig, distributions, sanitized_config
+from vlsweep.search.driver_storage import DriverStorage, create_or_check
+from vlsweep.search.sampling import make_sampler
 from vlsweep.search.schedulers import make_scheduler, rung_steps
 from vlsweep.search.searcher import OptunaAskTellSearcher
 from vlsweep.spaces import Space
@@ -140,15 +141,15 @@ def run_sweep(
 
     space = cfg.parsed_space()
     loggers = logger_callbacks(cfg)  # a missing logger package is an error before anything is written
-    storage = studies.open_storage(storage_url, driver=True)
+    storage = storages.open_storage(storage_url, kind=DriverStorage)
     window = cfg.search.max_concurrent if cfg.search.reproducible else None
     rungs = rung_steps(cfg) if cfg.search.learn_from_rungs else []
-    sampler = studies.make_sampler(cfg.search.sampler, cfg.search.seed, window, rungs)
+    sampler = make_sampler(cfg.search.sampler, cfg.search.seed, window, rungs)
     names = [o.name for o in cfg.objectives]
     directions = [o.direction or "minimize" for o in cfg.objectives]
     new_study = cfg.name not in optuna.get_all_study_names(storage)
-    study = studies.create_or_check(storage, cfg.name, directions, names, sampler)
-    driver = studies.claim_driver(study)
+    study = create_or_check(storage, cfg.name, directions, names, sampler)
+    driver = lease.claim_driver(study)
     if study.user_attrs.get(STOP_ATTR):
         study.set_user_attr(STOP_ATTR, None)  # a request meant for an earlier driver
     reap_local_ray(study, log)
@@ -168,9 +169,9 @@ def run_sweep(
         if not trials:
             _seed_points(study, cfg, space)
         requeue_lost(study, log)
-        remaining = cfg.search.trials - studies.finished_toward_budget(study.get_trials(deepcopy=False))
+        remaining = cfg.search.trials - outcomes.finished_toward_budget(study.get_trials(deepcopy=False))
         log(
-            f"study {cfg.name!r} in {studies.masked(storage_url)}: "
+            f"study {cfg.name!r} in {storages.masked(storage_url)}: "
             f"{remaining} of {cfg.search.trials} trials to run"
         )
         if remaining <= 0:
@@ -260,7 +261,7 @@ def run_sweep(
     finally:
         if searcher is not None:
             searcher.close("the sweep driver stopped before this trial finished")
-        studies.release_driver(study, driver)
+        lease.release_driver(study, driver)
         if started_ray:
             import ray
 
@@ -383,7 +384,7 @@ def _drive_on_cluster(cfg_json: dict[str, Any], base_dir: str, storage_url: str,
     cfg = SweepConfig.model_validate(cfg_json)
     # The head's own VLSWEEP_STORAGE, when it names the same database, carries the password:
     # no password crosses the Ray Client connection.
-    here = os.environ.get(studies.STORAGE_ENV)
+    here = os.environ.get(storages.STORAGE_ENV)
     url = here if here and same_database(here, storage_url) else storage_url
     try:
         run_sweep(cfg, Path(base_dir), url, resume=resume, log=lambda line: print(line, flush=True))
@@ -405,7 +406,7 @@ def run_sweep_via_client(
 
     if make_url(storage_url).get_backend_name() == "sqlite":
         raise UserInputError(
-            f"--storage {studies.masked(storage_url)}: with --address ray://..., the sweep's driver runs on "
+            f"--storage {storages.masked(storage_url)}: with --address ray://..., the sweep's driver runs on "
             "the cluster, which must reach the study: use a PostgreSQL storage (see docs/cluster.md)"
         )
     log(f"connecting to {address} (Ray Client); the sweep's driver runs on the head node ...")
@@ -428,7 +429,7 @@ def run_sweep_via_client(
             log(f"Ray Client connection failed ({last}); retrying in 5 s")
             time.sleep(5)
     try:
-        sanitized = studies.strip_password(storage_url)
+        sanitized = storages.strip_password(storage_url)
         drive = ray.remote(num_cpus=0, max_retries=0, resources={"node:__internal_head__": 0.001})(
             _drive_on_cluster
         )
@@ -471,7 +472,7 @@ def run_sweep_via_client(
 
 def _request_stop_and_wait(storage_url: str, name: str, seconds: float) -> None:
     try:
-        study = studies.load_existing(storage_url, name)
+        study = storages.load_existing(storage_url, name)
     except UserInputError:
         return  # the driver never created the study
     study.set_user_attr(STOP_ATTR, {"host": socket.gethostname(), "at": time.time()})
