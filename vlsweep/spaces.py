@@ -230,119 +230,148 @@ def _conditions_first(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_space(raw: dict[str, Any] | None, where: str = "space") -> tuple[Space, list[str]]:
-    """Parse a space mapping; returns the space and every problem found (all at once)."""
+    """Parse a space mapping; returns the space and every problem found (all at once).
+
+    Each entry is one of three syntaxes, each parsed and checked by its own function: a
+    tie (``{same_as: NAME}``, ``_parse_tie``), a range (``{type: ...}``, ``_parse_range``)
+    or a fixed value (``_parse_fixed``). Ties are checked against their targets last."""
     raw = DEFAULT_SPACE if raw is None else raw
+    if not isinstance(raw, dict):
+        return Space({}, {}), [f"{where}: must be a mapping of parameter name to range, got {raw!r}"]
     problems: list[str] = []
     specs: dict[str, ParamSpec] = {}
     fixed: dict[str, Scalar] = {}
     tied: dict[str, str] = {}
-    if not isinstance(raw, dict):
-        return Space({}, {}), [f"{where}: must be a mapping of parameter name to range, got {raw!r}"]
     for name, value in raw.items():
         loc = f"{where}.{name}"
         if name not in PARAM_NAMES:
             problems.append(f"{loc}: unknown parameter; known: {', '.join(PARAM_NAMES)}")
-            continue
-        want_int = PARAM_TYPES.get(name) is int
-        names = choices(name)
-        if isinstance(value, dict) and "same_as" in value:
-            target = value.get("same_as")
-            if set(value) != {"same_as"}:
-                problems.append(f"{loc}: a tie is {{same_as: PARAMETER}} alone, got {value!r}")
-            elif not isinstance(target, str):
-                problems.append(f"{loc}.same_as: give one parameter name, got {target!r}")
-            elif (
-                target not in raw
-                or target == name
-                or isinstance(raw.get(target), dict)
-                and "same_as" in raw[target]
-            ):
-                problems.append(f"{loc}.same_as: {target!r} must be another, untied parameter of this space")
-            elif PARAM_TYPES.get(target) is not PARAM_TYPES.get(name):
-                problems.append(f"{loc}.same_as: {name} and {target} take different types")
-            else:
+        elif isinstance(value, dict) and "same_as" in value:
+            target, found = _parse_tie(name, value, loc, raw)
+            problems += found
+            if target is not None:
                 tied[name] = target
-            continue
-        if isinstance(value, dict):
-            kind = value.get("type")
-            cls = _SPEC_TYPES.get(kind)  # type: ignore[arg-type]
-            if cls is None:
-                problems.append(f"{loc}.type: must be one of float, int, categorical (got {kind!r})")
-                continue
-            try:
-                spec = cls.model_validate(value)
-            except ValidationError as err:
-                for e in err.errors():
-                    sub = ".".join(str(p) for p in e["loc"])
-                    msg = e["msg"].removeprefix("Value error, ")
-                    if e["type"] == "extra_forbidden":
-                        msg = "unknown key (a range has type, low, high, log, step, choices, when)"
-                    problems.append(f"{loc}{'.' + sub if sub else ''}: {msg}")
-                continue
-            if names is not None and not isinstance(spec, CategoricalSpec):
-                problems.append(f"{loc}: {name} takes one of {', '.join(names)}; use type: categorical")
-                continue
-            if names is not None:
-                bad = [c for c in spec.choices if c not in names]  # type: ignore[union-attr]
-                if bad:
-                    problems.append(f"{loc}.choices: {name} takes {', '.join(names)}, got {bad}")
-                    continue
-            elif want_int and isinstance(spec, FloatSpec):
-                problems.append(f"{loc}: {name} is an integer; use type: int or categorical")
-                continue
-            elif (
-                want_int
-                and isinstance(spec, CategoricalSpec)
-                and not all(isinstance(c, int) and not isinstance(c, bool) for c in spec.choices)
-            ):
-                problems.append(f"{loc}.choices: {name} takes integers, got {spec.choices}")
-                continue
-            elif (
-                not want_int
-                and isinstance(spec, CategoricalSpec)
-                and not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in spec.choices)
-            ):
-                problems.append(f"{loc}.choices: {name} takes numbers, got {spec.choices}")
-                continue
-            earlier = list(raw)[: list(raw).index(name)]
-            for key in spec.when or {}:
-                if key not in CONDITION_KEYS and key not in raw:
-                    problems.append(
-                        f"{loc}.when: unknown key {key!r}; use one of {', '.join(CONDITION_KEYS)} "
-                        "or a parameter of this space"
-                    )
-                elif key in raw and key not in earlier and isinstance(raw[key], dict):
-                    # Parameters are suggested in order: a later one is not chosen yet, and
-                    # the condition would never hold.
-                    problems.append(f"{loc}.when: {key} comes after {name} in the space; list it first")
-            problems += _check_values(name, loc, spec)
-            specs[name] = spec
-        elif isinstance(value, (bool, list)) or value is None:
-            problems.append(f"{loc}: give a number or a range such as {{type: float, low: ..., high: ...}}")
-        elif names is not None:
-            if value not in names:
-                problems.append(f"{loc}: {name} takes one of {', '.join(names)}, got {value!r}")
-                continue
-            fixed[name] = value
+        elif isinstance(value, dict):
+            spec, found = _parse_range(name, value, loc, raw)
+            problems += found
+            if spec is not None:
+                specs[name] = spec
         else:
-            if want_int and not isinstance(value, int):
-                problems.append(f"{loc}: {name} is an integer, got {value!r}")
-                continue
-            if isinstance(value, str):
-                problems.append(f"{loc}: {name} takes a number, got {value!r}")
-                continue
-            problems += _check_values(name, loc, value)
-            fixed[name] = value
+            scalar, found = _parse_fixed(name, value, loc)
+            problems += found
+            if scalar is not None:
+                fixed[name] = scalar
     for name, target in tied.items():
-        loc = f"{where}.{name}.same_as"
-        source = specs.get(target, fixed.get(target))
-        if isinstance(source, (FloatSpec, IntSpec, CategoricalSpec)) and source.when:
-            # A conditional target may be inactive, and the tied parameter would then
-            # silently fall back to the engine's default.
-            problems.append(f"{loc}: {target} is conditional (when: ...); tie to an unconditional parameter")
-        elif source is not None:
-            problems += _check_values(name, loc, source)
+        problems += _check_tie(name, specs.get(target, fixed.get(target)), target, f"{where}.{name}.same_as")
     return Space(specs, fixed, tied), problems
+
+
+def _parse_tie(
+    name: str, value: dict[str, Any], loc: str, raw: dict[str, Any]
+) -> tuple[str | None, list[str]]:
+    """``{same_as: TARGET}``: another, untied parameter of the space, of the same type."""
+    target = value.get("same_as")
+    if set(value) != {"same_as"}:
+        return None, [f"{loc}: a tie is {{same_as: PARAMETER}} alone, got {value!r}"]
+    if not isinstance(target, str):
+        return None, [f"{loc}.same_as: give one parameter name, got {target!r}"]
+    target_value = raw.get(target)
+    if target not in raw or target == name or isinstance(target_value, dict) and "same_as" in target_value:
+        return None, [f"{loc}.same_as: {target!r} must be another, untied parameter of this space"]
+    if PARAM_TYPES.get(target) is not PARAM_TYPES.get(name):
+        return None, [f"{loc}.same_as: {name} and {target} take different types"]
+    return target, []
+
+
+def _check_tie(name: str, source: ParamSpec | Scalar | None, target: str, loc: str) -> list[str]:
+    """A tie's target, once parsed: unconditional, and its values valid for ``name`` too."""
+    if isinstance(source, (FloatSpec, IntSpec, CategoricalSpec)) and source.when:
+        # A conditional target may be inactive, and the tied parameter would then
+        # silently fall back to the engine's default.
+        return [f"{loc}: {target} is conditional (when: ...); tie to an unconditional parameter"]
+    return [] if source is None else _check_values(name, loc, source)
+
+
+def _parse_range(
+    name: str, value: dict[str, Any], loc: str, raw: dict[str, Any]
+) -> tuple[ParamSpec | None, list[str]]:
+    """``{type: float|int|categorical, ...}``: the spec's own fields, then whether its kind
+    fits the parameter, its ``when`` keys, and its values."""
+    kind = value.get("type")
+    cls = _SPEC_TYPES.get(kind)  # type: ignore[arg-type]
+    if cls is None:
+        return None, [f"{loc}.type: must be one of float, int, categorical (got {kind!r})"]
+    try:
+        spec = cls.model_validate(value)
+    except ValidationError as err:
+        return None, [_validation_problem(loc, e) for e in err.errors()]
+    problem = _kind_problem(name, spec, loc)
+    if problem:
+        return None, [problem]
+    return spec, _when_problems(name, spec, loc, raw) + _check_values(name, loc, spec)
+
+
+def _validation_problem(loc: str, error: Any) -> str:
+    sub = ".".join(str(p) for p in error["loc"])
+    msg = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        msg = "unknown key (a range has type, low, high, log, step, choices, when)"
+    return f"{loc}{'.' + sub if sub else ''}: {msg}"
+
+
+def _kind_problem(name: str, spec: ParamSpec, loc: str) -> str | None:
+    """A range of the wrong kind for the parameter: a float range of an integer, a numeric
+    range of a named choice, choices of the wrong type."""
+    names = choices(name)
+    want_int = PARAM_TYPES.get(name) is int
+    if names is not None:
+        if not isinstance(spec, CategoricalSpec):
+            return f"{loc}: {name} takes one of {', '.join(names)}; use type: categorical"
+        bad = [c for c in spec.choices if c not in names]
+        return f"{loc}.choices: {name} takes {', '.join(names)}, got {bad}" if bad else None
+    if want_int and isinstance(spec, FloatSpec):
+        return f"{loc}: {name} is an integer; use type: int or categorical"
+    if isinstance(spec, CategoricalSpec):
+        if want_int and not all(isinstance(c, int) and not isinstance(c, bool) for c in spec.choices):
+            return f"{loc}.choices: {name} takes integers, got {spec.choices}"
+        if not want_int and not all(
+            isinstance(c, (int, float)) and not isinstance(c, bool) for c in spec.choices
+        ):
+            return f"{loc}.choices: {name} takes numbers, got {spec.choices}"
+    return None
+
+
+def _when_problems(name: str, spec: ParamSpec, loc: str, raw: dict[str, Any]) -> list[str]:
+    """Each ``when`` key is a config condition or a parameter of the space listed before
+    this one: parameters are suggested in order, and a later one is not chosen yet (the
+    condition would never hold)."""
+    earlier = list(raw)[: list(raw).index(name)]
+    problems = []
+    for key in spec.when or {}:
+        if key not in CONDITION_KEYS and key not in raw:
+            problems.append(
+                f"{loc}.when: unknown key {key!r}; use one of {', '.join(CONDITION_KEYS)} "
+                "or a parameter of this space"
+            )
+        elif key in raw and key not in earlier and isinstance(raw[key], dict):
+            problems.append(f"{loc}.when: {key} comes after {name} in the space; list it first")
+    return problems
+
+
+def _parse_fixed(name: str, value: Any, loc: str) -> tuple[Scalar | None, list[str]]:
+    """A fixed value: one of a named choice's names, or a number of the parameter's type."""
+    if isinstance(value, (bool, list)) or value is None:
+        return None, [f"{loc}: give a number or a range such as {{type: float, low: ..., high: ...}}"]
+    names = choices(name)
+    if names is not None:
+        if value not in names:
+            return None, [f"{loc}: {name} takes one of {', '.join(names)}, got {value!r}"]
+        return value, []
+    if PARAM_TYPES.get(name) is int and not isinstance(value, int):
+        return None, [f"{loc}: {name} is an integer, got {value!r}"]
+    if isinstance(value, str):
+        return None, [f"{loc}: {name} takes a number, got {value!r}"]
+    return value, _check_values(name, loc, value)
 
 
 def _check_values(name: str, loc: str, spec: ParamSpec | Scalar) -> list[str]:
