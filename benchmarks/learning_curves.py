@@ -35,7 +35,7 @@ def configs(n: int, seed: int) -> list[dict[str, Any]]:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg, _ = load_sweep_config(Path(__file__).parents[1] / "vlsweep" / "configs" / "demo-sweep.yaml")
-    space, settings = cfg.parsed_space(), cfg.settings()
+    space, settings = cfg.search_space, cfg.settings()
     study = optuna.create_study(directions=["minimize", "maximize"], sampler=make_sampler("random", seed))
     out = []
     for _ in range(n):

@@ -43,7 +43,7 @@ def make_study(url: str, name: str, n: int, seed: int = 0) -> float:
     raw.update(name=name)
     raw["search"]["trials"] = n
     cfg, base_dir = load_sweep_config(demo, raw)
-    dists = distributions(cfg.parsed_space())
+    dists = distributions(cfg.search_space)
     rng = np.random.default_rng(seed)
     sampler = optuna.samplers.RandomSampler(seed=seed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -768,7 +768,7 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.simplefilter("ignore")
     cfg, _ = load_sweep_config(Path(__file__).parents[1] / "vlsweep" / "configs" / "demo-sweep.yaml")
-    space, settings = cfg.parsed_space(), cfg.settings()
+    space, settings = cfg.search_space, cfg.settings()
     if args.grace is None:
         cfg.search.early_stopping, cfg.search.reduction_factor = "mo-asha", args.eta
         milestones = rung_steps(cfg)

@@ -20,7 +20,7 @@ def table():
     from vlsweep.search.sampling import make_sampler
 
     cfg, _ = load_sweep_config(Path(__file__).parents[1] / "vlsweep" / "configs" / "demo-sweep.yaml")
-    space, settings = cfg.parsed_space(), cfg.settings()
+    space, settings = cfg.search_space, cfg.settings()
     study = optuna.create_study(directions=["minimize", "maximize"], sampler=make_sampler("random", 0))
     rows = []
     for i in range(40):

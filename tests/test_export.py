@@ -50,7 +50,7 @@ def make_study(tmp_path: Path, checkpoint: Path, demo_data: Path) -> str:
     study = optuna.create_study(study_name="exp", storage=url, directions=["minimize", "maximize"])
     study.set_metric_names(["cer", "iou"])
     study.set_user_attr("config", sanitized_config(cfg, base_dir))
-    dists = distributions(cfg.parsed_space())
+    dists = distributions(cfg.search_space)
     for i, (cer, iou) in enumerate([(0.4, 0.1), (0.2, 0.5), (0.1, 0.2)]):
         params = {
             "lr_vision": 1e-4 * (i + 1),
@@ -127,7 +127,7 @@ def test_llamafactory_export_holds_only_keys_llamafactory_accepts(study_url, tmp
 
 def test_llamafactory_export_says_when_a_frozen_projector_is_closer_than_the_one_rate(study_url, tmp_path):
     study = optuna.load_study(study_name="exp", storage=study_url)
-    dists = distributions(sweep_config(_results(study_url)).parsed_space())
+    dists = distributions(sweep_config(_results(study_url)).search_space)
     slow = {"lr_vision": 1e-4, "lr_projector": 2e-5, "lr_llm": 1e-3, "lora_r": 16, "mix_temperature": 2.0}
     study.add_trial(create_trial(values=[0.05, 0.05], params=slow, distributions=dists))
     res = _results(study_url)

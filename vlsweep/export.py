@@ -92,7 +92,7 @@ def trial_params(cfg: Any, trial: FrozenTrial) -> TrialParams:
     samples replayed through the space (so conditional and tied parameters resolve as in
     the sweep), over the engine defaults. Each format writes these, never its own defaults."""
     fixed = optuna.trial.FixedTrial(dict(trial.params), number=trial.number)
-    return TrialParams.of(cfg.parsed_space().suggest(fixed, cfg.settings()))
+    return TrialParams.of(cfg.search_space.suggest(fixed, cfg.settings()))
 
 
 def _trained_lrs(cfg: Any, params: TrialParams) -> dict[str, float]:

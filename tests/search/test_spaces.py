@@ -206,7 +206,7 @@ def test_strategies_widen_the_space_and_the_users_own_range_wins(tmp_path):
     }
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
     cfg, base = load_sweep_config(tmp_path / "s.yaml")
-    space = cfg.parsed_space()
+    space = cfg.search_space
     assert space.specs["loss_balance"].choices == ["static", "uncertainty", "famo", "pcgrad", "upgrad"]
     assert space.specs["rotation_period"].choices == [5, 20]  # the user's own range
     assert {"rotation_share", "lora_r_vision", "lora_targets_llm", "lora_targets_vision"} <= set(space.specs)

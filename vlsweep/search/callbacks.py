@@ -35,7 +35,19 @@ def progress_line(
     waiting: str = "",
     held: list[int] | None = None,
 ) -> str:
-    """One line of sweep progress. Finished trials come from the study; running and pending
+    """One line of sweep progress: the time since ``started``, then ``progress_state``."""
+    return elapsed(started) + progress_state(study, names, total, tune_trials, waiting, held)
+
+
+def progress_state(
+    study: optuna.Study,
+    names: list[str],
+    total: int,
+    tune_trials: list[Any] | None = None,
+    waiting: str = "",
+    held: list[int] | None = None,
+) -> str:
+    """Where the sweep stands. Finished trials come from the study; running and pending
     ones from Ray Tune (``tune_trials``) when given: an Optuna trial is RUNNING from the
     moment it is asked for, while Ray may still be waiting for resources to start it."""
     trials = study.get_trials(deepcopy=False)  # one read of the study per line
@@ -56,12 +68,17 @@ def progress_line(
         active = f"{running} running, {pending} pending" + (f" ({waiting})" if pending and waiting else "")
     if held:  # search.reproducible: a free slot waits until these trials have ended
         active += f", 1 slot held (search.reproducible: trial {held[0]} must end first)"
-    el = time.time() - started
     return (
-        f"[{int(el // 60):02d}:{int(el % 60):02d}] {done}/{total} trials done: "
+        f"{done}/{total} trials done: "
         f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed, {active}"
         + (f" | front: {shown}" + (" ..." if len(front) > 4 else "") if front else "")
     )
+
+
+def elapsed(started: float) -> str:
+    """A progress line's prefix: the time since the sweep started, ``[MM:SS] ``."""
+    el = time.time() - started
+    return f"[{int(el // 60):02d}:{int(el % 60):02d}] "
 
 
 def trial_name(trial: Any) -> str:
@@ -117,7 +134,7 @@ class Events(Callback):
         # progress line says a pending trial waits for.
         self.request, self.scaling = request or {}, scaling
         self.last = 0.0
-        self.last_line = ""
+        self.last_state = ""  # what the last progress line said, without its time
         self.restarts: dict[str, int] = {}
         self.tune_trials: list[Any] | None = None
 
@@ -163,13 +180,13 @@ class Events(Callback):
             pending = any(t.status == "PENDING" for t in trials)
             active = sum(t.status in ("PENDING", "RUNNING") for t in trials)
             waiting = waiting_reason(self.request, self.scaling, active) if pending else ""
-            self.last_line = progress_line(
-                self.study,
-                self.names,
-                self.started,
-                self.total,
-                self.tune_trials,
-                waiting,
-                self.searcher.holding,
+            self.last_state = progress_state(
+                self.study, self.names, self.total, self.tune_trials, waiting, self.searcher.holding
             )
-            self.log(self.last_line)
+            self.log(elapsed(self.started) + self.last_state)
+
+    def final_line(self) -> None:
+        """The sweep's last progress line, unless the last one printed said the same."""
+        state = progress_state(self.study, self.names, self.total, self.tune_trials)
+        if state != self.last_state:
+            self.log(elapsed(self.started) + state)

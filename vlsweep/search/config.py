@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, StrictBool, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, StrictBool, ValidationError, field_validator, model_validator
 
 from vlsweep.config import (
     BUILTIN,
@@ -267,7 +267,7 @@ class SweepConfig(RunConfig):
                 raise ValueError(f"{c!r}: write a constraint as 'metric <= number' or 'metric >= number'")
             if m.group(1) not in OBJECTIVES:
                 raise ValueError(f"{c!r}: unknown metric {m.group(1)!r}; choose from {', '.join(OBJECTIVES)}")
-            float(m.group(3))
+            _bound(c)
         return value
 
     @field_validator("storage")
@@ -288,18 +288,30 @@ class SweepConfig(RunConfig):
                 )
         return value
 
-    def parsed_constraints(self) -> list[tuple[str, str, float]]:
-        out = []
-        for c in self.constraints:
-            m = _CONSTRAINT.match(c)
-            assert m
-            out.append((m.group(1), m.group(2), float(m.group(3))))
-        return out
+    # The space and the constraints, parsed once when the config is validated (the raw
+    # forms above are what the study records and every reader replays).
+    _space: Space | None = PrivateAttr(default=None)
+    _space_problems: list[str] = PrivateAttr(default_factory=list)
+    _bounds: list[tuple[str, str, float]] = PrivateAttr(default_factory=list)
 
-    def parsed_space(self) -> Space:
+    @model_validator(mode="after")
+    def _parse_once(self) -> SweepConfig:
         space, problems = parse_space(self.space)
-        assert not problems, problems
-        return space
+        self._space, self._space_problems = (None, problems) if problems else (space, [])
+        self._bounds = [_bound(c) for c in self.constraints]
+        return self
+
+    @property
+    def search_space(self) -> Space:
+        """The parsed ``space`` (the default space when none is given)."""
+        if self._space is None:  # load_sweep_config reports these with the file's name
+            raise UserInputError(self._space_problems)
+        return self._space
+
+    @property
+    def constraint_bounds(self) -> list[tuple[str, str, float]]:
+        """Each constraint as (metric, "<=" or ">=", bound)."""
+        return list(self._bounds)
 
     def settings(self) -> dict[str, Any]:
         """Config keys a space condition may name."""
@@ -313,6 +325,13 @@ class SweepConfig(RunConfig):
         """The train config a trial runs (what ``vlsweep export`` writes, with its params)."""
         shared = {f: getattr(self, f) for f in RunConfig.model_fields if f != "output_dir"}
         return TrainConfig(name=self.name, params=params or TrialParams(), **shared)
+
+
+def _bound(constraint: str) -> tuple[str, str, float]:
+    m = _CONSTRAINT.match(constraint)
+    if m is None:  # the field's validator ran first
+        raise ValueError(f"{constraint!r}: write a constraint as 'metric <= number' or 'metric >= number'")
+    return m.group(1), m.group(2), float(m.group(3))
 
 
 def _effective(raw: Any) -> Any:
@@ -378,7 +397,7 @@ def _float16_problems(cfg: SweepConfig) -> list[str]:
     said before the sweep, rather than as failed trials (the trial engine checks again)."""
     if cfg.model.dtype != "float16":
         return []
-    space = cfg.parsed_space()
+    space = cfg.search_space
     spec = space.specs.get("loss_balance")
     offered = list(spec.choices) if spec is not None and hasattr(spec, "choices") else []
     offered += [space.fixed["loss_balance"]] if "loss_balance" in space.fixed else []
@@ -415,7 +434,7 @@ def _warm_start_problems(cfg: SweepConfig) -> list[str]:
     """Known points (with ``values``) outside the space or missing an objective: found
     before the study is opened, so a bad config writes nothing. A point to run may lie
     outside the space (Optuna runs an enqueued point as given), e.g. today's config."""
-    space = cfg.parsed_space()
+    space = cfg.search_space
     names = [o.name for o in cfg.objectives]
     problems = []
     for i, ws in enumerate(cfg.search.warm_start):
@@ -456,7 +475,7 @@ def check_loggers(cfg: SweepConfig) -> None:
 def check_metrics_measurable(cfg: SweepConfig, val_tasks: list[str]) -> None:
     """Every objective and constraint is a metric the trials will produce on this data."""
     wanted = [("objectives", o.name) for o in cfg.objectives]
-    wanted += [("constraints", m) for m, _, _ in cfg.parsed_constraints()]
+    wanted += [("constraints", m) for m, _, _ in cfg.constraint_bounds]
     problems = [
         f"{where}: {metric!r} is measured on {task} samples, and data.val has none; "
         f"add {task} samples to data.val, or drop {metric!r}"

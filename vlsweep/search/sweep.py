@@ -8,8 +8,12 @@ is a study attr, and trials a killed driver left RUNNING are failed with a reaso
 re-queued with the same parameters. With ``--address ray://`` the whole loop runs as one
 Ray task on the cluster's head (``run_sweep_via_client``), calling ``run_sweep`` there.
 
-The Ray backend (init, resources, leftover processes) is ``backend``, the schedulers are
-``schedulers``, and the progress line and Tune callbacks are ``callbacks``.
+``run_sweep`` reads as its parts: the config resolved once (``plan.resolve``), the study's
+lifetime for this driver (``_driving``: open, lease, seed, re-queue, release), Ray's
+(``_on_ray``: start or join, checks, stop), the searcher's (``_searching``), and the Tuner
+(``build_tuner``). The Ray backend (init, resources, leftover processes) is ``backend``,
+the schedulers are ``schedulers``, and the progress line and Tune callbacks are
+``callbacks``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,32 +45,30 @@ from vlsweep.search.backend import (
     check_trial_fits,
     ray_init,
     reap_local_ray,
-    trial_resources,
 )
-from vlsweep.search.callbacks import Events, logger_callbacks, progress_line, trial_name
-from vlsweep.search.config import SweepConfig, distributions, sanitized_config
+from vlsweep.search.callbacks import Events, logger_callbacks, trial_name
+from vlsweep.search.config import SweepConfig, sanitized_config
 from vlsweep.search.driver_storage import DriverStorage, create_or_check
+from vlsweep.search.plan import SweepPlan, resolve
 from vlsweep.search.sampling import make_sampler
-from vlsweep.search.schedulers import make_scheduler, rung_steps
+from vlsweep.search.schedulers import make_scheduler
 from vlsweep.search.searcher import OptunaAskTellSearcher
-from vlsweep.spaces import Space
 
 Log = Callable[[str], None]
 # Set on the study to ask the running driver to stop cleanly (as Ctrl-C would).
 STOP_ATTR = "stop_requested"
 
 
-def _seed_points(study: optuna.Study, cfg: SweepConfig, space: Space) -> None:
+def _seed_points(study: optuna.Study, plan: SweepPlan) -> None:
     """Baseline (trial 0) and warm-start points, once, when the study is new."""
-    settings = cfg.settings()
-    if cfg.search.baseline:
-        point = {k: v for k, v in BASELINE.items() if space.active(k, settings, BASELINE)}
+    space, dists = plan.space, plan.distributions
+    if plan.cfg.search.baseline:
+        point = {k: v for k, v in BASELINE.items() if space.active(k, plan.settings, BASELINE)}
         # A range of the user's that leaves out the baseline's value (Optuna refuses a
         # categorical value off its choices): that parameter is sampled instead.
         point = {k: v for k, v in point.items() if not space.outside({k: v})}
         study.enqueue_trial(point, user_attrs={"baseline": True})
-    dists = distributions(space)
-    for i, ws in enumerate(cfg.search.warm_start):  # checked by load_sweep_config
+    for i, ws in enumerate(plan.cfg.search.warm_start):  # checked by load_sweep_config
         params = {k: v for k, v in ws.params.items() if k in dists}
         if ws.values is None:
             study.enqueue_trial(params, user_attrs={"warm_start": i})
@@ -137,139 +140,199 @@ def run_sweep(
     same error, and ``SweepInterrupted`` after Ctrl-C or SIGTERM (trials that were running
     are re-queued for ``vlsweep resume``).
     """
+    plan = resolve(cfg, base_dir)
+    loggers = logger_callbacks(cfg)  # a missing logger package is an error before anything is written
+    with _driving(plan, storage_url, resume, log) as run:
+        if run.remaining <= 0:
+            return run.study
+        demo.resolve_model(cfg.model)  # a builtin model's shipped files, before Ray starts
+        with _on_ray(plan, address, run, log) as scaling, _searching(plan, run) as searcher:
+            started = time.time()
+            events = Events(
+                searcher,
+                run.study,
+                run.driver,
+                plan.objective_names,
+                started,
+                cfg.search.trials,
+                log,
+                request=plan.request,
+                scaling=scaling,
+            )
+            stop = StopRequests(searcher, log, run.study)
+            tuner = build_tuner(
+                plan,
+                trainable or _trainable(plan, run.store_spec, worker_fn),
+                searcher,
+                scheduler or make_scheduler(cfg, plan.objective_names, plan.directions),
+                num_samples=run.remaining,
+                started=started,
+                callbacks=[events, *loggers, *(callbacks or [])],
+                stop=stop,
+            )
+            with stop.catching_signals():
+                tuner.fit()
+            _finish_run(cfg, searcher, stop, started, log)
+            events.final_line()
+    return run.study
+
+
+@dataclass
+class _Run:
+    """A study this driver holds the lease on, ready for trials."""
+
+    study: optuna.Study
+    driver: str  # the lease's id
+    store_spec: str  # where the trials' files go (artifacts.NONE: nowhere)
+    store: Any  # the artifact store itself (None: none)
+    remaining: int  # trials still to run toward the budget
+
+
+@contextlib.contextmanager
+def _driving(plan: SweepPlan, storage_url: str, resume: bool, log: Log) -> Iterator[_Run]:
+    """The study's lifetime for this driver: open (or create) it with its sampler, claim
+    the lease, record the config, put the baseline and warm-start points first, re-queue
+    what a killed driver left running. On the way out the lease is released, and a study
+    this call created that bad input stopped before any trial ran is not kept."""
     from vlsweep import __version__
 
-    space = cfg.parsed_space()
-    loggers = logger_callbacks(cfg)  # a missing logger package is an error before anything is written
+    cfg = plan.cfg
     storage = storages.open_storage(storage_url, kind=DriverStorage)
-    window = cfg.search.max_concurrent if cfg.search.reproducible else None
-    rungs = rung_steps(cfg) if cfg.search.learn_from_rungs else []
-    sampler = make_sampler(cfg.search.sampler, cfg.search.seed, window, rungs)
-    names = [o.name for o in cfg.objectives]
-    directions = [o.direction or "minimize" for o in cfg.objectives]
+    sampler = make_sampler(cfg.search.sampler, cfg.search.seed, plan.window, plan.sampler_rungs)
     new_study = cfg.name not in optuna.get_all_study_names(storage)
-    study = create_or_check(storage, cfg.name, directions, names, sampler)
+    study = create_or_check(storage, cfg.name, plan.directions, plan.objective_names, sampler)
     driver = lease.claim_driver(study)
-    if study.user_attrs.get(STOP_ATTR):
-        study.set_user_attr(STOP_ATTR, None)  # a request meant for an earlier driver
-    reap_local_ray(study, log)
-    out_root = Path(cfg.output_dir or f"runs/{cfg.name}")
-    out_root = (out_root if out_root.is_absolute() else Path.cwd() / out_root).resolve()
-    store_spec = artifact_store_spec(cfg, study, storage_url, out_root)
-    searcher: OptunaAskTellSearcher | None = None
-    started_ray = False
-    discard = False  # a study this call created, refused before any trial ran: not kept
+    discard = False
     try:
+        if study.user_attrs.get(STOP_ATTR):
+            study.set_user_attr(STOP_ATTR, None)  # a request meant for an earlier driver
+        reap_local_ray(study, log)
+        store_spec = artifact_store_spec(cfg, study, storage_url, plan.out_root)
         if not resume or not study.user_attrs.get("config"):
-            study.set_user_attr("config", sanitized_config(cfg, base_dir))
+            study.set_user_attr("config", plan.recorded_config)
             study.set_user_attr("vlsweep_version", __version__)
         study.set_user_attr(artifacts.STORE_ATTR, store_spec)
         store = artifacts.open_store(store_spec) if store_spec != artifacts.NONE else None
-        trials = study.get_trials(deepcopy=False)
-        if not trials:
-            _seed_points(study, cfg, space)
+        if not study.get_trials(deepcopy=False):
+            _seed_points(study, plan)
         requeue_lost(study, log)
         remaining = cfg.search.trials - outcomes.finished_toward_budget(study.get_trials(deepcopy=False))
         log(
             f"study {cfg.name!r} in {storages.masked(storage_url)}: "
             f"{remaining} of {cfg.search.trials} trials to run"
         )
-        if remaining <= 0:
-            return study
-        demo.resolve_model(cfg.model)  # a builtin model's shipped files, before Ray starts
-        started_ray = ray_init(cfg, address, log, study)
-        storage_path = cfg.ray.storage_path or str(out_root / "ray")
-        check_shared_storage(cfg, storage_path, store_spec)
-        scaling = check_trial_fits(cfg, log)
-        spec = cfg.train_config().model_dump(mode="json")
-        sanitized = sanitized_config(cfg, base_dir)
-        spec["data"], spec["model"] = sanitized["data"], sanitized["model"]
-        # Trials evaluate at every rung, so early stopping judges measured metrics.
-        spec["budget"]["eval_at"] = sorted({*spec["budget"]["eval_at"], *rung_steps(cfg)})
-        from vlsweep.search import worker
-
-        if trainable is None:
-            trainable = tune.with_parameters(
-                worker_fn or worker.run,
-                spec=spec,
-                base_dir=str(base_dir),
-                out_root=str(out_root),
-                threads=max(1, int(cfg.resources.cpus_per_trial)),
-                driver_dir=os.getcwd(),
-                artifact_store=None if store is None else store_spec,
-            )
-        request = trial_resources(cfg)
-        resourced = tune.with_resources(
-            trainable,
-            {
-                "cpu": request.get("CPU", 0.0),
-                "gpu": request.get("GPU", 0.0),
-                "memory": request.get("memory", 0),
-            },
-        )
-        searcher = OptunaAskTellSearcher(
-            study,
-            space,
-            cfg.settings(),
-            names,
-            cfg.budget.steps,
-            constraints=cfg.parsed_constraints(),
-            run_id=driver,
-            fail_fast=cfg.search.fail_fast,
-            reproducible_window=window,
-            artifact_store=store,
-            keep_last=cfg.artifacts.keep_last,
-            rungs=rungs,
-        )
-        started = time.time()
-        events = Events(
-            searcher, study, driver, names, started, cfg.search.trials, log, request=request, scaling=scaling
-        )
-        stop = StopRequests(searcher, log, study)
-        if scheduler is None:
-            scheduler = make_scheduler(cfg, names, directions)
-        tuner = tune.Tuner(
-            resourced,
-            tune_config=tune.TuneConfig(
-                search_alg=searcher,
-                scheduler=scheduler,
-                num_samples=remaining,
-                max_concurrent_trials=cfg.search.max_concurrent,
-                reuse_actors=cfg.resources.reuse_actors,
-                time_budget_s=cfg.search.time_budget_s,
-                trial_name_creator=trial_name,
-                trial_dirname_creator=trial_name,
-            ),
-            run_config=tune.RunConfig(
-                name=f"{cfg.name}-{int(started)}",
-                storage_path=storage_path,
-                verbose=0,
-                callbacks=[events, *loggers, *(callbacks or [])],
-                failure_config=tune.FailureConfig(max_failures=cfg.resources.retries),
-                stop=stop,
-            ),
-        )
-        with stop.catching_signals():
-            tuner.fit()
-        _finish_run(cfg, searcher, stop, started, log)
-        final = progress_line(study, names, started, cfg.search.trials, events.tune_trials)
-        if final.split("]", 1)[1] != events.last_line.split("]", 1)[-1]:
-            log(final)
+        yield _Run(study=study, driver=driver, store_spec=store_spec, store=store, remaining=remaining)
     except UserInputError:
         discard = new_study and all(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
         raise
     finally:
-        if searcher is not None:
-            searcher.close("the sweep driver stopped before this trial finished")
         lease.release_driver(study, driver)
+        if discard:
+            optuna.delete_study(study_name=cfg.name, storage=storage)
+
+
+@contextlib.contextmanager
+def _on_ray(plan: SweepPlan, address: str | None, run: _Run, log: Log) -> Iterator[bool]:
+    """Ray for the sweep: a local one started (locked) or a cluster joined, then checked:
+    shared storage on a cluster of several nodes, and a node that can hold a trial. Yields
+    whether trials may wait for an autoscaler; a Ray started here is stopped on the way out."""
+    started_ray = ray_init(plan.cfg, address, log, run.study)
+    try:
+        check_shared_storage(plan.cfg, plan.ray_storage_path, run.store_spec)
+        yield check_trial_fits(plan.cfg, log)
+    finally:
         if started_ray:
             import ray
 
             ray.shutdown()
-            study.set_user_attr(LOCAL_RAY_ATTR, None)
-        if discard:
-            optuna.delete_study(study_name=cfg.name, storage=storage)
-    return study
+            run.study.set_user_attr(LOCAL_RAY_ATTR, None)
+
+
+@contextlib.contextmanager
+def _searching(plan: SweepPlan, run: _Run) -> Iterator[OptunaAskTellSearcher]:
+    """The searcher that proposes each trial; on the way out, whatever it left open is
+    closed (and re-queued: the driver stopped before those trials finished)."""
+    searcher = _searcher(plan, run)
+    try:
+        yield searcher
+    finally:
+        searcher.close("the sweep driver stopped before this trial finished")
+
+
+def _searcher(plan: SweepPlan, run: _Run) -> OptunaAskTellSearcher:
+    cfg = plan.cfg
+    return OptunaAskTellSearcher(
+        run.study,
+        plan.space,
+        plan.settings,
+        plan.objective_names,
+        cfg.budget.steps,
+        constraints=plan.constraints,
+        run_id=run.driver,
+        fail_fast=cfg.search.fail_fast,
+        reproducible_window=plan.window,
+        artifact_store=run.store,
+        keep_last=cfg.artifacts.keep_last,
+        rungs=plan.sampler_rungs,
+    )
+
+
+def _trainable(plan: SweepPlan, store_spec: str, worker_fn: Callable[..., None] | None) -> Any:
+    """The function each trial runs (the trial engine, through ``worker.run``), with what
+    every trial of the sweep shares bound to it."""
+    from vlsweep.search import worker
+
+    return tune.with_parameters(
+        worker_fn or worker.run,
+        spec=plan.trial_spec,
+        base_dir=str(plan.base_dir),
+        out_root=str(plan.out_root),
+        threads=max(1, int(plan.cfg.resources.cpus_per_trial)),
+        driver_dir=os.getcwd(),
+        artifact_store=None if store_spec == artifacts.NONE else store_spec,
+    )
+
+
+def build_tuner(
+    plan: SweepPlan,
+    trainable: Any,
+    searcher: OptunaAskTellSearcher,
+    scheduler: Any,
+    *,
+    num_samples: int,
+    started: float,
+    callbacks: list[Callback],
+    stop: tune.Stopper,
+) -> tune.Tuner:
+    """Ray Tune's Tuner for the sweep: each trial asks for the plan's resources; the
+    searcher proposes, the scheduler stops early, Tune retries a dead worker."""
+    cfg = plan.cfg
+    resources = {
+        "cpu": plan.request.get("CPU", 0.0),
+        "gpu": plan.request.get("GPU", 0.0),
+        "memory": plan.request.get("memory", 0),
+    }
+    return tune.Tuner(
+        tune.with_resources(trainable, resources),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=num_samples,
+            max_concurrent_trials=cfg.search.max_concurrent,
+            reuse_actors=cfg.resources.reuse_actors,
+            time_budget_s=cfg.search.time_budget_s,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=f"{cfg.name}-{int(started)}",
+            storage_path=plan.ray_storage_path,
+            verbose=0,
+            callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=cfg.resources.retries),
+            stop=stop,
+        ),
+    )
 
 
 def _finish_run(
@@ -410,46 +473,15 @@ def run_sweep_via_client(
             "the cluster, which must reach the study: use a PostgreSQL storage (see docs/cluster.md)"
         )
     log(f"connecting to {address} (Ray Client); the sweep's driver runs on the head node ...")
-    ray_security.prepare_join()
-    for attempt in range(3):
-        try:
-            ray.init(address=address, log_to_driver=True, logging_level=logging.ERROR)
-            break
-        except ray_security.join_errors() as err:
-            # The client server starts a server per session; that start can fail while an
-            # earlier session's one is still shutting down. Twice more, as a user would; not
-            # when the token is missing (a client without it waits 30 s for a timeout), nor
-            # when it was refused.
-            no_token = ray_security.token_source() is None and "timeout" in str(err)
-            last = (str(err).strip().splitlines() or [type(err).__name__])[-1][:200]
-            if attempt == 2 or no_token or not isinstance(err, ConnectionError):
-                hint = ray_security.token_hint()
-                msg = f"--address {address}: cannot connect through Ray Client ({last}); {hint}"
-                raise UserInputError(msg) from None
-            log(f"Ray Client connection failed ({last}); retrying in 5 s")
-            time.sleep(5)
+    _connect_client(address, log)
     try:
-        sanitized = storages.strip_password(storage_url)
         drive = ray.remote(num_cpus=0, max_retries=0, resources={"node:__internal_head__": 0.001})(
             _drive_on_cluster
         )
+        sanitized = storages.strip_password(storage_url)
         ref = drive.remote(sanitized_config(cfg, base_dir), str(base_dir), sanitized, resume)
         try:
-            # Waiting in short slices keeps Ctrl-C here responsive; it then interrupts the
-            # driver on the head, which re-queues the running trials as a local Ctrl-C does.
-            # The Ctrl-C is taken as a flag between slices: raised inside Ray Client's gRPC
-            # call, a KeyboardInterrupt can be swallowed there and the wait goes on.
-            interrupted = threading.Event()
-            main = threading.current_thread() is threading.main_thread()
-            previous = signal.signal(signal.SIGINT, lambda _s, _f: interrupted.set()) if main else None
-            try:
-                while not ray.wait([ref], timeout=1.0)[0]:
-                    if interrupted.is_set():
-                        raise KeyboardInterrupt
-            finally:
-                if main:
-                    signal.signal(signal.SIGINT, previous)  # a second Ctrl-C leaves at once
-            ray.get(ref)
+            _wait_interruptibly(ref)
         except KeyboardInterrupt:
             # Asked through the study, not by cancelling the task: the driver stops as on a
             # Ctrl-C of its own, and leaving before it has would end the Ray Client session
@@ -468,6 +500,48 @@ def run_sweep_via_client(
             raise
     finally:
         ray.shutdown()
+
+
+def _connect_client(address: str, log: Log) -> None:
+    """Connect through Ray Client, sending the token given for the cluster. The client
+    server starts a server per session, and that start can fail while an earlier session's
+    one is still shutting down: twice more, as a user would; not when the token is missing
+    (a client without it waits 30 s for a timeout), nor when it was refused."""
+    import ray
+
+    ray_security.prepare_join()
+    for attempt in range(3):
+        try:
+            ray.init(address=address, log_to_driver=True, logging_level=logging.ERROR)
+            return
+        except ray_security.join_errors() as err:
+            no_token = ray_security.token_source() is None and "timeout" in str(err)
+            last = (str(err).strip().splitlines() or [type(err).__name__])[-1][:200]
+            if attempt == 2 or no_token or not isinstance(err, ConnectionError):
+                hint = ray_security.token_hint()
+                msg = f"--address {address}: cannot connect through Ray Client ({last}); {hint}"
+                raise UserInputError(msg) from None
+            log(f"Ray Client connection failed ({last}); retrying in 5 s")
+            time.sleep(5)
+
+
+def _wait_interruptibly(ref: Any) -> Any:
+    """``ray.get(ref)``, waiting in 1 s slices so that Ctrl-C here is seen: raised inside
+    Ray Client's gRPC call, a KeyboardInterrupt can be swallowed there and the wait goes
+    on, so the Ctrl-C is taken as a flag between slices. A second Ctrl-C leaves at once."""
+    import ray
+
+    interrupted = threading.Event()
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, lambda _s, _f: interrupted.set()) if main else None
+    try:
+        while not ray.wait([ref], timeout=1.0)[0]:
+            if interrupted.is_set():
+                raise KeyboardInterrupt
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+    return ray.get(ref)
 
 
 def _request_stop_and_wait(storage_url: str, name: str, seconds: float) -> None:

@@ -75,83 +75,123 @@ def run(
     driver_dir: str | None = None,
     artifact_store: str | None = None,
 ) -> None:
-    """Ray Tune function trainable: ``config`` is what the searcher suggested."""
-    import ray
+    """Ray Tune function trainable: ``config`` is what the searcher suggested, ``spec`` the
+    sweep's trial spec (the train config every trial runs, as JSON). Where the trial runs,
+    the trial itself, then its final report, or its failure."""
     import torch
     from ray import tune
 
-    from vlsweep import demo
-    from vlsweep.config import TrainConfig
-    from vlsweep.params import TrialParams
-    from vlsweep.trials import load_base, load_data, run_trial
-
     torch.set_num_threads(max(1, threads))
-    steps = 0
-    # Where the trial ran: recorded on the Optuna trial (a reused actor keeps its pid).
-    where: dict[str, Any] = {"node_id": ray.get_runtime_context().get_node_id(), "worker_pid": os.getpid()}
-    # The GPUs Ray gave this worker (it sets CUDA_VISIBLE_DEVICES to them, so torch's
-    # "cuda" is the first of them): trials sharing a GPU (gpus_per_trial 0.5) show the same.
-    gpus = ray.get_gpu_ids()
-    if gpus:
-        where["gpu_ids"] = ",".join(str(g) for g in gpus)
-
-    def report(step: int, metrics: dict[str, float]) -> None:
-        nonlocal steps
-        steps = step
-        tune.report({**metrics, **where, "steps": step})
-
+    reports = _Reports(_placement())
+    trial_dir = Path(out_root) / f"trial-{int(config['optuna_trial']):04d}"
+    result: dict[str, Any] = {}
     failure: str | None = None
     try:
-        spec, base_dir = _localized(spec, base_dir, driver_dir)
-        # A builtin model is resolved to the weights shipped in this node's vlsweep.
-        cfg = demo.resolve(TrainConfig.model_validate(spec))
-        params = TrialParams.of(config["params"])
-        base = _cached(_BASE, json.dumps(spec["model"], sort_keys=True), lambda: load_base(cfg.model))
-        data_key = json.dumps([spec["data"], base_dir], sort_keys=True)
-        data = _cached(_DATA, data_key, lambda: load_data(cfg.data, Path(base_dir)))
-        out = Path(out_root) / f"trial-{int(config['optuna_trial']):04d}"
-        # Training curves reach Tune's loggers (TensorBoard, MLflow, W&B) as results
-        # without objectives, which schedulers skip; at most ~50 per trial (the engine
-        # logs a row every 10 steps and at each evaluation).
-        every = max(1, cfg.budget.steps // 10 // 50)
-        rows = 0
-
-        def log_row(row: dict[str, Any]) -> None:
-            nonlocal rows
-            rows += 1
-            # When the fine-tune itself began training (its first step done), as Unix time:
-            # after the worker's start, the model load and the encoding of the data.
-            where.setdefault("train_started", time.time())
-            if (rows - 1) % every == 0:
-                curves = {f"train/{k}": v for k, v in row.items() if k != "step"}
-                tune.report({**curves, **where, "steps": row["step"]})
-
-        result = run_trial(
-            params, cfg.budget, report, spec=cfg, data=data, base=base, output_dir=out, on_log_row=log_row
-        )
+        result = _train(config, spec, base_dir, driver_dir, trial_dir, reports)
     except Exception as exc:  # a trial-level failure: recorded on the trial, not retried
         failure = describe_failure(exc)
     if failure is not None:
         # Out of the handler, the error and the trial's tensors its frames held are gone:
         # free what they used, so the next trial in this (reused) worker starts clean.
         release_memory()
-        tune.report({ERROR_KEY: failure, **where, "steps": steps})
+        tune.report({ERROR_KEY: failure, **reports.placement, "steps": reports.steps})
         return
     # The engine reported each evaluation; a final report carries the run's timings and
     # the metadata of the files stored for the driver to link to the Optuna trial.
     final: dict[str, Any] = {k: v for k, v in result.items() if isinstance(v, (int, float))}
     if artifact_store is not None:
-        final.update(_store_files(artifact_store, out))
-    tune.report({**final, **where, "steps": result["steps"]})
+        final.update(_store_files(artifact_store, trial_dir))
+    tune.report({**final, **reports.placement, "steps": result["steps"]})
 
 
-def _store_files(spec: str, trial_dir: Path) -> dict[str, str]:
+def _placement() -> dict[str, Any]:
+    """Where the trial runs, recorded on the Optuna trial: the node, the worker's pid (a
+    reused actor keeps it), and the GPUs Ray gave this worker (it sets CUDA_VISIBLE_DEVICES
+    to them, so torch's "cuda" is the first of them: trials sharing a GPU show the same)."""
+    import ray
+
+    placement: dict[str, Any] = {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "worker_pid": os.getpid(),
+    }
+    gpus = ray.get_gpu_ids()
+    if gpus:
+        placement["gpu_ids"] = ",".join(str(g) for g in gpus)
+    return placement
+
+
+class _Reports:
+    """What a trial reports to Tune: each evaluation (``report``) and, as results without
+    objectives, which schedulers skip, its training curves (``log_row``: at most ~50 per
+    trial, for Tune's loggers). Each carries where the trial runs."""
+
+    def __init__(self, placement: dict[str, Any]):
+        self.placement = placement
+        self.steps = 0  # the last step reported
+        self.every = 1  # a curve row reported every this many rows
+        self._rows = 0
+
+    def report(self, step: int, metrics: dict[str, float]) -> None:
+        from ray import tune
+
+        self.steps = step
+        tune.report({**metrics, **self.placement, "steps": step})
+
+    def log_row(self, row: dict[str, Any]) -> None:
+        from ray import tune
+
+        self._rows += 1
+        # When the fine-tune itself began training (its first step done), as Unix time:
+        # after the worker's start, the model load and the encoding of the data.
+        self.placement.setdefault("train_started", time.time())
+        if (self._rows - 1) % self.every == 0:
+            curves = {f"train/{k}": v for k, v in row.items() if k != "step"}
+            tune.report({**curves, **self.placement, "steps": row["step"]})
+
+
+def _train(
+    config: dict[str, Any],
+    spec: dict[str, Any],
+    base_dir: str,
+    driver_dir: str | None,
+    trial_dir: Path,
+    reports: _Reports,
+) -> dict[str, Any]:
+    """One trial through the engine, on the base and data this worker keeps between
+    trials (loaded again only when the sweep's model or data differ)."""
+    from vlsweep import demo
+    from vlsweep.config import TrainConfig
+    from vlsweep.params import TrialParams
+    from vlsweep.trials import load_base, load_data, run_trial
+
+    spec, base_dir = _localized(spec, base_dir, driver_dir)
+    # A builtin model is resolved to the weights shipped in this node's vlsweep.
+    cfg = demo.resolve(TrainConfig.model_validate(spec))
+    params = TrialParams.of(config["params"])
+    base = _cached(_BASE, json.dumps(spec["model"], sort_keys=True), lambda: load_base(cfg.model))
+    data_key = json.dumps([spec["data"], base_dir], sort_keys=True)
+    data = _cached(_DATA, data_key, lambda: load_data(cfg.data, Path(base_dir)))
+    # The engine logs a row every 10 steps and at each evaluation.
+    reports.every = max(1, cfg.budget.steps // 10 // 50)
+    return run_trial(
+        params,
+        cfg.budget,
+        reports.report,
+        spec=cfg,
+        data=data,
+        base=base,
+        output_dir=trial_dir,
+        on_log_row=reports.log_row,
+    )
+
+
+def _store_files(store_url: str, trial_dir: Path) -> dict[str, str]:
     """Write the trial's files into the sweep's artifact store. A store this node cannot
     write costs the trial its stored files, not its result: the reason is reported."""
     from vlsweep import artifacts
 
     try:
-        metas = artifacts.write_trial_files(artifacts.open_store(spec), trial_dir)
+        metas = artifacts.write_trial_files(artifacts.open_store(store_url), trial_dir)
     except Exception as exc:
         reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         return {artifacts.ERROR_KEY: f"on node {socket.gethostname()}: {reason}"[-1000:]}
