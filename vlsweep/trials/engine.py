@@ -26,7 +26,7 @@ from vlsweep.metrics import Evaluation, compute
 from vlsweep.params import GROUP_LR, TrialParams
 from vlsweep.trials import forgetting
 from vlsweep.trials.batching import Encoder, collate
-from vlsweep.trials.data import Record, check_tasks, load_records, make_mixer
+from vlsweep.trials.data import Record, TaskMixer, check_tasks, load_records, make_mixer
 from vlsweep.trials.families import resolve_groups
 from vlsweep.trials.lora import attach_lora, plan_lora
 from vlsweep.trials.losses import BALANCES, task_losses, weighted_sum
@@ -462,91 +462,38 @@ def run_trial(
     trial. With ``output_dir`` the adapter, ``metrics.json`` and ``train_log.jsonl`` are
     written there; ``on_log_row`` sees each training-log row (step, losses, learning
     rates, gradient norms) as it is made.
+
+    Reads as its steps: the base and the trainer (``_setup``), the base's own metrics when
+    asked, the training loop with its evaluations (``_train``), the result and the files
+    (``_save``); an out-of-memory error becomes ``TrialOutOfMemory``.
     """
     say = log or (lambda _msg: None)
     random.seed(spec.seed)
     torch.manual_seed(spec.seed)
     owns_base = base is None
-    t_load = time.perf_counter()
-    base = base or load_base(spec.model)
-    load_seconds = time.perf_counter() - t_load
-    trainer = Trainer(params, budget, spec=spec, data=data, base=base)
-    say(f"encoded {len(data.train)} train / {len(data.val)} val samples in {trainer.encode_seconds:.1f}s")
-    if trainer.retain_enc:
-        trainer.reference = trainer.retention_reference(say)
-    result: dict[str, Any] = {}
-    if eval_base:
-        t0 = time.perf_counter()
-        base_metrics = trainer.evaluate(base.model)
-        result["base"] = base_metrics
-        say(
-            f"base model: cer={base_metrics.get('cer', float('nan')):.4f} "
-            f"iou={base_metrics.get('iou', float('nan')):.4f} ({time.perf_counter() - t0:.1f}s)"
-        )
+    trainer, load_seconds = _setup(params, budget, spec, data, base, say)
+    base = trainer.base
+    result: dict[str, Any] = {"base": _evaluate_base(trainer, say)} if eval_base else {}
     mixer = make_mixer(data.train, params, budget.steps, spec.seed)
-    eval_at = _eval_steps(budget)
-    log_rows: list[dict[str, Any]] = []
-    train_seconds = eval_seconds = 0.0
-    metrics: dict[str, float] = {}
     cuda = base.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(base.device)
-    phase, step, oom = "setup", 0, ""
+    progress = _Progress()
+    oom = ""
     try:
         # Inside the try: an adapter half attached (an error while its parameters are
         # cast) is taken off the kept base all the same.
         trainer.attach()
         trainer.model.train()
-        t_train = time.perf_counter()
-        for step in range(1, budget.steps + 1):
-            phase = "training"
-            out = trainer.step(trainer.train_batch(mixer.batch(budget.batch_size, step)), step)
-            if step % 10 == 0 or step in eval_at or step == 1:
-                loss = float(out["loss"])
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"training loss is {loss} at step {step}")
-                log_rows.append(
-                    {
-                        "step": step,
-                        "loss": loss,
-                        **{f"loss_{t}": float(out["per_task"][i]) for i, t in enumerate(trainer.tasks)},
-                        **{f"weight_{t}": float(out["weights"][i]) for i, t in enumerate(trainer.tasks)},
-                        **(
-                            {"loss_objective": float(out["objective"])}
-                            if params.loss_balance != "static"
-                            else {}
-                        ),
-                        **{f"grad_norm_{g}": float(v) for g, v in out["grad_norm"].items()},
-                        **{f"lr_{g['name']}": g["lr"] for g in trainer.groups},
-                    }
-                )
-                if on_log_row is not None:
-                    on_log_row(log_rows[-1])
-            if step in eval_at:
-                train_seconds += time.perf_counter() - t_train
-                t0 = time.perf_counter()
-                phase = "evaluation"
-                metrics = trainer.evaluate()
-                eval_seconds += time.perf_counter() - t0
-                _finite(metrics)
-                metrics["steps"] = step
-                say(
-                    f"step {step}: "
-                    + " ".join(
-                        f"{k}={v:.4f}" for k, v in metrics.items() if k in ("cer", "iou", "parse_fail_rate")
-                    )
-                )
-                if report is not None:
-                    report(step, dict(metrics))
-                t_train = time.perf_counter()
-        result.update(metrics)
+        _train(trainer, mixer, params, budget, progress, report, say, on_log_row)
+        result.update(progress.metrics)
         result.update(
             {
-                "train_seconds": train_seconds,
-                "eval_seconds": eval_seconds,
+                "train_seconds": progress.train_seconds,
+                "eval_seconds": progress.eval_seconds,
                 "load_seconds": load_seconds,
                 "encode_seconds": trainer.encode_seconds,
-                "samples_per_second": budget.steps * budget.batch_size / max(train_seconds, 1e-9),
+                "samples_per_second": budget.steps * budget.batch_size / max(progress.train_seconds, 1e-9),
                 "task_probabilities": mixer.probabilities,
                 "params": params.to_dict(),
             }
@@ -554,11 +501,7 @@ def run_trial(
         if cuda:
             result["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(base.device) / 2**30
         if output_dir is not None:
-            output_dir.mkdir(parents=True, exist_ok=True)
-            trainer.model.save_pretrained(output_dir / "adapter")
-            (output_dir / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log_rows))
-            (output_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-            (output_dir / "predictions.jsonl").write_text(trainer.predictions_jsonl())
+            _save(output_dir, trainer, progress.log_rows, result)
     except torch.OutOfMemoryError as exc:
         oom = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
     finally:
@@ -567,10 +510,121 @@ def run_trial(
     if oom:
         # Raised here, not in the handler: torch's error (and the frames holding the step's
         # tensors) is gone by now, so the caller can free the memory for the next trial.
-        batch = budget.eval_batch_size if phase == "evaluation" else budget.batch_size
+        batch = budget.eval_batch_size if progress.phase == "evaluation" else budget.batch_size
         del trainer, mixer  # the trial's optimizer state and gradients go with them
-        raise TrialOutOfMemory(step=step, phase=phase, batch=batch, detail=oom)
+        raise TrialOutOfMemory(step=progress.step, phase=progress.phase, batch=batch, detail=oom)
     return result
+
+
+@dataclass
+class _Progress:
+    """Where a trial's training stands: what an out-of-memory error reports (the phase and
+    the step), the timings, the last evaluation and the training-log rows."""
+
+    phase: str = "setup"  # then "training" or "evaluation"
+    step: int = 0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+    log_rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _setup(
+    params: TrialParams,
+    budget: BudgetConfig,
+    spec: TrainConfig,
+    data: TrialData,
+    base: Base | None,
+    say: Callable[[str], None],
+) -> tuple[Trainer, float]:
+    """The base (loaded here unless the caller keeps one) and the trainer on it, with the
+    retention reference when forgetting is measured. Returns the seconds the load took."""
+    t_load = time.perf_counter()
+    base = base or load_base(spec.model)
+    load_seconds = time.perf_counter() - t_load
+    trainer = Trainer(params, budget, spec=spec, data=data, base=base)
+    say(f"encoded {len(data.train)} train / {len(data.val)} val samples in {trainer.encode_seconds:.1f}s")
+    if trainer.retain_enc:
+        trainer.reference = trainer.retention_reference(say)
+    return trainer, load_seconds
+
+
+def _evaluate_base(trainer: Trainer, say: Callable[[str], None]) -> dict[str, float]:
+    """The base model's own metrics, before any fine-tuning."""
+    t0 = time.perf_counter()
+    metrics = trainer.evaluate(trainer.base.model)
+    say(
+        f"base model: cer={metrics.get('cer', float('nan')):.4f} "
+        f"iou={metrics.get('iou', float('nan')):.4f} ({time.perf_counter() - t0:.1f}s)"
+    )
+    return metrics
+
+
+def _train(
+    trainer: Trainer,
+    mixer: TaskMixer,
+    params: TrialParams,
+    budget: BudgetConfig,
+    progress: _Progress,
+    report: Report | None,
+    say: Callable[[str], None],
+    on_log_row: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    """The training loop: a step on each batch the mixer draws, a training-log row every 10
+    steps (and at the first and each evaluation), an evaluation at each of the budget's
+    steps, reported as it is made."""
+    eval_at = _eval_steps(budget)
+    t_train = time.perf_counter()
+    for step in range(1, budget.steps + 1):
+        progress.phase, progress.step = "training", step
+        out = trainer.step(trainer.train_batch(mixer.batch(budget.batch_size, step)), step)
+        if step % 10 == 0 or step in eval_at or step == 1:
+            row = _log_row(trainer, params, out, step)
+            progress.log_rows.append(row)
+            if on_log_row is not None:
+                on_log_row(row)
+        if step in eval_at:
+            progress.train_seconds += time.perf_counter() - t_train
+            t0 = time.perf_counter()
+            progress.phase = "evaluation"
+            metrics = trainer.evaluate()
+            progress.eval_seconds += time.perf_counter() - t0
+            _finite(metrics)
+            metrics["steps"] = step
+            progress.metrics = metrics
+            shown = " ".join(
+                f"{k}={v:.4f}" for k, v in metrics.items() if k in ("cer", "iou", "parse_fail_rate")
+            )
+            say(f"step {step}: {shown}")
+            if report is not None:
+                report(step, dict(metrics))
+            t_train = time.perf_counter()
+
+
+def _log_row(trainer: Trainer, params: TrialParams, out: dict[str, Any], step: int) -> dict[str, Any]:
+    """One training-log row: the loss and each task's, the balance's weights (and its own
+    objective when it is not static), each group's gradient norm and learning rate."""
+    loss = float(out["loss"])
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"training loss is {loss} at step {step}")
+    return {
+        "step": step,
+        "loss": loss,
+        **{f"loss_{t}": float(out["per_task"][i]) for i, t in enumerate(trainer.tasks)},
+        **{f"weight_{t}": float(out["weights"][i]) for i, t in enumerate(trainer.tasks)},
+        **({"loss_objective": float(out["objective"])} if params.loss_balance != "static" else {}),
+        **{f"grad_norm_{g}": float(v) for g, v in out["grad_norm"].items()},
+        **{f"lr_{g['name']}": g["lr"] for g in trainer.groups},
+    }
+
+
+def _save(output_dir: Path, trainer: Trainer, log_rows: list[dict[str, Any]], result: dict[str, Any]) -> None:
+    """The trial's files: the adapter, the training log, the metrics and the predictions."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    trainer.model.save_pretrained(output_dir / "adapter")
+    (output_dir / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log_rows))
+    (output_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    (output_dir / "predictions.jsonl").write_text(trainer.predictions_jsonl())
 
 
 def score(
