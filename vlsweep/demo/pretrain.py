@@ -261,19 +261,46 @@ def build(name: str, out: Path, *, progress: BuildProgress | None = None) -> dic
     2022 (linear probing, then fine-tuning). Its first ``one_word_steps`` ask about
     scenes of one word (where it is), the rest about scenes of two or three (which one).
     Measured figures: docs/benchmarks.md.
+
+    Reads as its steps: the model (``_setup_model``), the pretraining data
+    (``_setup_data``), stage 1 (``_train_vision``), stage 2 (``_train_language``), the save.
+    The order of the steps is the order of the random draws, which the shipped weights'
+    checksums hold to.
     """
-    import random
-
-    from transformers import get_cosine_schedule_with_warmup
-    from transformers.utils import logging as hf_logging
-
     from vlsweep.config import DEFAULT_PROMPTS
-    from vlsweep.demo.tiny import BUILDERS
-    from vlsweep.trials import CODECS, FAMILIES, Encoder, TaskMixer, collate, task_losses, weighted_sum
+    from vlsweep.trials import CODECS, Encoder
 
     recipe = RECIPES[name]
     t0 = time.perf_counter()
     torch.manual_seed(recipe.seed)
+    model, processor, family = _setup_model(recipe)
+    encoder = Encoder(processor, family, CODECS[family.box_codec], dict(DEFAULT_PROMPTS))
+    data = _setup_data(recipe, processor, encoder, progress)
+    data_seconds = time.perf_counter() - t0
+    vision_loss = _train_vision(model, family, recipe, data, progress)
+    tasks, per_task = _train_language(model, family, recipe, data, encoder.tokenizer.pad_token_id, progress)
+    _save(model, processor, out)
+    return {
+        "recipe": name,
+        "recipe_version": RECIPE_VERSION,
+        "seed": recipe.seed,
+        "threads": torch.get_num_threads(),
+        "data_seconds": round(data_seconds, 1),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "vision_loss": vision_loss,
+        **{f"loss_{t}": float(per_task[i]) for i, t in enumerate(tasks)},
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "machine": cpu_name(),
+    }
+
+
+def _setup_model(recipe: Any) -> tuple[Any, Any, Any]:
+    """The recipe's tiny model at random, its vision tower's layers drawn at the recipe's
+    scale; with its processor and family."""
+    from vlsweep.demo.tiny import BUILDERS
+    from vlsweep.trials import FAMILIES
+
     model, processor = BUILDERS[recipe.family](**recipe.size)
     family = FAMILIES[recipe.family]
     vision = re.compile(family.groups["vision"])
@@ -282,7 +309,26 @@ def build(name: str, out: Path, *, progress: BuildProgress | None = None) -> dic
             mod_name + "."
         ):
             torch.nn.init.normal_(module.weight, std=recipe.vision_init_std)
-    encoder = Encoder(processor, family, CODECS[family.box_codec], dict(DEFAULT_PROMPTS))
+    return model, processor, family
+
+
+@dataclass
+class _PretrainData:
+    """The rendered scenes of both stages, encoded: ``sets`` by name ("vision" for stage 1,
+    "main" and "one_word" for stage 2), ``encoded`` stage 2's samples, ``vision_inputs``
+    stage 1's image inputs (one per scene)."""
+
+    sets: dict[str, list[_Scene]]
+    encoded: dict[str, list[dict[str, torch.Tensor]]]
+    vision_inputs: list[dict[str, torch.Tensor]]
+
+    @property
+    def image_keys(self) -> list[str]:
+        return [k for k in self.encoded["main"][0] if k in ("pixel_values", "image_grid_thw")]
+
+
+def _setup_data(recipe: Any, processor: Any, encoder: Any, progress: BuildProgress | None) -> _PretrainData:
+    """Render and encode the scenes of both stages (in a temporary directory)."""
     n = recipe.n_samples
     if progress is not None:
         total = n + recipe.one_word_samples + recipe.vision_samples
@@ -307,21 +353,31 @@ def build(name: str, out: Path, *, progress: BuildProgress | None = None) -> dic
         for scene in sets["vision"]:
             if scene.record.image not in images:
                 images[scene.record.image] = _image_inputs(processor, scene.record.image)
-        v_enc = [images[scene.record.image] for scene in sets["vision"]]
-    data_seconds = time.perf_counter() - t0
-    image_keys = [k for k in encoded["main"][0] if k in ("pixel_values", "image_grid_thw")]
+        vision_inputs = [images[scene.record.image] for scene in sets["vision"]]
+    return _PretrainData(sets=sets, encoded=encoded, vision_inputs=vision_inputs)
+
+
+def _vision_side(family: Any) -> re.Pattern[str]:
+    return re.compile(f"(?:{family.groups['vision']})|(?:{family.groups['projector']})")
+
+
+def _train_vision(
+    model: Any, family: Any, recipe: Any, data: _PretrainData, progress: BuildProgress | None
+) -> float:
+    """Stage 1: the vision tower and projector with token-level heads (which digit, which
+    colour, which row and column each visual token shows). Returns the last loss."""
     if progress is not None:
         progress.start(recipe.vision_steps, "stage 1 of 2 (vision tower)")
     model.train()
-
-    # Stage 1: vision tower + projector with token-level heads.
-    side = re.compile(f"(?:{family.groups['vision']})|(?:{family.groups['projector']})")
+    v_enc, image_keys = data.vision_inputs, data.image_keys
+    side = _vision_side(family)
     vision_params = [p for n_, p in model.named_parameters() if side.match(n_)]
     sizes = (_GLYPH_CLASSES, _COLOR_CLASSES, _POS_CLASSES, _POS_CLASSES)
     head = torch.nn.Linear(model.config.get_text_config().hidden_size, sum(sizes))
     first = _image_tokens(model, {k: v_enc[0][k] for k in image_keys})[0]
     targets = [
-        _token_targets(s, *_token_grid(e, first.shape[0])) for s, e in zip(sets["vision"], v_enc, strict=True)
+        _token_targets(s, *_token_grid(e, first.shape[0]))
+        for s, e in zip(data.sets["vision"], v_enc, strict=True)
     ]
     opt1 = torch.optim.AdamW([*vision_params, *head.parameters()], lr=recipe.vision_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(recipe.seed)
@@ -341,14 +397,28 @@ def build(name: str, out: Path, *, progress: BuildProgress | None = None) -> dic
         if progress is not None:
             stats: dict[str, Any] = {"vision loss": float(loss.detach())}
             progress.update(**stats)
-    vision_loss = float(loss.detach())
+    return float(loss.detach())
 
-    # Stage 2: the language model on the answers, the vision side frozen.
+
+def _train_language(
+    model: Any, family: Any, recipe: Any, data: _PretrainData, pad_id: int, progress: BuildProgress | None
+) -> tuple[list[str], torch.Tensor]:
+    """Stage 2: the language model on the answers, the vision side frozen; scenes of one
+    word first (``one_word_steps``), then of two or three. Returns the tasks and each
+    one's last loss."""
+    import random
+
+    from transformers import get_cosine_schedule_with_warmup
+
+    from vlsweep.trials import TaskMixer, collate, task_losses, weighted_sum
+
+    side = _vision_side(family)
     for n_, p in model.named_parameters():
         p.requires_grad_(not side.match(n_))
     params = [p for p in model.parameters() if p.requires_grad]
+    sets = data.sets
     records = [s.record for s in sets["main"] + sets["one_word"]]
-    full = encoded["main"] + encoded["one_word"]
+    full = data.encoded["main"] + data.encoded["one_word"]
     main = list(range(len(sets["main"])))
     one_word = [i for i in main if records[i].task == "ocr"] + list(range(len(main), len(records)))
     mixers = [
@@ -360,7 +430,6 @@ def build(name: str, out: Path, *, progress: BuildProgress | None = None) -> dic
     weights = torch.tensor(
         [recipe.grounding_weight if t == "grounding" else 1 - recipe.grounding_weight for t in tasks]
     )
-    pad_id = encoder.tokenizer.pad_token_id
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0)
     scheduler = get_cosine_schedule_with_warmup(optimizer, recipe.pretrain_steps // 20, recipe.pretrain_steps)
     random.seed(recipe.seed)
@@ -387,8 +456,14 @@ def build(name: str, out: Path, *, progress: BuildProgress | None = None) -> dic
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()
-    # The build prints its own progress; a "Writing model shards" bar for one small file
-    # is noise in the build's log.
+    return tasks, per_task
+
+
+def _save(model: Any, processor: Any, out: Path) -> None:
+    """The model and processor, without transformers' progress bar: the build prints its
+    own progress, and a "Writing model shards" bar for one small file is noise in its log."""
+    from transformers.utils import logging as hf_logging
+
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
@@ -397,17 +472,3 @@ def build(name: str, out: Path, *, progress: BuildProgress | None = None) -> dic
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
-    info = {
-        "recipe": name,
-        "recipe_version": RECIPE_VERSION,
-        "seed": recipe.seed,
-        "threads": torch.get_num_threads(),
-        "data_seconds": round(data_seconds, 1),
-        "seconds": round(time.perf_counter() - t0, 1),
-        "vision_loss": vision_loss,
-        **{f"loss_{t}": float(per_task[i]) for i, t in enumerate(tasks)},
-        "torch": torch.__version__,
-        "transformers": __import__("transformers").__version__,
-        "machine": cpu_name(),
-    }
-    return info

@@ -139,20 +139,39 @@ def check_model(cfg: ModelConfig) -> None:
 
 
 def load_base(cfg: ModelConfig) -> Base:
-    """Load the model and processor through the Auto classes, as for any checkpoint."""
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
-
+    """Load the model and processor through the Auto classes, as for any checkpoint: the
+    checks, the files (``_load_pretrained``), the placement (``_place``), then what the
+    engine needs to know of the model (family, module groups, answer codec)."""
     check_model(cfg)  # the same checks `vlsweep launch` makes before a sweep
     source = resolve_source(cfg)
     device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
+    hf_config, processor, model = _load_pretrained(cfg, source, resolve_dtype(cfg.dtype, device))
+    _place(model, cfg, device)
+    family = family_for(hf_config.model_type)
+    return Base(
+        model=model,
+        processor=processor,
+        model_type=hf_config.model_type,
+        family=family,
+        groups=module_groups(cfg, hf_config.model_type),
+        codec=_codec(cfg, family),
+        device=device,
+        source=source,
+    )
+
+
+def _load_pretrained(cfg: ModelConfig, source: str, dtype: torch.dtype) -> tuple[Any, Any, Any]:
+    """The checkpoint's config, processor and model, in ``dtype``; a checkpoint that cannot
+    be loaded is the user's error, said with the key to change."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
     common: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": None if cfg.allow_pickle else True}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
     try:
         hf_config = AutoConfig.from_pretrained(source, **common)
         processor = AutoProcessor.from_pretrained(source, **common)
-        kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": None if cfg.allow_pickle else True}
-        if cfg.attn_implementation:
-            kwargs["attn_implementation"] = cfg.attn_implementation
         model = AutoModelForImageTextToText.from_pretrained(source, **common, **kwargs)
     except OSError as exc:
         raise UserInputError(
@@ -166,23 +185,15 @@ def load_base(cfg: ModelConfig) -> Base:
                 "model.trust_remote_code: true only if you trust its repository"
             ) from None
         raise
-    model.to(device)  # type: ignore[arg-type]  # transformers' stub of .to misses devices
-    model_type = hf_config.model_type
-    family = family_for(model_type)
-    groups = module_groups(cfg, model_type)
+    return hf_config, processor, model
+
+
+def _place(model: Any, cfg: ModelConfig, device: torch.device) -> None:
+    """The whole model on one device, with gradient checkpointing when asked."""
+    model.to(device)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    return Base(
-        model=model,
-        processor=processor,
-        model_type=model_type,
-        family=family,
-        groups=groups,
-        codec=_codec(cfg, family),
-        device=device,
-        source=source,
-    )
 
 
 def module_groups(cfg: ModelConfig, model_type: str) -> dict[str, str]:
