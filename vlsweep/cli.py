@@ -446,12 +446,16 @@ def report(
         typer.echo(f"wrote {path}")
 
 
+def export_formats_help() -> str:
+    from vlsweep.export import help_text
+
+    return help_text()
+
+
 @app.command()
 def export(
     name: Annotated[str, typer.Argument(help="study name")],
-    format: Annotated[
-        str, typer.Option("--format", help="vlsweep, llamafactory, swift, peft, adapter or merged")
-    ] = "vlsweep",
+    format: Annotated[str, typer.Option("--format", help=export_formats_help())] = "vlsweep",
     pick: PickOpt = "knee",
     where: WhereOpt = None,
     output_dir: Annotated[
