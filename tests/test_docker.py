@@ -210,91 +210,129 @@ def test_the_cluster_setups_keep_ray_auth_on_with_the_token_outside_them():
 
 
 RAY_TOKEN, DATABASE = "Ray's token", "the database password"
+HUB, STORE = "the Hub token", "the artifact store's keys"
 # The Kubernetes Secrets of the manifests, by what they hold.
 K8S_SECRETS = {"vlsweep-ray-token": RAY_TOKEN, "vlsweep-storage": DATABASE}
+# What each kind of container needs, and what it may be given besides (a Hub token and
+# the store's keys are the user's to add, where they use them).
+RAY_NODE = ({RAY_TOKEN}, {HUB, STORE})
+ROLES = {
+    "database": ({DATABASE}, set()),
+    # A Ray head runs the sweep's driver (sent with `ray job submit`), which opens the study.
+    "ray head": ({RAY_TOKEN, DATABASE}, {HUB, STORE}),
+    "ray worker": RAY_NODE,
+    "submitter": ({RAY_TOKEN}, set()),  # `ray job submit` to the head's Jobs API
+    "dashboard": ({DATABASE}, {STORE}),  # optuna-dashboard on the study and the trials' files
+}
 
 
-def _compose_secrets(service: dict) -> tuple[set[str], set[str]]:
-    """(what a compose service is given, what its command uses)."""
+def _compose_role(service: dict) -> str:
+    command = str(service.get("command", ""))
+    if "postgres" in str(service.get("image", "")):
+        return "database"
+    if command.startswith("ray start"):
+        return "ray head" if "--head" in command else "ray worker"
+    if command.startswith("ray "):
+        return "submitter"
+    if command.startswith("vlsweep dashboard"):
+        return "dashboard"
+    raise AssertionError(f"a compose service whose role the test does not know: {command!r}")
+
+
+def _compose_given(service: dict) -> set[str]:
     env = {k: str(v) for k, v in (service.get("environment") or {}).items()}
     given = {RAY_TOKEN if s == "ray_token" else s for s in service.get("secrets", [])}
-    if service.get("env_file") or any("POSTGRES_PASSWORD" in v for v in env.values()):
-        given.add(DATABASE)  # docker/.env holds it; an env_file hands all of it over
-    command = str(service.get("command", ""))
-    uses = set()
-    if _talks_to_ray(service):
-        uses.add(RAY_TOKEN)
-    # PostgreSQL itself, optuna-dashboard on the study, and a Ray head, where the sweep's
-    # driver (sent with `ray job submit`) opens the study.
-    if "postgres" in str(service.get("image", "")) or command.startswith("vlsweep ") or "--head" in command:
-        uses.add(DATABASE)
-    return given, uses
+    if service.get("env_file"):
+        given |= {DATABASE, HUB, STORE}  # docker/.env holds them: an env_file hands all of it over
+    written = [*env.values(), str(service.get("command", "")), str(service.get("entrypoint", ""))]
+    if any("POSTGRES_PASSWORD" in v for v in written):
+        given.add(DATABASE)
+    if "HF_TOKEN" in env:
+        given.add(HUB)
+    if any(k.startswith("AWS_") for k in env):
+        given.add(STORE)
+    return given
 
 
-def _k8s_secrets(manifests: list[dict]) -> dict[str, tuple[set[str], set[str]]]:
-    """(what each container is given, what it uses), by container name."""
+def _k8s_given(container: dict, pod: dict) -> set[str]:
+    refs = [
+        e["valueFrom"]["secretKeyRef"]["name"]
+        for e in container.get("env", [])
+        if "secretKeyRef" in e.get("valueFrom", {})
+    ]
+    refs += [f["secretRef"]["name"] for f in container.get("envFrom", []) if "secretRef" in f]
+    refs += [v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v]
+    return {K8S_SECRETS.get(r, r) for r in refs}
+
+
+def _k8s_places(manifests: list[dict]) -> dict[str, tuple[set[str], str]]:
+    """(what each container is given, its role), by kind, group and container name."""
     found = {}
     for doc in manifests:
-        roles = []
-        if doc["kind"] == "RayCluster":
-            roles.append(("head", doc["spec"]["headGroupSpec"]))
-            roles += [("worker", g) for g in doc["spec"]["workerGroupSpecs"]]
-            pods = [(role, g["template"]["spec"]) for role, g in roles]
-        elif doc["kind"] == "RayJob":
-            pods = [("submitter", doc["spec"].get("submitterPodTemplate", {}).get("spec", {}))]
-        else:
-            continue
-        for role, pod in pods:
+        clusters = [doc["spec"]] if doc["kind"] == "RayCluster" else []
+        if doc["kind"] == "RayJob":
+            clusters += [doc["spec"]["rayClusterSpec"]] if "rayClusterSpec" in doc["spec"] else []
+            pod = doc["spec"].get("submitterPodTemplate", {}).get("spec", {})
             for c in pod.get("containers", []):
-                refs = [
-                    e["valueFrom"]["secretKeyRef"]["name"]
-                    for e in c.get("env", [])
-                    if "secretKeyRef" in e.get("valueFrom", {})
-                ]
-                refs += [f["secretRef"]["name"] for f in c.get("envFrom", []) if "secretRef" in f]
-                refs += [v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v]
-                given = {K8S_SECRETS.get(r, r) for r in refs}
-                uses = {RAY_TOKEN, DATABASE} if role == "head" else {RAY_TOKEN}
-                found[c["name"]] = (given, uses)
+                found[f"RayJob submitter/{c['name']}"] = (_k8s_given(c, pod), "submitter")
+        for spec in clusters:
+            groups = [("head", "ray head", spec["headGroupSpec"])]
+            groups += [(g["groupName"], "ray worker", g) for g in spec["workerGroupSpecs"]]
+            for group, role, g in groups:
+                pod = g["template"]["spec"]
+                for c in pod.get("containers", []):
+                    found[f"{doc['kind']} {group}/{c['name']}"] = (_k8s_given(c, pod), role)
     return found
 
 
 def _secret_problems(compose: dict, manifests: list[dict]) -> list[str]:
+    places = {
+        f"compose service {n}": (_compose_given(s), _compose_role(s)) for n, s in compose["services"].items()
+    }
+    places |= {f"container {n}": v for n, v in _k8s_places(manifests).items()}
     problems = []
-    places = {f"compose service {n}": _compose_secrets(s) for n, s in compose["services"].items()}
-    places |= {f"container {n}": v for n, v in _k8s_secrets(manifests).items()}
-    for where, (given, uses) in places.items():
-        problems += [f"{where}: given {s}, which it does not use" for s in sorted(given - uses)]
-        problems += [f"{where}: needs {s}, not given" for s in sorted(uses - given)]
+    for where, (given, role) in places.items():
+        needs, may = ROLES[role]
+        problems += [f"{where}: given {s}, which a {role} does not use" for s in sorted(given - needs - may)]
+        problems += [f"{where}: needs {s}, not given" for s in sorted(needs - given)]
     return problems
 
 
 def test_each_container_gets_only_the_secrets_it_uses():
-    """Ray's token to what talks to Ray, the database password to what opens the study;
-    the dashboard gets no Ray token and the Ray workers no password. Shown to catch a
-    secret given where it is not used, and one missing where it is."""
+    """Ray's token to what talks to Ray, the database password to what opens the study, the
+    Hub token and the store's keys to what loads models or reads the store; the dashboard
+    gets no Ray token, the Ray workers and the submitter no database password. Shown to
+    catch a secret given where it is not used, one missing where it is, and one handed
+    over in a command or through an env_file."""
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     manifests = _manifests()
     assert _secret_problems(compose, manifests) == []
-    assert _compose_secrets(compose["services"]["dashboard"]) == ({DATABASE}, {DATABASE})
-    assert _compose_secrets(compose["services"]["ray-worker"]) == ({RAY_TOKEN}, {RAY_TOKEN})
+    assert _compose_given(compose["services"]["dashboard"]) == {DATABASE, STORE}
+    assert _compose_given(compose["services"]["ray-worker"]) == {RAY_TOKEN, HUB, STORE}
+    assert _compose_given(compose["services"]["submit"]) == {RAY_TOKEN}
 
     extra = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     extra["services"]["dashboard"]["secrets"] = ["ray_token"]
     extra["services"]["ray-worker"]["env_file"] = [".env"]
+    extra["services"]["submit"]["command"] += " --password ${POSTGRES_PASSWORD}"
     assert _secret_problems(extra, manifests) == [
-        f"compose service ray-worker: given {DATABASE}, which it does not use",
-        f"compose service dashboard: given {RAY_TOKEN}, which it does not use",
+        f"compose service ray-worker: given {DATABASE}, which a ray worker does not use",
+        f"compose service dashboard: given {RAY_TOKEN}, which a dashboard does not use",
+        f"compose service submit: given {DATABASE}, which a submitter does not use",
     ]
     missing = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     del missing["services"]["ray-head"]["environment"]["VLSWEEP_STORAGE"]
     assert _secret_problems(missing, manifests) == [f"compose service ray-head: needs {DATABASE}, not given"]
     k8s = [yaml.safe_load(yaml.safe_dump(d)) for d in manifests]
-    worker = next(d for d in k8s if d["kind"] == "RayCluster")["spec"]["workerGroupSpecs"][0]
-    worker["template"]["spec"]["containers"][0]["envFrom"] = [{"secretRef": {"name": "vlsweep-storage"}}]
-    assert _secret_problems(compose, k8s) == [
-        f"container ray-worker: given {DATABASE}, which it does not use"
+    cluster = next(d for d in k8s if d["kind"] == "RayCluster")["spec"]
+    cluster["workerGroupSpecs"].append(yaml.safe_load(yaml.safe_dump(cluster["workerGroupSpecs"][0])))
+    cluster["workerGroupSpecs"][1]["groupName"] = "cpu"
+    cluster["workerGroupSpecs"][1]["template"]["spec"]["containers"][0]["envFrom"] = [
+        {"secretRef": {"name": "vlsweep-storage"}}
     ]
+    assert _secret_problems(compose, k8s) == [
+        f"container RayCluster cpu/ray-worker: given {DATABASE}, which a ray worker does not use"
+    ], "a second worker group with the same container name is checked too"
 
 
 @pytest.mark.skipif(shutil.which("docker") is None, reason="no docker here")

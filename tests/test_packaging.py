@@ -1,7 +1,6 @@
 """Every dependency floor in pyproject.toml is a version the suite has run against: the
-release line (major.minor) docker/constraints.txt records as tested, or newer, and never
-above the tested version. An older floor would let pip install a release nobody ran, such
-as a Ray that starts without token auth."""
+version docker/constraints.txt records as tested. An older floor would let pip install a
+release nobody ran, such as a Ray that starts without token auth."""
 
 from __future__ import annotations
 
@@ -44,8 +43,8 @@ def _floor_problems(requirements: list[Requirement], tested: dict[str, Version])
             problems.append(f"{req}: not in docker/constraints.txt, so never recorded as tested")
         elif pin not in req.specifier:
             problems.append(f"{req}: the tested {pin} is outside it")
-        elif max(floors) < Version(f"{pin.major}.{pin.minor}"):
-            problems.append(f"{req}: floor {max(floors)} is older than the tested {pin.major}.{pin.minor}")
+        elif max(floors) != pin:
+            problems.append(f"{req}: floor {max(floors)} is not the tested {pin}")
     return problems
 
 
@@ -58,9 +57,13 @@ def test_each_floor_is_a_tested_release_line():
 def test_the_check_catches_an_old_floor_and_an_untested_dependency():
     tested = {"ray": Version("2.60.0"), "optuna": Version("5.1.0")}
     assert _floor_problems([Requirement("ray[tune]>=2.40")], tested) == [
-        "ray[tune]>=2.40: floor 2.40 is older than the tested 2.60"
+        "ray[tune]>=2.40: floor 2.40 is not the tested 2.60.0"
     ]
-    assert _floor_problems([Requirement("optuna>=5.1"), Requirement("ray>=2.60")], tested) == []
+    assert _floor_problems([Requirement("ray[tune]>=2.60")], tested) == [], "2.60 is 2.60.0"
+    assert _floor_problems([Requirement("optuna>=5.1.0"), Requirement("ray>=2.60.0,<3")], tested) == []
+    assert _floor_problems([Requirement("optuna>=5.0.9")], tested) == [
+        "optuna>=5.0.9: floor 5.0.9 is not the tested 5.1.0"
+    ]
     assert _floor_problems([Requirement("optuna>=5.2")], tested) == [
         "optuna>=5.2: the tested 5.1.0 is outside it"
     ]

@@ -129,7 +129,7 @@ StorageOpt = Annotated[
     typer.Option("--storage", help="SQLAlchemy URL (else $VLSWEEP_STORAGE, else sqlite:///vlsweep.db)"),
 ]
 AddressOpt = Annotated[
-    str | None, typer.Option("--address", help="Ray cluster address (default: start a local Ray)")
+    str | None, typer.Option("--address", help="Ray cluster address (default, or local: start a local Ray)")
 ]
 
 

@@ -117,6 +117,17 @@ class Space:
         self.fixed = fixed
         self.tied = tied or {}
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Space):
+            return NotImplemented
+        return (list(self.specs.items()), self.fixed, self.tied) == (
+            list(other.specs.items()),
+            other.fixed,
+            other.tied,
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable: compared by value, not hashed
+
     def suggest(self, trial: Any, settings: dict[str, Any]) -> dict[str, Any]:
         """Suggest every active parameter on an Optuna trial; returns name -> value.
 

@@ -4,6 +4,8 @@ constraints once, when it is validated."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -38,7 +40,8 @@ def test_the_plan_holds_what_the_sweep_derives_from_the_config(tmp_path, monkeyp
     assert p.ray_storage_path == str(p.out_root / "ray")
     # Each trial evaluates at every rung too, with the data paths the study records.
     assert set(p.sampler_rungs) <= set(p.trial_spec["budget"]["eval_at"])
-    assert p.trial_spec["data"] == p.recorded_config["data"]
+    paths = [src["path"] for split in ("train", "val") for src in p.trial_spec["data"][split]]
+    assert paths and all(Path(x).is_absolute() for x in paths), "workers get the data as the study records it"
     assert p.request == {"CPU": cfg.resources.cpus_per_trial}
     edit_yaml(path, search={"learn_from_rungs": False, "reproducible": False})
     again = plan.resolve(load_sweep_config(path)[0], base_dir)
@@ -55,3 +58,8 @@ def test_a_config_parses_its_space_once_and_refuses_a_bad_one_without_assert(tmp
         _ = bad.search_space
     bounded = SweepConfig.model_validate({**raw, "constraints": ["iou >= 0.25"]})
     assert bounded.constraint_bounds == [("iou", ">=", 0.25)]
+    # Parsed once, but still a value: two configs of the same file are equal, and a copy
+    # with another space parses its own.
+    assert SweepConfig.model_validate(raw) == cfg
+    other = cfg.model_copy(update={"space": {"lr_llm": {"type": "float", "low": 1e-3, "high": 1e-2}}})
+    assert other.search_space.specs["lr_llm"].low == 1e-3 and cfg.search_space.specs["lr_llm"].low == 1e-4

@@ -198,7 +198,7 @@ def test_two_sweeps_starting_together_agree_on_one_token(tmp_path, monkeypatch):
     assert sum("replaced it" in out for out in outs) == 1, outs
 
 
-def test_an_empty_or_unknown_auth_mode(monkeypatch):
+def test_an_empty_or_unknown_auth_mode(monkeypatch, own_home):
     """RAY_AUTH_MODE="" counts as unset (Ray itself would take it as "not token" and start
     an open Ray); a value Ray does not know is an error, not a guess."""
     from ray._raylet import AuthenticationMode, get_authentication_mode
@@ -219,9 +219,12 @@ def test_an_empty_or_unknown_auth_mode(monkeypatch):
         ray_security.auth_mode()
 
 
-def test_a_join_after_a_local_start_does_not_send_the_local_token(tmp_path, monkeypatch):
-    """A local start leaves this process in token mode; joining a cluster afterwards with
-    no token given for it turns that off again, so ~/.ray/auth_token is not sent."""
+def test_a_join_sends_only_a_token_given_for_it(tmp_path, monkeypatch):
+    """Joining runs in token mode only with a token given for the cluster (or the user's
+    RAY_AUTH_MODE=token); otherwise in "disabled" mode, which keeps Ray from turning token
+    mode on by itself for address "auto" (it would send ~/.ray/auth_token to whatever Ray
+    "auto" finds, another user's on a shared machine), also after a local start left this
+    process in token mode. The environment is the user's again afterwards."""
     from ray._raylet import AuthenticationMode, get_authentication_mode
 
     for var in AUTH_VARS:
@@ -229,17 +232,60 @@ def test_a_join_after_a_local_start_does_not_send_the_local_token(tmp_path, monk
     monkeypatch.setenv("HOME", str(tmp_path))
     ray_security.ensure_auth_token(lambda _m: None)
     with ray_security._auth_for_start(None):
-        pass
-    assert get_authentication_mode() == AuthenticationMode.TOKEN
-    ray_security.prepare_join()
-    assert get_authentication_mode() == AuthenticationMode.DISABLED and "RAY_AUTH_MODE" not in os.environ
+        assert get_authentication_mode() == AuthenticationMode.TOKEN
+    with ray_security.joining():
+        assert get_authentication_mode() == AuthenticationMode.DISABLED
+        assert os.environ["RAY_AUTH_MODE"] == "disabled", "Ray's own auto-enable would send the local token"
+    assert "RAY_AUTH_MODE" not in os.environ
     monkeypatch.setenv("RAY_AUTH_TOKEN", "e" * 64)  # given for the cluster: sent
-    ray_security.prepare_join()
-    assert get_authentication_mode() == AuthenticationMode.TOKEN
+    with ray_security.joining():
+        assert get_authentication_mode() == AuthenticationMode.TOKEN
+    assert "RAY_AUTH_MODE" not in os.environ and ray_security.token_source() == "RAY_AUTH_TOKEN"
     monkeypatch.delenv("RAY_AUTH_TOKEN")
-    monkeypatch.delenv("RAY_AUTH_MODE")
-    ray_security.prepare_join()
-    assert get_authentication_mode() == AuthenticationMode.DISABLED
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # asked for: ~/.ray/auth_token is sent
+    with ray_security.joining():
+        assert get_authentication_mode() == AuthenticationMode.TOKEN
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+
+
+def test_a_token_that_cannot_be_written_privately_is_an_error_not_a_crash(tmp_path, monkeypatch):
+    """A read-only folder (a mounted secret, say): a private token there is used as it is,
+    without a lock file; one readable by others that cannot be replaced is exit 2 naming
+    the path (/proc/version stands for it: world-readable, on a file system nobody, root
+    included, can write)."""
+    for var in AUTH_VARS:
+        monkeypatch.delenv(var, raising=False)
+    folder = tmp_path / "secrets"
+    folder.mkdir()
+    token = folder / "ray_token"
+    token.write_text("c" * 64)
+    token.chmod(0o600)
+    folder.chmod(0o500)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    try:
+        said: list[str] = []
+        ray_security.ensure_auth_token(said.append)
+        assert said == [] and sorted(p.name for p in folder.iterdir()) == ["ray_token"]
+    finally:
+        folder.chmod(0o700)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", "/proc/version")
+    with pytest.raises(UserInputError, match="RAY_AUTH_TOKEN_PATH /proc/version: cannot write a token"):
+        ray_security.ensure_auth_token(said.append)
+
+
+def test_a_failed_token_write_leaves_nothing_behind(tmp_path, monkeypatch):
+    for var in AUTH_VARS:
+        monkeypatch.delenv(var, raising=False)
+    token = tmp_path / "t" / "auth_token"
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+
+    def refuse(src, dst):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(ray_security.os, "replace", refuse)
+    with pytest.raises(UserInputError, match="cannot write a token readable by you only .Permission denied"):
+        ray_security.ensure_auth_token(lambda _m: None)
+    assert [p.name for p in token.parent.iterdir()] == [".auth_token.lock"], "a copy of the token stayed"
 
 
 def test_local_is_a_start_and_any_other_address_a_join():
@@ -276,21 +322,46 @@ def test_a_cluster_gets_only_a_token_given_for_it_and_a_failed_join_says_what_to
 
 
 # The Ray internals the locked start needs. Hiding any one must stop vlsweep from starting
-# a Ray (fail closed), not start an open one or crash.
+# a Ray (fail closed), not start an open one or crash. (Config.initialize cannot be hidden:
+# Config is an immutable type; hiding Config covers the lookup.)
 LOCK_NAMES = [
     ("ray._private.ray_constants", "ENABLE_RAY_CLUSTERS_ENV_VAR"),
     ("ray._private.ray_constants", "ENABLE_RAY_CLUSTER"),
     ("ray._raylet", "Config"),
     ("ray._raylet", "get_authentication_mode"),
     ("ray._raylet", "AuthenticationMode"),
+    ("ray._raylet.AuthenticationMode", "TOKEN"),
 ]
 
 
+def _owner(dotted: str):
+    """The module, or the attribute of one, that holds a name."""
+    parts = dotted.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for attr in parts[split:]:
+            found = getattr(found, attr)
+        return found
+    raise LookupError(dotted)
+
+
+@pytest.fixture
+def own_home(tmp_path, monkeypatch):
+    """A HOME of the test's own and no auth setting of the developer's."""
+    for var in AUTH_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    return tmp_path
+
+
 @pytest.mark.parametrize(("module", "name"), LOCK_NAMES)
-def test_a_ray_without_a_name_the_lock_needs_is_refused_before_it_starts(module, name, monkeypatch):
+def test_a_ray_without_a_name_the_lock_needs_is_refused_before_it_starts(module, name, monkeypatch, own_home):
     import ray
 
-    monkeypatch.delattr(importlib.import_module(module), name)
+    monkeypatch.delattr(_owner(module), name)
     before = ray_security._processes()
     with pytest.raises(ray_security.RayUnsafe) as err:
         ray_security.start_local_ray(num_cpus=1, log=lambda _m: None)
@@ -301,15 +372,39 @@ def test_a_ray_without_a_name_the_lock_needs_is_refused_before_it_starts(module,
     assert not ray.is_initialized() and ray_security._processes() - before == set(), "a Ray was started"
 
 
-@pytest.mark.parametrize(("module", "name"), [n for n in LOCK_NAMES if n[0] == "ray._raylet"])
-def test_a_join_that_must_send_a_token_fails_closed_too(module, name, monkeypatch):
+@pytest.mark.parametrize(("module", "name"), [n for n in LOCK_NAMES if n[0].startswith("ray._raylet")])
+def test_a_join_that_must_send_a_token_fails_closed_too(module, name, monkeypatch, own_home):
     """Joining with a token given for the cluster needs token mode in this process: a Ray
     where it cannot be set is refused, not joined without the token."""
     monkeypatch.setenv("RAY_AUTH_TOKEN", "d" * 64)
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
-    monkeypatch.delattr(importlib.import_module(module), name)
-    with pytest.raises(ray_security.RayUnsafe, match=f"{module}.{name} is missing"):
-        ray_security.prepare_join()
+    monkeypatch.delattr(_owner(module), name)
+    with pytest.raises(ray_security.RayUnsafe, match=f"{module}.{name} is missing"), ray_security.joining():
+        pass
+    assert "RAY_AUTH_MODE" not in os.environ
+
+
+def test_a_ray_init_without_the_node_address_or_with_tls_starts_no_ray(monkeypatch, own_home):
+    """The loopback bind is ray.init's _node_ip_address: a Ray whose ray.init no longer
+    takes it is refused (here a stand-in for such a release); with RAY_USE_TLS on, the
+    plain-call token check cannot run, and vlsweep says so instead of starting."""
+    import ray
+
+    def init_without_node_address(*, address=None, num_cpus=None, num_gpus=None, **kwargs):
+        if "_node_ip_address" in kwargs:
+            raise TypeError("init() got an unexpected keyword argument '_node_ip_address'")
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(ray, "init", init_without_node_address)
+    with pytest.raises(ray_security.RayUnsafe, match="ray.init takes no _node_ip_address, so vlsweep cannot"):
+        ray_security.start_local_ray(num_cpus=1, log=lambda _m: None)
+    monkeypatch.undo()
+    monkeypatch.setenv("HOME", str(own_home))
+    monkeypatch.setenv("RAY_USE_TLS", "1")
+    with pytest.raises(
+        ray_security.RayUnsafe, match="RAY_USE_TLS is on.*unset RAY_USE_TLS for the local Ray"
+    ):
+        ray_security.start_local_ray(num_cpus=1, log=lambda _m: None)
+    assert not ray.is_initialized()
 
 
 def test_a_ray_without_authentication_error_still_gets_the_join_message(monkeypatch):

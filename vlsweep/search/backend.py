@@ -168,11 +168,11 @@ def ray_init(cfg: SweepConfig, address: str | None, log: Log, study: optuna.Stud
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if address is not None and not is_local(address):
         log(f"joining Ray at {address} ...")
-        ray_security.prepare_join()
         try:
-            ray.init(
-                address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR
-            )
+            with ray_security.joining():
+                ray.init(
+                    address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR
+                )
         except ray_security.join_errors() as err:
             last = (str(err).strip().splitlines() or [type(err).__name__])[-1][:200]
             msg = f"cannot join the Ray cluster at {address} ({last}); {ray_security.token_hint()}"

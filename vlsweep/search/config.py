@@ -290,28 +290,39 @@ class SweepConfig(RunConfig):
 
     # The space and the constraints, parsed once when the config is validated (the raw
     # forms above are what the study records and every reader replays).
-    _space: Space | None = PrivateAttr(default=None)
-    _space_problems: list[str] = PrivateAttr(default_factory=list)
-    _bounds: list[tuple[str, str, float]] = PrivateAttr(default_factory=list)
+    # (A copy with another space or other constraints, model_copy(update=...), parses its own.)
+    _parsed: tuple[Any, Any, Space | None, list[str], list[tuple[str, str, float]]] | None = PrivateAttr(
+        default=None
+    )
 
     @model_validator(mode="after")
     def _parse_once(self) -> SweepConfig:
-        space, problems = parse_space(self.space)
-        self._space, self._space_problems = (None, problems) if problems else (space, [])
-        self._bounds = [_bound(c) for c in self.constraints]
+        self._parse()
         return self
+
+    def _parse(self) -> tuple[Space | None, list[str], list[tuple[str, str, float]]]:
+        if (
+            self._parsed is None
+            or self._parsed[0] is not self.space
+            or self._parsed[1] is not self.constraints
+        ):
+            space, problems = parse_space(self.space)
+            bounds = [_bound(c) for c in self.constraints]
+            self._parsed = (self.space, self.constraints, None if problems else space, problems, bounds)
+        return self._parsed[2:]
 
     @property
     def search_space(self) -> Space:
         """The parsed ``space`` (the default space when none is given)."""
-        if self._space is None:  # load_sweep_config reports these with the file's name
-            raise UserInputError(self._space_problems)
-        return self._space
+        space, problems, _ = self._parse()
+        if space is None:  # load_sweep_config reports these with the file's name
+            raise UserInputError(problems)
+        return space
 
     @property
     def constraint_bounds(self) -> list[tuple[str, str, float]]:
         """Each constraint as (metric, "<=" or ">=", bound)."""
-        return list(self._bounds)
+        return list(self._parse()[2])
 
     def settings(self) -> dict[str, Any]:
         """Config keys a space condition may name."""

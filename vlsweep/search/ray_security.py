@@ -19,6 +19,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,33 +52,38 @@ def _ray_version() -> str:
         return "Ray (not importable)"
 
 
-def _unsafe(what: str, *, started: bool = False) -> RayUnsafe:
+def _unsafe(what: str, *, started: bool = False, fix: str | None = None) -> RayUnsafe:
     why = (
         f"the Ray vlsweep started {what}, so vlsweep stopped it"
         if started
-        else f"{what}, and vlsweep cannot lock a Ray to loopback and to your token without it"
+        else f"{what}, so vlsweep cannot start a Ray it can check is locked to loopback and to your "
+        "token, and starts none"
     )
-    return RayUnsafe(
-        f"{_ray_version()}: {why}; vlsweep runs only a Ray locked that way: install the Ray it was "
-        f"tested with (pip install 'ray[tune]=={TESTED_RAY}.*'), or start a Ray yourself with "
-        "token auth on (docs/cluster.md) and pass its address with --address"
+    fix = fix or (
+        f"install the Ray vlsweep was tested with (pip install 'ray[tune]=={TESTED_RAY}.*'), or start "
+        "a Ray yourself with token auth on (docs/cluster.md) and pass its address with --address"
     )
+    return RayUnsafe(f"{_ray_version()}: {why}; {fix}")
 
 
 def _internal(name: str) -> Any:
-    """One of the Ray internals the locked start needs, by its dotted name, or RayUnsafe
-    naming it. Every private Ray name this module uses goes through here."""
+    """One of the Ray internals the locked start needs, by its dotted name (a module, or an
+    attribute of one, nested or not), or RayUnsafe naming the first part that is missing.
+    Every private Ray name this module uses goes through here."""
     import importlib
 
-    module_name, _, attr = name.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError):
-        pass
-    try:
-        return importlib.import_module(name)  # a module of its own
-    except ImportError:
-        raise _unsafe(f"{name} is missing") from None
+    parts = name.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            found: Any = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for i in range(split, len(parts)):
+            if not hasattr(found, parts[i]):
+                raise _unsafe(f"{'.'.join(parts[: i + 1])} is missing")
+            found = getattr(found, parts[i])
+        return found
+    raise _unsafe(f"{name} is missing")
 
 
 # -- the auth mode ------------------------------------------------------------------------
@@ -103,17 +109,17 @@ def _apply_auth_mode(mode: str | None, *, required: bool) -> None:
     imported, and caches it: the config is read again for the new value to count (as
     Ray's own ``ray.init`` does when it turns token auth on by default). Then checked.
     ``required``: a mode that cannot be set or confirmed is an error (RayUnsafe);
-    otherwise (unsetting before a join that sends no token) it is left as Ray has it."""
+    otherwise the variable alone is set, which Ray's own checks at ``ray.init`` read."""
     if mode is None:
         os.environ.pop(AUTH_MODE_VAR, None)
     else:
         os.environ[AUTH_MODE_VAR] = mode
     try:
         current = _internal("ray._raylet.get_authentication_mode")
-        token = _internal("ray._raylet.AuthenticationMode").TOKEN
-        config = _internal("ray._raylet.Config")
+        token = _internal("ray._raylet.AuthenticationMode.TOKEN")
+        reread = _internal("ray._raylet.Config.initialize")
         if (current() == token) != (mode == "token"):
-            config.initialize("")
+            reread("")
         if (current() == token) != (mode == "token"):
             raise _unsafe(f"{AUTH_MODE_VAR}={mode} did not take in this process")
     except RayUnsafe:
@@ -122,35 +128,43 @@ def _apply_auth_mode(mode: str | None, *, required: bool) -> None:
 
 
 @contextlib.contextmanager
-def _auth_for_start(mode: str | None) -> Iterator[None]:
-    """Token auth on for the Ray started inside (unless the user disabled it on purpose:
-    their choice stands). The environment is put back afterwards; the processes started
-    keep the mode they started with, and so does this one while it stays connected."""
+def _auth_mode_for(mode: str | None, *, required: bool) -> Iterator[None]:
+    """Ray's auth mode at ``mode`` inside; the environment put back afterwards (the Ray
+    processes started or joined inside keep their mode, and so does this process while it
+    stays connected). An empty value is not put back: Ray takes "" as "not token"."""
     saved = os.environ.get(AUTH_MODE_VAR)
-    _apply_auth_mode(mode or "token", required=mode != "disabled")
     try:
+        _apply_auth_mode(mode, required=required)
         yield
     finally:
-        # An empty value is not put back: Ray takes "" as "not token" when it starts a Ray.
         if saved:
             os.environ[AUTH_MODE_VAR] = saved
         else:
             os.environ.pop(AUTH_MODE_VAR, None)
 
 
-def prepare_join() -> None:
-    """Before joining an existing cluster: send the token the user gave for clusters.
+def _auth_for_start(mode: str | None) -> contextlib.AbstractContextManager[None]:
+    """Token auth on for the Ray started inside, unless the user disabled it on purpose
+    (their choice stands)."""
+    return _auth_mode_for(mode or "token", required=mode != "disabled")
+
+
+def joining() -> contextlib.AbstractContextManager[None]:
+    """Around joining an existing cluster: send the token the user gave for clusters, and
+    no other.
 
     Ray sends a token only in token mode (a client without one, facing a cluster with token
     auth on, waits 30 s and reports a timeout). With ``RAY_AUTH_MODE`` unset and a token
     named explicitly (``RAY_AUTH_TOKEN``, or the file ``RAY_AUTH_TOKEN_PATH`` names), token
-    mode is turned on for this process (a cluster without auth ignores the token; measured
-    with Ray 2.60). ``~/.ray/auth_token`` alone is not sent: it is the token of the user's
-    local Rays, and a cluster of someone else's must not receive it unasked (a local Ray
-    this process started earlier does not change that). A mode the user set is kept.
+    mode is on for the join (a cluster without auth ignores the token; measured with Ray
+    2.60). ``~/.ray/auth_token`` alone is not sent: it is the token of the user's local
+    Rays, and a cluster of someone else's must not receive it unasked. So without a token
+    given, the join runs with the mode "disabled": Ray itself would otherwise turn token
+    mode on for ``address="auto"`` whenever that file exists, and ``auto`` can find another
+    user's Ray on a shared machine. A mode the user set is kept.
     """
-    mode = auth_mode() or ("token" if _explicit_token() else None)
-    _apply_auth_mode(mode, required=mode == "token")
+    mode = auth_mode() or ("token" if _explicit_token() else "disabled")
+    return _auth_mode_for(mode, required=mode == "token")
 
 
 def join_errors() -> tuple[type[BaseException], ...]:
@@ -178,41 +192,62 @@ def ensure_auth_token(log: Log) -> None:
     Ray makes one itself when none exists, but with the default umask (0644 under a 0755
     ~/.ray, measured with Ray 2.60): on a shared login node every other user could read it
     and run code on this user's Ray. So the token is written here first, as Ray would
-    write it (64 hex characters), mode 0600, in a 0700 ~/.ray. One found readable by
-    others may already have been read, so it is replaced by a new one, and said so.
+    write it (64 hex characters), mode 0600 (in ~/.ray, made 0700). One found readable by
+    others may already have been read, so it is replaced by a new one, and said so. A
+    token that cannot be written or replaced is an error (exit 2): no Ray is started.
     """
     path = auth_token_path()
-    if path is None:
-        return
-    default = TOKEN_PATH_VAR not in os.environ or not os.environ[TOKEN_PATH_VAR]
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if default:
-        path.parent.chmod(0o700)  # Ray's own folder for the token, made 0755 by Ray
-    # Under a lock: two sweeps starting at the same moment agree on one token.
-    with _locked(path.with_name(f".{path.name}.lock")):
-        if path.is_file() and path.read_text().strip():
-            mode = path.stat().st_mode & 0o777
-            if not mode & 0o077:
-                return
+    if path is None or _is_private(_token_mode(path)):
+        return  # in RAY_AUTH_TOKEN, or a token only this user can read: nothing to write
+    default = not os.environ.get(TOKEN_PATH_VAR)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if default:
+            path.parent.chmod(0o700)  # Ray's own folder for the token, made 0755 by Ray
+        # Under a lock, looked at again: two sweeps starting at the same moment agree on one.
+        with _locked(path.with_name(f".{path.name}.lock")):
+            found = _token_mode(path)
+            if _is_private(found):
+                return  # another sweep made it meanwhile
             _write_token(path)
-            log(
-                f"warning: Ray's auth token {path} was readable by others (mode {mode:o}), so it may "
-                "have been read: replaced it with a new one, readable by you only"
-                + (
-                    ""
-                    if default
-                    else "; anything that used the old one (a cluster you join with it) needs the new one"
-                )
-                + ". A Ray already running with the old token keeps it until it stops"
-            )
-            return
-        _write_token(path)
-    log(f"made a Ray auth token in {path} (readable by you only); Ray's tools read it from there")
+    except OSError as err:
+        raise UserInputError(
+            f"{TOKEN_PATH_VAR if not default else 'Ray auth token'} {path}: cannot write a token "
+            f"readable by you only ({err.strerror or err}); vlsweep starts a Ray only with one: "
+            f"point {TOKEN_PATH_VAR} at a file in a folder of yours, or set {TOKEN_VAR}"
+        ) from None
+    if found is None:
+        log(f"made a Ray auth token in {path} (readable by you only); Ray's tools read it from there")
+        return
+    log(
+        f"warning: Ray's auth token {path} was readable by others (mode {found:o}), so it may have "
+        "been read: replaced it with a new one, readable by you only"
+        + (
+            ""
+            if default
+            else "; anything that used the old one (a cluster you join with it) needs the new one"
+        )
+        + ". A Ray already running with the old token keeps it until it stops"
+    )
+
+
+def _token_mode(path: Path) -> int | None:
+    """The permission bits of the token file at ``path`` (None: no token there)."""
+    try:
+        if not path.is_file() or not path.read_text().strip():
+            return None
+        return path.stat().st_mode & 0o777
+    except OSError:
+        return None
+
+
+def _is_private(mode: int | None) -> bool:
+    return mode is not None and not mode & 0o077
 
 
 @contextlib.contextmanager
 def _locked(lock: Path) -> Iterator[None]:
-    fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600)
+    fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -221,12 +256,17 @@ def _locked(lock: Path) -> Iterator[None]:
 
 
 def _write_token(path: Path) -> None:
-    """A new token, written whole to a private temp file and put in place in one step."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32))
-    os.replace(tmp, path)
+    """A new token, written whole to a new private file (mkstemp: mode 0600, never an
+    existing file or a link) and put in place in one step; nothing left behind on error."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _explicit_token() -> bool:
@@ -332,7 +372,8 @@ def _processes(*, this_one: bool = False) -> set[Proc]:
 
 
 def _listening(procs: set[Proc] | list[Proc]) -> set[Listener]:
-    """Every TCP socket ``procs`` listen on."""
+    """Every TCP socket ``procs`` listen on. A process that has exited is skipped; one whose
+    sockets cannot be read is an error (RayUnsafe): the check would not see them."""
     import psutil
 
     found = set()
@@ -344,8 +385,10 @@ def _listening(procs: set[Proc] | list[Proc]) -> set[Listener]:
             for conn in proc.net_connections(kind="tcp"):
                 if conn.status == psutil.CONN_LISTEN:
                     found.add((proc.name(), conn.laddr.ip, conn.laddr.port))
-        except psutil.Error:
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
             continue
+        except psutil.Error as err:
+            raise _unsafe(f"the sockets of process {pid} cannot be read here ({err})") from None
     return found
 
 
@@ -396,18 +439,29 @@ def start_local_ray(*, num_cpus: int | None, num_gpus: int | None = None, log: L
         )
     else:
         ensure_auth_token(log)
+    if mode != "disabled" and os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        raise _unsafe(
+            "RAY_USE_TLS is on, and vlsweep checks the token of the Ray it starts with a plain call",
+            fix="unset RAY_USE_TLS for the local Ray (it listens on loopback only), or start a Ray "
+            "yourself with TLS and token auth on (docs/cluster.md) and pass its address with --address",
+        )
     log("starting Ray (local, loopback only) ...")
     before = _listening(_processes(this_one=True))
     with _loopback(), _auth_for_start(mode):
-        ray.init(
-            address="local",  # a new Ray, whatever RAY_ADDRESS says
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.ERROR,
-            _node_ip_address=LOOPBACK,
-        )
+        try:
+            ray.init(
+                address="local",  # a new Ray, whatever RAY_ADDRESS says
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.ERROR,
+                _node_ip_address=LOOPBACK,
+            )
+        except TypeError as err:  # a Ray whose ray.init no longer takes the node address
+            if "_node_ip_address" not in str(err):
+                raise
+            raise _unsafe("ray.init takes no _node_ip_address") from None
     try:
         _check_locked(before, token=mode != "disabled")
     except BaseException:
@@ -420,10 +474,17 @@ def _check_locked(before: set[Listener], *, token: bool) -> None:
     this one: the sockets that were not there before), and its GCS asks for the token."""
     import ray
 
-    outward = beyond_loopback(_listening(_processes(this_one=True)) - before)
+    gcs = ray.get_runtime_context().gcs_address
+    new = _listening(_processes(this_one=True)) - before
+    # The check must see what it checks: the GCS's own socket among those found.
+    if not any(gcs.endswith(f":{port}") for _, _, port in new):
+        raise _unsafe(
+            f"could not be checked: its GCS ({gcs}) was not among the listening sockets found", started=True
+        )
+    outward = beyond_loopback(new)
     if outward:
         raise _unsafe(f"listened beyond loopback ({', '.join(outward)})", started=True)
     if token:
-        answered = gcs_answers_without_token(ray.get_runtime_context().gcs_address)
+        answered = gcs_answers_without_token(gcs)
         if answered is not None:
             raise _unsafe(f"did not ask for the token ({answered})", started=True)

@@ -509,10 +509,10 @@ def _connect_client(address: str, log: Log) -> None:
     (a client without it waits 30 s for a timeout), nor when it was refused."""
     import ray
 
-    ray_security.prepare_join()
     for attempt in range(3):
         try:
-            ray.init(address=address, log_to_driver=True, logging_level=logging.ERROR)
+            with ray_security.joining():
+                ray.init(address=address, log_to_driver=True, logging_level=logging.ERROR)
             return
         except ray_security.join_errors() as err:
             no_token = ray_security.token_source() is None and "timeout" in str(err)
