@@ -76,6 +76,13 @@ class Context:
 
         return turns(self.cfg)
 
+    @cached_property
+    def task_mix(self) -> dict[str, float]:
+        """The trial's sampling probability of each task of its training data."""
+        from vlsweep.export.chat import task_mix
+
+        return task_mix(self.samples[0]["train"], self.params)
+
     @property
     def steps(self) -> int:
         return self.opts.steps or self.cfg.budget.steps

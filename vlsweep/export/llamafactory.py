@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from vlsweep.export.chat import chat, jsonl, task_mix
+from vlsweep.export.chat import chat, jsonl
 from vlsweep.export.common import (
     Context,
     File,
@@ -44,11 +44,6 @@ def check(ctx: Context) -> list[str]:
     return whole_projector_problem(ctx, "LLaMA-Factory", "additional_target")
 
 
-def _tasks(ctx: Context) -> dict[str, float]:
-    """The tasks of the trial's training data and its sampling probability of each."""
-    return task_mix(ctx.samples[0]["train"], ctx.params)
-
-
 def notes(ctx: Context) -> list[str]:
     """What LLaMA-Factory trains differently from the trial."""
     params, cfg = ctx.params, ctx.cfg
@@ -70,7 +65,7 @@ def notes(ctx: Context) -> list[str]:
             "trial. If you cannot use --format swift, drop additional_target (the projector then stays "
             "frozen): the closer approximation on the demo (docs/report.md)."
         )
-    if len(_tasks(ctx)) > 1:
+    if len(ctx.task_mix) > 1:
         said.append(
             f"LLaMA-Factory has no per-task loss weight: weight_ocr={params.weight_ocr:.3g} is not applied; "
             "interleave_probs carries the task mix from mix_temperature."
@@ -90,7 +85,7 @@ def notes(ctx: Context) -> list[str]:
 def build(ctx: Context, notes: list[str]) -> list[File]:
     """The YAML, then the data in sharegpt format and its registry (``dataset_info.json``)."""
     samples, _ = ctx.samples
-    tasks = list(_tasks(ctx))
+    tasks = list(ctx.task_mix)
     data, info = [], {}
     for split, rows in samples.items():
         for task in tasks:
@@ -121,7 +116,7 @@ def build(ctx: Context, notes: list[str]) -> list[File]:
 def _train_args(ctx: Context, tasks: list[str]) -> dict[str, Any]:
     """The SFT arguments: the trial's LoRA, the LLM's learning rate, its budget and mix."""
     cfg, params = ctx.cfg, ctx.params
-    probs = _tasks(ctx)
+    probs = ctx.task_mix
     system = ctx.samples[1]
     doc: dict[str, Any] = {
         "model_name_or_path": cfg.model.name_or_path,

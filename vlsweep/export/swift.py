@@ -7,7 +7,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from vlsweep.export.chat import chat, jsonl, task_mix, token_loss_scales
+from vlsweep.export.chat import chat, jsonl, token_loss_scales
 from vlsweep.export.common import (
     Context,
     File,
@@ -69,11 +69,10 @@ def _image_token_id(cfg: Any) -> int | None:
 
 def _scales(ctx: Context) -> dict[str, float]:
     """Each task's per-token loss scale (1 for every task of a one-task run)."""
-    train = ctx.samples[0]["train"]
-    probs = task_mix(train, ctx.params)
+    probs = ctx.task_mix
     if len(probs) < 2:
         return {t: 1.0 for t in probs}
-    return token_loss_scales(train, probs, ctx.params.weights_for(list(probs)))
+    return token_loss_scales(ctx.samples[0]["train"], probs, ctx.params.weights_for(list(probs)))
 
 
 def notes(ctx: Context) -> list[str]:
@@ -127,7 +126,7 @@ def _arguments(ctx: Context, scales: dict[str, float]) -> list[tuple[str, Any]]:
     cfg, params = ctx.cfg, ctx.params
     lrs = trained_lrs(cfg, params)
     tasks = list(scales)
-    probs = task_mix(ctx.samples[0]["train"], params)
+    probs = ctx.task_mix
     args: list[tuple[str, Any]] = [("--model", cfg.model.name_or_path)]
     if ctx.family in TYPES:
         args += [("--model_type", TYPES[ctx.family]), ("--template", TYPES[ctx.family])]
