@@ -58,10 +58,10 @@ def measure(study_name: str, storage: str) -> dict[str, Any]:
 
     study = optuna.load_study(study_name=study_name, storage=storage)
     results = SweepResults.of(study)
-    spec = demo.resolve(target_config(results).train_config())
-    records = load_data(spec.data, Path("."), ("val",)).val
-    processing = load_processing(spec.model)
-    prompts = {t: spec.data.prompt(t) for t in ("ocr", "grounding")}
+    cfg = demo.resolve(target_config(results).train_config())
+    records = load_data(cfg.data, Path("."), ("val",)).val
+    processing = load_processing(cfg.model)
+    prompts = {t: cfg.data.prompt(t) for t in ("ocr", "grounding")}
     encoder = Encoder(processing.processor, processing.family, processing.codec, prompts)
     val = [(r, encoder.encode(r).resized if r.task == "grounding" else r.size) for r in records]
     store = artifacts.store_of(study)

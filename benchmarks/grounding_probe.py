@@ -62,19 +62,19 @@ def probe(model: str, samples: int, seed: int, words: int | None) -> dict[str, A
 
     # The demo's training settings (prompts, LoRA plan, eval batch size); only the model
     # and the data change.
-    spec, _ = load_train_config(Path(__file__).parents[1] / "examples" / "demo-train.yaml")
-    spec = spec.model_copy(update={"model": spec.model.model_copy(update={"name_or_path": model})})
-    spec = demo.resolve(spec)
-    base = load_base(spec.model)
+    cfg, _ = load_train_config(Path(__file__).parents[1] / "examples" / "demo-train.yaml")
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name_or_path": model})})
+    cfg = demo.resolve(cfg)
+    base = load_base(cfg.model)
     out: dict[str, Any] = {"model": model, "samples": samples, "words": words or "2-3", "styles": {}}
     for style in ("pretrain", "demo"):
         with tempfile.TemporaryDirectory() as tmp:
             records, all_boxes = scenes(Path(tmp), style, samples, seed, words)
             ocr = ocr_records(Path(tmp), style, samples, random.Random(seed + 1))
             trainer = Trainer(
-                spec.params,
-                spec.budget,
-                spec=spec,
+                cfg.params,
+                cfg.budget,
+                cfg=cfg,
                 # Nothing is trained: one train record names each task and is encoded
                 # once, not all of them twice.
                 data=TrialData(train=[records[0], ocr[0]], val=records + ocr),

@@ -57,9 +57,9 @@ def _init(every: int) -> None:
 
     torch.set_num_threads(1)
     cfg, base_dir = load_sweep_config(Path(__file__).parents[1] / "vlsweep" / "configs" / "demo-sweep.yaml")
-    spec = demo.resolve(cfg.train_config())
-    spec.budget.eval_every = every
-    _STATE.update(spec=spec, base=load_base(spec.model), data=load_data(spec.data, base_dir))
+    cfg = demo.resolve(cfg.train_config())
+    cfg.budget.eval_every = every
+    _STATE.update(cfg=cfg, base=load_base(cfg.model), data=load_data(cfg.data, base_dir))
 
 
 def _run(job: tuple[int, dict[str, Any]]) -> dict[str, Any]:
@@ -84,9 +84,9 @@ def _run(job: tuple[int, dict[str, Any]]) -> dict[str, Any]:
     try:
         result = run_trial(
             TrialParams.of(values),
-            _STATE["spec"].budget,
+            _STATE["cfg"].budget,
             report,
-            spec=_STATE["spec"],
+            cfg=_STATE["cfg"],
             data=_STATE["data"],
             base=_STATE["base"],
             on_log_row=on_log_row,

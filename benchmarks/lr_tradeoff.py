@@ -61,10 +61,10 @@ def _init(steps: int | None) -> None:
 
     torch.set_num_threads(1)
     cfg, base_dir = load_sweep_config(DEMO)
-    spec = demo.resolve(cfg.train_config())
+    cfg = demo.resolve(cfg.train_config())
     if steps is not None:
-        spec.budget.steps = steps
-    _STATE.update(spec=spec, base=load_base(spec.model), data=load_data(spec.data, base_dir))
+        cfg.budget.steps = steps
+    _STATE.update(cfg=cfg, base=load_base(cfg.model), data=load_data(cfg.data, base_dir))
 
 
 def _train(job: tuple[float, int]) -> dict[str, Any]:
@@ -72,11 +72,11 @@ def _train(job: tuple[float, int]) -> dict[str, Any]:
     from vlsweep.trials import run_trial
 
     lr, seed = job
-    spec = _STATE["spec"].model_copy(update={"seed": seed})
+    cfg = _STATE["cfg"].model_copy(update={"seed": seed})
     params = TrialParams.of({**BASELINE, "lr_vision": lr, "lr_projector": lr, "lr_llm": lr})
     t0 = time.perf_counter()
     try:
-        result = run_trial(params, spec.budget, spec=spec, data=_STATE["data"], base=_STATE["base"])
+        result = run_trial(params, cfg.budget, cfg=cfg, data=_STATE["data"], base=_STATE["base"])
         metrics = {k: result[k] for k in ("cer", "iou", "iou_se", "acc_iou50", "parse_fail_rate")}
     except FloatingPointError as exc:  # a diverged run is a result too
         metrics = {"cer": 1.0, "iou": 0.0, "error": str(exc)}

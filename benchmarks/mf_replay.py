@@ -88,16 +88,16 @@ class Table:
     """Recorded curves with 1-NN lookup in the normalized search space."""
 
     def __init__(self, rows: list[dict[str, Any]], space: Any):
-        from vlsweep.spaces import CategoricalSpec, FloatSpec
+        from vlsweep.spaces import CategoricalChoice, FloatRange
 
         self.rows = rows
         # Per searched parameter: name, log scale?, and the (lo, hi) it is normalized by.
         self.cols: list[tuple[str, bool, float, float]] = []
         columns = []
-        for k, spec in space.specs.items():
+        for k, entry in space.searched.items():
             if not all(k in r["params"] for r in rows):
                 continue
-            log = isinstance(spec, FloatSpec) and spec.log or isinstance(spec, CategoricalSpec)
+            log = isinstance(entry, FloatRange) and entry.log or isinstance(entry, CategoricalChoice)
             v = np.array([float(r["params"][k]) for r in rows])
             v = np.log(v) if log else v
             self.cols.append((k, log, float(v.min()), float(v.max())))
@@ -322,16 +322,16 @@ def syne_space(space: Any) -> dict[str, Any]:
     """The demo's search space in Syne Tune's terms (its domains sample the same ranges)."""
     import syne_tune.config_space as sc
 
-    from vlsweep.spaces import FloatSpec, IntSpec
+    from vlsweep.spaces import FloatRange, IntRange
 
     out: dict[str, Any] = dict(space.fixed)
-    for name, spec in space.specs.items():
-        if isinstance(spec, FloatSpec):
-            out[name] = (sc.loguniform if spec.log else sc.uniform)(spec.low, spec.high)
-        elif isinstance(spec, IntSpec):
-            out[name] = (sc.lograndint if spec.log else sc.randint)(spec.low, spec.high)
+    for name, entry in space.searched.items():
+        if isinstance(entry, FloatRange):
+            out[name] = (sc.loguniform if entry.log else sc.uniform)(entry.low, entry.high)
+        elif isinstance(entry, IntRange):
+            out[name] = (sc.lograndint if entry.log else sc.randint)(entry.low, entry.high)
         else:
-            out[name] = sc.choice(list(spec.choices))
+            out[name] = sc.choice(list(entry.choices))
     return out
 
 
@@ -482,16 +482,16 @@ def ray_asha(
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    from vlsweep.spaces import FloatSpec, IntSpec
+    from vlsweep.spaces import FloatRange, IntRange
 
     param_space: dict[str, Any] = dict(space.fixed)
-    for name, spec in space.specs.items():
-        if isinstance(spec, FloatSpec):
-            param_space[name] = (tune.loguniform if spec.log else tune.uniform)(spec.low, spec.high)
-        elif isinstance(spec, IntSpec):
-            param_space[name] = (tune.lograndint if spec.log else tune.randint)(spec.low, spec.high + 1)
+    for name, entry in space.searched.items():
+        if isinstance(entry, FloatRange):
+            param_space[name] = (tune.loguniform if entry.log else tune.uniform)(entry.low, entry.high)
+        elif isinstance(entry, IntRange):
+            param_space[name] = (tune.lograndint if entry.log else tune.randint)(entry.low, entry.high + 1)
         else:
-            param_space[name] = tune.choice(list(spec.choices))
+            param_space[name] = tune.choice(list(entry.choices))
 
     class Count(tune.Callback):
         def __init__(self) -> None:

@@ -117,7 +117,7 @@ def _init(data_dir: str, answers: str, steps: int) -> None:
     if answers != "qwen2_vl":
         CODECS["generic"] = CODECS[answers]
         model["box_codec"] = "generic"
-    spec = demo.resolve(
+    cfg = demo.resolve(
         TrainConfig.model_validate(
             {
                 "model": model,
@@ -127,7 +127,7 @@ def _init(data_dir: str, answers: str, steps: int) -> None:
             }
         )
     )
-    _STATE.update(spec=spec, base=load_base(spec.model), data=load_data(spec.data, Path(data_dir)))
+    _STATE.update(cfg=cfg, base=load_base(cfg.model), data=load_data(cfg.data, Path(data_dir)))
 
 
 def _train(lrs: tuple[float, float, float]) -> dict[str, Any]:
@@ -138,7 +138,7 @@ def _train(lrs: tuple[float, float, float]) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         r = run_trial(
-            params, _STATE["spec"].budget, spec=_STATE["spec"], data=_STATE["data"], base=_STATE["base"]
+            params, _STATE["cfg"].budget, cfg=_STATE["cfg"], data=_STATE["data"], base=_STATE["base"]
         )
         metrics = {k: round(r[k], 4) for k in ("cer", "iou", "parse_fail_rate")}
     except FloatingPointError as exc:

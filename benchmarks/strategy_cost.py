@@ -73,7 +73,7 @@ def main() -> None:
         for name in names[r % len(names) :] + names[: r % len(names)]:
             fields = CASES[name]
             params = TrialParams(**fields)  # type: ignore[arg-type]
-            trainer = Trainer(params, cfg.budget, spec=cfg, data=data, base=base)
+            trainer = Trainer(params, cfg.budget, cfg=cfg, data=data, base=base)
             trainer.attach()
             trainer.model.train()
             mixer = make_mixer(data.train, params, args.steps, 0)

@@ -65,7 +65,7 @@ def main() -> None:
     batches = [mixer.batch(args.batch_size) for _ in range(args.steps)]
 
     def vlsweep_loop() -> float:
-        trainer = Trainer(params, cfg.budget, spec=cfg, data=data, base=base)
+        trainer = Trainer(params, cfg.budget, cfg=cfg, data=data, base=base)
         trainer.attach()
         trainer.model.train()
         trainer.step(trainer.train_batch(batches[0]))  # warm-up, not timed
@@ -78,7 +78,7 @@ def main() -> None:
 
     def plain_loop() -> float:
         # What a user would write by hand: one LR, the model's own loss, clipping, cosine.
-        trainer = Trainer(params, cfg.budget, spec=cfg, data=data, base=base)  # for its encoded data
+        trainer = Trainer(params, cfg.budget, cfg=cfg, data=data, base=base)  # for its encoded data
         peft_model = get_peft_model(
             base.model,
             PeftLoraConfig(

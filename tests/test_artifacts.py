@@ -27,11 +27,11 @@ def _trial_dir(tmp_path, n: int):
 @pytest.fixture
 def study_and_store(tmp_path):
     url = f"sqlite:///{tmp_path / 'vlsweep.db'}"
-    spec = artifacts.default_store(url, tmp_path / "runs")
-    assert spec == str(tmp_path / "vlsweep-artifacts")
+    store_url = artifacts.default_store(url, tmp_path / "runs")
+    assert store_url == str(tmp_path / "vlsweep-artifacts")
     study = optuna.create_study(storage=url, directions=["minimize", "maximize"])
-    study.set_user_attr(artifacts.STORE_ATTR, spec)
-    store = artifacts.open_store(spec)  # as the sweep makes it; readers then find it
+    study.set_user_attr(artifacts.STORE_ATTR, store_url)
+    store = artifacts.open_store(store_url)  # as the sweep makes it; readers then find it
     # (cer, iou): 0 and 2 on the front, 1 and 3 dominated; 3 finishes last.
     for n, values in enumerate([(0.1, 0.2), (0.5, 0.1), (0.3, 0.6), (0.6, 0.05)]):
         trial = study.ask()
@@ -71,15 +71,15 @@ def test_retention_keeps_the_front_and_the_last_n(study_and_store):
 
 
 @pytest.mark.parametrize(
-    ("spec", "message"),
+    ("url", "message"),
     [
         ("s3://bucket/prefix", "give a bucket alone, s3://BUCKET"),
         ("gs://bucket", "give a directory (shared by every node on a cluster) or s3://BUCKET"),
     ],
 )
-def test_a_store_optuna_cannot_open_is_a_clear_error(spec, message):
+def test_a_store_optuna_cannot_open_is_a_clear_error(url, message):
     with pytest.raises(UserInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        artifacts.open_store(spec)
+        artifacts.open_store(url)
 
 
 def test_eval_without_model_or_data_is_exit_2_naming_both():
@@ -112,7 +112,7 @@ def test_eval_of_a_directory_that_is_no_adapter_is_exit_2(tmp_path, tiny_checkpo
 
 def test_a_resumed_sweep_keeps_its_store_and_an_old_study_stores_nothing(tmp_path, monkeypatch):
     from vlsweep.search.config import SweepConfig
-    from vlsweep.search.sweep import artifact_store_spec
+    from vlsweep.search.sweep import artifact_store_url
 
     monkeypatch.chdir(tmp_path)
     url = f"sqlite:///{tmp_path / 'vlsweep.db'}"
@@ -120,9 +120,9 @@ def test_a_resumed_sweep_keeps_its_store_and_an_old_study_stores_nothing(tmp_pat
         {"data": {"train": "t.jsonl", "val": "v.jsonl"}, "artifacts": {"store": "st"}}
     )
     study = optuna.create_study(storage=url, study_name="new", directions=["minimize", "maximize"])
-    assert artifact_store_spec(cfg, study, url, tmp_path / "runs") == str(tmp_path / "st")
+    assert artifact_store_url(cfg, study, url, tmp_path / "runs") == str(tmp_path / "st")
     study.set_user_attr(artifacts.STORE_ATTR, "/shared/store")
-    assert artifact_store_spec(cfg, study, url, tmp_path / "runs") == "/shared/store"  # resumed elsewhere
+    assert artifact_store_url(cfg, study, url, tmp_path / "runs") == "/shared/store"  # resumed elsewhere
     old = optuna.create_study(storage=url, study_name="old", directions=["minimize", "maximize"])
     old.add_trial(optuna.trial.create_trial(values=[0.1, 0.2]))
-    assert artifact_store_spec(cfg, old, url, tmp_path / "runs") == artifacts.NONE
+    assert artifact_store_url(cfg, old, url, tmp_path / "runs") == artifacts.NONE

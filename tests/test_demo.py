@@ -62,8 +62,7 @@ def test_the_embedded_demo_sweep_finds_a_front_that_beats_the_baseline(tmp_path)
     assert shown, "README.md shows no front of the demo"
     assert len(front) >= int(shown.group(1)), ([t.values for t in front], shown.group(0))
     assert any(
-        t.values[0] < baseline.values[0]
-        and t.values[1] > baseline.values[1] + 3 * t.user_attrs["iou_se"]
+        t.values[0] < baseline.values[0] and t.values[1] > baseline.values[1] + 3 * t.user_attrs["iou_se"]
         for t in front
     ), ([(t.values, t.user_attrs.get("iou_se")) for t in front], baseline.values)
     # The ends of the front against their noise (docs/demo.md reads this benchmark), from

@@ -47,7 +47,7 @@ TRIAL_FILES = (
     ("train_log.jsonl", "train_log.jsonl"),
 )
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-STORE_ATTR = "artifact_store"  # study user attr: the store's spec (a path or s3://BUCKET)
+STORE_ATTR = "artifact_store"  # study user attr: the store's URL (a path or s3://BUCKET)
 RESULT_KEY = "vlsweep_artifacts"  # the worker's final result: the stored files' metadata (JSON)
 ERROR_KEY = "vlsweep_artifacts_error"
 # Optuna's attr prefix for an artifact linked to a trial (optuna.artifacts._upload).
@@ -68,49 +68,49 @@ def default_store(storage_url: str, out_root: Path) -> str:
     return str(out_root / "artifacts")
 
 
-def is_local(spec: str) -> bool:
-    return "://" not in spec
+def is_local(url: str) -> bool:
+    return "://" not in url
 
 
-def spec_problem(spec: str) -> str | None:
-    """Why ``spec`` names no store Optuna can open, or None."""
-    if spec.startswith("s3://"):
-        bucket, _, prefix = spec[len("s3://") :].partition("/")
+def url_problem(url: str) -> str | None:
+    """Why ``url`` names no store Optuna can open, or None."""
+    if url.startswith("s3://"):
+        bucket, _, prefix = url[len("s3://") :].partition("/")
         if not bucket or prefix.strip("/"):
             return (
-                f"{spec!r}: give a bucket alone, s3://BUCKET (Optuna's Boto3ArtifactStore keys "
+                f"{url!r}: give a bucket alone, s3://BUCKET (Optuna's Boto3ArtifactStore keys "
                 "each artifact by its id at the bucket's top level)"
             )
         return None
-    if "://" in spec:
+    if "://" in url:
         return (
-            f"{spec!r}: give a directory (shared by every node on a cluster) or s3://BUCKET, "
+            f"{url!r}: give a directory (shared by every node on a cluster) or s3://BUCKET, "
             f"or {NONE!r} to store nothing"
         )
     return None
 
 
-def open_store(spec: str, create: bool = True) -> Any:
-    """Optuna's artifact store for ``spec``: a directory (made when ``create``), or
+def open_store(url: str, create: bool = True) -> Any:
+    """Optuna's artifact store for ``url``: a directory (made when ``create``), or
     ``s3://BUCKET``."""
-    problem = spec_problem(spec)
+    problem = url_problem(url)
     if problem:
         raise UserInputError(f"artifacts.store: {problem}")
-    if spec.startswith("s3://"):
+    if url.startswith("s3://"):
         try:
             import boto3
         except ImportError:
             raise UserInputError(
-                f"artifacts.store: {spec!r} needs boto3 (pip install boto3); credentials come "
+                f"artifacts.store: {url!r} needs boto3 (pip install boto3); credentials come "
                 "from boto3's usual places (AWS_* variables, ~/.aws, an instance role)"
             ) from None
-        return optuna.artifacts.Boto3ArtifactStore(spec[len("s3://") :].strip("/"), client=boto3.client("s3"))
-    path = Path(spec).expanduser()
+        return optuna.artifacts.Boto3ArtifactStore(url[len("s3://") :].strip("/"), client=boto3.client("s3"))
+    path = Path(url).expanduser()
     if create:
         path.mkdir(parents=True, exist_ok=True)
     elif not path.is_dir():
         raise UserInputError(
-            f"artifacts.store: {spec} does not exist on this machine: the sweep's workers stored "
+            f"artifacts.store: {url} does not exist on this machine: the sweep's workers stored "
             "the trials' files there; run this where that directory is (or mount it), or pass "
             "--artifacts with where it is now"
         )
@@ -120,8 +120,8 @@ def open_store(spec: str, create: bool = True) -> Any:
 def store_of(study: optuna.Study) -> Any | None:
     """The artifact store a sweep recorded on its study, or None (artifacts off, or a study
     from before they were stored)."""
-    spec = study.user_attrs.get(STORE_ATTR)
-    return open_store(spec, create=False) if spec and spec != NONE else None
+    url = study.user_attrs.get(STORE_ATTR)
+    return open_store(url, create=False) if url and url != NONE else None
 
 
 def write_trial_files(store: Any, trial_dir: Path) -> list[dict[str, Any]]:

@@ -86,7 +86,7 @@ def train(
         cfg = demo.resolve(cfg)
         data = load_data(cfg.data, base_dir)
         result = run_trial(
-            cfg.params, cfg.budget, spec=cfg, data=data, output_dir=out, eval_base=eval_base, log=_echo
+            cfg.params, cfg.budget, cfg=cfg, data=data, output_dir=out, eval_base=eval_base, log=_echo
         )
     except UserInputError as err:
         _fail(err)
@@ -304,20 +304,20 @@ def _dashboard_artifacts(storage: Any, given: str | None) -> Any:
 
     if given:
         return arts.open_store(given)
-    specs = []
+    urls = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        spec = summary.user_attrs.get(arts.STORE_ATTR)
-        if spec and spec != arts.NONE and spec not in specs:
-            specs.append(spec)
-    if not specs:
+        url = summary.user_attrs.get(arts.STORE_ATTR)
+        if url and url != arts.NONE and url not in urls:
+            urls.append(url)
+    if not urls:
         return None
-    if len(specs) > 1:
+    if len(urls) > 1:
         _echo(
-            f"warning: the studies store their files in {len(specs)} places; serving {specs[0]} "
+            f"warning: the studies store their files in {len(urls)} places; serving {urls[0]} "
             "(pass --artifacts for another)"
         )
-    _echo(f"trial files (artifacts) from {specs[0]}")
-    return arts.open_store(specs[0])
+    _echo(f"trial files (artifacts) from {urls[0]}")
+    return arts.open_store(urls[0])
 
 
 @app.command("eval")

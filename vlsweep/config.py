@@ -113,7 +113,10 @@ class BudgetConfig(_Strict):
     eval_batch_size: int = Field(default=32, ge=1)
 
 
-class LoraConfig(_Strict):
+class AdapterConfig(_Strict):
+    """The ``lora:`` section: which module groups get an adapter and how. (Named apart from
+    peft's ``LoraConfig``, which ``trials/lora.py`` builds from it and a trial's parameters.)"""
+
     vision: bool = False
     projector: Literal["full", "lora", "frozen"] = "full"
     use_rslora: bool = False
@@ -171,7 +174,7 @@ class RunConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
-    lora: LoraConfig = Field(default_factory=LoraConfig)
+    lora: AdapterConfig = Field(default_factory=AdapterConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     seed: int = 0
@@ -253,9 +256,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
         data = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        loc = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
-        raise UserInputError(f"{where}: not valid YAML: {problem}") from None
+        raise UserInputError(f"{loc}: not valid YAML: {problem}") from None
     if not isinstance(data, dict):
         raise UserInputError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
     return data

@@ -25,16 +25,16 @@ class TrialOutOfMemory(RuntimeError):
     def __init__(self, *, step: int, phase: str, batch: int, detail: str):
         self.step, self.phase, self.batch, self.detail = step, phase, batch, detail
         if phase == "evaluation":
-            where = f"evaluating at step {step} with eval batch {batch}; lower budget.eval_batch_size"
+            during = f"evaluating at step {step} with eval batch {batch}; lower budget.eval_batch_size"
         elif phase == "setup":
-            where = "attaching the adapter, before step 1; lower lora_r or train fewer modules"
+            during = "attaching the adapter, before step 1; lower lora_r or train fewer modules"
         else:
-            where = (
+            during = (
                 f"at step {step} with batch {batch}; lower budget.batch_size or set "
                 "model.gradient_checkpointing: true"
             )
         super().__init__(
-            f"out of GPU memory {where}, or give each trial more of a GPU (resources.gpus_per_trial) "
+            f"out of GPU memory {during}, or give each trial more of a GPU (resources.gpus_per_trial) "
             f"({detail})"
         )
 

@@ -22,7 +22,7 @@ def counts(trials: list[FrozenTrial]) -> dict[str, int]:
     return out
 
 
-def finished_toward_budget(trials: list[FrozenTrial]) -> int:
+def finished_toward_trials(trials: list[FrozenTrial]) -> int:
     """Finished trials that Ray ran and that count toward the trial budget.
 
     Warm-start points added with known values were not run here, and a trial lost with a

@@ -228,7 +228,7 @@ def _marks(points: list[Any]) -> list[tuple[Any, bool]]:
     return [(p, False) for p in points if p.baseline] + [(p, True) for p in points if p.picked]
 
 
-def _highlight(p: Any, text: str, name: str, marker: dict[str, Any], where: str) -> Any:
+def _highlight(p: Any, text: str, name: str, marker: dict[str, Any], position: str) -> Any:
     import plotly.graph_objects as go
 
     return go.Scatter(
@@ -237,7 +237,7 @@ def _highlight(p: Any, text: str, name: str, marker: dict[str, Any], where: str)
         mode="markers+text",
         marker=marker,
         text=[text],
-        textposition=f"{where} center",
+        textposition=f"{position} center",
         name=name,
         hoverinfo="skip",
     )

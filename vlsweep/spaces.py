@@ -50,12 +50,12 @@ class Not(BaseModel):
     not_: Scalar = Field(alias="not")
 
 
-class _Spec(BaseModel):
+class _Searched(BaseModel):
     model_config = ConfigDict(extra="forbid")
     when: dict[str, Scalar | list[Scalar] | Not] | None = None
 
 
-class FloatSpec(_Spec):
+class FloatRange(_Searched):
     type: Literal["float"]
     low: float
     high: float
@@ -63,7 +63,7 @@ class FloatSpec(_Spec):
     step: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
-    def _bounds(self) -> FloatSpec:
+    def _bounds(self) -> FloatRange:
         if not (math.isfinite(self.low) and math.isfinite(self.high)):
             raise ValueError("low and high must be finite numbers")
         if self.low > self.high:
@@ -75,7 +75,7 @@ class FloatSpec(_Spec):
         return self
 
 
-class IntSpec(_Spec):
+class IntRange(_Searched):
     type: Literal["int"]
     low: int
     high: int
@@ -83,7 +83,7 @@ class IntSpec(_Spec):
     step: int = Field(default=1, ge=1)
 
     @model_validator(mode="after")
-    def _bounds(self) -> IntSpec:
+    def _bounds(self) -> IntRange:
         if self.low > self.high:
             raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
         if self.log and self.low <= 0:
@@ -93,35 +93,35 @@ class IntSpec(_Spec):
         return self
 
 
-class CategoricalSpec(_Spec):
+class CategoricalChoice(_Searched):
     type: Literal["categorical"]
     choices: list[Scalar] = Field(min_length=1)
 
 
-ParamSpec = FloatSpec | IntSpec | CategoricalSpec
-_SPEC_TYPES: dict[str, type[FloatSpec] | type[IntSpec] | type[CategoricalSpec]] = {
-    "float": FloatSpec,
-    "int": IntSpec,
-    "categorical": CategoricalSpec,
+Searched = FloatRange | IntRange | CategoricalChoice
+_SEARCHED_TYPES: dict[str, type[FloatRange] | type[IntRange] | type[CategoricalChoice]] = {
+    "float": FloatRange,
+    "int": IntRange,
+    "categorical": CategoricalChoice,
 }
 
 
 class Space:
-    """A parsed, checked search space: ordered parameter specs, fixed values, and ties
+    """A parsed, checked search space: the searched parameters' ranges in order, fixed values, and ties
     (a parameter that takes another one's value)."""
 
     def __init__(
-        self, specs: dict[str, ParamSpec], fixed: dict[str, Scalar], tied: dict[str, str] | None = None
+        self, searched: dict[str, Searched], fixed: dict[str, Scalar], tied: dict[str, str] | None = None
     ):
-        self.specs = specs
+        self.searched = searched
         self.fixed = fixed
         self.tied = tied or {}
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Space):
             return NotImplemented
-        return (list(self.specs.items()), self.fixed, self.tied) == (
-            list(other.specs.items()),
+        return (list(self.searched.items()), self.fixed, self.tied) == (
+            list(other.searched.items()),
             other.fixed,
             other.tied,
         )
@@ -134,15 +134,17 @@ class Space:
         ``settings`` holds the config keys conditions may name (e.g. ``lora.vision``).
         """
         chosen: dict[str, Any] = dict(self.fixed)
-        for name, spec in self.specs.items():
-            if not _active(spec.when, {**settings, **chosen}):
+        for name, entry in self.searched.items():
+            if not _active(entry.when, {**settings, **chosen}):
                 continue
-            if isinstance(spec, FloatSpec):
-                chosen[name] = trial.suggest_float(name, spec.low, spec.high, log=spec.log, step=spec.step)
-            elif isinstance(spec, IntSpec):
-                chosen[name] = trial.suggest_int(name, spec.low, spec.high, log=spec.log, step=spec.step)
+            if isinstance(entry, FloatRange):
+                chosen[name] = trial.suggest_float(
+                    name, entry.low, entry.high, log=entry.log, step=entry.step
+                )
+            elif isinstance(entry, IntRange):
+                chosen[name] = trial.suggest_int(name, entry.low, entry.high, log=entry.log, step=entry.step)
             else:
-                chosen[name] = trial.suggest_categorical(name, spec.choices)
+                chosen[name] = trial.suggest_categorical(name, entry.choices)
         for name, target in self.tied.items():
             if target in chosen:
                 chosen[name] = chosen[target]
@@ -154,32 +156,32 @@ class Space:
         Names the space does not search are not judged."""
         out = []
         for name, value in point.items():
-            spec = self.specs.get(name)
-            if spec is None:
+            entry = self.searched.get(name)
+            if entry is None:
                 bad = fixed and name in self.fixed and value != self.fixed[name]
             else:
-                bad = not _inside(spec, value)
+                bad = not _inside(entry, value)
             if bad:
                 out.append(f"{name}={value!r}")
         return out
 
     def active(self, name: str, settings: dict[str, Any], chosen: dict[str, Any]) -> bool:
         """Whether ``name`` is sampled here (a tied parameter is not: it follows its target)."""
-        spec = self.specs.get(name)
-        return spec is not None and _active(spec.when, {**settings, **chosen})
+        entry = self.searched.get(name)
+        return entry is not None and _active(entry.when, {**settings, **chosen})
 
 
-def _inside(spec: ParamSpec, value: Any) -> bool:
-    if isinstance(spec, CategoricalSpec):
-        return value in spec.choices
+def _inside(entry: Searched, value: Any) -> bool:
+    if isinstance(entry, CategoricalChoice):
+        return value in entry.choices
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
-    if not spec.low <= value <= spec.high:
+    if not entry.low <= value <= entry.high:
         return False
-    if isinstance(spec, IntSpec):
-        return value == int(value) and (int(value) - spec.low) % spec.step == 0
-    if spec.step is not None:
-        k = (value - spec.low) / spec.step
+    if isinstance(entry, IntRange):
+        return value == int(value) and (int(value) - entry.low) % entry.step == 0
+    if entry.step is not None:
+        k = (value - entry.low) / entry.step
         return abs(k - round(k)) < 1e-8
     return True
 
@@ -240,7 +242,7 @@ def _conditions_first(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def parse_space(raw: dict[str, Any] | None, where: str = "space") -> tuple[Space, list[str]]:
+def parse_space(raw: dict[str, Any] | None, field: str = "space") -> tuple[Space, list[str]]:
     """Parse a space mapping; returns the space and every problem found (all at once).
 
     Each entry is one of three syntaxes, each parsed and checked by its own function: a
@@ -248,13 +250,13 @@ def parse_space(raw: dict[str, Any] | None, where: str = "space") -> tuple[Space
     or a fixed value (``_parse_fixed``). Ties are checked against their targets last."""
     raw = DEFAULT_SPACE if raw is None else raw
     if not isinstance(raw, dict):
-        return Space({}, {}), [f"{where}: must be a mapping of parameter name to range, got {raw!r}"]
+        return Space({}, {}), [f"{field}: must be a mapping of parameter name to range, got {raw!r}"]
     problems: list[str] = []
-    specs: dict[str, ParamSpec] = {}
+    searched: dict[str, Searched] = {}
     fixed: dict[str, Scalar] = {}
     tied: dict[str, str] = {}
     for name, value in raw.items():
-        loc = f"{where}.{name}"
+        loc = f"{field}.{name}"
         if name not in PARAM_NAMES:
             problems.append(f"{loc}: unknown parameter; known: {', '.join(PARAM_NAMES)}")
         elif isinstance(value, dict) and "same_as" in value:
@@ -263,18 +265,20 @@ def parse_space(raw: dict[str, Any] | None, where: str = "space") -> tuple[Space
             if target is not None:
                 tied[name] = target
         elif isinstance(value, dict):
-            spec, found = _parse_range(name, value, loc, raw)
+            entry, found = _parse_range(name, value, loc, raw)
             problems += found
-            if spec is not None:
-                specs[name] = spec
+            if entry is not None:
+                searched[name] = entry
         else:
             scalar, found = _parse_fixed(name, value, loc)
             problems += found
             if scalar is not None:
                 fixed[name] = scalar
     for name, target in tied.items():
-        problems += _check_tie(name, specs.get(target, fixed.get(target)), target, f"{where}.{name}.same_as")
-    return Space(specs, fixed, tied), problems
+        problems += _check_tie(
+            name, searched.get(target, fixed.get(target)), target, f"{field}.{name}.same_as"
+        )
+    return Space(searched, fixed, tied), problems
 
 
 def _parse_tie(
@@ -294,9 +298,9 @@ def _parse_tie(
     return target, []
 
 
-def _check_tie(name: str, source: ParamSpec | Scalar | None, target: str, loc: str) -> list[str]:
+def _check_tie(name: str, source: Searched | Scalar | None, target: str, loc: str) -> list[str]:
     """A tie's target, once parsed: unconditional, and its values valid for ``name`` too."""
-    if isinstance(source, (FloatSpec, IntSpec, CategoricalSpec)) and source.when:
+    if isinstance(source, (FloatRange, IntRange, CategoricalChoice)) and source.when:
         # A conditional target may be inactive, and the tied parameter would then
         # silently fall back to the engine's default.
         return [f"{loc}: {target} is conditional (when: ...); tie to an unconditional parameter"]
@@ -305,21 +309,21 @@ def _check_tie(name: str, source: ParamSpec | Scalar | None, target: str, loc: s
 
 def _parse_range(
     name: str, value: dict[str, Any], loc: str, raw: dict[str, Any]
-) -> tuple[ParamSpec | None, list[str]]:
-    """``{type: float|int|categorical, ...}``: the spec's own fields, then whether its kind
+) -> tuple[Searched | None, list[str]]:
+    """``{type: float|int|categorical, ...}``: the range's own fields, then whether its kind
     fits the parameter, its ``when`` keys, and its values."""
     kind = value.get("type")
-    cls = _SPEC_TYPES.get(kind)  # type: ignore[arg-type]
+    cls = _SEARCHED_TYPES.get(kind)  # type: ignore[arg-type]
     if cls is None:
         return None, [f"{loc}.type: must be one of float, int, categorical (got {kind!r})"]
     try:
-        spec = cls.model_validate(value)
+        entry = cls.model_validate(value)
     except ValidationError as err:
         return None, [_validation_problem(loc, e) for e in err.errors()]
-    problem = _kind_problem(name, spec, loc)
+    problem = _kind_problem(name, entry, loc)
     if problem:
         return None, [problem]
-    return spec, _when_problems(name, spec, loc, raw) + _check_values(name, loc, spec)
+    return entry, _when_problems(name, entry, loc, raw) + _check_values(name, loc, entry)
 
 
 def _validation_problem(loc: str, error: Any) -> str:
@@ -330,35 +334,35 @@ def _validation_problem(loc: str, error: Any) -> str:
     return f"{loc}{'.' + sub if sub else ''}: {msg}"
 
 
-def _kind_problem(name: str, spec: ParamSpec, loc: str) -> str | None:
+def _kind_problem(name: str, entry: Searched, loc: str) -> str | None:
     """A range of the wrong kind for the parameter: a float range of an integer, a numeric
     range of a named choice, choices of the wrong type."""
     names = choices(name)
     want_int = PARAM_TYPES.get(name) is int
     if names is not None:
-        if not isinstance(spec, CategoricalSpec):
+        if not isinstance(entry, CategoricalChoice):
             return f"{loc}: {name} takes one of {', '.join(names)}; use type: categorical"
-        bad = [c for c in spec.choices if c not in names]
+        bad = [c for c in entry.choices if c not in names]
         return f"{loc}.choices: {name} takes {', '.join(names)}, got {bad}" if bad else None
-    if want_int and isinstance(spec, FloatSpec):
+    if want_int and isinstance(entry, FloatRange):
         return f"{loc}: {name} is an integer; use type: int or categorical"
-    if isinstance(spec, CategoricalSpec):
-        if want_int and not all(isinstance(c, int) and not isinstance(c, bool) for c in spec.choices):
-            return f"{loc}.choices: {name} takes integers, got {spec.choices}"
+    if isinstance(entry, CategoricalChoice):
+        if want_int and not all(isinstance(c, int) and not isinstance(c, bool) for c in entry.choices):
+            return f"{loc}.choices: {name} takes integers, got {entry.choices}"
         if not want_int and not all(
-            isinstance(c, (int, float)) and not isinstance(c, bool) for c in spec.choices
+            isinstance(c, (int, float)) and not isinstance(c, bool) for c in entry.choices
         ):
-            return f"{loc}.choices: {name} takes numbers, got {spec.choices}"
+            return f"{loc}.choices: {name} takes numbers, got {entry.choices}"
     return None
 
 
-def _when_problems(name: str, spec: ParamSpec, loc: str, raw: dict[str, Any]) -> list[str]:
+def _when_problems(name: str, entry: Searched, loc: str, raw: dict[str, Any]) -> list[str]:
     """Each ``when`` key is a config condition or a parameter of the space listed before
     this one: parameters are suggested in order, and a later one is not chosen yet (the
     condition would never hold)."""
     earlier = list(raw)[: list(raw).index(name)]
     problems = []
-    for key in spec.when or {}:
+    for key in entry.when or {}:
         if key not in CONDITION_KEYS and key not in raw:
             problems.append(
                 f"{loc}.when: unknown key {key!r}; use one of {', '.join(CONDITION_KEYS)} "
@@ -385,15 +389,15 @@ def _parse_fixed(name: str, value: Any, loc: str) -> tuple[Scalar | None, list[s
     return value, _check_values(name, loc, value)
 
 
-def _check_values(name: str, loc: str, spec: ParamSpec | Scalar) -> list[str]:
+def _check_values(name: str, loc: str, entry: Searched | Scalar) -> list[str]:
     """The ends of a range (or the fixed value) must be valid for the engine."""
     candidates: list[Any]
-    if isinstance(spec, (FloatSpec, IntSpec)):
-        candidates = [spec.low, spec.high]
-    elif isinstance(spec, CategoricalSpec):
-        candidates = list(spec.choices)
+    if isinstance(entry, (FloatRange, IntRange)):
+        candidates = [entry.low, entry.high]
+    elif isinstance(entry, CategoricalChoice):
+        candidates = list(entry.choices)
     else:
-        candidates = [spec]
+        candidates = [entry]
     for value in candidates:
         problem = check_value(name, value)
         if problem:

@@ -58,9 +58,9 @@ def status_text(name: str | None, storage: str | None) -> str:
     c = outcomes.counts(trials)
     head = ", ".join(f"{c[k]} {k.lower()}" for k in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"))
     cfg = results.config
-    budget = (cfg.get("search") or {}).get("trials")
-    done = outcomes.finished_toward_budget(trials)
-    progress = f"{done}/{budget} trials done" if budget else f"{done} trials done"
+    n_trials = (cfg.get("search") or {}).get("trials")
+    done = outcomes.finished_toward_trials(trials)
+    progress = f"{done}/{n_trials} trials done" if n_trials else f"{done} trials done"
     driver = study.user_attrs.get("driver")
     running = f"; driver pid {driver['pid']} on {driver['host']}" if driver else ""
     return f"study {name!r} in {storages.masked(url)}: {progress} ({head}){running}\n{front_table(results)}"

@@ -84,9 +84,9 @@ def open_storage(
         text = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         if parsed.password:
             text = text.replace(parsed.password, "***")
-        where = f"the database server at {parsed.host}:{parsed.port or 5432}" if parsed.host else "it"
+        server = f"the database server at {parsed.host}:{parsed.port or 5432}" if parsed.host else "it"
         raise UserInputError(
-            f"--storage {masked(url)}: cannot open {where}: {text}; check that the server is up "
+            f"--storage {masked(url)}: cannot open {server}: {text}; check that the server is up "
             "and reachable from here, and the user, password (PGPASSWORD) and database name"
         ) from None
 

@@ -62,4 +62,6 @@ def test_a_config_parses_its_space_once_and_refuses_a_bad_one_without_assert(tmp
     # with another space parses its own.
     assert SweepConfig.model_validate(raw) == cfg
     other = cfg.model_copy(update={"space": {"lr_llm": {"type": "float", "low": 1e-3, "high": 1e-2}}})
-    assert other.search_space.specs["lr_llm"].low == 1e-3 and cfg.search_space.specs["lr_llm"].low == 1e-4
+    assert (
+        other.search_space.searched["lr_llm"].low == 1e-3 and cfg.search_space.searched["lr_llm"].low == 1e-4
+    )

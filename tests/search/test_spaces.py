@@ -207,10 +207,12 @@ def test_strategies_widen_the_space_and_the_users_own_range_wins(tmp_path):
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
     cfg, base = load_sweep_config(tmp_path / "s.yaml")
     space = cfg.search_space
-    assert space.specs["loss_balance"].choices == ["static", "uncertainty", "famo", "pcgrad", "upgrad"]
-    assert space.specs["rotation_period"].choices == [5, 20]  # the user's own range
-    assert {"rotation_share", "lora_r_vision", "lora_targets_llm", "lora_targets_vision"} <= set(space.specs)
-    assert "curriculum_ratio" not in space.specs and "lora_r_projector" in space.specs
+    assert space.searched["loss_balance"].choices == ["static", "uncertainty", "famo", "pcgrad", "upgrad"]
+    assert space.searched["rotation_period"].choices == [5, 20]  # the user's own range
+    assert {"rotation_share", "lora_r_vision", "lora_targets_llm", "lora_targets_vision"} <= set(
+        space.searched
+    )
+    assert "curriculum_ratio" not in space.searched and "lora_r_projector" in space.searched
     # The study records the widened space; reloading it widens nothing more.
     again = type(cfg).model_validate(sanitized_config(cfg, base))
     assert again.space == cfg.space
@@ -233,7 +235,7 @@ def test_no_strategy_leaves_the_default_space_as_it_was():
     assert with_strategies(None, []) is None
     space, _ = parse_space(None)
     assert space.fixed["loss_balance"] == "static" and space.fixed["hard_oversample"] == 1.0
-    assert not {"loss_balance", "curriculum_ratio", "lora_targets_llm"} & set(space.specs)
+    assert not {"loss_balance", "curriculum_ratio", "lora_targets_llm"} & set(space.searched)
 
 
 def test_every_strategys_range_holds_its_off_value_so_the_baseline_is_inside():

@@ -22,7 +22,7 @@ def setup(tiny_checkpoint, demo_data):
 def _trainer(cfg, data, params, **lora) -> Trainer:
     if lora:
         cfg = cfg.model_copy(update={"lora": cfg.lora.model_copy(update=lora)})
-    trainer = Trainer(params, cfg.budget, spec=cfg, data=data, base=load_base(cfg.model))
+    trainer = Trainer(params, cfg.budget, cfg=cfg, data=data, base=load_base(cfg.model))
     trainer.attach()
     trainer.model.train()
     return trainer
@@ -115,8 +115,8 @@ def test_same_seed_gives_the_same_metrics_and_reports_each_eval(setup):
     cfg, data = setup
     cfg = cfg.model_copy(update={"budget": cfg.budget.model_copy(update={"steps": 4, "eval_every": 2})})
     reports: list[tuple[int, dict]] = []
-    a = run_trial(TrialParams(), cfg.budget, lambda s, m: reports.append((s, m)), spec=cfg, data=data)
-    b = run_trial(TrialParams(), cfg.budget, spec=cfg, data=data)
+    a = run_trial(TrialParams(), cfg.budget, lambda s, m: reports.append((s, m)), cfg=cfg, data=data)
+    b = run_trial(TrialParams(), cfg.budget, cfg=cfg, data=data)
     keys = ["cer", "iou", "parse_fail_rate", "val_loss_ocr", "val_loss_grounding"]
     assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
     assert [s for s, _ in reports] == [2, 4]
@@ -127,7 +127,7 @@ def test_a_kept_base_model_gets_a_fresh_adapter_each_trial(setup):
     cfg, data = setup
     base = load_base(cfg.model)
     before = _snapshot(base.model)
-    run_trial(TrialParams(lr_llm=5e-2, lr_projector=5e-2), cfg.budget, spec=cfg, data=data, base=base)
+    run_trial(TrialParams(lr_llm=5e-2, lr_projector=5e-2), cfg.budget, cfg=cfg, data=data, base=base)
     after = _snapshot(base.model)
     assert before.keys() == after.keys()
     assert all(torch.equal(before[n], after[n]) for n in before), "training leaked into the base model"
@@ -136,7 +136,7 @@ def test_a_kept_base_model_gets_a_fresh_adapter_each_trial(setup):
 
 def test_outputs_written(setup, tmp_path):
     cfg, data = setup
-    result = run_trial(TrialParams(), cfg.budget, spec=cfg, data=data, output_dir=tmp_path, eval_base=True)
+    result = run_trial(TrialParams(), cfg.budget, cfg=cfg, data=data, output_dir=tmp_path, eval_base=True)
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     import json
@@ -181,7 +181,7 @@ def test_running_out_of_gpu_memory_names_the_step_and_batch_and_leaves_the_base_
 
     monkeypatch.setattr(Trainer, method, exhausted)
     with pytest.raises(TrialOutOfMemory) as caught:
-        run_trial(TrialParams(), budget, spec=cfg, data=data, base=base)
+        run_trial(TrialParams(), budget, cfg=cfg, data=data, base=base)
     err = caught.value
     assert (err.step, err.phase) == (0 if phase == "setup" else 3, phase)
     if phase == "setup":
@@ -203,7 +203,7 @@ def test_running_out_of_gpu_memory_names_the_step_and_batch_and_leaves_the_base_
     assert all(ref() is None for ref in trainers), "the trial's Trainer outlived its failure"
     assert not any("lora" in n for n, _ in base.model.named_parameters())
     monkeypatch.undo()
-    after = run_trial(TrialParams(), budget, spec=cfg, data=data, base=base)
+    after = run_trial(TrialParams(), budget, cfg=cfg, data=data, base=base)
     assert after["steps"] == 4
 
 
@@ -218,7 +218,7 @@ def test_a_half_precision_base_trains_float32_parameters_under_autocast(setup, d
     base = load_base(cfg.model)
     half = getattr(torch, dtype)
     assert base.model.dtype == half
-    trainer = Trainer(TrialParams(), budget, spec=cfg, data=data, base=base)
+    trainer = Trainer(TrialParams(), budget, cfg=cfg, data=data, base=base)
     assert trainer.amp_dtype == half and (trainer.scaler is not None) == (dtype == "float16")
     trainer.attach()
     trained = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
@@ -236,7 +236,7 @@ def test_a_half_precision_base_trains_float32_parameters_under_autocast(setup, d
     trainer.detach()
     assert all(p.dtype == half for p in base.model.parameters() if p.is_floating_point())
     # A whole trial on it, end to end.
-    assert run_trial(TrialParams(), budget, spec=cfg, data=data, base=base)["steps"] == 3
+    assert run_trial(TrialParams(), budget, cfg=cfg, data=data, base=base)["steps"] == 3
 
 
 def test_float16_refuses_a_loss_balance_a_loss_scaler_would_change(setup):
@@ -245,7 +245,7 @@ def test_float16_refuses_a_loss_balance_a_loss_scaler_would_change(setup):
     cfg, data = setup
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"dtype": "float16"})})
     with pytest.raises(UserInputError, match="model.dtype: float16 trains with a loss scaler"):
-        Trainer(TrialParams(loss_balance="famo"), cfg.budget, spec=cfg, data=data, base=load_base(cfg.model))
+        Trainer(TrialParams(loss_balance="famo"), cfg.budget, cfg=cfg, data=data, base=load_base(cfg.model))
 
 
 def test_trial_out_of_memory_survives_pickling():

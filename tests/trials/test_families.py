@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.tiny_models import BUILDERS
-from vlsweep.config import LoraConfig
+from vlsweep.config import AdapterConfig
 from vlsweep.params import TrialParams
 from vlsweep.trials.families import FAMILIES, GroupResolutionError, resolve_groups, strip_wrappers
 from vlsweep.trials.lora import attach_lora, plan_lora
@@ -87,7 +87,9 @@ def test_bare_mlp_names_do_not_leak_lora_into_the_qwen2_5_vision_tower():
     assert any("visual.blocks.0.mlp.gate_proj" in n for n, _ in model.named_modules())
     groups = FAMILIES["qwen2_5_vl"].groups
     params = TrialParams(lora_r=4)
-    peft_model = attach_lora(model, plan_lora(model, groups, params, LoraConfig()), params, LoraConfig())
+    peft_model = attach_lora(
+        model, plan_lora(model, groups, params, AdapterConfig()), params, AdapterConfig()
+    )
     targets = _lora_modules(peft_model)
     assert targets and all(".language_model." in t for t in targets), targets
     assert any(t.endswith("mlp.gate_proj") for t in targets)
@@ -96,7 +98,7 @@ def test_bare_mlp_names_do_not_leak_lora_into_the_qwen2_5_vision_tower():
 def test_vision_lora_and_per_group_rank():
     torch.manual_seed(0)
     model, _ = BUILDERS["qwen2_5_vl"]()
-    cfg = LoraConfig(vision=True, projector="lora", rank={"vision": 2, "projector": 3})
+    cfg = AdapterConfig(vision=True, projector="lora", rank={"vision": 2, "projector": 3})
     params = TrialParams(lora_r=8, lora_alpha_ratio=2.0)
     plan = plan_lora(model, FAMILIES["qwen2_5_vl"].groups, params, cfg)
     assert plan.rank == {"llm": 8, "vision": 2, "projector": 3}
@@ -116,10 +118,10 @@ def test_vision_lora_and_per_group_rank():
 def test_projector_modes(tiny_models):
     model = BUILDERS["qwen2_vl"]()[0]
     groups = FAMILIES["qwen2_vl"].groups
-    full = plan_lora(model, groups, TrialParams(), LoraConfig(projector="full"))
+    full = plan_lora(model, groups, TrialParams(), AdapterConfig(projector="full"))
     assert full.modules_to_save == ["model.visual.merger"] and "projector" not in full.targets
-    frozen = plan_lora(model, groups, TrialParams(), LoraConfig(projector="frozen"))
+    frozen = plan_lora(model, groups, TrialParams(), AdapterConfig(projector="frozen"))
     assert frozen.modules_to_save == [] and set(frozen.targets) == {"llm"}
-    gemma = plan_lora(tiny_models["gemma3"], FAMILIES["gemma3"].groups, TrialParams(), LoraConfig())
+    gemma = plan_lora(tiny_models["gemma3"], FAMILIES["gemma3"].groups, TrialParams(), AdapterConfig())
     # Gemma3's projector holds a bare weight matrix; the whole module is trained.
     assert gemma.modules_to_save == ["model.multi_modal_projector"]

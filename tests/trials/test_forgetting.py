@@ -59,9 +59,9 @@ def test_a_trial_measures_forgetting_and_the_base_answers_once(setup, tmp_path, 
     assert len(data.retain) == 64
     said: list[str] = []
     low = run_trial(
-        TrialParams(lr_llm=1e-5), cfg.budget, spec=cfg, data=data, base=base, eval_base=True, log=said.append
+        TrialParams(lr_llm=1e-5), cfg.budget, cfg=cfg, data=data, base=base, eval_base=True, log=said.append
     )
-    high = run_trial(TrialParams(lr_llm=1e-2), cfg.budget, spec=cfg, data=data, base=base, log=said.append)
+    high = run_trial(TrialParams(lr_llm=1e-2), cfg.budget, cfg=cfg, data=data, base=base, log=said.append)
     assert low["base"]["forgetting"] == pytest.approx(0.0, abs=1e-6)
     assert 0 < low["forgetting"] < high["forgetting"]
     computed = [m for m in said if m.startswith("retention reference")]
@@ -69,7 +69,7 @@ def test_a_trial_measures_forgetting_and_the_base_answers_once(setup, tmp_path, 
     (kept,) = (tmp_path / "retain").glob("*.pt")
     # A new process (no memory) reads the file instead of running the base again.
     monkeypatch.setattr(forgetting, "_MEMORY", {})
-    trainer = Trainer(TrialParams(), cfg.budget, spec=cfg, data=data, base=base)
+    trainer = Trainer(TrialParams(), cfg.budget, cfg=cfg, data=data, base=base)
     monkeypatch.setattr(trainer, "_retain_log_probs", lambda _m: pytest.fail("recomputed"))
     ref = trainer.retention_reference(said.append)
     assert "from " + str(kept) in said[-1] and ref.logp.shape[1] == forgetting.TOPK
@@ -78,5 +78,5 @@ def test_a_trial_measures_forgetting_and_the_base_answers_once(setup, tmp_path, 
 def test_no_retention_set_means_no_forgetting_metric(setup):
     cfg, data, base = setup
     data = type(data)(train=data.train, val=data.val)
-    result = run_trial(TrialParams(), cfg.budget, spec=cfg, data=data, base=base)
+    result = run_trial(TrialParams(), cfg.budget, cfg=cfg, data=data, base=base)
     assert "forgetting" not in result

@@ -37,7 +37,7 @@ def test_a_trial_on_a_gpu_trains_in_mixed_precision_and_records_its_peak_memory(
     base = load_base(cfg.model)
     expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     assert base.model.dtype == expected
-    result = run_trial(TrialParams(), cfg.budget, spec=cfg, data=data, base=base)
+    result = run_trial(TrialParams(), cfg.budget, cfg=cfg, data=data, base=base)
     assert result["peak_gpu_memory_gb"] > 0
     assert 0.0 <= result["iou"] <= 1.0
 
@@ -55,9 +55,9 @@ def test_a_real_out_of_memory_error_fails_the_trial_and_frees_its_memory(on_gpu)
     big = cfg.budget.model_copy(update={"batch_size": 64})
     try:
         with pytest.raises(TrialOutOfMemory, match=r"out of GPU memory (at step 1 with batch 64|evaluating)"):
-            run_trial(TrialParams(), big, spec=cfg, data=data, base=base)
+            run_trial(TrialParams(), big, cfg=cfg, data=data, base=base)
     finally:
         del hog
     torch.cuda.empty_cache()
     assert torch.cuda.memory_allocated() <= before + 2**20, "the failed trial's tensors were kept"
-    assert run_trial(TrialParams(), cfg.budget, spec=cfg, data=data, base=base)["steps"] == cfg.budget.steps
+    assert run_trial(TrialParams(), cfg.budget, cfg=cfg, data=data, base=base)["steps"] == cfg.budget.steps

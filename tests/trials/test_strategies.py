@@ -245,7 +245,7 @@ def setup(tiny_checkpoint, demo_data):
 
 def test_a_learnable_balance_has_an_optimizer_group_of_its_own(setup):
     cfg, data, base = setup
-    trainer = Trainer(TrialParams(loss_balance="uncertainty"), cfg.budget, spec=cfg, data=data, base=base)
+    trainer = Trainer(TrialParams(loss_balance="uncertainty"), cfg.budget, cfg=cfg, data=data, base=base)
     trainer.attach()
     try:
         groups = {g["name"]: g for g in trainer.optimizer.param_groups}
@@ -264,7 +264,7 @@ def test_a_learnable_balance_has_an_optimizer_group_of_its_own(setup):
 
 def test_clipping_and_the_total_norm_leave_out_the_balances_own_parameters(setup):
     cfg, data, base = setup
-    trainer = Trainer(TrialParams(loss_balance="uncertainty"), cfg.budget, spec=cfg, data=data, base=base)
+    trainer = Trainer(TrialParams(loss_balance="uncertainty"), cfg.budget, cfg=cfg, data=data, base=base)
     trainer.attach()
     try:
         trainer.model.train()
@@ -281,7 +281,7 @@ def test_clipping_and_the_total_norm_leave_out_the_balances_own_parameters(setup
 def test_vision_first_keeps_the_llm_still_until_its_steps_are_done(setup):
     cfg, data, base = setup
     params = TrialParams(vision_first_ratio=0.5, warmup_ratio=0.0, lr_llm=1e-2, lr_vision=1e-2)
-    trainer = Trainer(params, cfg.budget, spec=cfg, data=data, base=base)
+    trainer = Trainer(params, cfg.budget, cfg=cfg, data=data, base=base)
     trainer.attach()
     try:
         trainer.model.train()
@@ -300,7 +300,7 @@ def test_vision_first_keeps_the_llm_still_until_its_steps_are_done(setup):
 def test_the_lora_layout_sets_each_groups_rank_and_layers(setup):
     cfg, data, base = setup
     params = TrialParams(lora_r=4, lora_r_vision=16, lora_targets_llm="mlp", lora_targets_vision="attention")
-    trainer = Trainer(params, cfg.budget, spec=cfg, data=data, base=base)
+    trainer = Trainer(params, cfg.budget, cfg=cfg, data=data, base=base)
     trainer.attach()
     try:
         assert trainer.plan.rank == {"llm": 4, "vision": 16}
@@ -325,7 +325,7 @@ def test_a_trial_runs_with_each_balance_and_logs_its_weights(setup, balance, tmp
     rows = []
     params = TrialParams(loss_balance=balance, hard_oversample=2.0, curriculum_ratio=0.5, rotation_period=2)
     result = run_trial(
-        params, cfg.budget, spec=cfg, data=data, base=base, output_dir=tmp_path, on_log_row=rows.append
+        params, cfg.budget, cfg=cfg, data=data, base=base, output_dir=tmp_path, on_log_row=rows.append
     )
     assert result["params"]["loss_balance"] == balance
     assert {"weight_ocr", "weight_grounding"} <= set(rows[-1])

@@ -154,11 +154,11 @@ def _verified(path: Path) -> tuple[str, ...]:
     return tuple(verify(path))
 
 
-def check_name(name: str, where: str = "model.name_or_path") -> None:
+def check_name(name: str, field: str = "model.name_or_path") -> None:
     """A builtin model's name must name a recipe; ``where`` names what the user typed."""
     if name not in RECIPES:
         known = sorted("builtin:" + n for n in RECIPES)
-        raise UserInputError(f"{where}: unknown builtin model {name!r}; choose one of {known}")
+        raise UserInputError(f"{field}: unknown builtin model {name!r}; choose one of {known}")
 
 
 def builtin_checkpoint(name: str) -> Path:

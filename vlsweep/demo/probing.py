@@ -57,12 +57,12 @@ def probe(
     from vlsweep.config import TrainConfig
     from vlsweep.trials import load_base, score
 
-    spec = TrainConfig.model_validate(
+    cfg = TrainConfig.model_validate(
         {"model": {"name_or_path": str(model), "device": "cpu"}, "data": {"train": "-", "val": "-"}}
     )
     with tempfile.TemporaryDirectory() as tmp:
         records = probe_records(Path(tmp), style, samples, seed)
-        metrics, _ = score(spec, records, base=load_base(spec.model))
+        metrics, _ = score(cfg, records, base=load_base(cfg.model))
     return {
         "style": style,
         "samples": samples,

@@ -52,7 +52,7 @@ def progress_state(
     moment it is asked for, while Ray may still be waiting for resources to start it."""
     trials = study.get_trials(deepcopy=False)  # one read of the study per line
     c = outcomes.counts(trials)
-    done = outcomes.finished_toward_budget(trials)
+    done = outcomes.finished_toward_trials(trials)
     front = outcomes.pareto_front(study, trials)
     shown = ", ".join(
         "#{} {}".format(

@@ -26,7 +26,7 @@ from vlsweep.config import (
 from vlsweep.errors import UserInputError
 from vlsweep.metrics import METRICS, OBJECTIVES, RETAIN
 from vlsweep.params import PARAM_NAMES, STRATEGIES, TrialParams, strategy_space
-from vlsweep.spaces import CategoricalSpec, FloatSpec, Space, parse_space, with_strategies
+from vlsweep.spaces import CategoricalChoice, FloatRange, Space, parse_space, with_strategies
 
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
 SWEEP_KEYS = {
@@ -170,9 +170,9 @@ class ArtifactsConfig(_Strict):
     @field_validator("store")
     @classmethod
     def _store(cls, value: str | None) -> str | None:
-        from vlsweep.artifacts import spec_problem
+        from vlsweep.artifacts import url_problem
 
-        problem = value and spec_problem(value)
+        problem = value and url_problem(value)
         if problem:
             raise ValueError(problem)
         return value
@@ -409,8 +409,8 @@ def _float16_problems(cfg: SweepConfig) -> list[str]:
     if cfg.model.dtype != "float16":
         return []
     space = cfg.search_space
-    spec = space.specs.get("loss_balance")
-    offered = list(spec.choices) if spec is not None and hasattr(spec, "choices") else []
+    entry = space.searched.get("loss_balance")
+    offered = list(entry.choices) if entry is not None and hasattr(entry, "choices") else []
     offered += [space.fixed["loss_balance"]] if "loss_balance" in space.fixed else []
     bad = [b for b in NOT_SCALE_EQUIVARIANT if b in offered]
     if not bad:
@@ -427,16 +427,16 @@ def distributions(space: Space) -> dict[str, Any]:
     import optuna
 
     out: dict[str, optuna.distributions.BaseDistribution] = {}
-    for name, spec in space.specs.items():
-        if isinstance(spec, FloatSpec):
+    for name, entry in space.searched.items():
+        if isinstance(entry, FloatRange):
             out[name] = optuna.distributions.FloatDistribution(
-                spec.low, spec.high, log=spec.log, step=spec.step
+                entry.low, entry.high, log=entry.log, step=entry.step
             )
-        elif isinstance(spec, CategoricalSpec):
-            out[name] = optuna.distributions.CategoricalDistribution(spec.choices)
+        elif isinstance(entry, CategoricalChoice):
+            out[name] = optuna.distributions.CategoricalDistribution(entry.choices)
         else:
             out[name] = optuna.distributions.IntDistribution(
-                spec.low, spec.high, log=spec.log, step=spec.step
+                entry.low, entry.high, log=entry.log, step=entry.step
             )
     return out
 
@@ -488,16 +488,16 @@ def check_metrics_measurable(cfg: SweepConfig, val_tasks: list[str]) -> None:
     wanted = [("objectives", o.name) for o in cfg.objectives]
     wanted += [("constraints", m) for m, _, _ in cfg.constraint_bounds]
     problems = [
-        f"{where}: {metric!r} is measured on {task} samples, and data.val has none; "
+        f"{field}: {metric!r} is measured on {task} samples, and data.val has none; "
         f"add {task} samples to data.val, or drop {metric!r}"
-        for where, metric in wanted
+        for field, metric in wanted
         if (task := METRICS[metric].task) not in (None, RETAIN) and task not in val_tasks
     ]
     problems += [
-        f"{where}: {metric!r} is measured on the retention set, and data.retain is empty; "
+        f"{field}: {metric!r} is measured on the retention set, and data.retain is empty; "
         "add samples the base model already answers as data.retain (the demo's: "
         f"builtin:demo/retain), or drop {metric!r}"
-        for where, metric in wanted
+        for field, metric in wanted
         if METRICS[metric].task == RETAIN and not cfg.data.retain
     ]
     if problems:

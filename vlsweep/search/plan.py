@@ -67,7 +67,7 @@ def trial_spec(cfg: SweepConfig, recorded: dict[str, Any]) -> dict[str, Any]:
     """The train config every trial of the sweep runs (its parameters come per trial): the
     data and model as the study records them (paths absolute), and an evaluation at every
     rung, so early stopping judges measured metrics."""
-    spec = cfg.train_config().model_dump(mode="json")
-    spec["data"], spec["model"] = recorded["data"], recorded["model"]
-    spec["budget"]["eval_at"] = sorted({*spec["budget"]["eval_at"], *rung_steps(cfg)})
-    return spec
+    train = cfg.train_config().model_dump(mode="json")
+    train["data"], train["model"] = recorded["data"], recorded["model"]
+    train["budget"]["eval_at"] = sorted({*train["budget"]["eval_at"], *rung_steps(cfg)})
+    return train

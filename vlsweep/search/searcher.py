@@ -38,7 +38,7 @@ from vlsweep.spaces import Space
 _log = logging.getLogger("vlsweep")
 
 # Where the trial ran (node id, worker process), recorded as reported.
-_WHERE_KEYS = ("node_id", "worker_pid", "gpu_ids", "train_started")
+_PLACEMENT_KEYS = ("node_id", "worker_pid", "gpu_ids", "train_started")
 
 
 class OptunaAskTellSearcher(Searcher):
@@ -69,7 +69,7 @@ class OptunaAskTellSearcher(Searcher):
         self._steps: dict[str, int] = {}
         self._reported_error: dict[str, str] = {}
         self._awaiting_error: dict[str, optuna.Trial] = {}
-        self._where: dict[str, dict[str, Any]] = {}
+        self._placement: dict[str, dict[str, Any]] = {}
         # Fail fast: the errors of the first ``fail_fast`` trials this run finished, while
         # every one of them failed; ``abort_reason`` is set once they all failed alike.
         self.fail_fast = fail_fast
@@ -119,11 +119,11 @@ class OptunaAskTellSearcher(Searcher):
         if result.get(ERROR_KEY):
             self._reported_error[trial_id] = str(result[ERROR_KEY])
         trial = self._live.get(trial_id)
-        if trial is not None and trial_id not in self._where:
-            where = {k: result[k] for k in _WHERE_KEYS if result.get(k) is not None}
-            if where:
-                self._where[trial_id] = where
-                for key, value in where.items():
+        if trial is not None and trial_id not in self._placement:
+            placement = {k: result[k] for k in _PLACEMENT_KEYS if result.get(k) is not None}
+            if placement:
+                self._placement[trial_id] = placement
+                for key, value in placement.items():
                     trial.set_user_attr(key, value)
 
     def _record_rung(self, trial_id: str, steps: int, result: dict[str, Any]) -> None:
@@ -215,7 +215,7 @@ class OptunaAskTellSearcher(Searcher):
         self.__dict__.update(state)
         self.study = None  # type: ignore[assignment]
         self._live, self._steps, self._reported_error, self._awaiting_error = {}, {}, {}, {}
-        self._where = {}
+        self._placement = {}
         self._first_errors, self.abort_reason = None, None
         self.window, self._held, self.holding = None, False, []
         self.artifact_store, self.keep_last, self._has_files = None, None, None
@@ -224,7 +224,7 @@ class OptunaAskTellSearcher(Searcher):
     # -- telling Optuna --------------------------------------------------------------------
 
     def _finish(self, trial_id: str, trial: optuna.Trial, result: dict[str, Any] | None) -> None:
-        self._where.pop(trial_id, None)
+        self._placement.pop(trial_id, None)
         # Whatever the verdict, the files the worker stored are linked (so retention sees them).
         self._link_files(trial, result or {})
         if self.abort_reason is not None:
@@ -302,7 +302,7 @@ class OptunaAskTellSearcher(Searcher):
     def _tell_fail(self, trial_id: str, trial: optuna.Trial, message: str, steps: int | None = None) -> None:
         self._steps.pop(trial_id, None)
         self._reported_error.pop(trial_id, None)
-        self._where.pop(trial_id, None)
+        self._placement.pop(trial_id, None)
         self._at_rungs.pop(trial_id, None)
         trial.set_user_attr("error", message[-2000:])
         if steps is not None:

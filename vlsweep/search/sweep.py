@@ -83,7 +83,7 @@ def _seed_points(study: optuna.Study, plan: SweepPlan) -> None:
         )
 
 
-def artifact_store_spec(cfg: SweepConfig, study: optuna.Study, storage_url: str, out_root: Path) -> str:
+def artifact_store_url(cfg: SweepConfig, study: optuna.Study, storage_url: str, out_root: Path) -> str:
     """Where this sweep stores its trials' files: what the study recorded (a resumed sweep
     keeps its store, wherever it is resumed from), else the config's ``artifacts.store``
     (a relative directory taken from here), else the default beside the study. A study
@@ -93,10 +93,10 @@ def artifact_store_spec(cfg: SweepConfig, study: optuna.Study, storage_url: str,
         return str(recorded)
     if study.get_trials(deepcopy=False):
         return artifacts.NONE
-    spec = cfg.artifacts.store or artifacts.default_store(storage_url, out_root)
-    if spec != artifacts.NONE and artifacts.is_local(spec):
-        spec = str((Path.cwd() / Path(spec).expanduser()).resolve())
-    return spec
+    url = cfg.artifacts.store or artifacts.default_store(storage_url, out_root)
+    if url != artifacts.NONE and artifacts.is_local(url):
+        url = str((Path.cwd() / Path(url).expanduser()).resolve())
+    return url
 
 
 def requeue_lost(study: optuna.Study, log: Log) -> int:
@@ -162,7 +162,7 @@ def run_sweep(
             stop = StopRequests(searcher, log, run.study)
             tuner = build_tuner(
                 plan,
-                trainable or _trainable(plan, run.store_spec, worker_fn),
+                trainable or _trainable(plan, run.store_url, worker_fn),
                 searcher,
                 scheduler or make_scheduler(cfg, plan.objective_names, plan.directions),
                 num_samples=run.remaining,
@@ -183,9 +183,9 @@ class _Run:
 
     study: optuna.Study
     driver: str  # the lease's id
-    store_spec: str  # where the trials' files go (artifacts.NONE: nowhere)
+    store_url: str  # where the trials' files go (artifacts.NONE: nowhere)
     store: Any  # the artifact store itself (None: none)
-    remaining: int  # trials still to run toward the budget
+    remaining: int  # trials still to run toward search.trials
 
 
 @contextlib.contextmanager
@@ -207,21 +207,21 @@ def _driving(plan: SweepPlan, storage_url: str, resume: bool, log: Log) -> Itera
         if study.user_attrs.get(STOP_ATTR):
             study.set_user_attr(STOP_ATTR, None)  # a request meant for an earlier driver
         reap_local_ray(study, log)
-        store_spec = artifact_store_spec(cfg, study, storage_url, plan.out_root)
+        store_url = artifact_store_url(cfg, study, storage_url, plan.out_root)
         if not resume or not study.user_attrs.get("config"):
             study.set_user_attr("config", plan.recorded_config)
             study.set_user_attr("vlsweep_version", __version__)
-        study.set_user_attr(artifacts.STORE_ATTR, store_spec)
-        store = artifacts.open_store(store_spec) if store_spec != artifacts.NONE else None
+        study.set_user_attr(artifacts.STORE_ATTR, store_url)
+        store = artifacts.open_store(store_url) if store_url != artifacts.NONE else None
         if not study.get_trials(deepcopy=False):
             _seed_points(study, plan)
         requeue_lost(study, log)
-        remaining = cfg.search.trials - outcomes.finished_toward_budget(study.get_trials(deepcopy=False))
+        remaining = cfg.search.trials - outcomes.finished_toward_trials(study.get_trials(deepcopy=False))
         log(
             f"study {cfg.name!r} in {storages.masked(storage_url)}: "
             f"{remaining} of {cfg.search.trials} trials to run"
         )
-        yield _Run(study=study, driver=driver, store_spec=store_spec, store=store, remaining=remaining)
+        yield _Run(study=study, driver=driver, store_url=store_url, store=store, remaining=remaining)
     except UserInputError:
         discard = new_study and all(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
         raise
@@ -238,7 +238,7 @@ def _on_ray(plan: SweepPlan, address: str | None, run: _Run, log: Log) -> Iterat
     whether trials may wait for an autoscaler; a Ray started here is stopped on the way out."""
     started_ray = ray_init(plan.cfg, address, log, run.study)
     try:
-        check_shared_storage(plan.cfg, plan.ray_storage_path, run.store_spec)
+        check_shared_storage(plan.cfg, plan.ray_storage_path, run.store_url)
         yield check_trial_fits(plan.cfg, log)
     finally:
         if started_ray:
@@ -277,19 +277,19 @@ def _searcher(plan: SweepPlan, run: _Run) -> OptunaAskTellSearcher:
     )
 
 
-def _trainable(plan: SweepPlan, store_spec: str, worker_fn: Callable[..., None] | None) -> Any:
+def _trainable(plan: SweepPlan, store_url: str, worker_fn: Callable[..., None] | None) -> Any:
     """The function each trial runs (the trial engine, through ``worker.run``), with what
     every trial of the sweep shares bound to it."""
     from vlsweep.search import worker
 
     return tune.with_parameters(
         worker_fn or worker.run,
-        spec=plan.trial_spec,
+        trial_spec=plan.trial_spec,
         base_dir=str(plan.base_dir),
         out_root=str(plan.out_root),
         threads=max(1, int(plan.cfg.resources.cpus_per_trial)),
         driver_dir=os.getcwd(),
-        artifact_store=None if store_spec == artifacts.NONE else store_spec,
+        artifact_store=None if store_url == artifacts.NONE else store_url,
     )
 
 
@@ -349,9 +349,9 @@ def _finish_run(
             + (f"{len(requeued)} running trial(s) re-queued {requeued}; " if requeued else "")
             + f"`vlsweep resume {cfg.name}` continues the sweep"
         )
-    budget = cfg.search.time_budget_s
-    if budget is not None and time.time() - started >= budget:
-        searcher.close(f"stopped: search.time_budget_s ({budget:g} s) reached", requeue=False)
+    limit_s = cfg.search.time_budget_s
+    if limit_s is not None and time.time() - started >= limit_s:
+        searcher.close(f"stopped: search.time_budget_s ({limit_s:g} s) reached", requeue=False)
 
 
 class StopRequests(tune.Stopper):

@@ -53,30 +53,32 @@ def localize(path: str, driver_dir: str | None, start_dir: str | None = None) ->
     return str(here) if here.exists() else path
 
 
-def _localized(spec: dict[str, Any], base_dir: str, driver_dir: str | None) -> tuple[dict[str, Any], str]:
-    spec = json.loads(json.dumps(spec))
+def _localized(
+    trial_spec: dict[str, Any], base_dir: str, driver_dir: str | None
+) -> tuple[dict[str, Any], str]:
+    trial_spec = json.loads(json.dumps(trial_spec))
     for split in SPLITS:
-        for src in spec["data"].get(split, []):
+        for src in trial_spec["data"].get(split, []):
             if Path(src["path"]).is_absolute():
                 src["path"] = localize(src["path"], driver_dir)
-    model = spec["model"]["name_or_path"]
+    model = trial_spec["model"]["name_or_path"]
     if Path(model).is_absolute():
-        spec["model"]["name_or_path"] = localize(model, driver_dir)
-    return spec, localize(base_dir, driver_dir)
+        trial_spec["model"]["name_or_path"] = localize(model, driver_dir)
+    return trial_spec, localize(base_dir, driver_dir)
 
 
 def run(
     config: dict[str, Any],
     *,
-    spec: dict[str, Any],
+    trial_spec: dict[str, Any],
     base_dir: str,
     out_root: str,
     threads: int,
     driver_dir: str | None = None,
     artifact_store: str | None = None,
 ) -> None:
-    """Ray Tune function trainable: ``config`` is what the searcher suggested, ``spec`` the
-    sweep's trial spec (the train config every trial runs, as JSON). Where the trial runs,
+    """Ray Tune function trainable: ``config`` is what the searcher suggested, ``trial_spec``
+    the sweep's trial spec (the train config every trial runs, as JSON). Where the trial runs,
     the trial itself, then its final report, or its failure."""
     import torch
     from ray import tune
@@ -87,7 +89,7 @@ def run(
     result: dict[str, Any] = {}
     failure: str | None = None
     try:
-        result = _train(config, spec, base_dir, driver_dir, trial_dir, reports)
+        result = _train(config, trial_spec, base_dir, driver_dir, trial_dir, reports)
     except Exception as exc:  # a trial-level failure: recorded on the trial, not retried
         failure = describe_failure(exc)
     if failure is not None:
@@ -151,7 +153,7 @@ class _Reports:
 
 def _train(
     config: dict[str, Any],
-    spec: dict[str, Any],
+    trial_spec: dict[str, Any],
     base_dir: str,
     driver_dir: str | None,
     trial_dir: Path,
@@ -164,12 +166,12 @@ def _train(
     from vlsweep.params import TrialParams
     from vlsweep.trials import load_base, load_data, run_trial
 
-    spec, base_dir = _localized(spec, base_dir, driver_dir)
+    trial_spec, base_dir = _localized(trial_spec, base_dir, driver_dir)
     # A builtin model is resolved to the weights shipped in this node's vlsweep.
-    cfg = demo.resolve(TrainConfig.model_validate(spec))
+    cfg = demo.resolve(TrainConfig.model_validate(trial_spec))
     params = TrialParams.of(config["params"])
-    base = _cached(_BASE, json.dumps(spec["model"], sort_keys=True), lambda: load_base(cfg.model))
-    data_key = json.dumps([spec["data"], base_dir], sort_keys=True)
+    base = _cached(_BASE, json.dumps(trial_spec["model"], sort_keys=True), lambda: load_base(cfg.model))
+    data_key = json.dumps([trial_spec["data"], base_dir], sort_keys=True)
     data = _cached(_DATA, data_key, lambda: load_data(cfg.data, Path(base_dir)))
     # The engine logs a row every 10 steps and at each evaluation.
     reports.every = max(1, cfg.budget.steps // 10 // 50)
@@ -177,7 +179,7 @@ def _train(
         params,
         cfg.budget,
         reports.report,
-        spec=cfg,
+        cfg=cfg,
         data=data,
         base=base,
         output_dir=trial_dir,

@@ -42,7 +42,7 @@ class Record:
     box: Box | None = None
     # A sharegpt record carries its own question; vlsweep records use the task's template.
     prompt: str | None = None
-    where: str = ""
+    loc: str = ""
 
 
 class DataError(ValueError):
@@ -86,90 +86,88 @@ def _check_box(box: Any, size: tuple[int, int] | None) -> str | None:
     return None
 
 
-def _vlsweep_record(obj: Any, base: Path, where: str) -> tuple[Record | None, list[str]]:
+def _vlsweep_record(obj: Any, base: Path, loc: str) -> tuple[Record | None, list[str]]:
     if not isinstance(obj, dict):
-        return None, [f"{where}: a record must be a JSON object, got {type(obj).__name__}"]
+        return None, [f"{loc}: a record must be a JSON object, got {type(obj).__name__}"]
     problems: list[str] = []
     task = obj.get("task")
     if task not in TASKS:
-        problems.append(f"{where}: task must be one of {list(TASKS)}, got {task!r}")
+        problems.append(f"{loc}: task must be one of {list(TASKS)}, got {task!r}")
     allowed = {"image", "task", "text", "query", "box", "id"}
     unknown = sorted(set(obj) - allowed)
     if unknown:
-        problems.append(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+        problems.append(f"{loc}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
     image = obj.get("image")
     size = None
     if not isinstance(image, str) or not image:
-        problems.append(f"{where}: image must be a path string relative to the file, got {image!r}")
+        problems.append(f"{loc}: image must be a path string relative to the file, got {image!r}")
     else:
         size, err = _image_size(base / image)
         if err:
-            problems.append(f"{where}: {err}")
+            problems.append(f"{loc}: {err}")
     text = query = None
     box: Box | None = None
     if task == "ocr":
         text = obj.get("text")
         if not isinstance(text, str):
-            problems.append(f"{where}: an ocr record needs text as a string, got {text!r}")
+            problems.append(f"{loc}: an ocr record needs text as a string, got {text!r}")
         elif not text.strip():
-            problems.append(f"{where}: text is empty; an ocr record needs the text to read")
+            problems.append(f"{loc}: text is empty; an ocr record needs the text to read")
     elif task == "grounding":
         query = obj.get("query")
         if not isinstance(query, str) or not query.strip():
-            problems.append(f"{where}: a grounding record needs a non-empty query string, got {query!r}")
+            problems.append(f"{loc}: a grounding record needs a non-empty query string, got {query!r}")
         err = _check_box(obj.get("box"), size)
         if err:
-            problems.append(f"{where}: {err}")
+            problems.append(f"{loc}: {err}")
         else:
             box = tuple(float(v) for v in obj["box"])  # type: ignore[assignment]
     if problems or size is None or not isinstance(task, str) or not isinstance(image, str):
         return None, problems
-    return Record(image=base / image, task=task, size=size, text=text, query=query, box=box, where=where), []
+    return Record(image=base / image, task=task, size=size, text=text, query=query, box=box, loc=loc), []
 
 
 def _sharegpt_record(
-    obj: Any, base: Path, where: str, task: str, box_format: str
+    obj: Any, base: Path, loc: str, task: str, box_format: str
 ) -> tuple[Record | None, list[str]]:
     if not isinstance(obj, dict):
-        return None, [f"{where}: a record must be a JSON object, got {type(obj).__name__}"]
+        return None, [f"{loc}: a record must be a JSON object, got {type(obj).__name__}"]
     messages, images = obj.get("messages"), obj.get("images")
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        return None, [f"{where}: messages must be a list of {{role, content}} objects"]
+        return None, [f"{loc}: messages must be a list of {{role, content}} objects"]
     if not isinstance(images, list) or len(images) != 1 or not isinstance(images[0], str):
-        return None, [f"{where}: images must be a list with exactly one image path, got {images!r}"]
+        return None, [f"{loc}: images must be a list with exactly one image path, got {images!r}"]
     users = [m for m in messages if m.get("role") == "user"]
     answers = [m for m in messages if m.get("role") == "assistant"]
     if len(users) != 1 or len(answers) != 1:
         return None, [
-            f"{where}: expected one user and one assistant message, got {len(users)} and {len(answers)}"
+            f"{loc}: expected one user and one assistant message, got {len(users)} and {len(answers)}"
         ]
     question, answer = users[0].get("content"), answers[0].get("content")
     problems = []
     if not isinstance(question, str) or "<image>" not in question:
-        problems.append(f"{where}: the user message must be a string containing <image>")
+        problems.append(f"{loc}: the user message must be a string containing <image>")
     if not isinstance(answer, str) or not answer.strip():
-        problems.append(f"{where}: the assistant message must be a non-empty string")
+        problems.append(f"{loc}: the assistant message must be a non-empty string")
     size, err = _image_size(base / images[0])
     if err:
-        problems.append(f"{where}: {err}")
+        problems.append(f"{loc}: {err}")
     if problems or size is None:
         return None, problems
     prompt = question.replace("<image>", "").strip()
     if task == "ocr":
-        return Record(
-            image=base / images[0], task=task, size=size, text=answer, prompt=prompt, where=where
-        ), []
+        return Record(image=base / images[0], task=task, size=size, text=answer, prompt=prompt, loc=loc), []
     box = CODECS[box_format].decode(answer, size, size)
     if box is None:
         return None, [
-            f"{where}: the assistant answer {answer!r} holds no box in format "
+            f"{loc}: the assistant answer {answer!r} holds no box in format "
             f"{box_format!r} (set box_format for this file)"
         ]
     err = _check_box(list(box), size)
     if err:
-        return None, [f"{where}: {err}"]
+        return None, [f"{loc}: {err}"]
     return Record(
-        image=base / images[0], task=task, size=size, query=prompt, box=box, prompt=prompt, where=where
+        image=base / images[0], task=task, size=size, query=prompt, box=box, prompt=prompt, loc=loc
     ), []
 
 
@@ -208,12 +206,12 @@ def load_records(
                 problems.append(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})")
         label = ""
     for n, obj in numbered:
-        where = f"{path}:{n}" if not label else f"{path}: {label} {n}"
+        loc = f"{path}:{n}" if not label else f"{path}: {label} {n}"
         if format == "sharegpt":
             assert task is not None  # enforced by the config schema
-            rec, errs = _sharegpt_record(obj, base, where, task, box_format)
+            rec, errs = _sharegpt_record(obj, base, loc, task, box_format)
         else:
-            rec, errs = _vlsweep_record(obj, base, where)
+            rec, errs = _vlsweep_record(obj, base, loc)
         problems.extend(errs)
         if rec is not None:
             records.append(rec)

@@ -1,6 +1,6 @@
 """One short multi-task LoRA fine-tune, scored by OCR CER and localization IoU.
 
-``run_trial(params, budget, report, spec=..., data=...)`` is the engine's one entry point.
+``run_trial(params, budget, report, cfg=..., data=...)`` is the engine's one entry point.
 It knows nothing of Ray or Optuna: it calls ``report(step, metrics)`` at each evaluation
 point and returns the final metrics.
 """
@@ -91,14 +91,14 @@ class Trainer:
     """The state of one trial: model with a fresh adapter, optimizer, encoded data."""
 
     def __init__(
-        self, params: TrialParams, budget: BudgetConfig, *, spec: TrainConfig, data: TrialData, base: Base
+        self, params: TrialParams, budget: BudgetConfig, *, cfg: TrainConfig, data: TrialData, base: Base
     ):
-        self.params, self.budget, self.spec, self.data, self.base = params, budget, spec, data, base
+        self.params, self.budget, self.cfg, self.data, self.base = params, budget, cfg, data, base
         self.tasks = data.tasks
         self.task_index = {t: i for i, t in enumerate(self.tasks)}
         weights = params.weights_for(self.tasks)
         self.weights = torch.tensor([weights[t] for t in self.tasks], device=base.device)
-        self.balance = BALANCES[params.loss_balance](len(self.tasks), self.weights, spec.loss).to(base.device)
+        self.balance = BALANCES[params.loss_balance](len(self.tasks), self.weights, cfg.loss).to(base.device)
         # Mixed precision, as LLaMA-Factory and the HF Trainer train LoRA: the frozen base in
         # the model's half dtype, the trained parameters in float32, the forward pass under
         # autocast; float16 adds a loss scaler (its gradients underflow without one).
@@ -117,7 +117,7 @@ class Trainer:
         self.vision_first_steps = round(params.vision_first_ratio * budget.steps)
         self.steps_done = 0
         self.encoder = Encoder(
-            base.processor, base.family, base.codec, {t: spec.data.prompt(t) for t in ("ocr", "grounding")}
+            base.processor, base.family, base.codec, {t: cfg.data.prompt(t) for t in ("ocr", "grounding")}
         )
         tok = self.encoder.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -151,20 +151,20 @@ class Trainer:
 
     def attach(self) -> None:
         """Put a fresh LoRA adapter on the base model and build the optimizer."""
-        torch.manual_seed(self.spec.seed)
+        torch.manual_seed(self.cfg.seed)
         model = self.base.model
         for p in model.parameters():
             p.requires_grad_(False)
-        plan = plan_lora(model, self.base.groups, self.params, self.spec.lora)
+        plan = plan_lora(model, self.base.groups, self.params, self.cfg.lora)
         self.plan = plan
-        self.model = attach_lora(model, plan, self.params, self.spec.lora)
+        self.model = attach_lora(model, plan, self.params, self.cfg.lora)
         if self.amp_dtype is not None:
             # The trained copies (LoRA factors, a projector trained whole) in float32: AdamW's
             # small updates would round away in a half dtype. detach() drops them again.
             for p in self.model.parameters():
                 if p.requires_grad:
                     p.data = p.data.float()
-        if self.spec.model.gradient_checkpointing:
+        if self.cfg.model.gradient_checkpointing:
             self.model.enable_input_require_grads()
         named = list(self.model.named_parameters())
         trainable = {n for n, p in named if p.requires_grad}
@@ -175,18 +175,18 @@ class Trainer:
         balance = self.balance.trainable()
         named += balance
         group_of.update({n: "balance" for n, _ in balance})
-        lrs["balance"] = self.spec.loss.balance_lr
+        lrs["balance"] = self.cfg.loss.balance_lr
         self.groups = build_param_groups(
             named,
             group_of,
             lrs,
-            weight_decay=self.spec.optim.weight_decay,
-            loraplus_lr_ratio=self.spec.lora.loraplus_lr_ratio,
+            weight_decay=self.cfg.optim.weight_decay,
+            loraplus_lr_ratio=self.cfg.lora.loraplus_lr_ratio,
         )
         owned = {id(p) for p in self.balance.owned()}  # FAMO steps its logits itself
         if owned & {id(p) for g in self.groups for p in g["params"]}:
             raise AssertionError("a parameter the balance steps itself is in the trial's optimizer")
-        self.optimizer = make_optimizer(self.groups, betas=self.spec.optim.betas, eps=self.spec.optim.eps)
+        self.optimizer = make_optimizer(self.groups, betas=self.cfg.optim.betas, eps=self.cfg.optim.eps)
         from transformers import get_cosine_schedule_with_warmup
 
         steps = self.budget.steps
@@ -266,7 +266,7 @@ class Trainer:
         # uncertainty log-variances) are logged apart and never scale the model's update.
         norms, total = group_grad_norms(model_groups)
         norms.update(group_grad_norms([g for g in self.groups if g["module_group"] == "balance"])[0])
-        max_norm = self.spec.optim.max_grad_norm
+        max_norm = self.cfg.optim.max_grad_norm
         if max_norm is not None:
             torch.nn.utils.clip_grads_with_norm_(
                 [p for g in model_groups for p in g["params"]], max_norm, total
@@ -392,7 +392,7 @@ class Trainer:
             {k: hashlib.sha256(v.cpu().contiguous().numpy().tobytes()).hexdigest() for k, v in e.full.items()}
             for e in self.retain_enc
         )
-        key = forgetting.fingerprint(self.base.source, self.spec.model, samples)
+        key = forgetting.fingerprint(self.base.source, self.cfg.model, samples)
 
         def compute() -> forgetting.Reference:
             model = self.base.model
@@ -447,7 +447,7 @@ def run_trial(
     budget: BudgetConfig,
     report: Report | None = None,
     *,
-    spec: TrainConfig,
+    cfg: TrainConfig,
     data: TrialData,
     base: Base | None = None,
     output_dir: Path | None = None,
@@ -468,13 +468,13 @@ def run_trial(
     (``_save``); an out-of-memory error becomes ``TrialOutOfMemory``.
     """
     say = log or (lambda _msg: None)
-    random.seed(spec.seed)
-    torch.manual_seed(spec.seed)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
     owns_base = base is None
-    trainer, load_seconds = _setup(params, budget, spec, data, base, say)
+    trainer, load_seconds = _setup(params, budget, cfg, data, base, say)
     base = trainer.base
     result: dict[str, Any] = {"base": _evaluate_base(trainer, say)} if eval_base else {}
-    mixer = make_mixer(data.train, params, budget.steps, spec.seed)
+    mixer = make_mixer(data.train, params, budget.steps, cfg.seed)
     cuda = base.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(base.device)
@@ -532,7 +532,7 @@ class _Progress:
 def _setup(
     params: TrialParams,
     budget: BudgetConfig,
-    spec: TrainConfig,
+    cfg: TrainConfig,
     data: TrialData,
     base: Base | None,
     say: Callable[[str], None],
@@ -540,9 +540,9 @@ def _setup(
     """The base (loaded here unless the caller keeps one) and the trainer on it, with the
     retention reference when forgetting is measured. Returns the seconds the load took."""
     t_load = time.perf_counter()
-    base = base or load_base(spec.model)
+    base = base or load_base(cfg.model)
     load_seconds = time.perf_counter() - t_load
-    trainer = Trainer(params, budget, spec=spec, data=data, base=base)
+    trainer = Trainer(params, budget, cfg=cfg, data=data, base=base)
     say(f"encoded {len(data.train)} train / {len(data.val)} val samples in {trainer.encode_seconds:.1f}s")
     if trainer.retain_enc:
         trainer.reference = trainer.retention_reference(say)
@@ -628,7 +628,7 @@ def _save(output_dir: Path, trainer: Trainer, log_rows: list[dict[str, Any]], re
 
 
 def score(
-    spec: TrainConfig,
+    cfg: TrainConfig,
     val: list[Record],
     *,
     adapter: Path | None = None,
@@ -636,7 +636,7 @@ def score(
     log: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, float], str]:
     """Score a model as a trial's evaluation does: greedy answers to ``val`` (prompts,
-    box format, ``budget.max_new_tokens`` and ``eval_batch_size`` of ``spec``) and the
+    box format, ``budget.max_new_tokens`` and ``eval_batch_size`` of ``cfg``) and the
     teacher-forced per-task loss. ``adapter`` is a peft adapter directory put on the base
     model first (a trial's, or one trained elsewhere). Returns the metrics and the
     answers as ``predictions.jsonl`` text."""
@@ -646,14 +646,14 @@ def score(
             f"--adapter: {adapter} has no adapter_config.json; give the directory a peft "
             "adapter was saved to (save_pretrained)"
         )
-    base = base or load_base(spec.model)
+    base = base or load_base(cfg.model)
     model = base.model
     if adapter is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter))
         say(f"adapter {adapter} on {base.source}")
-    trainer = Trainer(TrialParams(), spec.budget, spec=spec, data=TrialData(train=[], val=val), base=base)
+    trainer = Trainer(TrialParams(), cfg.budget, cfg=cfg, data=TrialData(train=[], val=val), base=base)
     t0 = time.perf_counter()
     metrics = trainer.evaluate(model)
     say(f"scored {len(val)} samples in {time.perf_counter() - t0:.1f}s")

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from vlsweep.config import LoraConfig
+from vlsweep.config import AdapterConfig
 from vlsweep.params import TrialParams
 from vlsweep.trials.families import compile_groups
 
@@ -57,7 +57,7 @@ def module_group_of(name: str, compiled: dict[str, re.Pattern[str]]) -> str | No
 
 
 def plan_lora(
-    model: torch.nn.Module, patterns: dict[str, str], params: TrialParams, cfg: LoraConfig
+    model: torch.nn.Module, patterns: dict[str, str], params: TrialParams, cfg: AdapterConfig
 ) -> LoraPlan:
     compiled = compile_groups(patterns)
     linear_by_group: dict[str, list[str]] = {"vision": [], "projector": [], "llm": []}
@@ -133,16 +133,16 @@ def _projector_roots(model: torch.nn.Module, compiled: dict[str, re.Pattern[str]
     return roots
 
 
-def peft_config(plan: LoraPlan, params: TrialParams, cfg: LoraConfig) -> Any:
+def peft_config(plan: LoraPlan, params: TrialParams, cfg: AdapterConfig) -> Any:
     """The peft ``LoraConfig`` of a plan: the LLM's rank and alpha as defaults, the other
     groups' through ``rank_pattern`` / ``alpha_pattern`` keyed by their target regexes."""
-    from peft import LoraConfig as PeftLoraConfig
+    from peft import LoraConfig
 
     target = "|".join(f"(?:{rx})" for rx in plan.targets.values())
     base_group = "llm"
     rank_pattern = {rx: plan.rank[g] for g, rx in plan.targets.items() if g != base_group}
     alpha_pattern = {rx: plan.alpha[g] for g, rx in plan.targets.items() if g != base_group}
-    return PeftLoraConfig(
+    return LoraConfig(
         r=plan.rank[base_group],
         lora_alpha=plan.alpha[base_group],  # type: ignore[arg-type]  # peft scales by any number
         lora_dropout=params.lora_dropout,
@@ -156,7 +156,7 @@ def peft_config(plan: LoraPlan, params: TrialParams, cfg: LoraConfig) -> Any:
     )
 
 
-def attach_lora(model: torch.nn.Module, plan: LoraPlan, params: TrialParams, cfg: LoraConfig) -> Any:
+def attach_lora(model: torch.nn.Module, plan: LoraPlan, params: TrialParams, cfg: AdapterConfig) -> Any:
     """Wrap ``model`` with a fresh LoRA adapter per the plan; returns the peft model."""
     from peft import get_peft_model
 
