@@ -34,8 +34,8 @@ class TrialOutOfMemory(RuntimeError):
                 "model.gradient_checkpointing: true"
             )
         super().__init__(
-            f"out of GPU memory {during}, or give each trial more of a GPU (resources.gpus_per_trial) "
-            f"({detail})"
+            f"out of GPU memory {during}, or give each trial a larger share of a GPU "
+            f"(resources.gpus_per_trial, up to 1: a trial trains on one GPU) ({detail})"
         )
 
     def __reduce__(self) -> tuple[Any, ...]:  # keyword-only: pickled (to a pool's parent) by hand

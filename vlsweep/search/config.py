@@ -114,9 +114,16 @@ class ResourcesConfig(_Strict):
 
     @field_validator("gpus_per_trial")
     @classmethod
-    def _fraction(cls, value: float) -> float:
-        if value > 1 and value != int(value):
-            raise ValueError("more than one GPU per trial must be a whole number")
+    def _one_device(cls, value: float) -> float:
+        # A trial trains on one device (the engine loads the base whole onto it): Ray
+        # would reserve the other GPUs and they would idle for the whole sweep.
+        if value > 1:
+            raise ValueError(
+                f"{value:g} GPUs per trial would leave {value - 1:g} of them idle: a trial trains "
+                "on one GPU; use 1 (or a fraction, 0.5, to run two trials on each GPU). For a "
+                "model whose trial does not fit one GPU: lower budget.batch_size, set "
+                "model.gradient_checkpointing: true, or train fewer modules (lora.vision: false)"
+            )
         return value
 
 

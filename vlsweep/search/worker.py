@@ -236,6 +236,6 @@ def describe_failure(exc: BaseException) -> str:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
     return (
         f"out of memory: {first} (lower budget.batch_size or budget.eval_batch_size, set "
-        "model.gradient_checkpointing: true, or give each trial more of a GPU with "
-        "resources.gpus_per_trial)"
+        "model.gradient_checkpointing: true, or give each trial a larger share of a GPU with "
+        "resources.gpus_per_trial, up to 1: a trial trains on one GPU)"
     )
