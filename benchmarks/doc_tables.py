@@ -40,6 +40,7 @@ TABLES: dict[str, tuple[str, str, str]] = {
     "mf_replay": ("mf_replay.json", "mf_replay", "doc_table"),
     "mf_replay_grace20": ("mf_replay_grace20.json", "mf_replay", "doc_table"),
     "trial_overhead": ("trial_overhead.json", "trial_overhead", "doc_table"),
+    "storage_cost": ("storage_cost.json", "storage_cost", "doc_table"),
     "scenario_pilots": ("scenario_pilots.json", "scenario_pilots", "doc_table"),
     "cpu_kinds": ("cpu_kinds.json", "cpu_kinds", "doc_table"),
     "builtin_rebuild": ("builtin_rebuild.json", "builtin_rebuild", "doc_table"),

@@ -69,22 +69,29 @@ def timed(run: Any, timeline: Path) -> dict[str, float]:
     return {"wall": t1 - t0, "startup": first - t0, "loop": last - first, "trials": len(spans)}
 
 
-def vlsweep_sweep(tmp: Path, name: str, args: argparse.Namespace, reuse: bool) -> dict[str, float]:
-    from ray import tune
-
+def sweep_config(tmp: Path, name: str, trials: int, reuse: bool = True) -> Any:
+    """The sweep the trivial trials run in: TPE, 2 at a time, 1 CPU each (the demo's
+    model and data are named, never loaded: the trainable replaces the engine)."""
     from vlsweep.search.config import load_sweep_config
-    from vlsweep.search.sweep import run_sweep
 
     raw = {
         "name": name,
         "model": {"name_or_path": "builtin:tiny-qwen2-vl"},
         "data": {"train": "builtin:demo/train", "val": "builtin:demo/val"},
         "budget": {"steps": 200, "batch_size": 8},
-        "search": {"trials": args.trials, "max_concurrent": 2, "sampler": "tpe", "seed": 0},
+        "search": {"trials": trials, "max_concurrent": 2, "sampler": "tpe", "seed": 0},
         "resources": {"cpus_per_trial": 1, "reuse_actors": reuse},
         "output_dir": str(tmp / "runs" / name),
     }
-    cfg, _ = load_sweep_config(tmp / "sweep.yaml", raw)
+    return load_sweep_config(tmp / "sweep.yaml", raw)[0]
+
+
+def vlsweep_sweep(tmp: Path, name: str, args: argparse.Namespace, reuse: bool) -> dict[str, float]:
+    from ray import tune
+
+    from vlsweep.search.sweep import run_sweep
+
+    cfg = sweep_config(tmp, name, args.trials, reuse)
     timeline = tmp / "timeline.jsonl"
     trainable = tune.with_parameters(trivial_trial, seconds=args.trial_seconds, timeline=str(timeline))
     out: dict[str, Any] = {}

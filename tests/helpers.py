@@ -43,3 +43,24 @@ def swift_argv(script: str) -> list[str]:
     start = next(i for i, line in enumerate(lines) if line.startswith("swift sft"))
     argv = shlex.split(" ".join(x.rstrip("\\") for x in lines[start:]))
     return [a for a in argv if a != "$@"]
+
+
+class DatabaseOutage:
+    """The next ``left`` SQL statements of ``storage``'s database fail as a dropped
+    connection does (to SQLAlchemy, a PostgreSQL restart is an OperationalError), or with
+    ``error``; ``statements`` counts every statement sent."""
+
+    def __init__(self, storage):
+        import sqlite3
+
+        from sqlalchemy import event
+
+        self.left, self.statements = 0, 0
+        self.error: Exception = sqlite3.OperationalError("server closed the connection")
+        event.listen(storage.rdb.engine, "before_cursor_execute", self._execute)
+
+    def _execute(self, *_args):
+        self.statements += 1
+        if self.left:
+            self.left -= 1
+            raise self.error

@@ -281,7 +281,9 @@ def dashboard(
         from vlsweep.storages import masked, open_storage, storage_url
 
         url = storage_url(storage)
-        store = open_storage(url)  # the password stays in this process, never on a command line
+        # The password stays in this process, never on a command line. No cache: the
+        # dashboard outlives the sweeps it shows (open_storage).
+        store = open_storage(url, cached=False)
         artifact_store = _dashboard_artifacts(store, artifacts)
         import optuna_dashboard
     except UserInputError as err:

@@ -208,6 +208,8 @@ def format_validation_error(err: ValidationError, source: str) -> list[str]:
             msg = "unknown key (check the spelling; see docs/config.md for the keys)"
         elif e["type"] == "missing":
             msg = "required key is missing"
+        elif e["type"] == "model_type":  # pydantic's text names our class, not the section
+            msg = "must be a mapping of keys (see docs/config.md for the keys)"
         got = e.get("input")
         # A storage URL may hold a password: never echo it.
         secret = loc.split(".")[-1] == "storage"

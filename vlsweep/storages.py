@@ -5,18 +5,20 @@ both the sweep's driver and every reader (status, report, dashboard, export) ope
 
 from __future__ import annotations
 
+import abc
 import functools
 import logging
 import os
-import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import optuna
 
 from vlsweep.errors import UserInputError
 
 _log = logging.getLogger("vlsweep")
+T = TypeVar("T")
 DEFAULT_STORAGE = "sqlite:///vlsweep.db"
 STORAGE_ENV = "VLSWEEP_STORAGE"
 
@@ -44,14 +46,16 @@ def strip_password(url: str) -> str:
 
 
 def open_storage(
-    url: str, *, kind: type[optuna.storages.RDBStorage] | None = None
-) -> optuna.storages.RDBStorage:
-    """An RDB storage for ``url`` that rides out a database restart
-    (``ResilientStorage``); a PostgreSQL password may come from PGPASSWORD.
+    url: str, *, kind: type[optuna.storages.RDBStorage] = optuna.storages.RDBStorage, cached: bool = True
+) -> ResilientStorage:
+    """The study database at ``url`` as Optuna opens it, riding out a database restart
+    (``ResilientStorage``); a PostgreSQL password may come from PGPASSWORD. What the sweep's
+    driver and every reader (status, report, dashboard, export) open.
 
-    ``kind``: a subclass of ``ResilientStorage`` to open instead (the sweep driver's,
-    ``search.driver_storage.DriverStorage``); everything else (status, report, dashboard)
-    reads the database through ``ResilientStorage``.
+    ``kind``: the ``RDBStorage`` (sub)class that talks to the database. ``cached=False``
+    leaves Optuna's cache out, for a reader that runs for days beside sweeps that come
+    and go (the dashboard): the cache keeps every finished trial it has read, and trusts
+    a study id it has seen, which SQLite may hand to a new study once that one is deleted.
     """
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
@@ -70,10 +74,9 @@ def open_storage(
     else:
         kwargs["pool_pre_ping"] = True
     try:
-        storage = (kind or ResilientStorage)(url, engine_kwargs=kwargs)
+        rdb = kind(url, engine_kwargs=kwargs)
         if sqlite and parsed.database not in (None, "", ":memory:"):
-            _sqlite_wal(storage)
-        return storage
+            _sqlite_wal(rdb)
     except ImportError as exc:
         raise UserInputError(
             f"--storage {masked(url)}: the database driver is not installed ({exc}); "
@@ -89,6 +92,7 @@ def open_storage(
             f"--storage {masked(url)}: cannot open {server}: {text}; check that the server is up "
             "and reachable from here, and the user, password (PGPASSWORD) and database name"
         ) from None
+    return ResilientStorage(rdb, cached)  # type: ignore[abstract]  # _each_call_retried defines them all
 
 
 # -- a storage that rides out a database restart --------------------------------------------
@@ -99,7 +103,7 @@ STORAGE_RETRY_ENV = "VLSWEEP_STORAGE_RETRY_SECONDS"
 STORAGE_RETRY_SECONDS = 300.0
 
 
-def _transient(exc: BaseException) -> bool:
+def is_transient(exc: BaseException) -> bool:
     """A lost or refused connection (worth retrying), not bad data or a broken schema."""
     from sqlalchemy import exc as sa
 
@@ -109,73 +113,82 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(cause, (sa.OperationalError, sa.InterfaceError))
 
 
-class ResilientStorage(optuna.storages.RDBStorage):
-    """Optuna's RDB storage, retrying each call while the database is unreachable.
+def _retrying(name: str) -> Any:
+    method = getattr(optuna.storages.BaseStorage, name)
 
-    Optuna's own RDBStorage raises on the first dropped connection, which would end a
+    @functools.wraps(method, updated=())  # not its __dict__: abc's mark that it is abstract
+    def call(self: ResilientStorage, *args: Any, **kwargs: Any) -> Any:
+        return self._retry(lambda: getattr(self.inner, name)(*args, **kwargs))
+
+    return call
+
+
+def _each_call_retried(cls: type[ResilientStorage]) -> type[ResilientStorage]:
+    """Every method of Optuna's storage API (``BaseStorage``'s public methods: the
+    interface Optuna documents for storages of one's own) as a retried call to the cache.
+    Taken from ``BaseStorage`` itself, so a method a later Optuna adds is retried too."""
+    for name, value in vars(optuna.storages.BaseStorage).items():
+        if not name.startswith("_") and callable(value):
+            setattr(cls, name, _retrying(name))
+    return abc.update_abstractmethods(cls)
+
+
+@_each_call_retried
+class ResilientStorage(optuna.storages.BaseStorage):
+    """A study database as Optuna opens it (its ``RDBStorage`` with its cache in front),
+    each call retried while the database is unreachable.
+
+    Optuna's RDBStorage raises on the first dropped connection, which would end a
     days-long sweep because PostgreSQL restarted. ``pool_pre_ping`` replaces dead pooled
     connections; this retries the call itself, with backoff, for up to
     ``$VLSWEEP_STORAGE_RETRY_SECONDS`` (300 s). Our own few lines rather than a retry
     library: what matters is which SQLAlchemy errors are transient and the one message
     while waiting. Opening the storage is not retried: a database that is down at start
-    is an error the user should see at once. A write whose commit reached the server just
-    before the connection died may be applied twice; trial writes here are set-attribute
-    and set-state calls, for which that is harmless.
+    is an error the user should see at once. A call whose commit reached the server just
+    before the connection died is sent again: an attribute write twice is harmless; a
+    tell twice fails (the trial is finished already), and a trial created twice is one
+    extra trial. That needs the connection to die between the commit and its answer.
+
+    Why in front of Optuna's cache, through the public storage API only: the cache
+    (``_CachedStorage``) is what ``optuna.storages.get_storage`` puts in front of an
+    ``RDBStorage`` (and of nothing else), and it calls the RDBStorage's private methods
+    (``_get_trials``, ``_create_new_trial``, ``_set_trial_param``, ...). A retry behind
+    it would have to be an RDBStorage overriding those, whose names and signatures
+    change between Optuna releases. In front of it, a whole call is retried (the cache
+    changes its own state only once the database call returned; deleting a study, the
+    exception, is the same done twice), the cache still serves what it
+    serves for Optuna, and a Study passes a storage that is not an RDBStorage through as
+    it is. What this gives up: Optuna's trial heartbeats (``heartbeat_interval``), which
+    vlsweep does not use (its driver keeps a heartbeat of its own).
     """
 
-    _local = threading.local()
+    def __init__(self, rdb: optuna.storages.RDBStorage, cached: bool = True):
+        self.rdb = rdb  # the database itself, for what only it has (its engine)
+        # Optuna's cache, built as Optuna builds it for a URL (optuna.load_study(storage=url));
+        # without it, the database itself (a long-lived reader: see open_storage).
+        self.inner = optuna.storages.get_storage(rdb) if cached else rdb
 
-    def _retry(self, method: Any, args: tuple, kwargs: dict) -> Any:
-        if getattr(self._local, "active", False):  # the outer call retries the whole thing
-            return method(self, *args, **kwargs)
+    def _retry(self, call: Callable[[], T]) -> T:
         limit = float(os.environ.get(STORAGE_RETRY_ENV, STORAGE_RETRY_SECONDS))
         deadline, delay, warned = time.monotonic() + limit, 0.5, False
-        self._local.active = True
-        try:
-            while True:
-                try:
-                    result = method(self, *args, **kwargs)
-                    if warned:
-                        _log.warning("vlsweep: the study database is reachable again")
-                    return result
-                except Exception as exc:
-                    if not _transient(exc) or time.monotonic() + delay > deadline:
-                        raise
-                    if not warned:
-                        _log.warning(
-                            "vlsweep: lost the study database (%s); retrying for up to %.0f s",
-                            str(getattr(exc, "__cause__", None) or exc).strip().splitlines()[0][:200],
-                            limit,
-                        )
-                        warned = True
-                    time.sleep(delay)
-                    delay = min(delay * 2, 10.0)
-        finally:
-            self._local.active = False
-
-
-def _retrying(name: str) -> Any:
-    method = getattr(optuna.storages.RDBStorage, name)
-
-    @functools.wraps(method)
-    def call(self: ResilientStorage, *args: Any, **kwargs: Any) -> Any:
-        return self._retry(method, args, kwargs)
-
-    return call
-
-
-# Every call that reads or writes the database, including those Optuna's cache layer makes.
-for _name in (
-    *(n for n in dir(optuna.storages.BaseStorage) if not n.startswith("_") and n != "remove_session"),
-    "_create_new_trial",
-    "_get_best_trial_id",
-    "_get_stale_trial_ids",
-    "_get_trials",
-    "_set_trial_param",
-    "record_heartbeat",
-):
-    if callable(getattr(optuna.storages.RDBStorage, _name, None)):
-        setattr(ResilientStorage, _name, _retrying(_name))
+        while True:
+            try:
+                result = call()
+                if warned:
+                    _log.warning("vlsweep: the study database is reachable again")
+                return result
+            except Exception as exc:
+                if not is_transient(exc) or time.monotonic() + delay > deadline:
+                    raise
+                if not warned:
+                    _log.warning(
+                        "vlsweep: lost the study database (%s); retrying for up to %.0f s",
+                        str(getattr(exc, "__cause__", None) or exc).strip().splitlines()[0][:200],
+                        limit,
+                    )
+                    warned = True
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
 
 def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:

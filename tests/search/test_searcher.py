@@ -372,8 +372,8 @@ def test_the_drivers_storage_proposes_and_stores_what_a_plain_one_does(tmp_path)
     from vlsweep.storages import open_storage
 
     def sweep(url, driver):
-        storage = open_storage(url, kind=DriverStorage if driver else None)
-        assert isinstance(storage, DriverStorage) == driver
+        storage = open_storage(url, kind=DriverStorage if driver else optuna.storages.RDBStorage)
+        assert isinstance(storage.rdb, DriverStorage) == driver
         study = optuna.create_study(
             storage=storage,
             study_name="s",
@@ -431,6 +431,50 @@ def test_the_drivers_storage_proposes_and_stores_what_a_plain_one_does(tmp_path)
     reread = optuna.load_study(study_name="s", storage=open_storage(driver)).trials
     assert [t.state for t in reread[-3:]] == [TrialState.FAIL] * 3
     assert [set(t.params) for t in reread[-3:]] == [{"x", "c"}, {"x"}, {"x"}]
+
+
+def test_the_drivers_held_parameters_survive_a_lost_database(tmp_path, monkeypatch):
+    """The parameters DriverStorage holds are written with the trial's next write; when
+    the database is lost right then, they stay held and the retried call writes them."""
+    from tests.helpers import DatabaseOutage
+    from vlsweep.search.driver_storage import DriverStorage
+    from vlsweep.storages import open_storage
+
+    monkeypatch.setattr("vlsweep.storages.time.sleep", lambda _s: None)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = open_storage(url, kind=DriverStorage)
+    study = optuna.create_study(storage=storage, study_name="s", directions=["minimize", "maximize"])
+    outage = DatabaseOutage(storage)
+    for k in range(3):  # the first trial writes each name at once; later ones are held
+        trial = study.ask()
+        x = trial.suggest_float("x", 0, 1)
+        trial.suggest_categorical("c", ["a", "b"])
+        outage.left = 2
+        trial.set_user_attr("ray_trial_id", f"r{k}")
+        study.tell(trial, [x, k])
+    stored = optuna.load_study(study_name="s", storage=open_storage(url)).trials
+    assert [(t.state.name, set(t.params), t.user_attrs) for t in stored] == [
+        ("COMPLETE", {"x", "c"}, {"ray_trial_id": f"r{k}"}) for k in range(3)
+    ]
+    assert outage.left == 0
+
+
+def test_an_optuna_whose_internals_changed_gets_its_own_storage(monkeypatch):
+    """DriverStorage overrides private RDBStorage methods; where they are gone or take
+    other arguments, the sweep opens Optuna's own storage and says so, once."""
+    from vlsweep.search import driver_storage
+
+    said = []
+    assert driver_storage.kind(said.append) is driver_storage.DriverStorage and not said
+    monkeypatch.setattr(optuna.storages.RDBStorage, "_get_trials", lambda self, study_id, states: [])
+    monkeypatch.setattr(
+        optuna.storages.RDBStorage, "_create_new_trial", lambda self, study_id, *, template_trial=None: None
+    )
+    monkeypatch.delattr(optuna.storages.RDBStorage, "_set_trial_param_without_commit")
+    assert driver_storage.kind(said.append) is optuna.storages.RDBStorage
+    assert (
+        len(said) == 1 and "(_create_new_trial, _set_trial_param_without_commit, _get_trials)" in said[0]
+    ), said
 
 
 def test_the_metrics_table_sets_the_trial_attrs(searcher):

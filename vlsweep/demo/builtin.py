@@ -155,7 +155,7 @@ def _verified(path: Path) -> tuple[str, ...]:
 
 
 def check_name(name: str, field: str = "model.name_or_path") -> None:
-    """A builtin model's name must name a recipe; ``where`` names what the user typed."""
+    """A builtin model's name must name a recipe; ``field`` names what the user typed."""
     if name not in RECIPES:
         known = sorted("builtin:" + n for n in RECIPES)
         raise UserInputError(f"{field}: unknown builtin model {name!r}; choose one of {known}")

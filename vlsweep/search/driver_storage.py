@@ -5,21 +5,22 @@ checked) the study, and the driver's storage, which keeps the trials it runs in 
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from vlsweep.errors import UserInputError
-from vlsweep.storages import ResilientStorage
+from vlsweep.storages import is_transient
 
 
 def create_or_check(
-    storage: optuna.storages.RDBStorage,
+    storage: optuna.storages.BaseStorage,
     name: str,
     directions: Sequence[Literal["minimize", "maximize"]],
     metric_names: list[str],
@@ -43,7 +44,7 @@ def create_or_check(
     return study
 
 
-class DriverStorage(ResilientStorage):
+class DriverStorage(optuna.storages.RDBStorage):
     """The sweep driver's storage: the trials it created and has not finished are served
     from memory, and their parameters are written in one transaction.
 
@@ -66,7 +67,12 @@ class DriverStorage(ResilientStorage):
     later ones are checked against that distribution here.
 
     Written here: Optuna's own cache (``_CachedStorage``) has no mode that trusts its
-    writer, and it is private.
+    writer, and it is private. It sits behind that cache, as Optuna's RDBStorage does
+    (``storages.open_storage(url, kind=...)``), and overrides the RDBStorage methods the
+    cache calls, which are private: ``kind()`` checks they are there, with the arguments
+    they are passed, and else opens Optuna's own. What it earns was measured side by side
+    (benchmarks/storage_cost.py, docs/benchmarks.md): it stays while it saves at least 1%
+    of a sweep's wall time.
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -129,21 +135,26 @@ class DriverStorage(ResilientStorage):
         self._set_trial_param(trial_id, param_name, param_value_internal, distribution, None)
 
     def flush(self, trial_id: int) -> None:
-        """Write the parameters held for ``trial_id`` (one transaction)."""
+        """Write the parameters held for ``trial_id`` (one transaction). A lost database
+        puts them back: ``storages.ResilientStorage`` retries the whole call, and this
+        write with it. Any other error lets them go, so the trial can still be told."""
         with self._lock:
             held = self._held.pop(trial_id, [])
         if not held:
             return
         from optuna.storages._rdb.storage import _create_scoped_session
 
-        def write(storage: DriverStorage) -> None:
-            with _create_scoped_session(storage.scoped_session, True) as session:
+        try:
+            with _create_scoped_session(self.scoped_session, True) as session:
                 for name, internal, distribution, previous in held:
-                    storage._set_trial_param_without_commit(
+                    self._set_trial_param_without_commit(
                         session, trial_id, name, internal, distribution, previous
                     )
-
-        self._retry(write, (), {})  # on an error the parameters are dropped: the trial can still be told
+        except Exception as exc:
+            if is_transient(exc):
+                with self._lock:  # in front of any held since
+                    self._held[trial_id] = held + self._held.get(trial_id, [])
+            raise
 
     def set_trial_state_values(
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
@@ -203,6 +214,60 @@ class DriverStorage(ResilientStorage):
         )
         wanted = [t for i, t in mine.items() if i in included_trial_ids or i > trial_id_greater_than]
         return read + [t for t in wanted if states is None or t.state in states]
+
+
+# The Optuna internals DriverStorage overrides or calls, with the arguments it passes
+# (by position).
+_INTERNALS = {
+    "_create_new_trial": ["self", "study_id", "template_trial"],
+    "_set_trial_param": [
+        "self",
+        "trial_id",
+        "param_name",
+        "param_value_internal",
+        "distribution",
+        "previous_distribution",
+    ],
+    "_set_trial_param_without_commit": [
+        "self",
+        "session",
+        "trial_id",
+        "param_name",
+        "param_value_internal",
+        "distribution",
+        "previous_distribution",
+    ],
+    "_get_trials": ["self", "study_id", "states", "included_trial_ids", "trial_id_greater_than"],
+}
+
+
+def kind(log: Callable[[str], None]) -> type[optuna.storages.RDBStorage]:
+    """``DriverStorage`` where this Optuna has the internals it relies on, as it relies on
+    them; else Optuna's own RDBStorage, said once: the same sweep, with more database work
+    per trial (docs/benchmarks.md), rather than a sweep that breaks on an Optuna upgrade."""
+    from optuna.storages._rdb import storage as rdb
+
+    changed = [
+        name for name, params in _INTERNALS.items() if not _takes(getattr(rdb.RDBStorage, name, None), params)
+    ]
+    if not callable(getattr(rdb, "_create_scoped_session", None)):
+        changed.append("_create_scoped_session")
+    if changed:
+        log(
+            f"note: Optuna {optuna.__version__} changed what vlsweep's driver storage relies on "
+            f"({', '.join(changed)}); using Optuna's own storage: the same sweep, with more "
+            "database work per trial"
+        )
+        return optuna.storages.RDBStorage
+    return DriverStorage
+
+
+def _takes(method: Any, names: list[str]) -> bool:
+    """Whether ``method`` takes exactly ``names``, each by position (as they are passed)."""
+    if not callable(method):
+        return False
+    params = list(inspect.signature(method).parameters.values())
+    return [p.name for p in params] == names and all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
 
 
 def _set_param(trial: FrozenTrial, name: str, internal: float, distribution: Any) -> None:

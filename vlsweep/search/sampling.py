@@ -94,8 +94,9 @@ class OneReadPerAsk(optuna.samplers.BaseSampler):
     """Runs ``inner`` on one read of the study's trials per ask, instead of one per parameter.
 
     Optuna 5's TPE (``constant_liar=True`` by default, which a parallel sweep wants)
-    re-reads every trial from the database for each parameter it samples: with SQLite,
-    about 5 ms per read and 7 parameters per trial, a third of the driver's time per trial.
+    re-reads every trial from the database for each parameter it samples: with SQLite and
+    7 parameters per trial, a third of the driver's time per trial when it was measured
+    (``benchmarks/trial_overhead.py --profile``).
     Within one ask nothing else writes the study (the sweep driver is the only writer; a
     second driver is refused), and the one thing that changes, the asked trial's own
     parameters, is what samplers exclude; so one read per ask gives the sampler the same

@@ -5,7 +5,8 @@ where trials are judged (they evaluate there).
 Multi-objective asynchronous successive halving (MO-ASHA) as a Ray Tune scheduler.
 
 Schmucker et al. 2021, "Multi-objective Asynchronous Successive Halving", in its stopping
-form (as Ray's ASHA): rungs at ``grace * eta**k`` training steps below the trial budget.
+form (as Ray's ASHA): rungs at ``grace * eta**k`` training steps below the step budget
+(``budget.steps``).
 When a trial first reports at or past a rung, its objective vector there is recorded,
 and it continues only if it ranks in the top ``ceil(n / eta)`` of the ``n`` trials
 recorded at that rung so far (itself included); otherwise Tune stops it, and the

@@ -1,6 +1,6 @@
 """A Ray Tune ``Searcher`` on Optuna's ask/tell API, written for multi-objective sweeps.
 
-Ray's stock ``OptunaSearch`` is not used: with Ray 2.60 and Optuna 5.0, a NaN or missing
+Ray's stock ``OptunaSearch`` is not used: with Ray 2.60 and Optuna 5.1 (pyproject's floors), a NaN or missing
 metric leaves its Optuna trial RUNNING forever, a trial a scheduler stopped is told
 COMPLETE with truncated metrics (and lands on the front), it is single-objective for
 known points, a restore after a killed driver loses and duplicates trials, and its

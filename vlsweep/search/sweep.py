@@ -38,7 +38,7 @@ from ray.tune import Callback
 from vlsweep import artifacts, demo, outcomes, storages
 from vlsweep.errors import SweepFailed, SweepInterrupted, UserInputError
 from vlsweep.params import BASELINE
-from vlsweep.search import lease, ray_security
+from vlsweep.search import driver_storage, lease, ray_security
 from vlsweep.search.backend import (
     LOCAL_RAY_ATTR,
     check_shared_storage,
@@ -48,7 +48,7 @@ from vlsweep.search.backend import (
 )
 from vlsweep.search.callbacks import Events, logger_callbacks, trial_name
 from vlsweep.search.config import SweepConfig, sanitized_config
-from vlsweep.search.driver_storage import DriverStorage, create_or_check
+from vlsweep.search.driver_storage import create_or_check
 from vlsweep.search.plan import SweepPlan, resolve
 from vlsweep.search.sampling import make_sampler
 from vlsweep.search.schedulers import make_scheduler
@@ -197,7 +197,7 @@ def _driving(plan: SweepPlan, storage_url: str, resume: bool, log: Log) -> Itera
     from vlsweep import __version__
 
     cfg = plan.cfg
-    storage = storages.open_storage(storage_url, kind=DriverStorage)
+    storage = storages.open_storage(storage_url, kind=driver_storage.kind(log))
     sampler = make_sampler(cfg.search.sampler, cfg.search.seed, plan.window, plan.sampler_rungs)
     new_study = cfg.name not in optuna.get_all_study_names(storage)
     study = create_or_check(storage, cfg.name, plan.directions, plan.objective_names, sampler)
