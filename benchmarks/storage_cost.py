@@ -7,7 +7,7 @@ parameters in one transaction, through private Optuna methods. It stays only if 
 at least 1% of a sweep's wall time. Two sweeps, each run with either storage, the two
 alternating order round by round (ABBA...), at least 3 rounds:
 
-- ``demo``: the README's demo (``vlsweep launch``, its 16 trials of about 13 s on the
+- ``demo``: the README's demo (``vlsweep launch``, its 16 trials of 200 steps on the
   builtin tiny Qwen2-VL, SQLite), each launch a process of its own as a user runs it;
 - ``trivial``: ``--trials`` (1,000) trials of ``--trial-seconds`` (0.5 s, sleeping, two at
   a time on a local Ray with 2 CPUs, TPE) through the real sweep machinery against a
@@ -269,7 +269,7 @@ def doc_table(data: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|",
     ]
     labels = {
-        "demo": lambda s: f"the demo (16 trials of about 13 s, SQLite), {s['rounds']} rounds",
+        "demo": lambda s: f"the demo (16 trials of 200 steps, 2 at a time, SQLite), {s['rounds']} rounds",
         "trivial": lambda s: (
             f"{s['trials']:,} trials of {s['trial_seconds']:g} s ({s['database']}), {s['rounds']} rounds"
         ),
