@@ -127,28 +127,17 @@ def demo(args: argparse.Namespace) -> dict[str, Any]:
 # -- 1,000 short trials against PostgreSQL ----------------------------------------------------
 
 
-def _fresh_database(url: str, name: str) -> str:
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    admin = create_engine(make_url(url).set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return make_url(url).set(database=name).render_as_string(hide_password=False)
-
-
 def trivial_run(
     arm: str, r: int, args: argparse.Namespace, tmp: Path, counts: dict[str, int]
 ) -> dict[str, Any]:
+    import load
     import trial_overhead
     from ray import tune
 
     from vlsweep.search import sweep
 
     name = f"storage_cost_{arm}_{r}"
-    url = _fresh_database(args.storage, name)
+    url = load.fresh_pg(args.storage)  # a database of its own per run
     cfg = trial_overhead.sweep_config(tmp, name, args.trials)
     timeline = tmp / "timeline.jsonl"
     trainable = tune.with_parameters(

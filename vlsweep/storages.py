@@ -155,17 +155,19 @@ class ResilientStorage(optuna.storages.BaseStorage):
     (``_get_trials``, ``_create_new_trial``, ``_set_trial_param``, ...). A retry behind
     it would have to be an RDBStorage overriding those, whose names and signatures
     change between Optuna releases. In front of it, a whole call is retried (the cache
-    changes its own state only once the database call returned; deleting a study, the
-    exception, is the same done twice), the cache still serves what it
-    serves for Optuna, and a Study passes a storage that is not an RDBStorage through as
-    it is. What this gives up: Optuna's trial heartbeats (``heartbeat_interval``), which
-    vlsweep does not use (its driver keeps a heartbeat of its own).
+    changes its own state only once the database call returned, except when deleting a
+    study, which done twice is done once), the cache still serves what it serves for
+    Optuna, and a Study passes a storage that is not an RDBStorage through as it is. What
+    this gives up: Optuna's trial heartbeats (``heartbeat_interval``), which vlsweep does
+    not use (its driver keeps a heartbeat of its own).
     """
 
     def __init__(self, rdb: optuna.storages.RDBStorage, cached: bool = True):
         self.rdb = rdb  # the database itself, for what only it has (its engine)
         # Optuna's cache, built as Optuna builds it for a URL (optuna.load_study(storage=url));
         # without it, the database itself (a long-lived reader: see open_storage).
+        # get_storage is marked internal, but it is what optuna.create_study and load_study
+        # themselves call on every storage they are given: it goes only with them.
         self.inner = optuna.storages.get_storage(rdb) if cached else rdb
 
     def _retry(self, call: Callable[[], T]) -> T:
