@@ -143,10 +143,12 @@ def _preflight(cfg: SweepConfig, base_dir: Path) -> TrialData:
     """Every problem with a sweep's data, model and objectives, before a study is opened
     or Ray started: a bad sweep config writes nothing. Returns the loaded data."""
     from vlsweep.search.config import check_loggers, check_metrics_measurable
+    from vlsweep.search.fit import check_fit
 
     data = _check_run(cfg, base_dir)
     check_metrics_measurable(cfg, sorted({r.task for r in data.val}))
     check_loggers(cfg)
+    check_fit(cfg, base_dir, data, _echo)
     return data
 
 

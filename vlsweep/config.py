@@ -26,6 +26,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+class QuantizationConfig(_Strict):
+    """``model.quantization``: the frozen language model in 4 or 8 bits (QLoRA), loaded through
+    transformers' ``BitsAndBytesConfig``. The vision tower, the projector and the output head
+    stay in the model's dtype (``trials/modeling.py: quantized_skips`` says why)."""
+
+    bits: Literal[4, 8]
+    # 4-bit only: the data type of the 4-bit values and whether their block scales are
+    # quantized again (QLoRA's "double quantization").
+    type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+
+    @model_validator(mode="after")
+    def _four_bit_keys(self) -> QuantizationConfig:
+        if self.bits == 8 and ("type" in self.model_fields_set or "double_quant" in self.model_fields_set):
+            raise ValueError("type and double_quant apply to bits: 4 only; remove them for 8-bit")
+        return self
+
+
 class ModelConfig(_Strict):
     name_or_path: str = "builtin:tiny-qwen2-vl"
     revision: str | None = None
@@ -42,6 +60,8 @@ class ModelConfig(_Strict):
         Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "paligemma", "florence2", "internvl", "generic"] | None
     ) = None
     device: str = "auto"
+    # QLoRA: the base's language model quantized with bitsandbytes (none = not quantized).
+    quantization: QuantizationConfig | None = None
 
 
 class DataSource(_Strict):

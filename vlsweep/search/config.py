@@ -107,6 +107,10 @@ class ResourcesConfig(_Strict):
     gpus_per_trial: float = Field(default=0.0, ge=0)
     # Ray's logical memory resource per trial (GiB); none = no memory request.
     memory_gb_per_trial: float | None = Field(default=None, gt=0)
+    # Memory of one GPU (GiB), which the memory estimate is held against (times
+    # gpus_per_trial); none = this machine's GPU if it has one. Ray has no per-GPU memory
+    # resource, so a cluster of other GPUs than the launching machine's declares it here.
+    gpu_memory_gb: float | None = Field(default=None, gt=0)
     # Ray restarts a trial whose worker died (node lost, OOM-killed) this many times.
     retries: int = Field(default=1, ge=0)
     # Keep workers (and the loaded base model) between trials.

@@ -102,7 +102,7 @@ class Trainer:
         # Mixed precision, as LLaMA-Factory and the HF Trainer train LoRA: the frozen base in
         # the model's half dtype, the trained parameters in float32, the forward pass under
         # autocast; float16 adds a loss scaler (its gradients underflow without one).
-        dtype = base.model.dtype
+        dtype = base.dtype
         self.amp_dtype = dtype if dtype in (torch.bfloat16, torch.float16) else None
         self.scaler: torch.amp.GradScaler | None = None
         if dtype == torch.float16:
@@ -218,7 +218,7 @@ class Trainer:
     # -- training ----------------------------------------------------------------------------
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        dtype = self.model.dtype if self.model is not None else self.base.model.dtype
+        dtype = self.base.dtype
         out = {}
         for k, v in batch.items():
             v = v.to(self.base.device, non_blocking=True)

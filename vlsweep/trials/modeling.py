@@ -29,6 +29,9 @@ class Base:
     codec: BoxCodec
     device: torch.device
     source: str  # the resolved path or Hub id that was loaded
+    # The dtype the model computes in: its weights' (or, quantized, the unquantized
+    # modules' and the 4-bit layers' compute dtype). Mixed precision follows it.
+    dtype: torch.dtype = torch.float32
 
 
 @dataclass
@@ -145,7 +148,8 @@ def load_base(cfg: ModelConfig) -> Base:
     check_model(cfg)  # the same checks `vlsweep launch` makes before a sweep
     source = resolve_source(cfg)
     device = resolve_device(cfg.device)
-    hf_config, processor, model = _load_pretrained(cfg, source, resolve_dtype(cfg.dtype, device))
+    dtype = resolve_dtype(cfg.dtype, device)
+    hf_config, processor, model = _load_pretrained(cfg, source, dtype, device)
     _place(model, cfg, device)
     family = family_for(hf_config.model_type)
     return Base(
@@ -157,11 +161,15 @@ def load_base(cfg: ModelConfig) -> Base:
         codec=_codec(cfg, family),
         device=device,
         source=source,
+        dtype=dtype,
     )
 
 
-def _load_pretrained(cfg: ModelConfig, source: str, dtype: torch.dtype) -> tuple[Any, Any, Any]:
-    """The checkpoint's config, processor and model, in ``dtype``; a checkpoint that cannot
+def _load_pretrained(
+    cfg: ModelConfig, source: str, dtype: torch.dtype, device: torch.device
+) -> tuple[Any, Any, Any]:
+    """The checkpoint's config, processor and model, in ``dtype`` (and, with
+    ``quantization``, its language model in bits, on ``device``); a checkpoint that cannot
     be loaded is the user's error, said with the key to change."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
@@ -169,6 +177,10 @@ def _load_pretrained(cfg: ModelConfig, source: str, dtype: torch.dtype) -> tuple
     kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": None if cfg.allow_pickle else True}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
+    if cfg.quantization is not None:
+        kwargs["quantization_config"] = bnb_config(cfg, dtype)
+        # bitsandbytes quantizes as the weights load, onto the device they load to.
+        kwargs["device_map"] = {"": str(device)}
     try:
         hf_config = AutoConfig.from_pretrained(source, **common)
         processor = AutoProcessor.from_pretrained(source, **common)
@@ -189,11 +201,70 @@ def _load_pretrained(cfg: ModelConfig, source: str, dtype: torch.dtype) -> tuple
 
 
 def _place(model: Any, cfg: ModelConfig, device: torch.device) -> None:
-    """The whole model on one device, with gradient checkpointing when asked."""
+    """The whole model on one device, with gradient checkpointing when asked. A quantized
+    model is already there (bitsandbytes' layers cannot move) and gets peft's k-bit
+    preparation."""
+    if cfg.quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=cfg.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+        model.config.use_cache = not cfg.gradient_checkpointing
+        return
     model.to(device)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+
+
+def bnb_config(cfg: ModelConfig, dtype: torch.dtype) -> Any:
+    """transformers' ``BitsAndBytesConfig`` for ``model.quantization``, with the modules
+    kept out of it (``quantized_skips``) named exactly."""
+    import re
+
+    from transformers import BitsAndBytesConfig
+
+    q = cfg.quantization
+    assert q is not None
+    skeleton, _, groups = model_skeleton(cfg)
+    skips = [re.escape(name) for name in quantized_skips(skeleton, groups)]
+    if q.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skips)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.type,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=dtype,
+        llm_int8_skip_modules=skips,
+    )
+
+
+def quantized_skips(model: torch.nn.Module, groups: dict[str, str]) -> list[str]:
+    """The modules ``model.quantization`` leaves in the model's dtype: the vision tower and
+    the projector (the top-most modules wholly in those groups), and the output head.
+
+    The projector may be trained whole (``lora.projector: full``), which needs floating
+    weights. The vision tower is kept too, as ms-swift keeps it: it is small beside the
+    language models quantization is for (Qwen2-VL's 675M parameters against 7B or 72B),
+    OCR reads fine glyphs through it, and its learning rate is one the sweep tunes. The
+    output head maps to the whole vocabulary and is kept, as transformers keeps it."""
+    from vlsweep.trials.families import compile_groups
+    from vlsweep.trials.lora import module_group_of
+
+    compiled = compile_groups({g: groups[g] for g in ("vision", "projector")})
+    roots: list[str] = []
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(r + ".") for r in roots):
+            continue
+        names = [f"{name}.{p}" for p, _ in module.named_parameters()]
+        if names and all(module_group_of(n, compiled) for n in names):
+            roots.append(name)
+    head = model.get_output_embeddings()  # type: ignore[operator]  # a transformers model
+    roots += [name for name, module in model.named_modules() if module is head]
+    return roots
 
 
 def module_groups(cfg: ModelConfig, model_type: str) -> dict[str, str]:

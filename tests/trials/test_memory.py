@@ -1,0 +1,87 @@
+"""The memory estimate (vlsweep/trials/memory.py, vlsweep/search/fit.py): its parts against
+what a real trial allocates and saves, the space's corners, bitsandbytes' storage."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlsweep.search.fit import corners
+from vlsweep.spaces import parse_space
+from vlsweep.trials.memory import quantized_weight_bytes
+
+BENCH = Path(__file__).parents[2] / "benchmarks" / "memory_estimate.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("memory_estimate", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["memory_estimate"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("case", ["qwen2_vl", "llava+checkpointing"])
+def test_each_part_matches_what_a_real_trial_allocates(case):
+    bench = _bench()
+    result = bench.check(case, bench.CASES[case])
+    assert bench.verdict({case: result}) == []
+    for part in ("weights", "adapter", "gradients", "optimizer", "logits"):
+        assert result["estimate_bytes"][part] == result["measured_bytes"][part] > 0, part
+
+
+def test_corners_take_each_memory_parameter_at_its_ends():
+    space, problems = parse_space(
+        {
+            "lora_r": {"type": "categorical", "choices": [8, 4, 32]},
+            "lora_dropout": {"type": "float", "low": 0.0, "high": 0.1},
+            "lr_llm": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+        }
+    )
+    assert not problems
+    smallest, largest = corners(space, {"lora.vision": False, "lora.projector": "frozen"})
+    assert [(p.lora_r, p.lora_dropout) for p in smallest] == [(4, 0.0)]
+    assert (largest.lora_r, largest.lora_dropout) == (32, 0.1)
+
+
+@pytest.mark.parametrize("double_quant", [True, False])
+def test_4bit_bytes_match_bitsandbytes(double_quant):
+    bnb = pytest.importorskip("bitsandbytes")
+
+    class Q:
+        bits = 4
+        type = "nf4"
+
+    Q.double_quant = double_quant
+    layer = bnb.nn.Linear4bit(96, 200, bias=False, quant_type="nf4", compress_statistics=double_quant)
+    layer.load_state_dict({"weight": torch.randn(200, 96)})
+    layer = layer.to("cpu")  # quantizes
+    w = layer.weight
+    state = w.quant_state
+    tensors = [w, state.absmax, state.code]
+    if state.nested:
+        tensors += [state.state2.absmax, state.state2.code, state.offset]
+    allocated = sum(t.untyped_storage().nbytes() for t in tensors)
+    assert quantized_weight_bytes(torch.Size([200, 96]), Q) == allocated
+
+
+def test_a_4bit_base_quantizes_the_language_model_only():
+    """model.quantization: the language model's linear layers in 4 bits; the vision
+    tower, the projector and the output head kept (modeling.quantized_skips)."""
+    bnb = pytest.importorskip("bitsandbytes")
+    from vlsweep import demo
+    from vlsweep.config import ModelConfig
+    from vlsweep.trials import load_base
+
+    cfg = ModelConfig(name_or_path="builtin:tiny-qwen2-vl", quantization={"bits": 4})
+    base = load_base(demo.resolve_model(cfg))
+    four_bit = {n for n, m in base.model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    linear = {n for n, m in base.model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert four_bit and all(".language_model." in n for n in four_bit)
+    assert {n for n in linear - four_bit} == {
+        n for n in linear if n.startswith("model.visual.") or n == "lm_head"
+    }

@@ -1,0 +1,551 @@
+"""Will a trial fit: the peak memory of one trial on its device, estimated before any
+weights are loaded.
+
+The estimate is the sum of parts, each counted the way the engine allocates it:
+
+- ``weights``: the frozen base in its dtype; with ``model.quantization`` the language
+  model's linear layers in 4 or 8 bits with bitsandbytes' block scales;
+- ``adapter``, ``gradients``, ``optimizer``: the trained set (LoRA factors by rank and
+  target, a projector trained whole as peft's trained copy, a learned loss balance) in
+  float32, its gradients, and AdamW's two moments plus a step count per tensor;
+- ``activations``: the bytes autograd saves for the backward pass, for the batch size,
+  the longest sample (text plus the largest image's tokens) and the attention backend;
+  with gradient checkpointing, the inputs each checkpointed layer holds, plus
+  ``recompute``, the largest layer re-run during the backward pass;
+- ``logits``: the full-vocabulary logits of the batch and, in the backward pass, their
+  gradient (never saved by autograd, but alive at the forward/backward boundary);
+- ``cuda_context`` and ``allocator_slack``: stated constants, not measured (below).
+
+Parts not alive at the same moment (activations are freed as gradients appear) are
+added anyway: the total is an upper bound, which is what "will it fit" needs.
+
+How the parts are counted. Accelerate's ``estimate-memory`` counts the weights only (its
+``create_empty_model`` + ``calculate_maximum_sizes``), so the rest is ours: the model is
+built on the meta device from its config, the LoRA plan the trial would use attached
+by peft, and the trained set counted from it exactly. The language model's activations
+are traced under ``torch.autograd.graph.saved_tensors_hooks`` with fake CPU tensors
+(``FakeTensorMode``: shapes and dtypes, no memory, the CPU's own attention kernels and
+autocast), which records what a real forward saves byte for byte. The vision tower
+cannot be traced with fake tensors (its patch sequence lengths are data: Qwen2-VL calls
+``cu_seqlens.tolist()``), so it runs for real on the CPU with one and then two of its
+blocks, at full width, on the data's largest image; its depth scales the per-block
+difference. ``benchmarks/memory_estimate.py`` checks every part against what a real
+trial allocates and saves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from vlsweep.config import RunConfig
+from vlsweep.params import TrialParams
+from vlsweep.trials.batching import IGNORE, Encoder
+from vlsweep.trials.data import Record
+from vlsweep.trials.lora import attach_lora, plan_lora
+from vlsweep.trials.modeling import Processing, quantized_skips, resolve_dtype
+
+# torch's CUDA context with its kernels (loaded lazily) and cuBLAS's workspaces: about
+# 0.3 to 0.8 GiB on recent GPUs with torch 2.x; stated, not measured (no GPU here).
+CUDA_CONTEXT_BYTES = 1 << 30
+# The caching allocator rounds blocks up and fragments: this share of the tensors' bytes.
+ALLOCATOR_SLACK = 0.10
+# bitsandbytes' block sizes: 4-bit weights keep one absmax per 64 values; double
+# quantization stores those absmax in 8 bits with one float32 scale per 256 of them.
+_BNB4_BLOCK = 64
+_BNB4_NESTED_BLOCK = 256
+
+PARTS = (
+    "weights",
+    "adapter",
+    "gradients",
+    "optimizer",
+    "activations",
+    "recompute",
+    "logits",
+    "cuda_context",
+    "allocator_slack",
+)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a trial's activations depend on in the data: the batch of the longest samples."""
+
+    batch_size: int
+    seq_len: int  # tokens of the longest sample: prompt, the largest image's tokens, answer
+    answer_tokens: int  # tokens that carry the loss in the sample with the longest answer
+    image: dict[str, torch.Tensor]  # the processor's inputs for the data's largest image
+    image_tokens: int  # the language model's tokens for that image
+
+
+@dataclass
+class Estimate:
+    """One trial configuration's peak memory on its device, in parts (bytes)."""
+
+    parts: dict[str, int]
+    device: str  # "cuda" or "cpu": what the dtype and the constants assumed
+    dtype: torch.dtype
+    checkpointing: bool
+    params: TrialParams | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    def describe(self) -> str:
+        """``12.3 GiB: weights 8.1 GiB, adapter 40 MiB, ...`` (parts that are not zero)."""
+        parts = ", ".join(f"{k.replace('_', ' ')} {human_bytes(v)}" for k, v in self.parts.items() if v)
+        return f"{human_bytes(self.total)}: {parts}"
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit in ("B", "KiB") else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+# -- the data's largest trial inputs ---------------------------------------------------------
+
+
+def data_shape(cfg: RunConfig, records: list[Record], processing: Processing) -> Shape:
+    """The batch a trial's memory peaks on: ``budget.batch_size`` samples as long as the
+    longest training sample (padding makes every sample of a batch that long), each with
+    the data's largest image. Only a few candidates are encoded: the largest images and
+    the longest texts."""
+    encoder = Encoder(
+        processing.processor,
+        processing.family,
+        processing.codec,
+        {t: cfg.data.prompt(t) for t in ("ocr", "grounding")},
+    )
+    by_area = sorted(records, key=lambda r: r.size[0] * r.size[1], reverse=True)[:2]
+    by_text = sorted(records, key=lambda r: len(r.text or "") + len(r.query or "") + len(r.prompt or ""))[-2:]
+    encoded = [encoder.encode(rec).full for rec in {id(r): r for r in [*by_area, *by_text]}.values()]
+    largest = encoded[0]
+    image_tokens = _image_tokens(largest, processing)
+    lengths = [int(full["input_ids"].shape[-1]) for full in encoded]
+    # The longest text with the largest image: no sample is longer.
+    text_tokens = max(n - _image_tokens(full, processing) for n, full in zip(lengths, encoded, strict=True))
+    return Shape(
+        batch_size=cfg.budget.batch_size,
+        seq_len=max(*lengths, text_tokens + image_tokens),
+        answer_tokens=max(int((full["labels"] != IGNORE).sum()) for full in encoded),
+        image={k: v for k, v in largest.items() if k.startswith(("pixel_", "image_"))},
+        image_tokens=image_tokens,
+    )
+
+
+def _image_tokens(full: dict[str, torch.Tensor], processing: Processing) -> int:
+    tokenizer = getattr(processing.processor, "tokenizer", processing.processor)
+    token = getattr(processing.processor, "image_token", None) or "<image>"
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    return int((full["input_ids"] == token_id).sum())
+
+
+# -- the model without weights ----------------------------------------------------------------
+
+
+def _skeleton(hf_config: Any, attn: str | None) -> Any:
+    from transformers import AutoModelForImageTextToText
+
+    kwargs: dict[str, Any] = {"attn_implementation": attn} if attn else {}
+    with torch.device("meta"):
+        return AutoModelForImageTextToText.from_config(hf_config, **kwargs)
+
+
+def _attach(model: torch.nn.Module, cfg: RunConfig, params: TrialParams, groups: dict[str, str]) -> Any:
+    """The trial's adapter on ``model`` as the engine attaches it (``Trainer.attach``)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    plan = plan_lora(model, groups, params, cfg.lora)
+    peft_model = attach_lora(model, plan, params, cfg.lora)
+    peft_model.train()
+    return peft_model
+
+
+def trial_dtype(cfg: RunConfig, device: str) -> torch.dtype:
+    """The dtype a trial computes in on ``device`` (``model.dtype``). For ``auto`` on a GPU
+    the estimate assumes one with bfloat16, as every GPU since Ampere has."""
+    if device == "cuda" and cfg.model.dtype == "auto":
+        return torch.bfloat16
+    return resolve_dtype(cfg.model.dtype, torch.device(device))
+
+
+def _attn_for_trace(cfg: RunConfig) -> str | None:
+    # FlashAttention-2 saves the output and the log-sum-exp, as the CPU's SDPA kernel the
+    # trace runs does; it has no CPU kernel of its own.
+    return "sdpa" if cfg.model.attn_implementation == "flash_attention_2" else cfg.model.attn_implementation
+
+
+# -- parts ----------------------------------------------------------------------------------
+
+
+def weight_bytes(model: torch.nn.Module, dtype: torch.dtype, quantized: set[str], q: Any) -> int:
+    """The frozen base's bytes: parameters in ``dtype`` (or in bits for the linear layers
+    named in ``quantized``), floating buffers in ``dtype`` (integer ones as they are).
+    Quantized, the other parameters are float32: peft's k-bit preparation upcasts them."""
+    size = torch.empty((), dtype=dtype).element_size()
+    buffer_size = size
+    if q is not None:
+        size = 4
+    total = 0
+    for mod_name, module in model.named_modules():
+        for name, p in module.named_parameters(recurse=False):
+            if p.requires_grad:
+                continue
+            if mod_name in quantized and name == "weight":
+                total += quantized_weight_bytes(p.shape, q)
+            else:
+                total += p.numel() * (size if p.is_floating_point() else p.element_size())
+        for name, b in module.named_buffers(recurse=False):
+            if b is not None and name not in module._non_persistent_buffers_set:
+                total += b.numel() * (buffer_size if b.is_floating_point() else b.element_size())
+    return total
+
+
+def quantized_weight_bytes(shape: torch.Size, q: Any) -> int:
+    """A linear weight's bytes in bitsandbytes' 4- or 8-bit storage with its scales."""
+    numel = math.prod(shape)
+    if q.bits == 8:
+        return numel + shape[0] * 4  # int8 values, one float32 scale per output row
+    blocks = math.ceil(numel / _BNB4_BLOCK)
+    packed = math.ceil(numel / 2) + 16 * 4  # two values a byte, and the 16-value code table
+    if not q.double_quant:
+        return packed + blocks * 4
+    nested = math.ceil(blocks / _BNB4_NESTED_BLOCK)
+    # 8-bit absmax, their float32 scales, the nested 256-value code table and the offset
+    return packed + blocks + nested * 4 + 256 * 4 + 4
+
+
+def trained_bytes(peft_model: Any, loss_balance: str, n_tasks: int) -> tuple[int, int]:
+    """(values, tensors) of the trained set: what AdamW holds state for."""
+    trained = [p for p in peft_model.parameters() if p.requires_grad]
+    values = sum(p.numel() for p in trained)
+    tensors = len(trained)
+    if loss_balance == "uncertainty":  # one learned log-variance per task
+        values, tensors = values + n_tasks, tensors + 1
+    return values, tensors
+
+
+# -- activations ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def saved_bytes(model: torch.nn.Module | None = None) -> Iterator[Callable[[], int]]:
+    """Count the bytes autograd saves for the backward pass inside the block, each storage
+    once (a view of a saved tensor costs nothing more). With gradient checkpointing on
+    ``model``'s layers, what a checkpointed layer saves is its own business until its
+    re-run; what it holds meanwhile are its inputs, counted here the same way. The
+    model's own parameters and buffers (a linear layer saves its weight) are not counted:
+    they are the weights and the trained set."""
+    seen: dict[int, int] = {}
+    own = set()
+    if model is not None:
+        own = {t.untyped_storage()._cdata for t in [*model.parameters(), *model.buffers()]}
+
+    def note(t: Any) -> None:
+        if isinstance(t, torch.Tensor):
+            storage = t.untyped_storage()
+            if storage._cdata not in own:
+                seen[storage._cdata] = storage.nbytes()
+        elif isinstance(t, (tuple, list)):
+            for item in t:
+                note(item)
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        note(t)
+        return t
+
+    def hold(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        note(args)
+        note(list(kwargs.values()))
+
+    handles = [
+        m.register_forward_pre_hook(hold, with_kwargs=True)
+        for m in (model.modules() if model is not None else [])
+        if getattr(m, "gradient_checkpointing", False) and hasattr(m, "_gradient_checkpointing_func")
+    ]
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            yield lambda: sum(seen.values())
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _to_fake(model: torch.nn.Module) -> None:
+    """Replace every parameter and buffer of a meta model with a fake CPU tensor of its
+    shape (inside an active FakeTensorMode: no memory is allocated)."""
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is not None:
+                module._parameters[name] = torch.nn.Parameter(
+                    torch.empty(p.shape, dtype=p.dtype), requires_grad=p.requires_grad
+                )
+        for name, b in list(module._buffers.items()):
+            if b is not None:
+                module._buffers[name] = torch.empty(b.shape, dtype=b.dtype)
+
+
+def _quantized_trace_dtype(cfg: RunConfig, dtype: torch.dtype) -> torch.dtype:
+    """A quantized base computes with float32 hidden states: peft's k-bit preparation
+    upcasts the embeddings and norms, and bitsandbytes' layers cast their outputs back to
+    their inputs' dtype. The trace then runs all in float32, an upper bound."""
+    return torch.float32 if cfg.model.quantization is not None else dtype
+
+
+def _autocast(dtype: torch.dtype) -> Any:
+    if dtype in (torch.bfloat16, torch.float16):
+        return torch.autocast("cpu", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def _float32_trained(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """The engine keeps the trained copies in float32 under mixed precision."""
+    if dtype in (torch.bfloat16, torch.float16):
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+
+
+def language_activations(
+    hf_config: Any,
+    cfg: RunConfig,
+    params: TrialParams,
+    groups: dict[str, str],
+    shape: Shape,
+    dtype: torch.dtype,
+    *,
+    checkpointing: bool,
+    inputs_need_grad: bool,
+) -> int:
+    """Bytes the language model and the output head save for the backward pass over a
+    batch of ``shape``, traced with fake tensors (the image's tokens enter as embeddings)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    model = _skeleton(hf_config, _attn_for_trace(cfg))
+    dtype = _quantized_trace_dtype(cfg, dtype)
+    model.to(dtype)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    peft_model = _attach(model, cfg, params, groups)
+    _float32_trained(peft_model, dtype)
+    hf = peft_model.base_model.model
+    hidden = hf_config.get_text_config().hidden_size
+    with FakeTensorMode():
+        _to_fake(peft_model)
+        embeds = torch.empty(shape.batch_size, shape.seq_len, hidden, dtype=dtype)
+        embeds.requires_grad_(inputs_need_grad)
+        # A batch of mixed lengths is padded: its attention gets an explicit mask (and
+        # grouped-query attention's keys and values repeated), the larger case.
+        padding = torch.ones(shape.batch_size, shape.seq_len, dtype=torch.long)
+        padding[1:, -1] = 0
+        with saved_bytes(hf) as total, _autocast(dtype):
+            decoder = hf.get_decoder()
+            out = decoder(inputs_embeds=embeds, attention_mask=padding, use_cache=False).last_hidden_state
+            hf.get_output_embeddings()(out)
+        return total()
+
+
+def loss_activations(hf_config: Any, shape: Shape) -> int:
+    """What the engine's loss saves (``losses.task_losses``): the answer-token mask, the
+    answer positions, and the float32 log-softmax of the answer tokens' logits; and the
+    image-token mask that merging the image features into the text embeddings saves."""
+    vocab = hf_config.get_text_config().vocab_size
+    answers = shape.batch_size * shape.answer_tokens
+    mask = shape.batch_size * (shape.seq_len - 1)
+    merge = shape.batch_size * shape.seq_len
+    return mask + answers * vocab * 4 + 2 * answers * 8 + merge
+
+
+def logits_bytes(hf_config: Any, shape: Shape, dtype: torch.dtype) -> int:
+    """The batch's logits (or, in the backward pass, their gradient) in the model's dtype,
+    and the answer tokens' logits copied out and cast to float32 for the loss."""
+    vocab = hf_config.get_text_config().vocab_size
+    size = torch.empty((), dtype=dtype).element_size()
+    answers = shape.batch_size * shape.answer_tokens
+    return shape.batch_size * shape.seq_len * vocab * size + answers * vocab * (size + 4)
+
+
+_DEPTH_KEYS = ("depth", "num_hidden_layers", "num_layers")
+
+
+def _vision_config(hf_config: Any) -> tuple[Any, str]:
+    vision = getattr(hf_config, "vision_config", None)
+    if vision is None:
+        raise ValueError(f"model type {hf_config.model_type!r} has no vision_config")
+    for key in _DEPTH_KEYS:
+        if isinstance(getattr(vision, key, None), int):
+            return vision, key
+    raise ValueError(
+        f"the vision config of {hf_config.model_type!r} names its depth with none of {_DEPTH_KEYS}"
+    )
+
+
+def _vision_model(hf_config: Any, depth: int, attn: str | None, dtype: torch.dtype) -> Any:
+    """The model with ``depth`` vision blocks at full width, built for real on the CPU,
+    around a language model cut to one narrow layer and a few token ids: the vision
+    tower and the projector are as in the trial, and nothing of the language model's
+    size is allocated (it is not run here)."""
+    from transformers import AutoModelForImageTextToText
+
+    reduced = copy.deepcopy(hf_config)
+    vision, key = _vision_config(reduced)
+    setattr(vision, key, depth)
+    text = reduced.get_text_config()
+    text.num_hidden_layers = 1
+    text.intermediate_size = 8
+    text.vocab_size = 8
+    kwargs: dict[str, Any] = {"attn_implementation": attn} if attn else {}
+    torch.manual_seed(0)
+    return AutoModelForImageTextToText.from_config(reduced, dtype=dtype, **kwargs)
+
+
+def vision_activations(
+    hf_config: Any,
+    cfg: RunConfig,
+    params: TrialParams,
+    groups: dict[str, str],
+    shape: Shape,
+    dtype: torch.dtype,
+    *,
+    checkpointing: bool,
+) -> tuple[int, int]:
+    """(saved, largest block) bytes of the vision tower and projector over the batch's
+    images: run on the CPU with one and with two blocks at full width, the depth
+    scaling the difference. ``largest block`` is what one block saves without
+    checkpointing (what its re-run holds during the backward pass)."""
+
+    dtype = _quantized_trace_dtype(cfg, dtype)
+
+    def trace(depth: int, images: int, ckpt: bool) -> int:
+        model = _vision_model(hf_config, depth, _attn_for_trace(cfg), dtype)
+        if ckpt:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        peft_model = _attach(model, cfg, params, groups)
+        _float32_trained(peft_model, dtype)
+        hf = peft_model.base_model.model
+        image = {
+            k: torch.cat([v.to(dtype) if v.is_floating_point() else v] * images)
+            for k, v in shape.image.items()
+        }
+        with saved_bytes(hf) as total, _autocast(dtype):
+            hf.get_image_features(**image)
+        return total()
+
+    def scaled(ckpt: bool) -> tuple[int, int]:
+        """(the tower at its depth over the batch's images, one block over them): the
+        saved bytes are bilinear in depth and images, so four small runs fix them (a
+        batch's images can save more than one image's times their number: reshaping a
+        batch of features copies them)."""
+        f11, f21, f12, f22 = trace(1, 1, ckpt), trace(2, 1, ckpt), trace(1, 2, ckpt), trace(2, 2, ckpt)
+        d, n = depth - 1, shape.batch_size - 1
+        tower = f11 + d * (f21 - f11) + n * (f12 - f11) + d * n * (f22 - f21 - f12 + f11)
+        block = (f21 - f11) + n * (f22 - f21 - f12 + f11)
+        return tower, block
+
+    _, key = _vision_config(hf_config)
+    depth = getattr(hf_config.vision_config, key)
+    saved, block = scaled(checkpointing)
+    if checkpointing:
+        block = scaled(False)[1]
+    return saved, block
+
+
+# -- the estimate ---------------------------------------------------------------------------
+
+
+def estimate(
+    cfg: RunConfig,
+    params: TrialParams,
+    shape: Shape,
+    hf_config: Any,
+    groups: dict[str, str],
+    *,
+    device: str = "cuda",
+    n_tasks: int = 2,
+) -> Estimate:
+    """The peak memory of one trial with ``params`` on ``device`` (parts in bytes)."""
+    with warnings.catch_warnings():  # transformers' deprecation notes, meant for peft's authors
+        warnings.simplefilter("ignore", FutureWarning)
+        return _estimate(cfg, params, shape, hf_config, groups, device=device, n_tasks=n_tasks)
+
+
+def _estimate(
+    cfg: RunConfig,
+    params: TrialParams,
+    shape: Shape,
+    hf_config: Any,
+    groups: dict[str, str],
+    *,
+    device: str,
+    n_tasks: int,
+) -> Estimate:
+    dtype = trial_dtype(cfg, device)
+    ckpt = cfg.model.gradient_checkpointing
+    q = cfg.model.quantization
+    skeleton = _skeleton(hf_config, _attn_for_trace(cfg))
+    quantized = set(quantized_linears(skeleton, groups)) if q is not None else set()
+    peft_model = _attach(skeleton, cfg, params, groups)
+    weights = weight_bytes(
+        peft_model.base_model.model, dtype, {f"{n}.base_layer" for n in quantized} | quantized, q
+    )
+    values, tensors = trained_bytes(peft_model, params.loss_balance, n_tasks)
+    trains_vision_side = cfg.lora.vision or cfg.lora.projector != "frozen"
+    lm = language_activations(
+        hf_config,
+        cfg,
+        params,
+        groups,
+        shape,
+        dtype,
+        checkpointing=ckpt,
+        inputs_need_grad=trains_vision_side or ckpt,
+    )
+    vision, vision_block = vision_activations(
+        hf_config, cfg, params, groups, shape, dtype, checkpointing=ckpt
+    )
+    recompute = 0
+    notes: list[str] = []
+    if ckpt:
+        layers = hf_config.get_text_config().num_hidden_layers
+        lm_off = language_activations(
+            hf_config, cfg, params, groups, shape, dtype, checkpointing=False, inputs_need_grad=True
+        )
+        recompute = max((lm_off - lm) // layers, vision_block)
+    parts = {
+        "weights": weights,
+        "adapter": values * 4,
+        "gradients": values * 4,
+        "optimizer": values * 8 + tensors * 4,
+        "activations": lm + vision + loss_activations(hf_config, shape),
+        "recompute": recompute,
+        "logits": logits_bytes(hf_config, shape, dtype),
+    }
+    tensors_total = sum(parts.values())
+    parts["cuda_context"] = CUDA_CONTEXT_BYTES if device == "cuda" else 0
+    parts["allocator_slack"] = round(ALLOCATOR_SLACK * tensors_total) if device == "cuda" else 0
+    return Estimate(parts=parts, device=device, dtype=dtype, checkpointing=ckpt, params=params, notes=notes)
+
+
+def quantized_linears(model: torch.nn.Module, groups: dict[str, str]) -> list[str]:
+    """The linear layers ``model.quantization`` puts in 4 or 8 bits: the language model's,
+    but not its output head (``modeling.quantized_skips`` says why)."""
+    skips = quantized_skips(model, groups)
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and not any(name == s or name.startswith(s + ".") for s in skips)
+    ]
