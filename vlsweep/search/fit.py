@@ -85,7 +85,7 @@ def check_fit(cfg: Any, base_dir: Path, data: Any, log: Callable[[str], None]) -
     space whose largest configuration cannot fit the GPU memory a trial gets, and warn
     when it may not."""
     from vlsweep import demo
-    from vlsweep.trials.memory import human_bytes
+    from vlsweep.trials import human_bytes
 
     resolved = demo.resolve(cfg)
     device = "cuda" if cfg.resources.gpus_per_trial > 0 else "cpu"
@@ -155,9 +155,7 @@ def _estimates(
 ) -> list[Any] | None:
     from transformers import AutoConfig
 
-    from vlsweep.trials import load_processing
-    from vlsweep.trials.memory import data_shape, estimate
-    from vlsweep.trials.modeling import module_groups, resolve_source
+    from vlsweep.trials import data_shape, estimate, load_processing, module_groups, resolve_source
 
     try:
         hf_config = AutoConfig.from_pretrained(

@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # for type checkers; at run time __getattr__ below loads them
     from vlsweep.trials.families import FAMILIES, Family, family_for  # noqa: F401
     from vlsweep.trials.lora import layer_kind, peft_config, plan_lora  # noqa: F401
     from vlsweep.trials.losses import BALANCES, task_losses, weighted_sum  # noqa: F401
+    from vlsweep.trials.memory import Estimate, data_shape, estimate, human_bytes  # noqa: F401
     from vlsweep.trials.modeling import (  # noqa: F401
         Base,
         Processing,
@@ -37,6 +38,8 @@ if TYPE_CHECKING:  # for type checkers; at run time __getattr__ below loads them
         load_base,
         load_processing,
         model_skeleton,
+        module_groups,
+        resolve_source,
     )
 
 # Public name -> the submodule that defines it.
@@ -72,6 +75,12 @@ _EXPORTS = {
     "Processing": "modeling",
     "load_processing": "modeling",
     "model_skeleton": "modeling",
+    "module_groups": "modeling",
+    "resolve_source": "modeling",
+    "Estimate": "memory",
+    "data_shape": "memory",
+    "estimate": "memory",
+    "human_bytes": "memory",
 }
 __all__ = ["TrialParams", *_EXPORTS]
 __getattr__ = lazy_exports(__name__, _EXPORTS)
