@@ -18,8 +18,9 @@ make_venv() {  # name, packages...
         echo "$stamp" > "$dir/.vlsweep-stamp"
     fi
 }
-make_venv llamafactory llamafactory==0.9.5
+# bitsandbytes: the QLoRA exports (model.quantization) load their base through it.
+make_venv llamafactory llamafactory==0.9.5 bitsandbytes==0.50.2
 # ms-swift needs qwen_vl_utils for Qwen models (it imports it for their images).
-make_venv swift ms-swift==4.6.0 qwen_vl_utils
+make_venv swift ms-swift==4.6.0 qwen_vl_utils bitsandbytes==0.50.2
 echo "export VLSWEEP_LLAMAFACTORY=$ROOT/llamafactory/bin/llamafactory-cli"
 echo "export VLSWEEP_SWIFT=$ROOT/swift/bin/swift"

@@ -358,3 +358,69 @@ def test_exports_note_each_strategy_the_trainer_cannot_run(study_url, tmp_path):
     cfg = json.loads((tmp_path / "p" / "adapter_config.json").read_text())
     assert 16 in cfg["rank_pattern"].values()
     assert "q_proj" in cfg["target_modules"] and "gate_proj" not in cfg["target_modules"]
+
+
+def _quantized(url: str, projector: str = "full") -> SweepResults:
+    res = _results(url)
+    res.config["model"]["quantization"] = {"bits": 4, "type": "nf4", "double_quant": True}
+    res.config["lora"]["projector"] = projector
+    return res
+
+
+def test_quantized_exports_carry_the_bits_in_each_tools_keys(study_url, tmp_path):
+    res = _quantized(study_url, projector="frozen")
+    export(res, res.trial(1), "llamafactory", tmp_path / "lf")
+    doc = yaml.safe_load((tmp_path / "lf" / "llamafactory.yaml").read_text())
+    assert not set(doc) - LLAMAFACTORY_KEYS - _training_args()
+    assert {k: doc[k] for k in ("quantization_bit", "quantization_method", "quantization_type")} == {
+        "quantization_bit": 4,
+        "quantization_method": "bnb",
+        "quantization_type": "nf4",
+    }
+    assert doc["double_quantization"] is True
+    assert "the vision tower too" in (tmp_path / "lf" / "llamafactory.yaml").read_text()
+    export(res, res.trial(2), "swift", tmp_path / "sw", force=True)
+    argv = swift_argv((tmp_path / "sw" / "swift_sft.sh").read_text())
+    flags = {a[2:]: argv[i + 1] for i, a in enumerate(argv) if a.startswith("--")}
+    assert not set(flags) - SWIFT_SFT_KEYS - _training_args()
+    assert (flags["quant_method"], flags["quant_bits"], flags["bnb_4bit_quant_type"]) == ("bnb", "4", "nf4")
+    assert flags["bnb_4bit_use_double_quant"] == "true"
+
+
+def test_llamafactory_export_refuses_a_whole_projector_on_a_quantized_base(study_url, tmp_path):
+    """LLaMA-Factory would quantize the projector, whose weights bitsandbytes then gives no
+    gradient: additional_target would train its biases only."""
+    from vlsweep.errors import UserInputError
+
+    res = _quantized(study_url, projector="full")
+    with pytest.raises(UserInputError, match="train the projector's biases only"):
+        export(res, res.trial(1), "llamafactory", tmp_path / "lf")
+    assert not (tmp_path / "lf").exists()
+
+
+def test_merged_export_of_a_quantized_sweep_merges_into_the_unquantized_base(study_url, tmp_path, capsys):
+    from peft import get_peft_model
+
+    from vlsweep.export import target_config, trial_params
+    from vlsweep.export.merged import _merged, notes
+    from vlsweep.trials import load_base, peft_config, plan_lora
+
+    res = _quantized(study_url, projector="frozen")
+    cfg = target_config(res)
+    params = trial_params(cfg, res.trial(1))
+    plain = cfg.model.model_copy(update={"quantization": None})
+    base = load_base(plain)
+    plan = plan_lora(base.model, base.groups, params, cfg.lora)
+    get_peft_model(base.model, peft_config(plan, params, cfg.lora)).save_pretrained(tmp_path / "adapter")
+    model, _ = _merged(cfg, tmp_path / "adapter")
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert "Linear4bit" not in kinds and "LoraLayer" not in kinds
+    assert all(p.is_floating_point() for p in model.parameters())
+
+    class Ctx:
+        pass
+
+    ctx = Ctx()
+    ctx.cfg = cfg
+    (note,) = notes(ctx)
+    assert "merged into the base's unquantized weights" in note

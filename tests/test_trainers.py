@@ -182,3 +182,49 @@ def test_swift_trains_a_checkpoint_with_qwens_ids_as_exported_with_images_expand
             ]
         counts.add(int(grid.prod()) // 4)
     assert {int(x) for x in shown} <= counts, (shown, counts)
+
+
+def _quantized(url: str, bits: int):
+    """The study's results as if swept on a ``bits``-bit base (model.quantization)."""
+    res = _expressible(url)
+    res.config["model"]["quantization"] = {"bits": bits}
+    return res
+
+
+def test_llamafactory_trains_a_qlora_export_on_a_4bit_base(study_url, tmp_path):  # noqa: F811
+    """The export carries quantization_bit and friends, and LLaMA-Factory loads the base
+    through bitsandbytes and trains the trial's LoRA on it (the CPU has bitsandbytes'
+    4-bit kernels). A projector trained whole is refused (test_export): LLaMA-Factory would
+    quantize it, and train its biases only."""
+    tool = _tool("VLSWEEP_LLAMAFACTORY")
+    res = _quantized(study_url, 4)
+    res.config["lora"]["projector"] = "frozen"
+    trial = res.trial(1)
+    out = tmp_path / "lf"
+    export(res, trial, "llamafactory", out)
+    args = yaml.safe_load((out / "llamafactory.yaml").read_text())
+    assert (args["quantization_bit"], args["quantization_method"], args["quantization_type"]) == (
+        4,
+        "bnb",
+        "nf4",
+    )
+    log = _run([str(tool), "train", "llamafactory.yaml", "max_steps=2", "logging_steps=1"], out, tool)
+    assert "Quantizing model to 4 bit with bitsandbytes" in log, log[-3000:]
+    n, _ = _trainable(res, trial)
+    m = re.search(r"trainable params: ([\d,]+)", log)
+    assert m, log[-3000:]
+    assert int(m.group(1).replace(",", "")) == n, (int(m.group(1).replace(",", "")), n)
+
+
+def test_swift_trains_a_qlora_export_on_a_4bit_base(study_url, tmp_path):  # noqa: F811
+    """ms-swift quantizes the language model as the trial did (its vision tower and aligner
+    left out), and trains the trial's parameters at its module learning rates."""
+    tool = _tool("VLSWEEP_SWIFT")
+    res = _quantized(study_url, 4)
+    trial = res.trial(2)
+    out = tmp_path / "sw"
+    export(res, trial, "swift", out, force=True)
+    script = (out / "swift_sft.sh").read_text()
+    assert "--quant_method bnb" in script and "--quant_bits 4" in script
+    log = _swift(out, tool)
+    _check_swift_trained_the_trial(res, trial, log)

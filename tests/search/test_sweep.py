@@ -396,3 +396,22 @@ def test_a_learnable_balance_trial_resumes_and_exports_like_any_other(
     assert [metrics["cer"], metrics["iou"], metrics["forgetting"]] == pytest.approx(trial.values, abs=1e-6)
     log = [json.loads(line) for line in (tmp_path / "re" / "train_log.jsonl").read_text().splitlines()]
     assert {"weight_ocr", "loss_objective"} <= set(log[-1])  # the balance ran and logged its own
+
+
+def test_a_qlora_sweep_on_a_4bit_base_completes_on_the_cpu(ray_local, tmp_path, tiny_checkpoint, demo_data):
+    """model.quantization: each trial's worker loads the base in 4 bits (bitsandbytes'
+    CPU kernels), trains LoRA on it and is scored; the study records the quantization."""
+    pytest.importorskip("bitsandbytes")
+    path = sweep_cfg(tmp_path, tiny_checkpoint("qwen2_vl"), demo_data, trials=2)
+    edit_yaml(path, model={"quantization": {"bits": 4, "type": "nf4", "double_quant": True}})
+    cfg, base_dir = load_sweep_config(path)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    run_sweep(cfg, base_dir, url, log=lambda _m: None)
+    study = optuna.load_study(study_name="t", storage=url)
+    check_invariants(study)
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
+    assert study.user_attrs["config"]["model"]["quantization"] == {
+        "bits": 4,
+        "type": "nf4",
+        "double_quant": True,
+    }

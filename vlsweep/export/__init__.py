@@ -95,13 +95,6 @@ def export(
     ctx = Context(
         results, trial, out, Options(steps=steps, force=force, adapter=adapter, artifacts=artifacts)
     )
-    if fmt in ("llamafactory", "swift", "merged") and ctx.cfg.model.quantization is not None:
-        # Said, not silently dropped: these trainers' configs would train an unquantized base.
-        raise UserInputError(
-            f"--format {fmt}: the sweep's base is quantized (model.quantization), which this export "
-            "does not carry yet; use --format vlsweep (vlsweep train runs it as swept), or "
-            "--format adapter / peft for the trained adapter"
-        )
     notes = refuse(target.check(ctx), force)  # before the data is converted: a refusal costs nothing
     notes += target.notes(ctx)
     files = target.build(ctx, notes)

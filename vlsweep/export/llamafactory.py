@@ -41,7 +41,18 @@ SLOW_PROJECTOR = 10
 
 
 def check(ctx: Context) -> list[str]:
-    return whole_projector_problem(ctx, "LLaMA-Factory", "additional_target")
+    problems = whole_projector_problem(ctx, "LLaMA-Factory", "additional_target")
+    q = ctx.cfg.model.quantization
+    if q is not None and ctx.whole_projector:
+        # LLaMA-Factory quantizes every linear layer, the projector's too, and bitsandbytes'
+        # layers pass no gradient to their quantized weights (MatMul4Bit's backward).
+        problems.append(
+            f"lora.projector: full on a {q.bits}-bit base: LLaMA-Factory quantizes the projector too (it "
+            "has no key to leave it out), and bitsandbytes' quantized layers give their weights no "
+            "gradient, so additional_target would train the projector's biases only; sweep with "
+            "lora.projector: lora or frozen, or use --format swift (it keeps the projector unquantized)"
+        )
+    return problems
 
 
 def notes(ctx: Context) -> list[str]:
@@ -72,6 +83,12 @@ def notes(ctx: Context) -> list[str]:
         )
     if cfg.lora.targets or cfg.lora.rank:
         said.append("lora.targets / lora.rank per group are not expressible; lora_target is 'all'.")
+    if cfg.model.quantization is not None:
+        said.append(
+            f"model.quantization: LLaMA-Factory quantizes the whole model to {cfg.model.quantization.bits} "
+            "bits (quantization_bit), the vision tower too, where the trial kept the vision tower and "
+            "the projector in the model's dtype; it has no key to leave them out."
+        )
     said += strategy_notes(params, "LLaMA-Factory")
     if abs(params.lora_alpha - round(params.lora_alpha)) > 1e-9:
         said.append(f"lora_alpha {params.lora_alpha:g} rounded to an integer (LLaMA-Factory takes an int).")
@@ -165,6 +182,11 @@ def _train_args(ctx: Context, tasks: list[str]) -> dict[str, Any]:
         doc["fp16"] = True
     if ctx.whole_projector:
         doc["additional_target"] = ",".join(ctx.whole_projector)
+    q = cfg.model.quantization
+    if q is not None:
+        doc.update(quantization_bit=q.bits, quantization_method="bnb")
+        if q.bits == 4:
+            doc.update(quantization_type=q.type, double_quantization=q.double_quant)
     if cfg.optim.max_grad_norm is not None:
         doc["max_grad_norm"] = cfg.optim.max_grad_norm
     if cfg.lora.loraplus_lr_ratio is not None:

@@ -1,6 +1,7 @@
 """``--format merged``: the base model with the trial's adapter merged into its weights
 (peft's ``merge_and_unload``) and a fully trained projector in place, saved with its
-processor: a checkpoint that loads with ``AutoModelForImageTextToText`` and no peft."""
+processor: a checkpoint that loads with ``AutoModelForImageTextToText`` and no peft. A
+sweep on a quantized base merges into the base's unquantized weights, and says so."""
 
 from __future__ import annotations
 
@@ -24,7 +25,15 @@ def check(ctx: Context) -> list[str]:
 
 
 def notes(ctx: Context) -> list[str]:
-    return []
+    q = ctx.cfg.model.quantization
+    if q is None:
+        return []
+    return [
+        f"the trial trained its adapter on the base quantized to {q.bits} bits; it is merged into the "
+        "base's unquantized weights (as QLoRA adapters are merged), so the merged model is the trial's "
+        "plus the difference between the base and its quantized copy. To run the trial's own model, load "
+        "the base quantized with the adapter on top (--format adapter)."
+    ]
 
 
 def build(ctx: Context, notes: list[str]) -> list[File]:
@@ -58,8 +67,9 @@ def _merged(cfg: Any, adapter: Path) -> tuple[Any, Any]:
     from vlsweep.trials import load_base
 
     dtype = cfg.model.dtype if cfg.model.dtype != "auto" else _checkpoint_dtype(cfg)
+    # Never into a quantized base: merged 4-bit weights would be requantized (notes()).
     model_cfg = cfg.model.model_copy(
-        update={"device": "cpu", "dtype": dtype, "gradient_checkpointing": False}
+        update={"device": "cpu", "dtype": dtype, "gradient_checkpointing": False, "quantization": None}
     )
     base = load_base(model_cfg)
     return PeftModel.from_pretrained(base.model, str(adapter)).merge_and_unload(), base.processor

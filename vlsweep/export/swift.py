@@ -177,4 +177,14 @@ def _arguments(ctx: Context, scales: dict[str, float]) -> list[tuple[str, Any]]:
         args.append(("--max_grad_norm", cfg.optim.max_grad_norm))
     if cfg.model.dtype != "auto":
         args.append(("--torch_dtype", cfg.model.dtype))
+    q = cfg.model.quantization
+    if q is not None:
+        # ms-swift leaves a multimodal model's vision tower and aligner unquantized, as the
+        # trial did (swift/arguments/base_args/quant_args.py: get_modules_to_not_convert).
+        args += [("--quant_method", "bnb"), ("--quant_bits", q.bits)]
+        if q.bits == 4:
+            args += [
+                ("--bnb_4bit_quant_type", q.type),
+                ("--bnb_4bit_use_double_quant", str(q.double_quant).lower()),
+            ]
     return args
