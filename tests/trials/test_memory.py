@@ -85,3 +85,44 @@ def test_a_4bit_base_quantizes_the_language_model_only():
     assert {n for n in linear - four_bit} == {
         n for n in linear if n.startswith("model.visual.") or n == "lm_head"
     }
+
+
+def test_a_grid_towers_activations_at_a_large_image_equal_its_trace():
+    """A Qwen-VL tower is traced at three small patch grids and taken to the data's
+    image by the polynomial through them (what keeps a 1,296-token page fast to
+    estimate); at a grid beyond the three it equals a trace of that image itself."""
+    from transformers import AutoConfig
+
+    from vlsweep.params import TrialParams
+    from vlsweep.trials import module_groups
+    from vlsweep.trials.memory import Shape, vision_activations
+
+    cfg, _ = _bench().train_config({"model": "builtin:tiny-qwen2-vl"})
+    hf_config = AutoConfig.from_pretrained(cfg.model.name_or_path)
+    groups = module_groups(cfg.model, hf_config.model_type)
+    side = 20  # patches per side: beyond the traced 4, 8 and 12
+    channels = hf_config.vision_config.in_channels * hf_config.vision_config.temporal_patch_size
+    width = channels * hf_config.vision_config.patch_size**2
+    image = {
+        "pixel_values": torch.rand(side * side, width),
+        "image_grid_thw": torch.tensor([[1, side, side]]),
+    }
+    shape = Shape(batch_size=2, seq_len=0, answer_tokens=0, image=image, image_tokens=side * side // 4)
+    for checkpointing in (False, True):
+        args = (hf_config, cfg, TrialParams(lora_dropout=0.05), groups, shape, torch.float32)
+        extrapolated = vision_activations(*args, checkpointing=checkpointing)
+        traced = vision_activations(*args, checkpointing=checkpointing, extrapolate=False)
+        assert extrapolated == traced, checkpointing
+
+
+FIT_EXAMPLES = sorted((BENCH.parents[1] / "examples" / "fit").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("example", FIT_EXAMPLES, ids=lambda p: p.name)
+def test_the_fit_examples_are_sweep_configs(example):
+    """docs/cluster.md shows what `vlsweep validate` printed for these (benchmarks/
+    fit_examples.py, on stand-ins of the checkpoints); they must stay loadable."""
+    from vlsweep.search.config import load_sweep_config
+
+    cfg, _ = load_sweep_config(example)
+    assert cfg.resources.gpu_memory_gb is not None

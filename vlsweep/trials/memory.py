@@ -412,6 +412,12 @@ def _vision_model(hf_config: Any, depth: int, attn: str | None, dtype: torch.dty
     return AutoModelForImageTextToText.from_config(reduced, dtype=dtype, **kwargs)
 
 
+# Square patch grids (sides) a grid-based tower (Qwen-VL's) is traced at: its saved bytes
+# are a polynomial of degree two in the number of patches (linear in everything but
+# eager attention's scores), so three sizes fix it at any size.
+_TRACE_SIDES = (4, 8, 12)
+
+
 def vision_activations(
     hf_config: Any,
     cfg: RunConfig,
@@ -421,46 +427,79 @@ def vision_activations(
     dtype: torch.dtype,
     *,
     checkpointing: bool,
+    extrapolate: bool = True,
 ) -> tuple[int, int]:
     """(saved, largest block) bytes of the vision tower and projector over the batch's
-    images: run on the CPU with one and with two blocks at full width, the depth
-    scaling the difference. ``largest block`` is what one block saves without
-    checkpointing (what its re-run holds during the backward pass)."""
-
+    images. The tower runs on the CPU with one and with two blocks at full width, over
+    one and two images: the saved bytes are bilinear in depth and images (a batch's
+    images can save more than one image's times their number: reshaping a batch of
+    features copies them). A tower that takes a patch grid (Qwen-VL's) runs on three
+    small grids and the result is taken to the data's largest image by the polynomial
+    through them; a fixed-size one runs on the data's image itself. ``largest block`` is
+    what one block saves without checkpointing (what its re-run holds in the backward
+    pass)."""
     dtype = _quantized_trace_dtype(cfg, dtype)
+    _, key = _vision_config(hf_config)
+    depth = getattr(hf_config.vision_config, key)
+    built = {d: _vision_model(hf_config, d, _attn_for_trace(cfg), dtype) for d in (1, 2)}
 
-    def trace(depth: int, images: int, ckpt: bool) -> int:
-        model = _vision_model(hf_config, depth, _attn_for_trace(cfg), dtype)
+    def trace(d: int, image: dict[str, torch.Tensor], images: int, ckpt: bool) -> int:
+        model = copy.deepcopy(built[d])
         if ckpt:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         peft_model = _attach(model, cfg, params, groups)
         _float32_trained(peft_model, dtype)
         hf = peft_model.base_model.model
-        image = {
-            k: torch.cat([v.to(dtype) if v.is_floating_point() else v] * images)
-            for k, v in shape.image.items()
+        batch = {
+            k: torch.cat([v.to(dtype) if v.is_floating_point() else v] * images) for k, v in image.items()
         }
         with saved_bytes(hf) as total, _autocast(dtype):
-            hf.get_image_features(**image)
+            hf.get_image_features(**batch)
         return total()
 
-    def scaled(ckpt: bool) -> tuple[int, int]:
-        """(the tower at its depth over the batch's images, one block over them): the
-        saved bytes are bilinear in depth and images, so four small runs fix them (a
-        batch's images can save more than one image's times their number: reshaping a
-        batch of features copies them)."""
-        f11, f21, f12, f22 = trace(1, 1, ckpt), trace(2, 1, ckpt), trace(1, 2, ckpt), trace(2, 2, ckpt)
+    def scaled(image: dict[str, torch.Tensor], ckpt: bool) -> tuple[int, int]:
+        f11, f21 = trace(1, image, 1, ckpt), trace(2, image, 1, ckpt)
+        f12, f22 = trace(1, image, 2, ckpt), trace(2, image, 2, ckpt)
         d, n = depth - 1, shape.batch_size - 1
         tower = f11 + d * (f21 - f11) + n * (f12 - f11) + d * n * (f22 - f21 - f12 + f11)
         block = (f21 - f11) + n * (f22 - f21 - f12 + f11)
         return tower, block
 
-    _, key = _vision_config(hf_config)
-    depth = getattr(hf_config.vision_config, key)
-    saved, block = scaled(checkpointing)
-    if checkpointing:
-        block = scaled(False)[1]
+    def at_size(image: dict[str, torch.Tensor]) -> tuple[int, int]:
+        saved, block = scaled(image, checkpointing)
+        if checkpointing:
+            block = scaled(image, False)[1]
+        return saved, block
+
+    grid = shape.image.get("image_grid_thw")
+    if grid is None or not extrapolate:
+        return at_size(shape.image)
+    width = shape.image["pixel_values"].shape[-1]
+    points = []
+    for side in _TRACE_SIDES:
+        image = {
+            "pixel_values": torch.zeros(side * side, width),
+            "image_grid_thw": torch.tensor([[1, side, side]]),
+        }
+        points.append((side * side, at_size(image)))
+    patches = int(grid[0].prod())
+    saved = _through([(n, v[0]) for n, v in points], patches)
+    block = _through([(n, v[1]) for n, v in points], patches)
     return saved, block
+
+
+def _through(points: list[tuple[int, int]], x: int) -> int:
+    """The value at ``x`` of the polynomial through ``points`` (Lagrange, exact in rationals)."""
+    from fractions import Fraction
+
+    total = Fraction(0)
+    for i, (xi, yi) in enumerate(points):
+        term = Fraction(yi)
+        for j, (xj, _) in enumerate(points):
+            if j != i:
+                term *= Fraction(x - xj, xi - xj)
+        total += term
+    return round(total)
 
 
 # -- the estimate ---------------------------------------------------------------------------
