@@ -27,11 +27,14 @@ class TrialOutOfMemory(RuntimeError):
         if phase == "evaluation":
             during = f"evaluating at step {step} with eval batch {batch}; lower budget.eval_batch_size"
         elif phase == "setup":
-            during = "attaching the adapter, before step 1; lower lora_r or train fewer modules"
+            during = (
+                "attaching the adapter, before step 1; lower lora_r, train fewer modules or "
+                "quantize the base (model.quantization: {bits: 4})"
+            )
         else:
             during = (
-                f"at step {step} with batch {batch}; lower budget.batch_size or set "
-                "model.gradient_checkpointing: true"
+                f"at step {step} with batch {batch}; lower budget.batch_size, set "
+                "model.gradient_checkpointing: true or quantize the base (model.quantization: {bits: 4})"
             )
         super().__init__(
             f"out of GPU memory {during}, or give each trial a larger share of a GPU "

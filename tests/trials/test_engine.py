@@ -188,8 +188,8 @@ def test_running_out_of_gpu_memory_names_the_step_and_batch_and_leaves_the_base_
         assert str(err).startswith("out of GPU memory attaching the adapter, before step 1")
     elif phase == "training":
         assert str(err).startswith(
-            f"out of GPU memory at step 3 with batch {budget.batch_size}; lower budget.batch_size "
-            "or set model.gradient_checkpointing: true"
+            f"out of GPU memory at step 3 with batch {budget.batch_size}; lower budget.batch_size, "
+            "set model.gradient_checkpointing: true or quantize the base (model.quantization: {bits: 4})"
         )
     else:
         assert str(err).startswith(

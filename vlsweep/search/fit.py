@@ -116,7 +116,7 @@ def check_fit(cfg: Any, base_dir: Path, data: Any, log: Callable[[str], None]) -
                 [
                     f"resources.gpu_memory_gb: the largest configuration the space allows needs about "
                     f"{human_bytes(tensors)} of tensors alone, more than {got}; "
-                    + _remedies(resolved, cfg.search_space),
+                    + _remedies(resolved, cfg.search_space, share),
                     f"the estimate of the largest configuration ({_shown(large.params, cfg.search_space)}): "
                     + large.describe(),
                 ]
@@ -124,7 +124,7 @@ def check_fit(cfg: Any, base_dir: Path, data: Any, log: Callable[[str], None]) -
         if large.total > budget:
             report.append(
                 f"warning: the largest configuration may not fit: {human_bytes(large.total)} with the CUDA "
-                f"context and allocator slack, against {got}; " + _remedies(resolved, cfg.search_space)
+                f"context and allocator slack, against {got}; " + _remedies(resolved, cfg.search_space, share)
             )
     elif device == "cuda":
         report.append(
@@ -135,7 +135,7 @@ def check_fit(cfg: Any, base_dir: Path, data: Any, log: Callable[[str], None]) -
         log(line)
 
 
-def _remedies(cfg: RunConfig, space: Space) -> str:
+def _remedies(cfg: RunConfig, space: Space, share: float) -> str:
     fixes = []
     if any(n in space.searched for n in RANKS):
         fixes.append("lower the top of the lora_r range (space.lora_r)")
@@ -146,7 +146,10 @@ def _remedies(cfg: RunConfig, space: Space) -> str:
         fixes.append("quantize the base (model.quantization: {bits: 4})")
     elif cfg.model.quantization.bits == 8:
         fixes.append("quantize the base to 4 bits (model.quantization: {bits: 4})")
-    fixes.append("or give each trial a larger share of a GPU (resources.gpus_per_trial, up to 1)")
+    if share < 1:
+        fixes.append("or give each trial a larger share of a GPU (resources.gpus_per_trial, up to 1)")
+    else:
+        fixes.append("or run on GPUs with more memory (resources.gpu_memory_gb)")
     return ", ".join(fixes)
 
 

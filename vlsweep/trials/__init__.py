@@ -9,10 +9,26 @@ lazily, so ``import vlsweep.trials`` does not import torch until one is used.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from vlsweep.lazy import lazy_exports
 from vlsweep.params import TrialParams
+
+
+class _OptionalKernelNote(logging.Filter):
+    """Drops bitsandbytes' import-time warning that it could not fetch an optional CPU
+    kernel from the Hugging Face Hub. On CPUs with AVX512-BF16 it tries at import (peft
+    imports it whenever it is installed, quantized base or not); offline or with the
+    repository untrusted it falls back to its own CPU kernel, which is the one tested here,
+    and the warning asks for a ``pip install kernels`` that is already done: noise on every
+    ``vlsweep validate`` with nothing for the user to do."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward")
+
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_OptionalKernelNote())
 
 if TYPE_CHECKING:  # for type checkers; at run time __getattr__ below loads them
     from vlsweep.trials.batching import IGNORE, Encoder, collate  # noqa: F401
