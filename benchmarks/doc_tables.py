@@ -52,6 +52,8 @@ TABLES: dict[str, tuple[str, str, str]] = {
     "train_loop": ("train_loop.json", "train_loop", "doc_table"),
     "export_fidelity": ("export_fidelity.json", "export_fidelity", "doc_table"),
     "swift_fidelity": ("swift_fidelity.json", "swift_fidelity", "doc_table"),
+    "memory_estimate": ("memory_estimate.json", "memory_estimate", "doc_table"),
+    "fit_examples": ("fit_examples.json", "fit_examples", "doc_block"),
 }
 
 
