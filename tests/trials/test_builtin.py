@@ -247,3 +247,40 @@ def test_every_shipped_weight_file_is_package_data():
             assert any(
                 len(q := p.split("/")) == len(parts) and all(map(fnmatch.fnmatch, parts, q)) for p in patterns
             ), (rel, patterns)
+
+
+def test_a_recipe_with_vision_from_takes_that_towers_weights_bit_for_bit(tmp_path, monkeypatch):
+    """A larger sibling shares its family's vision tower (as Qwen2-VL 2B, 7B and 72B do):
+    the build copies builtin:tiny-qwen2-vl's patch embedding and blocks and never trains
+    them; the merger, which widens to the new language model, is its own."""
+    import re
+
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from vlsweep.trials import FAMILIES
+
+    size = {"hidden": 48, "layers": 1, "vision_layers": 2, "heads": 2, "vision_hidden": 96, "vision_heads": 4}
+    recipe = builtin.Recipe("qwen2_vl", size, vision_from="tiny-qwen2-vl", **TOY)
+    monkeypatch.setitem(builtin.RECIPES, "test-sibling", recipe)
+    rebuild("test-sibling", tmp_path / "sibling", log=lambda _: None)
+
+    def weights(path):
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
+        return {n: p.detach() for n, p in model.named_parameters()}
+
+    source, built = weights(builtin.builtin_path("tiny-qwen2-vl")), weights(tmp_path / "sibling")
+    family = FAMILIES["qwen2_vl"]
+    tower = [k for k in built if re.match(family.groups["vision"], k)]
+    merger = [k for k in built if re.match(family.groups["projector"], k)]
+    assert tower and merger
+    assert all(built[k].equal(source[k]) for k in tower)
+    assert built["model.visual.merger.mlp.2.weight"].shape == (48, 384)
+
+    # A tower of another size cannot be taken, and the build says whose and why.
+    small = {**size, "vision_hidden": 64}
+    monkeypatch.setitem(
+        builtin.RECIPES, "test-misfit", builtin.Recipe("qwen2_vl", small, vision_from="tiny-qwen2-vl", **TOY)
+    )
+    with pytest.raises(ValueError, match="builtin:tiny-qwen2-vl's vision tower does not fit"):
+        rebuild("test-misfit", tmp_path / "misfit", log=lambda _: None)

@@ -67,6 +67,10 @@ class Recipe:
     # this mean IoU. The shipped weights and every rebuild are held to it.
     probe_max_cer: float = 0.05
     probe_min_iou: float = 0.5
+    # A builtin whose vision tower (patch embedding and blocks, not the merger) this one
+    # takes bit for bit and keeps frozen: stage 1 then trains the projector alone. Models
+    # of one family that share a tower, as Qwen2-VL 2B, 7B and 72B share theirs.
+    vision_from: str | None = None
 
     def meets(self, figures: dict[str, Any]) -> bool:
         """Whether probe figures (``vlsweep.demo.probing.probe``) meet this recipe's thresholds."""
@@ -79,6 +83,27 @@ RECIPES = {
         {"hidden": 96, "layers": 2, "vision_layers": 2, "heads": 4},
         pretrain_steps=4000,
         one_word_steps=1500,
+    ),
+    # tiny-qwen2-vl's larger sibling, for carrying a sweep from a small model of a family to
+    # a large one: its vision tower, and the language model 2.25x wider at the same depth
+    # (216 against 96, head width kept at 24 with 9 query and 3 key-value heads), as
+    # Qwen2-VL 7B is 2.33x as wide as 2B at 28 layers each with the same 128-wide heads:
+    # 4.6x the language-model parameters (858,888 against 188,256). The same pretraining
+    # and probe.
+    "tiny-qwen2-vl-wide": Recipe(
+        "qwen2_vl",
+        {
+            "hidden": 216,
+            "layers": 2,
+            "vision_layers": 2,
+            "heads": 9,
+            "kv_heads": 3,
+            "vision_hidden": 96,
+            "vision_heads": 4,
+        },
+        pretrain_steps=4000,
+        one_word_steps=1500,
+        vision_from="tiny-qwen2-vl",
     ),
     # The LLaVA family's code path more than a demo base: its vision tower sees every image
     # squashed to 112 x 112, and the same recipe leaves it reading partly and grounding

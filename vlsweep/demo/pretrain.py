@@ -7,11 +7,12 @@ the weights it made ship with the package (vlsweep/demo/builtin.py says why).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -309,7 +310,34 @@ def _setup_model(recipe: Any) -> tuple[Any, Any, Any]:
             mod_name + "."
         ):
             torch.nn.init.normal_(module.weight, std=recipe.vision_init_std)
+    if recipe.vision_from is not None:
+        _take_vision_tower(model, vision, recipe.vision_from)
     return model, processor, family
+
+
+def _take_vision_tower(model: Any, vision: re.Pattern[str], source: str) -> None:
+    """Copy builtin:``source``'s vision tower (the parameters the family's ``vision`` group
+    names: patch embedding and blocks, not the merger) into ``model`` bit for bit. Its
+    shapes must be the same: the recipe sizes the tower by ``vision_hidden``."""
+    from transformers import AutoModelForImageTextToText
+
+    from vlsweep.demo.builtin import builtin_checkpoint
+
+    # Loaded as a model, not read from its file: transformers names the parameters on disk
+    # otherwise than in the module (a checkpoint's own key mapping).
+    with _no_progress_bar():
+        loaded = AutoModelForImageTextToText.from_pretrained(builtin_checkpoint(source), dtype=torch.float32)
+    state = {n: p.detach() for n, p in loaded.named_parameters()}
+    own = {n: p for n, p in model.named_parameters() if vision.match(n)}
+    missing = sorted(set(own) - set(state))
+    wrong = sorted(n for n in own if n in state and state[n].shape != own[n].shape)
+    if missing or wrong or not own:
+        raise ValueError(
+            f"builtin:{source}'s vision tower does not fit: missing {missing}, other shapes {wrong}"
+        )
+    with torch.no_grad():
+        for name, param in own.items():
+            param.copy_(state[name])
 
 
 @dataclass
@@ -364,14 +392,24 @@ def _vision_side(family: Any) -> re.Pattern[str]:
 def _train_vision(
     model: Any, family: Any, recipe: Any, data: _PretrainData, progress: BuildProgress | None
 ) -> float:
-    """Stage 1: the vision tower and projector with token-level heads (which digit, which
-    colour, which row and column each visual token shows). Returns the last loss."""
+    """Stage 1: the vision tower and projector (the projector alone for a recipe with
+    ``vision_from``) with token-level heads (which digit, which colour, which row and
+    column each visual token shows). Returns the last loss."""
     if progress is not None:
-        progress.start(recipe.vision_steps, "stage 1 of 2 (vision tower)")
+        progress.start(
+            recipe.vision_steps,
+            "stage 1 of 2 (" + ("projector" if recipe.vision_from else "vision tower") + ")",
+        )
     model.train()
     v_enc, image_keys = data.vision_inputs, data.image_keys
-    side = _vision_side(family)
+    # A tower taken from another builtin stays as it is: the projector alone learns to
+    # carry what it says to this language model's width.
+    side = re.compile(family.groups["projector"]) if recipe.vision_from else _vision_side(family)
     vision_params = [p for n_, p in model.named_parameters() if side.match(n_)]
+    if recipe.vision_from:
+        tower = re.compile(family.groups["vision"])
+        for n_, p in model.named_parameters():
+            p.requires_grad_(not tower.match(n_))
     sizes = (_GLYPH_CLASSES, _COLOR_CLASSES, _POS_CLASSES, _POS_CLASSES)
     head = torch.nn.Linear(model.config.get_text_config().hidden_size, sum(sizes))
     first = _image_tokens(model, {k: v_enc[0][k] for k in image_keys})[0]
@@ -460,15 +498,22 @@ def _train_language(
 
 
 def _save(model: Any, processor: Any, out: Path) -> None:
-    """The model and processor, without transformers' progress bar: the build prints its
-    own progress, and a "Writing model shards" bar for one small file is noise in its log."""
+    """The model and processor, without transformers' progress bar."""
+    with _no_progress_bar():
+        model.save_pretrained(out)
+        processor.save_pretrained(out)
+
+
+@contextlib.contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """transformers' progress bars off: the build prints its own progress, and a bar for
+    one small file ("Loading weights", "Writing model shards") is noise in its log."""
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        model.save_pretrained(out)
-        processor.save_pretrained(out)
+        yield
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()

@@ -140,7 +140,9 @@ def qwen_processor(processor_cls: Any, tokenizer: Any, *, patch_size: int, max_p
     )
 
 
-def qwen_text_config(tokenizer: Any, *, hidden: int, layers: int, heads: int) -> dict[str, Any]:
+def qwen_text_config(
+    tokenizer: Any, *, hidden: int, layers: int, heads: int, kv_heads: int | None = None
+) -> dict[str, Any]:
     head_dim = hidden // heads
     half = head_dim // 2
     # mrope sections (temporal, height, width) must sum to head_dim / 2.
@@ -153,7 +155,7 @@ def qwen_text_config(tokenizer: Any, *, hidden: int, layers: int, heads: int) ->
         "intermediate_size": hidden * 2,
         "num_hidden_layers": layers,
         "num_attention_heads": heads,
-        "num_key_value_heads": max(1, heads // 2),
+        "num_key_value_heads": kv_heads or max(1, heads // 2),
         "head_dim": head_dim,
         "max_position_embeddings": 2048,
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [t, h, w]},
@@ -164,12 +166,16 @@ def qwen_text_config(tokenizer: Any, *, hidden: int, layers: int, heads: int) ->
     }
 
 
-def qwen2_vl_vision_config(*, hidden: int, layers: int, heads: int) -> dict[str, Any]:
-    """A tiny Qwen2-VL vision tower: 14-pixel patches merged 2x2, as in the real one."""
+def qwen2_vl_vision_config(
+    *, hidden: int, layers: int, heads: int, out_hidden: int | None = None
+) -> dict[str, Any]:
+    """A tiny Qwen2-VL vision tower: 14-pixel patches merged 2x2, as in the real one.
+    ``hidden`` is the tower's width, ``out_hidden`` the merger's output width (the
+    language model's; the tower's by default)."""
     return {
         "depth": layers,
         "embed_dim": hidden,
-        "hidden_size": hidden,
+        "hidden_size": out_hidden or hidden,
         "mlp_ratio": 2,
         "num_heads": heads,
         "patch_size": 14,
@@ -196,14 +202,24 @@ def build_qwen2_vl(
     layers: int = 2,
     vision_layers: int = 2,
     heads: int = 4,
+    kv_heads: int | None = None,
+    vision_hidden: int | None = None,
+    vision_heads: int | None = None,
     max_pixels: int = 128 * 28 * 28,
 ) -> tuple[Any, Any]:
+    """A tiny Qwen2-VL. ``hidden``, ``layers``, ``heads`` and ``kv_heads`` size the language
+    model; the vision tower takes ``vision_hidden`` and ``vision_heads`` (the language
+    model's by default), so models of one family can share a tower, as Qwen2-VL 2B, 7B
+    and 72B do."""
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
 
     tokenizer = qwen_tokenizer()
+    vision = qwen2_vl_vision_config(
+        hidden=vision_hidden or hidden, layers=vision_layers, heads=vision_heads or heads, out_hidden=hidden
+    )
     config = Qwen2VLConfig(
-        text_config=qwen_text_config(tokenizer, hidden=hidden, layers=layers, heads=heads),
-        vision_config=qwen2_vl_vision_config(hidden=hidden, layers=vision_layers, heads=heads),
+        text_config=qwen_text_config(tokenizer, hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads),
+        vision_config=vision,
         **qwen_token_ids(tokenizer),
     )
     model = Qwen2VLForConditionalGeneration(config)
