@@ -148,7 +148,7 @@ def _preflight(cfg: SweepConfig, base_dir: Path) -> TrialData:
     data = _check_run(cfg, base_dir)
     check_metrics_measurable(cfg, sorted({r.task for r in data.val}))
     check_loggers(cfg)
-    check_fit(cfg, base_dir, data, _echo)
+    check_fit(cfg, data, _echo)
     return data
 
 

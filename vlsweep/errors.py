@@ -17,24 +17,27 @@ class UserInputError(Exception):
         super().__init__("\n".join(self.problems))
 
 
+# What shrinks a trial's memory by its base: said by every out-of-memory message and refusal.
+QUANTIZE_HINT = "quantize the base (model.quantization: {bits: 4})"
+
+
 class TrialOutOfMemory(RuntimeError):
     """A trial ran out of accelerator memory: where (the step, training or evaluating, with
     which batch size) and what to change. Raised once the trial's own tensors are out of
     scope, so the worker can free the memory for its next trial."""
 
-    def __init__(self, *, step: int, phase: str, batch: int, detail: str):
+    def __init__(self, *, step: int, phase: str, batch: int, detail: str, quantized: bool = False):
         self.step, self.phase, self.batch, self.detail = step, phase, batch, detail
+        self.quantized = quantized
+        quantize = "" if quantized else f" or {QUANTIZE_HINT}"
         if phase == "evaluation":
             during = f"evaluating at step {step} with eval batch {batch}; lower budget.eval_batch_size"
         elif phase == "setup":
-            during = (
-                "attaching the adapter, before step 1; lower lora_r, train fewer modules or "
-                "quantize the base (model.quantization: {bits: 4})"
-            )
+            during = f"attaching the adapter, before step 1; lower lora_r, train fewer modules{quantize}"
         else:
             during = (
                 f"at step {step} with batch {batch}; lower budget.batch_size, set "
-                "model.gradient_checkpointing: true or quantize the base (model.quantization: {bits: 4})"
+                f"model.gradient_checkpointing: true{quantize}"
             )
         super().__init__(
             f"out of GPU memory {during}, or give each trial a larger share of a GPU "
@@ -42,11 +45,11 @@ class TrialOutOfMemory(RuntimeError):
         )
 
     def __reduce__(self) -> tuple[Any, ...]:  # keyword-only: pickled (to a pool's parent) by hand
-        return (_trial_out_of_memory, (self.step, self.phase, self.batch, self.detail))
+        return (_trial_out_of_memory, (self.step, self.phase, self.batch, self.detail, self.quantized))
 
 
-def _trial_out_of_memory(step: int, phase: str, batch: int, detail: str) -> TrialOutOfMemory:
-    return TrialOutOfMemory(step=step, phase=phase, batch=batch, detail=detail)
+def _trial_out_of_memory(step: int, phase: str, batch: int, detail: str, quantized: bool) -> TrialOutOfMemory:
+    return TrialOutOfMemory(step=step, phase=phase, batch=batch, detail=detail, quantized=quantized)
 
 
 class SweepStopped(Exception):

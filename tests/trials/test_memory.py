@@ -25,7 +25,17 @@ def _bench():
     return module
 
 
-@pytest.mark.parametrize("case", ["qwen2_vl", "llava+checkpointing"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "qwen2_vl",
+        "qwen2_vl+checkpointing",
+        "llava",
+        "llava+checkpointing",
+        "qwen2_vl+4bit",
+        "qwen2_vl+bfloat16",
+    ],
+)
 def test_each_part_matches_what_a_real_trial_allocates(case):
     bench = _bench()
     result = bench.check(case, bench.CASES[case])
@@ -45,7 +55,26 @@ def test_corners_take_each_memory_parameter_at_its_ends():
     assert not problems
     smallest, largest = corners(space, {"lora.vision": False, "lora.projector": "frozen"})
     assert [(p.lora_r, p.lora_dropout) for p in smallest] == [(4, 0.0)]
-    assert (largest.lora_r, largest.lora_dropout) == (32, 0.1)
+    assert [(p.lora_r, p.lora_dropout) for p in largest] == [(32, 0.1)]
+
+
+def test_corners_count_a_layout_rank_of_0_as_lora_r_and_the_costliest_balance():
+    """lora_r_vision 0 means "as lora_r" (lora.plan_lora): with lora_r up to 64 the largest
+    vision rank is 64, not the 32 of its choices; pcgrad keeps a gradient per task; without
+    "all" each layer set is a candidate for the largest."""
+    space, problems = parse_space(
+        {
+            "lora_r": {"type": "categorical", "choices": [8, 64]},
+            "lora_r_vision": {"type": "categorical", "choices": [0, 4, 32]},
+            "loss_balance": {"type": "categorical", "choices": ["static", "pcgrad", "famo"]},
+            "lora_targets_llm": {"type": "categorical", "choices": ["attention", "mlp"]},
+        }
+    )
+    assert not problems
+    smallest, largest = corners(space, {"lora.vision": True, "lora.projector": "frozen"})
+    assert {(p.lora_r, p.lora_r_vision) for p in smallest} == {(8, 4)}
+    assert {(p.lora_r, p.lora_r_vision, p.loss_balance) for p in largest} == {(64, 0, "pcgrad")}
+    assert sorted(p.lora_targets_llm for p in largest) == ["attention", "mlp"]
 
 
 @pytest.mark.parametrize("double_quant", [True, False])
@@ -67,6 +96,20 @@ def test_4bit_bytes_match_bitsandbytes(double_quant):
         tensors += [state.state2.absmax, state.state2.code, state.offset]
     allocated = sum(t.untyped_storage().nbytes() for t in tensors)
     assert quantized_weight_bytes(torch.Size([200, 96]), Q) == allocated
+
+
+def test_8bit_bytes_match_bitsandbytes():
+    bnb = pytest.importorskip("bitsandbytes")
+
+    class Q:
+        bits = 8
+
+    layer = bnb.nn.Linear8bitLt(96, 200, bias=False, has_fp16_weights=False)
+    layer.load_state_dict({"weight": torch.randn(200, 96)})
+    layer = layer.to("cpu")  # quantizes: int8 values and one float32 scale per row
+    w = layer.weight
+    allocated = w.untyped_storage().nbytes() + w.SCB.untyped_storage().nbytes()
+    assert w.dtype == torch.int8 and quantized_weight_bytes(torch.Size([200, 96]), Q) == allocated
 
 
 def test_a_4bit_base_quantizes_the_language_model_only():
@@ -126,3 +169,28 @@ def test_the_fit_examples_are_sweep_configs(example):
 
     cfg, _ = load_sweep_config(example)
     assert cfg.resources.gpu_memory_gb is not None
+
+
+def test_tied_embeddings_count_once_in_the_weights():
+    """Qwen2-VL 2B ties its output head to the input embeddings: one tensor, counted once."""
+    from transformers import AutoConfig
+
+    from vlsweep.demo import builtin
+    from vlsweep.trials.memory import _skeleton, weight_bytes
+
+    hf_config = AutoConfig.from_pretrained(builtin.builtin_path("tiny-qwen2-vl"))
+    hf_config.tie_word_embeddings = hf_config.get_text_config().tie_word_embeddings = True
+    model = _skeleton(hf_config, None)
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    for p in model.parameters():
+        p.requires_grad_(False)
+    buffers = sum(
+        b.numel() * 4
+        for m in model.modules()
+        for n, b in m.named_buffers(recurse=False)
+        if n not in m._non_persistent_buffers_set
+    )
+    assert (
+        weight_bytes(model, torch.float32, set(), None)
+        == 4 * sum(p.numel() for p in model.parameters()) + buffers
+    )

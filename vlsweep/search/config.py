@@ -23,7 +23,7 @@ from vlsweep.config import (
     format_validation_error,
     read_yaml,
 )
-from vlsweep.errors import UserInputError
+from vlsweep.errors import QUANTIZE_HINT, UserInputError
 from vlsweep.metrics import METRICS, OBJECTIVES, RETAIN
 from vlsweep.params import PARAM_NAMES, STRATEGIES, TrialParams, strategy_space
 from vlsweep.spaces import CategoricalChoice, FloatRange, Space, parse_space, with_strategies
@@ -126,7 +126,8 @@ class ResourcesConfig(_Strict):
                 f"{value:g} GPUs per trial would leave {value - 1:g} of them idle: a trial trains "
                 "on one GPU; use 1 (or a fraction, 0.5, to run two trials on each GPU). For a "
                 "model whose trial does not fit one GPU: lower budget.batch_size, set "
-                "model.gradient_checkpointing: true, or train fewer modules (lora.vision: false)"
+                f"model.gradient_checkpointing: true, {QUANTIZE_HINT}, or train fewer modules "
+                "(lora.vision: false)"
             )
         return value
 

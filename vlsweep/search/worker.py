@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vlsweep.config import SPLITS
+from vlsweep.errors import QUANTIZE_HINT
 
 _BASE: dict[str, Any] = {}
 _DATA: dict[str, Any] = {}
@@ -236,6 +237,6 @@ def describe_failure(exc: BaseException) -> str:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
     return (
         f"out of memory: {first} (lower budget.batch_size or budget.eval_batch_size, set "
-        "model.gradient_checkpointing: true, or give each trial a larger share of a GPU with "
-        "resources.gpus_per_trial, up to 1: a trial trains on one GPU)"
+        f"model.gradient_checkpointing: true, {QUANTIZE_HINT}, or give each trial a larger share of "
+        "a GPU with resources.gpus_per_trial, up to 1: a trial trains on one GPU)"
     )

@@ -512,7 +512,13 @@ def run_trial(
         # tensors) is gone by now, so the caller can free the memory for the next trial.
         batch = budget.eval_batch_size if progress.phase == "evaluation" else budget.batch_size
         del trainer, mixer  # the trial's optimizer state and gradients go with them
-        raise TrialOutOfMemory(step=progress.step, phase=progress.phase, batch=batch, detail=oom)
+        raise TrialOutOfMemory(
+            step=progress.step,
+            phase=progress.phase,
+            batch=batch,
+            detail=oom,
+            quantized=cfg.model.quantization is not None and cfg.model.quantization.bits == 4,
+        )
     return result
 
 

@@ -14,10 +14,13 @@ The estimate is the sum of parts, each counted the way the engine allocates it:
   ``recompute``, the largest layer re-run during the backward pass;
 - ``logits``: the full-vocabulary logits of the batch and, in the backward pass, their
   gradient (never saved by autograd, but alive at the forward/backward boundary);
+- an evaluation's parts, which run between steps with the optimizer's state alive: the
+  evaluation batch's logits or key-value cache, and its largest layer's working memory;
+  the peak is the larger of a training step and an evaluation;
 - ``cuda_context`` and ``allocator_slack``: stated constants, not measured (below).
 
 Parts not alive at the same moment (activations are freed as gradients appear) are
-added anyway: the total is an upper bound, which is what "will it fit" needs.
+added anyway, which leans the total high, the side "will it fit" needs.
 
 How the parts are counted. Accelerate's ``estimate-memory`` counts the weights only (its
 ``create_empty_model`` + ``calculate_maximum_sizes``), so the rest is ours: the model is
@@ -28,8 +31,9 @@ are traced under ``torch.autograd.graph.saved_tensors_hooks`` with fake CPU tens
 autocast), which records what a real forward saves byte for byte. The vision tower
 cannot be traced with fake tensors (its patch sequence lengths are data: Qwen2-VL calls
 ``cu_seqlens.tolist()``), so it runs for real on the CPU with one and then two of its
-blocks, at full width, on the data's largest image; its depth scales the per-block
-difference. ``benchmarks/memory_estimate.py`` checks every part against what a real
+blocks, at full width, on the data's largest image (a patch-grid tower on three small
+grids, taken to that image by the polynomial through them); its depth scales the
+per-block difference. ``benchmarks/memory_estimate.py`` checks every part against what a real
 trial allocates and saves.
 """
 
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Iterator
@@ -86,25 +91,64 @@ class Shape:
     image_tokens: int  # the language model's tokens for that image
 
 
+CONSTANTS = ("cuda_context", "allocator_slack")
+
+
 @dataclass
 class Estimate:
-    """One trial configuration's peak memory on its device, in parts (bytes)."""
+    """One trial configuration's peak memory on its device, in parts (bytes): ``parts``
+    those of a training step (with the two stated constants), ``evaluation`` those of an
+    evaluation, which runs between steps with the optimizer's state alive. The peak is
+    the larger of the two, plus the constants."""
 
     parts: dict[str, int]
     device: str  # "cuda" or "cpu": what the dtype and the constants assumed
     dtype: torch.dtype
     checkpointing: bool
     params: TrialParams | None = None
-    notes: list[str] = field(default_factory=list)
+    evaluation: dict[str, int] = field(default_factory=dict)
+    eval_batch_size: int = 0
+
+    @property
+    def training(self) -> int:
+        return sum(v for k, v in self.parts.items() if k not in CONSTANTS)
+
+    @property
+    def tensors(self) -> int:
+        """The peak's tensors: the larger of a training step and an evaluation."""
+        return max(self.training, sum(self.evaluation.values()))
 
     @property
     def total(self) -> int:
-        return sum(self.parts.values())
+        return self.tensors + sum(self.parts.get(k, 0) for k in CONSTANTS)
 
     def describe(self) -> str:
-        """``12.3 GiB: weights 8.1 GiB, adapter 40 MiB, ...`` (parts that are not zero)."""
-        parts = ", ".join(f"{k.replace('_', ' ')} {human_bytes(v)}" for k, v in self.parts.items() if v)
-        return f"{human_bytes(self.total)}: {parts}"
+        """``12.3 GiB: weights 8.1 GiB, adapter 40 MiB, ...`` (the training step's parts
+        that are not zero, and the constants)."""
+        return f"{human_bytes(self.total)}: {_listed(self.parts)}"
+
+    def lines(self) -> list[str]:
+        """The peak, then the training step's and the evaluation's parts, then the
+        constants: what ``vlsweep validate`` prints under each configuration."""
+        training = {k: v for k, v in self.parts.items() if k not in CONSTANTS}
+        constants = {k: v for k, v in self.parts.items() if k in CONSTANTS}
+        peak = "evaluation" if sum(self.evaluation.values()) > self.training else "training"
+        out = [
+            f"{human_bytes(self.total)} at its peak, in {peak}",
+            f"training step: {human_bytes(self.training)}: {_listed(training)}",
+        ]
+        if self.evaluation:
+            out.append(
+                f"evaluation (eval_batch_size {self.eval_batch_size}): "
+                f"{human_bytes(sum(self.evaluation.values()))}: {_listed(self.evaluation)}"
+            )
+        if any(constants.values()):
+            out.append(f"and {_listed(constants)}")
+        return out
+
+
+def _listed(parts: dict[str, int]) -> str:
+    return ", ".join(f"{k.replace('_', ' ')} {human_bytes(v)}" for k, v in parts.items() if v)
 
 
 def human_bytes(n: float) -> str:
@@ -156,12 +200,16 @@ def _image_tokens(full: dict[str, torch.Tensor], processing: Processing) -> int:
 # -- the model without weights ----------------------------------------------------------------
 
 
-def _skeleton(hf_config: Any, attn: str | None) -> Any:
+def _skeleton(hf_config: Any, attn: str | None, trust_remote_code: bool = False) -> Any:
+    """The model on the meta device, as ``modeling.model_skeleton`` builds it, with the
+    attention backend the trace runs."""
     from transformers import AutoModelForImageTextToText
 
     kwargs: dict[str, Any] = {"attn_implementation": attn} if attn else {}
     with torch.device("meta"):
-        return AutoModelForImageTextToText.from_config(hf_config, **kwargs)
+        return AutoModelForImageTextToText.from_config(
+            hf_config, trust_remote_code=trust_remote_code, **kwargs
+        )
 
 
 def _attach(model: torch.nn.Module, cfg: RunConfig, params: TrialParams, groups: dict[str, str]) -> Any:
@@ -176,8 +224,10 @@ def _attach(model: torch.nn.Module, cfg: RunConfig, params: TrialParams, groups:
 
 def trial_dtype(cfg: RunConfig, device: str) -> torch.dtype:
     """The dtype a trial computes in on ``device`` (``model.dtype``). For ``auto`` on a GPU
-    the estimate assumes one with bfloat16, as every GPU since Ampere has."""
-    if device == "cuda" and cfg.model.dtype == "auto":
+    this machine's GPU decides, as it does for the trial; without one the estimate assumes
+    a GPU with bfloat16, as every GPU since Ampere has (float32 on older ones doubles the
+    weights and activations: ``vlsweep validate`` says what it assumed)."""
+    if device == "cuda" and cfg.model.dtype == "auto" and not torch.cuda.is_available():
         return torch.bfloat16
     return resolve_dtype(cfg.model.dtype, torch.device(device))
 
@@ -195,15 +245,17 @@ def weight_bytes(model: torch.nn.Module, dtype: torch.dtype, quantized: set[str]
     """The frozen base's bytes: parameters in ``dtype`` (or in bits for the linear layers
     named in ``quantized``), floating buffers in ``dtype`` (integer ones as they are).
     Quantized, the other parameters are float32: peft's k-bit preparation upcasts them."""
-    size = torch.empty((), dtype=dtype).element_size()
+    size = dtype.itemsize
     buffer_size = size
     if q is not None:
         size = 4
     total = 0
+    seen: set[int] = set()  # a weight shared by two modules (tied embeddings) is one tensor
     for mod_name, module in model.named_modules():
         for name, p in module.named_parameters(recurse=False):
-            if p.requires_grad:
+            if p.requires_grad or id(p) in seen:
                 continue
+            seen.add(id(p))
             if mod_name in quantized and name == "weight":
                 total += quantized_weight_bytes(p.shape, q)
             else:
@@ -226,6 +278,10 @@ def quantized_weight_bytes(shape: torch.Size, q: Any) -> int:
     nested = math.ceil(blocks / _BNB4_NESTED_BLOCK)
     # 8-bit absmax, their float32 scales, the nested 256-value code table and the offset
     return packed + blocks + nested * 4 + 256 * 4 + 4
+
+
+# Loss balances that take one gradient per task (torchjd's Jacobian) before combining them.
+PER_TASK_GRADIENTS = ("pcgrad", "upgrad")
 
 
 def trained_bytes(peft_model: Any, loss_balance: str, n_tasks: int) -> tuple[int, int]:
@@ -334,7 +390,7 @@ def language_activations(
     batch of ``shape``, traced with fake tensors (the image's tokens enter as embeddings)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    model = _skeleton(hf_config, _attn_for_trace(cfg))
+    model = _skeleton(hf_config, _attn_for_trace(cfg), cfg.model.trust_remote_code)
     dtype = _quantized_trace_dtype(cfg, dtype)
     model.to(dtype)
     if checkpointing:
@@ -371,11 +427,13 @@ def loss_activations(hf_config: Any, shape: Shape) -> int:
 
 def logits_bytes(hf_config: Any, shape: Shape, dtype: torch.dtype) -> int:
     """The batch's logits (or, in the backward pass, their gradient) in the model's dtype,
-    and the answer tokens' logits copied out and cast to float32 for the loss."""
+    and the answer tokens' logits copied out and, from a half dtype, cast to float32 for
+    the loss (a float32 tensor's ``.float()`` is itself)."""
     vocab = hf_config.get_text_config().vocab_size
-    size = torch.empty((), dtype=dtype).element_size()
+    size = dtype.itemsize
     answers = shape.batch_size * shape.answer_tokens
-    return shape.batch_size * shape.seq_len * vocab * size + answers * vocab * (size + 4)
+    cast = 4 if dtype != torch.float32 else 0
+    return shape.batch_size * shape.seq_len * vocab * size + answers * vocab * (size + cast)
 
 
 _DEPTH_KEYS = ("depth", "num_hidden_layers", "num_layers")
@@ -393,7 +451,9 @@ def _vision_config(hf_config: Any) -> tuple[Any, str]:
     )
 
 
-def _vision_model(hf_config: Any, depth: int, attn: str | None, dtype: torch.dtype) -> Any:
+def _vision_model(
+    hf_config: Any, depth: int, attn: str | None, dtype: torch.dtype, trust_remote_code: bool = False
+) -> Any:
     """The model with ``depth`` vision blocks at full width, built for real on the CPU,
     around a language model cut to one narrow layer and a few token ids: the vision
     tower and the projector are as in the trial, and nothing of the language model's
@@ -408,8 +468,11 @@ def _vision_model(hf_config: Any, depth: int, attn: str | None, dtype: torch.dty
     text.intermediate_size = 8
     text.vocab_size = 8
     kwargs: dict[str, Any] = {"attn_implementation": attn} if attn else {}
-    torch.manual_seed(0)
-    return AutoModelForImageTextToText.from_config(reduced, dtype=dtype, **kwargs)
+    with torch.random.fork_rng():  # its random weights change no byte count; the caller's RNG stays
+        torch.manual_seed(0)
+        return AutoModelForImageTextToText.from_config(
+            reduced, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs
+        )
 
 
 # Square patch grids (sides) a grid-based tower (Qwen-VL's) is traced at: its saved bytes
@@ -441,7 +504,10 @@ def vision_activations(
     dtype = _quantized_trace_dtype(cfg, dtype)
     _, key = _vision_config(hf_config)
     depth = getattr(hf_config.vision_config, key)
-    built = {d: _vision_model(hf_config, d, _attn_for_trace(cfg), dtype) for d in (1, 2)}
+    built = {
+        d: _vision_model(hf_config, d, _attn_for_trace(cfg), dtype, cfg.model.trust_remote_code)
+        for d in (1, 2)
+    }
 
     def trace(d: int, image: dict[str, torch.Tensor], images: int, ckpt: bool) -> int:
         model = copy.deepcopy(built[d])
@@ -534,7 +600,7 @@ def _estimate(
     dtype = trial_dtype(cfg, device)
     ckpt = cfg.model.gradient_checkpointing
     q = cfg.model.quantization
-    skeleton = _skeleton(hf_config, _attn_for_trace(cfg))
+    skeleton = _skeleton(hf_config, _attn_for_trace(cfg), cfg.model.trust_remote_code)
     quantized = set(quantized_linears(skeleton, groups)) if q is not None else set()
     peft_model = _attach(skeleton, cfg, params, groups)
     weights = weight_bytes(
@@ -555,27 +621,67 @@ def _estimate(
     vision, vision_block = vision_activations(
         hf_config, cfg, params, groups, shape, dtype, checkpointing=ckpt
     )
-    recompute = 0
-    notes: list[str] = []
+    layers = hf_config.get_text_config().num_hidden_layers
+    lm_off = lm
     if ckpt:
-        layers = hf_config.get_text_config().num_hidden_layers
         lm_off = language_activations(
             hf_config, cfg, params, groups, shape, dtype, checkpointing=False, inputs_need_grad=True
         )
-        recompute = max((lm_off - lm) // layers, vision_block)
+    recompute = max((lm_off - lm) // layers, vision_block) if ckpt else 0
+    gradient_copies = n_tasks + 1 if params.loss_balance in PER_TASK_GRADIENTS else 1
     parts = {
         "weights": weights,
         "adapter": values * 4,
-        "gradients": values * 4,
+        # A Jacobian balance holds one gradient per task (torchjd's Jacobians) and the
+        # combined one.
+        "gradients": values * 4 * gradient_copies,
         "optimizer": values * 8 + tensors * 4,
         "activations": lm + vision + loss_activations(hf_config, shape),
         "recompute": recompute,
         "logits": logits_bytes(hf_config, shape, dtype),
     }
-    tensors_total = sum(parts.values())
+    evaluation = evaluation_parts(
+        hf_config, cfg, shape, dtype, parts, layer=max(lm_off // layers, vision_block)
+    )
+    estimate = Estimate(
+        parts=parts,
+        device=device,
+        dtype=dtype,
+        checkpointing=ckpt,
+        params=params,
+        evaluation=evaluation,
+        eval_batch_size=cfg.budget.eval_batch_size,
+    )
     parts["cuda_context"] = CUDA_CONTEXT_BYTES if device == "cuda" else 0
-    parts["allocator_slack"] = round(ALLOCATOR_SLACK * tensors_total) if device == "cuda" else 0
-    return Estimate(parts=parts, device=device, dtype=dtype, checkpointing=ckpt, params=params, notes=notes)
+    parts["allocator_slack"] = round(ALLOCATOR_SLACK * estimate.tensors) if device == "cuda" else 0
+    return estimate
+
+
+def evaluation_parts(
+    hf_config: Any, cfg: RunConfig, shape: Shape, dtype: torch.dtype, training: dict[str, int], *, layer: int
+) -> dict[str, int]:
+    """An evaluation's parts: it runs between steps, so the weights, the adapter and the
+    optimizer's state are alive (the gradients are freed); without gradients, for
+    ``budget.eval_batch_size`` samples, the validation loss's full-vocabulary logits (and
+    the answers' float32 log-softmax), or the generation's key-value cache, whichever is
+    larger (``outputs``); and ``forward``, the largest layer's working memory, taken as
+    what that layer saves for a backward pass at the training batch, scaled to the
+    evaluation batch (a layer without gradients frees as it goes: an upper bound)."""
+    text = hf_config.get_text_config()
+    batch = cfg.budget.eval_batch_size
+    evaluated = dataclasses.replace(shape, batch_size=batch)
+    val_loss = logits_bytes(hf_config, evaluated, dtype) + batch * shape.answer_tokens * text.vocab_size * 4
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    tokens = shape.seq_len + cfg.budget.max_new_tokens
+    kv_cache = batch * tokens * text.num_hidden_layers * 2 * kv_heads * head_dim * dtype.itemsize
+    return {
+        "weights": training["weights"],
+        "adapter": training["adapter"],
+        "optimizer": training["optimizer"],
+        "outputs": max(val_loss, kv_cache),
+        "forward": math.ceil(layer * batch / shape.batch_size),
+    }
 
 
 def quantized_linears(model: torch.nn.Module, groups: dict[str, str]) -> list[str]:
