@@ -10,7 +10,8 @@ settings of Qwen2-VL's own (14-pixel patches, 2x2 merge, up to 12.8 megapixels).
 estimate needs nothing else: the model is built without weights. Its one stand-in is the
 tokenizer, a character-level one, which counts the text of a sample in more tokens than
 Qwen's BPE would: the estimate is high by those. The data: a few document pages of
-1024x1024 pixels (1,296 image tokens each) with OCR answers of about 200 characters.
+1024x1024 pixels (resized to 1036x1036, multiples of 28: 1,369 image tokens each) with
+OCR answers of about 200 characters.
 
 Usage::
 
@@ -72,6 +73,11 @@ RUNS: list[tuple[str, str, dict[str, Any]]] = [
     ("qwen2-vl-2b-half-gpu.yaml", "qwen2-vl-2b-half-gpu.yaml", {}),
     ("qwen2-vl-7b-80gb.yaml", "qwen2-vl-7b-80gb.yaml", {}),
     ("qwen2-vl-7b-80gb.yaml on a 24 GB GPU", "qwen2-vl-7b-80gb.yaml", {"resources": {"gpu_memory_gb": 24}}),
+    (
+        "qwen2-vl-7b-80gb.yaml with the default eval_batch_size of 32",
+        "qwen2-vl-7b-80gb.yaml",
+        {"budget": {"eval_batch_size": 32}},
+    ),
     ("qwen2-vl-7b-qlora-24gb.yaml", "qwen2-vl-7b-qlora-24gb.yaml", {}),
     ("qwen2-vl-72b-qlora-80gb.yaml", "qwen2-vl-72b-qlora-80gb.yaml", {}),
 ]
@@ -172,12 +178,12 @@ def doc_block(data: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--only", action="append", help="only these example files (name.yaml)")
+    ap.add_argument("--only", action="append", help="only these runs (a label of RUNS, or an example file)")
     args = ap.parse_args()
     unlisted = {e.name for e in EXAMPLES.glob("*.yaml")} - {file for _, file, _ in RUNS}
     if unlisted:
         raise SystemExit(f"error: examples/fit/ holds {sorted(unlisted)}, not in RUNS; add them")
-    runs = [r for r in RUNS if not args.only or r[1] in args.only]
+    runs = [r for r in RUNS if not args.only or r[0] in args.only or r[1] in args.only]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         checkpoints = {hub: stand_in(hub, tmp / "models") for hub in ARCHITECTURES}
@@ -186,6 +192,13 @@ def main() -> None:
             label: run(EXAMPLES / file, tmp, checkpoints, data, changes) for label, file, changes in runs
         }
     if args.json:
+        if args.only and args.json.exists():  # the other runs' results stay, in RUNS's order
+            kept = json.loads(args.json.read_text())["examples"]
+            results = {
+                label: results.get(label) or kept[label]
+                for label, _, _ in RUNS
+                if label in {**kept, **results}
+            }
         args.json.write_text(json.dumps({"examples": results}, indent=1) + "\n")
         print(f"wrote {args.json}")
     sys.exit(0 if all(r["exit_code"] in (0, 2) for r in results.values()) else 1)
