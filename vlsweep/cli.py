@@ -193,6 +193,21 @@ def launch(
     ] = None,
     storage: StorageOpt = None,
     address: AddressOpt = None,
+    from_study: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="carry this study of a smaller model of the family: its front first, its trials "
+            "as the sampler's prior knowledge (sets search.transfer_from)",
+        ),
+    ] = None,
+    from_storage: Annotated[
+        str | None, typer.Option("--from-storage", help="where the --from study lives (default: --storage)")
+    ] = None,
+    rescale: Annotated[
+        str | None,
+        typer.Option("--rescale", help="learning-rate rule for what is carried: none or hidden"),
+    ] = None,
 ) -> None:
     """Run a sweep: Ray Tune runs the trials, Optuna proposes them (Pareto front of CER and IoU)."""
     try:
@@ -201,6 +216,8 @@ def launch(
 
         path = config or _default_sweep_config()
         cfg, base_dir = load_sweep_config(path)
+        if from_study is not None or from_storage is not None or rescale is not None:
+            cfg = _with_transfer(cfg, path, from_study, from_storage, rescale)
         _preflight(cfg, base_dir)
         url = storage_url(storage, cfg.storage)
         _echo(f"vlsweep launch: {path if config else 'embedded demo (examples/demo-sweep.yaml)'}")
@@ -210,6 +227,22 @@ def launch(
     except SweepStopped as err:
         _stopped(err)
     _print_front(study)
+
+
+def _with_transfer(
+    cfg: SweepConfig, path: Path, study: str | None, storage: str | None, rescale: str | None
+) -> SweepConfig:
+    """The config with ``search.transfer_from`` set from --from, --from-storage, --rescale
+    (validated as if the file said it, so ``vlsweep resume`` keeps it)."""
+    from vlsweep.search.config import load_sweep_config
+
+    given = cfg.search.transfer_from.model_dump() if cfg.search.transfer_from else {}
+    if study is None and not given:
+        raise UserInputError("--from-storage/--rescale: name the study to carry with --from STUDY")
+    spec = {**given, **{k: v for k, v in (("study", study), ("storage", storage), ("rescale", rescale)) if v}}
+    raw = cfg.model_dump(mode="json", exclude_unset=True)
+    raw.setdefault("search", {})["transfer_from"] = spec
+    return load_sweep_config(path, data=raw)[0]
 
 
 @app.command()

@@ -93,3 +93,22 @@ def hypervolume(points: Sequence[Vector], ref: Vector, directions: Sequence[str]
     if not pts:
         return 0.0
     return float(moocore.hypervolume(np.asarray(pts, dtype=float), ref=np.asarray(r, dtype=float)))
+
+
+def knee(points: Sequence[Vector], directions: Sequence[str]) -> int:
+    """The index of the front point closest (Euclidean) to the ideal point after min-max
+    normalizing each objective over the points to [0, 1], 0 being the best value seen.
+
+    One of several knee definitions; this one treats the objectives as equally important
+    on the scale the front itself spans. Ties go to the first point.
+    """
+    if len(points) == 1:
+        return 0
+    cols = [list(c) for c in zip(*(to_min(p, directions) for p in points), strict=True)]
+    lo = [min(c) for c in cols]
+    span = [(max(c) - min(c)) or 1.0 for c in cols]
+
+    def distance(j: int) -> float:
+        return math.sqrt(sum(((col[j] - low) / sp) ** 2 for col, low, sp in zip(cols, lo, span, strict=True)))
+
+    return min(range(len(points)), key=lambda j: (distance(j), j))

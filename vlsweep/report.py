@@ -13,8 +13,10 @@ from typing import Any
 
 from vlsweep.errors import UserInputError
 from vlsweep.metrics import METRICS, better, legend
+from vlsweep.outcomes import fmt
 from vlsweep.results import (
     SweepResults,
+    carried_rows,
     front_rows,
     hypervolume_history,
     importances,
@@ -399,6 +401,32 @@ def _front_table(results: SweepResults, picked_number: int | None) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _carried_table(results: SweepResults) -> str:
+    """The points carried from a smaller model's study, their metrics there and here."""
+    rows = carried_rows(results)
+    if not rows:
+        return ""
+    names = results.metric_names
+    head = "".join(
+        f"<th>{html.escape(h)}</th>"
+        for h in ["trial", *(f"{n} ({side})" for n in names for side in ("source", "target")), "source trial"]
+    )
+    body = []
+    for r in rows:
+        cells = [f"#{r['trial']}"]
+        for n in names:
+            target = r["target"][n] if r["target"] else None
+            cells += [fmt(r["source"].get(n)), fmt(target) if r["target"] else r["state"].lower()]
+        cells.append(f"#{r['source_trial']}{' (knee)' if r['knee'] else ''}")
+        body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    return (
+        f"<h2>Carried from {html.escape(str(rows[0]['study']))}</h2>"
+        "<p>The smaller model's front, re-run here first: each point's metrics on the source "
+        "model and on this one.</p>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )
+
+
 def render_html(results: SweepResults, picked_number: int | None, figs: dict[str, Any]) -> str:
     from vlsweep import __version__
 
@@ -447,6 +475,7 @@ vlsweep {html.escape(__version__)}.</p>
 <p>* = dominates the baseline (trial run with the un-tuned default hyperparameters).
 {html.escape("; ".join(legend(results.metric_names, results.directions)))}.</p>
 {_front_table(results, picked_number)}
+{_carried_table(results)}
 {tb}
 {"".join(v for k, v in parts.items() if not k.startswith("pareto"))}
 </body></html>

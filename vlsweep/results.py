@@ -112,24 +112,9 @@ def _holds(value: float | None, op: str, bound: float) -> bool:
 
 
 def knee(front: list[FrozenTrial], directions: list[str]) -> FrozenTrial:
-    """The front point closest (Euclidean) to the ideal point after min-max normalizing
-    each objective over the front to [0, 1], 0 being the best value seen on the front.
-
-    One of several knee definitions; this one treats the objectives as equally important
-    on the scale the front itself spans. Ties go to the lower trial number.
-    """
-    if len(front) == 1:
-        return front[0]
-    k = len(directions)
-    cols = [[t.values[i] if directions[i] == "minimize" else -t.values[i] for t in front] for i in range(k)]
-    lo = [min(c) for c in cols]
-    span = [(max(c) - min(c)) or 1.0 for c in cols]
-
-    def distance(j: int) -> float:
-        return math.sqrt(sum(((cols[i][j] - lo[i]) / span[i]) ** 2 for i in range(k)))
-
-    best = min(range(len(front)), key=lambda j: (distance(j), front[j].number))
-    return front[best]
+    """The front's knee (``pareto.knee``); ties go to the lower trial number."""
+    ordered = sorted(front, key=lambda t: t.number)
+    return ordered[pareto.knee([t.values for t in ordered], directions)]
 
 
 def pick(results: SweepResults, how: str, where: list[tuple[str, str, float]] | None = None) -> FrozenTrial:
@@ -314,6 +299,34 @@ def front_rows(results: SweepResults) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+# A target trial's user attr when it re-ran a point of a carried study (search/transfer.py).
+CARRIED_ATTR = "carried"
+
+
+def carried_rows(results: SweepResults) -> list[dict[str, Any]]:
+    """The points carried from a smaller model's study, each with its metrics there
+    (``source``) and here (``target``: None until the trial completes), knee first."""
+    rows = []
+    for t in results.trials:
+        carried = t.user_attrs.get(CARRIED_ATTR)
+        if not isinstance(carried, dict):
+            continue
+        done = t.state == TrialState.COMPLETE and t.values
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name,
+                "study": carried.get("study"),
+                "source_trial": carried.get("trial"),
+                "knee": bool(carried.get("knee")),
+                "source": dict(carried.get("values") or {}),
+                "target": dict(zip(results.metric_names, t.values, strict=True)) if done else None,
+                "clipped": list(carried.get("clipped") or []),
+            }
+        )
+    return sorted(rows, key=lambda r: r["trial"])
 
 
 def short(value: Any) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import optuna
 
 from vlsweep import metrics, outcomes, storages
-from vlsweep.results import SweepResults, front_rows, short
+from vlsweep.results import SweepResults, carried_rows, front_rows, short
 
 
 def front_table(results: SweepResults) -> str:
@@ -45,6 +45,31 @@ def front_table(results: SweepResults) -> str:
     return "\n".join(lines)
 
 
+def carried_table(results: SweepResults) -> str:
+    """The points carried from a smaller model's study: each one's metrics there and here."""
+    rows = carried_rows(results)
+    if not rows:
+        return ""
+    names = results.metric_names
+    header = ["trial", *(f"{n} {side}" for n in names for side in ("source", "target")), "source trial"]
+    table = []
+    for r in rows:
+        target = r["target"] or {}
+        cells = [f"#{r['trial']}"]
+        for n in names:
+            cells += [
+                outcomes.fmt(r["source"].get(n)),
+                outcomes.fmt(target.get(n)) if r["target"] else r["state"].lower(),
+            ]
+        cells.append(f"#{r['source_trial']}{' (knee)' if r['knee'] else ''}")
+        table.append(cells)
+    widths = [max(len(str(row[i])) for row in [header, *table]) for i in range(len(header))]
+    lines = [f"carried from study {rows[0]['study']!r} (its front, re-run on this model):"]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) for row in table]
+    return "\n".join(lines)
+
+
 def status_text(name: str | None, storage: str | None) -> str:
     url = storages.storage_url(storage)
     if name is None:
@@ -63,4 +88,8 @@ def status_text(name: str | None, storage: str | None) -> str:
     progress = f"{done}/{n_trials} trials done" if n_trials else f"{done} trials done"
     driver = study.user_attrs.get("driver")
     running = f"; driver pid {driver['pid']} on {driver['host']}" if driver else ""
-    return f"study {name!r} in {storages.masked(url)}: {progress} ({head}){running}\n{front_table(results)}"
+    carried = carried_table(results)
+    return (
+        f"study {name!r} in {storages.masked(url)}: {progress} ({head}){running}\n{front_table(results)}"
+        + (f"\n{carried}" if carried else "")
+    )

@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from tests.helpers import swift_argv
 from tests.search.sweeps import check_invariants, edit_yaml, sweep_cfg
+from vlsweep import outcomes
 from vlsweep.errors import UserInputError
 from vlsweep.search.config import load_sweep_config
 from vlsweep.search.sweep import run_sweep
@@ -415,3 +416,43 @@ def test_a_qlora_sweep_on_a_4bit_base_completes_on_the_cpu(ray_local, tmp_path, 
         "type": "nf4",
         "double_quant": True,
     }
+
+
+def test_a_sweep_of_the_wide_model_carries_the_small_ones_front(ray_local, tmp_path, demo_data):
+    """search.transfer_from: the target sweep's first trials re-run the source study's front
+    (knee first) on the larger model; the source's trials stay out of the target study; the
+    study records transfer_from (so resume keeps it); status shows both models' metrics."""
+    from vlsweep.status import status_text
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    (tmp_path / "src").mkdir()
+    (tmp_path / "tgt").mkdir()
+    src_path = sweep_cfg(tmp_path / "src", "builtin:tiny-qwen2-vl", demo_data, trials=3)
+    edit_yaml(src_path, name="small")
+    cfg, base_dir = load_sweep_config(src_path)
+    run_sweep(cfg, base_dir, url, log=lambda _m: None)
+    source = optuna.load_study(study_name="small", storage=url)
+
+    tgt_path = sweep_cfg(tmp_path / "tgt", "builtin:tiny-qwen2-vl-wide", demo_data, trials=4)
+    edit_yaml(tgt_path, name="wide", search={"transfer_from": {"study": "small"}})
+    cfg, base_dir = load_sweep_config(tgt_path)
+    lines: list[str] = []
+    run_sweep(cfg, base_dir, url, log=lines.append)
+    study = optuna.load_study(study_name="wide", storage=url)
+    check_invariants(study)
+
+    front = outcomes.pareto_front(source)
+    carried = [t for t in study.get_trials() if "carried" in t.user_attrs]
+    assert [t.number for t in carried] == list(range(len(front)))  # first, one per front point
+    assert carried[0].user_attrs["carried"]["knee"]
+    assert {t.user_attrs["carried"]["trial"] for t in carried} == {t.number for t in front}
+    for t in carried:
+        origin = source.trials[t.user_attrs["carried"]["trial"]]
+        assert t.params == origin.params
+        assert t.user_attrs["carried"]["values"] == dict(zip(["cer", "iou"], origin.values, strict=True))
+    assert len(study.get_trials()) == 4 and min(t.number for t in study.get_trials()) == 0
+    assert study.user_attrs["config"]["search"]["transfer_from"]["study"] == "small"
+    assert any(line.startswith("carrying study 'small' (qwen2_vl, language model 96 wide)") for line in lines)
+    text = status_text("wide", url)
+    assert "carried from study 'small' (its front, re-run on this model):" in text
+    assert "(knee)" in text

@@ -70,6 +70,17 @@ class WarmStart(_Strict):
     values: dict[str, float] | None = None
 
 
+class TransferFrom(_Strict):
+    """A finished study of a smaller model of the family to carry (search/transfer.py)."""
+
+    study: str
+    # Where it lives; none: the sweep's own storage.
+    storage: str | None = None
+    # A learning-rate rule for the carried points and prior: none, or hidden (the language
+    # model's and projector's rates times source width / target width).
+    rescale: Literal["none", "hidden"] = "none"
+
+
 class SearchConfig(_Strict):
     trials: int = Field(default=16, ge=1)
     max_concurrent: int = Field(default=2, ge=1)
@@ -100,6 +111,9 @@ class SearchConfig(_Strict):
     # durations differ a lot; the demo turns it on.
     reproducible: bool = False
     warm_start: list[WarmStart] = Field(default_factory=list)
+    # Carry a study of a smaller model of the family: its front runs first, its trials
+    # inform the sampler without becoming trials of this study (docs/transfer.md).
+    transfer_from: TransferFrom | None = None
 
 
 class ResourcesConfig(_Strict):

@@ -17,13 +17,19 @@ from vlsweep.outcomes import TrialsSnapshot
 
 
 def make_sampler(
-    kind: str, seed: int | None, window: int | None = None, rungs: Sequence[int] = ()
+    kind: str,
+    seed: int | None,
+    window: int | None = None,
+    rungs: Sequence[int] = (),
+    prior: Sequence[FrozenTrial] = (),
 ) -> optuna.samplers.BaseSampler:
     """Optuna's sampler with Optuna's defaults, reading the study once per ask. With
     ``window`` (the sweep's concurrency), each ask sees a history that depends on the
     trial's number only (``OneReadPerAsk``), so a seeded sweep proposes the same points
     however its trials' completions interleave. With ``rungs`` (early stopping), TPE
-    learns from what stopped trials measured at the rungs (``at_highest_rung``)."""
+    learns from what stopped trials measured at the rungs (``at_highest_rung``). With
+    ``prior`` (a carried study's trials, numbered below 0), the sampler sees them before
+    the study's own: knowledge, not trials of the study (``search/transfer.py``)."""
     if kind == "tpe":
         inner: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(seed=seed)
     elif kind == "nsga2":
@@ -34,7 +40,7 @@ def make_sampler(
         inner = optuna.samplers.RandomSampler(seed=seed)
     else:
         raise UserInputError(f"search.sampler: unknown sampler {kind!r}; choose tpe, nsga2, gp or random")
-    return OneReadPerAsk(inner, window=window, rungs=rungs if kind == "tpe" else ())
+    return OneReadPerAsk(inner, window=window, rungs=rungs if kind == "tpe" else (), prior=prior)
 
 
 # User attr of a trial under early stopping: {"<steps>": [objective values]} at each rung
@@ -108,27 +114,33 @@ class OneReadPerAsk(optuna.samplers.BaseSampler):
     ended). What a trial is proposed then depends on its number, not on which of the
     trials in flight happened to finish first.
 
-    With ``rungs`` (early stopping), the trials are then seen ``at_highest_rung``.
+    With ``rungs`` (early stopping), the trials are then seen ``at_highest_rung``; ``prior``
+    trials (a carried study's) are seen before the study's own, as they ended.
     """
 
     def __init__(
-        self, inner: optuna.samplers.BaseSampler, window: int | None = None, rungs: Sequence[int] = ()
+        self,
+        inner: optuna.samplers.BaseSampler,
+        window: int | None = None,
+        rungs: Sequence[int] = (),
+        prior: Sequence[FrozenTrial] = (),
     ):
         self.inner = inner
         self.window = window
         self.rungs = list(rungs)
+        self.prior = list(prior)
         self._view: TrialsSnapshot | None = None
 
     def _seen(self, study: optuna.Study, trial: FrozenTrial) -> Any:
         if self._view is None or self._view.study is not study:
             self._view = TrialsSnapshot(study)
-            if self.window or self.rungs:
+            if self.window or self.rungs or self.prior:
                 trials = self._view.get_trials(deepcopy=False)
                 if self.window:
                     trials = _as_of(trials, trial.number, self.window)
                 if self.rungs:
                     trials = at_highest_rung(trials, self.rungs)
-                self._view._trials = trials
+                self._view._trials = [*self.prior, *trials]
         return self._view
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:

@@ -38,7 +38,7 @@ from ray.tune import Callback
 from vlsweep import artifacts, demo, outcomes, storages
 from vlsweep.errors import SweepFailed, SweepInterrupted, UserInputError
 from vlsweep.params import BASELINE
-from vlsweep.search import driver_storage, lease, ray_security
+from vlsweep.search import driver_storage, lease, ray_security, transfer
 from vlsweep.search.backend import (
     LOCAL_RAY_ATTR,
     check_shared_storage,
@@ -197,8 +197,15 @@ def _driving(plan: SweepPlan, storage_url: str, resume: bool, log: Log) -> Itera
     from vlsweep import __version__
 
     cfg = plan.cfg
+    carried = transfer.prepare(plan, storage_url, log)
     storage = storages.open_storage(storage_url, kind=driver_storage.kind(log))
-    sampler = make_sampler(cfg.search.sampler, cfg.search.seed, plan.window, plan.sampler_rungs)
+    sampler = make_sampler(
+        cfg.search.sampler,
+        cfg.search.seed,
+        plan.window,
+        plan.sampler_rungs,
+        prior=carried.prior if carried else (),
+    )
     new_study = cfg.name not in optuna.get_all_study_names(storage)
     study = create_or_check(storage, cfg.name, plan.directions, plan.objective_names, sampler)
     driver = lease.claim_driver(study)
@@ -214,6 +221,8 @@ def _driving(plan: SweepPlan, storage_url: str, resume: bool, log: Log) -> Itera
         study.set_user_attr(artifacts.STORE_ATTR, store_url)
         store = artifacts.open_store(store_url) if store_url != artifacts.NONE else None
         if not study.get_trials(deepcopy=False):
+            for params, attrs in carried.points if carried else ():  # the carried front first
+                study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
             _seed_points(study, plan)
         requeue_lost(study, log)
         remaining = cfg.search.trials - outcomes.finished_toward_trials(study.get_trials(deepcopy=False))
