@@ -33,7 +33,9 @@ class TrialOutOfMemory(RuntimeError):
         if phase == "evaluation":
             during = f"evaluating at step {step} with eval batch {batch}; lower budget.eval_batch_size"
         elif phase == "setup":
-            during = f"attaching the adapter, before step 1; lower lora_r, train fewer modules{quantize}"
+            during = "attaching the adapter, before step 1; lower lora_r" + (
+                ", train fewer modules" + quantize if quantize else " or train fewer modules"
+            )
         else:
             during = (
                 f"at step {step} with batch {batch}; lower budget.batch_size, set "

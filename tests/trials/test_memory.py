@@ -194,3 +194,43 @@ def test_tied_embeddings_count_once_in_the_weights():
         weight_bytes(model, torch.float32, set(), None)
         == 4 * sum(p.numel() for p in model.parameters()) + buffers
     )
+
+
+def test_corners_take_what_a_condition_or_a_tie_may_give():
+    """A rank conditional on another searched parameter may be sampled: its range counts
+    (with its default, for when it is not); a rank tied to another parameter takes that
+    one's range; a layout rank range from 0 steps to its first step, not to 1; the
+    smallest configuration takes the cheapest balance the space offers."""
+    space, problems = parse_space(
+        {
+            "lora_targets_llm": {"type": "categorical", "choices": ["attention", "mlp"]},
+            "lora_r": {"type": "categorical", "choices": [4, 128], "when": {"lora_targets_llm": "mlp"}},
+            "lora_r_vision": {"type": "int", "low": 0, "high": 30, "step": 8},
+            "loss_balance": {"type": "categorical", "choices": ["pcgrad", "famo"]},
+        }
+    )
+    assert not problems
+    smallest, largest = corners(space, {"lora.vision": True, "lora.projector": "frozen"})
+    assert {p.lora_r for p in smallest} == {4} and {p.lora_r for p in largest} == {128}
+    assert {p.lora_r_vision for p in largest} == {0}  # as lora_r, 128 > 24
+    assert {p.lora_r_vision for p in smallest} == {0}  # as lora_r, 4 < 8
+    assert {p.loss_balance for p in smallest} == {"famo"} and {p.loss_balance for p in largest} == {"pcgrad"}
+
+    tied, problems = parse_space(
+        {"rotation_period": {"type": "int", "low": 10, "high": 50}, "lora_r": {"same_as": "rotation_period"}}
+    )
+    assert not problems
+    smallest, largest = corners(tied, {"lora.vision": False, "lora.projector": "frozen"})
+    assert [p.lora_r for p in smallest] == [10] and [p.lora_r for p in largest] == [50]
+
+
+def test_an_out_of_memory_error_pickles_with_what_it_advises():
+    import pickle
+
+    from vlsweep.errors import TrialOutOfMemory
+
+    err = TrialOutOfMemory(step=3, phase="training", batch=8, detail="CUDA out of memory", quantized=True)
+    back = pickle.loads(pickle.dumps(err))
+    assert str(back) == str(err) and back.quantized
+    assert "quantize the base" not in str(back)  # already 4-bit
+    assert "quantize the base" in str(TrialOutOfMemory(step=3, phase="setup", batch=8, detail="x"))

@@ -12,7 +12,7 @@ from vlsweep.config import RunConfig
 from vlsweep.errors import QUANTIZE_HINT, UserInputError
 from vlsweep.params import TrialParams
 from vlsweep.search.config import SweepConfig
-from vlsweep.spaces import CategoricalChoice, Space
+from vlsweep.spaces import CategoricalChoice, IntRange, Space
 
 # The parameters a trial's memory depends on; the others (learning rates, loss weights,
 # the data mix) change no tensor's size.
@@ -20,21 +20,48 @@ RANKS = ("lora_r", "lora_r_vision", "lora_r_projector")
 TARGETS = ("lora_targets_llm", "lora_targets_vision")
 
 
+def _maybe_active(space: Space, name: str, settings: dict[str, Any], chosen: dict[str, Any]) -> bool | None:
+    """Whether ``name`` is sampled: decided by the settings and fixed values, or None when
+    its condition names a parameter that is itself searched (it may be, or not)."""
+    entry = space.searched.get(name)
+    if entry is None:
+        return False
+    if any(key in space.searched and key not in chosen for key in entry.when or {}):
+        return None
+    return space.active(name, settings, chosen)
+
+
 def _extremes(space: Space, name: str, settings: dict[str, Any], chosen: dict[str, Any]) -> list[Any]:
     """The values of ``name`` that bound memory: a range's ends, a categorical's every
-    choice for layouts and balances, or its smallest and largest number; the fixed value
-    otherwise."""
+    choice for layouts, balances and layout ranks, or its smallest and largest number; the
+    fixed value (or default) when it is not searched, and besides the others when it may
+    not be (a condition on another searched parameter)."""
     entry = space.searched.get(name)
-    if entry is None or not space.active(name, settings, chosen):
-        return [space.fixed.get(name, TrialParams.model_fields[name].default)]
+    default = [space.fixed.get(name, TrialParams.model_fields[name].default)]
+    active = _maybe_active(space, name, settings, chosen)
+    if entry is None or active is False:
+        return default
+    values: list[Any]
     if isinstance(entry, CategoricalChoice):
         if name in (*TARGETS, "loss_balance", *RANKS[1:]):  # a layout rank's 0 is lora_r
-            return list(entry.choices)
-        numbers = [c for c in entry.choices if isinstance(c, (int, float))]
-        return [min(numbers), max(numbers)]
-    if name in RANKS[1:] and entry.low == 0:  # 0 (as lora_r), then the ranks from 1
-        return [0, 1, entry.high]
-    return [entry.low, entry.high]
+            values = list(entry.choices)
+        else:
+            numbers = [c for c in entry.choices if isinstance(c, (int, float))]
+            values = [min(numbers), max(numbers)]
+    else:
+        step = getattr(entry, "step", None) or 1
+        high = (
+            entry.low + (entry.high - entry.low) // step * step if isinstance(entry, IntRange) else entry.high
+        )
+        # A layout rank from 0: 0 (as lora_r), then the ranks from the first step on.
+        layout_from_0 = name in RANKS[1:] and entry.low == 0
+        values = [0, step, high] if layout_from_0 else [entry.low, high]
+    return values if active else [*values, *(d for d in default if d not in values)]
+
+
+def _ends(values: list[Any]) -> tuple[Any, Any]:
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return (min(numbers), max(numbers)) if numbers else (values[0], values[-1])
 
 
 def _layout_rank(values: list[Any], lora_r: int, largest: bool) -> Any:
@@ -46,6 +73,11 @@ def _layout_rank(values: list[Any], lora_r: int, largest: bool) -> Any:
 
 # Loss balances by the memory they add: one gradient per task (pcgrad, upgrad) is the most.
 _BALANCE_COST = {"pcgrad": 2, "upgrad": 2, "uncertainty": 1, "famo": 1}
+
+
+def _source(space: Space, name: str) -> str:
+    """The parameter whose values ``name`` takes: its tie's target, or itself."""
+    return space.tied.get(name, name)
 
 
 def corners(space: Space, settings: dict[str, Any]) -> tuple[list[TrialParams], list[TrialParams]]:
@@ -60,13 +92,13 @@ def corners(space: Space, settings: dict[str, Any]) -> tuple[list[TrialParams], 
     low: dict[str, Any] = dict(base)
     high: dict[str, Any] = dict(base)
     for name in ("lora_r", "lora_dropout"):
-        values = _extremes(space, name, settings, base)
-        low[name], high[name] = values[0], values[-1]
+        low[name], high[name] = _ends(_extremes(space, _source(space, name), settings, base))
     for name in RANKS[1:]:
-        values = _extremes(space, name, settings, base)
+        values = _extremes(space, _source(space, name), settings, base)
         low[name] = _layout_rank(values, low["lora_r"], largest=False)
         high[name] = _layout_rank(values, high["lora_r"], largest=True)
     balances = _extremes(space, "loss_balance", settings, base)
+    low["loss_balance"] = min(balances, key=lambda b: _BALANCE_COST.get(b, 0))
     high["loss_balance"] = max(balances, key=lambda b: _BALANCE_COST.get(b, 0))
     small_layouts: list[dict[str, Any]] = [{}]
     large_layouts: list[dict[str, Any]] = [{}]
@@ -78,7 +110,7 @@ def corners(space: Space, settings: dict[str, Any]) -> tuple[list[TrialParams], 
         large_layouts = [{**layout, name: v} for layout in large_layouts for v in larger]
     for name, target in space.tied.items():
         for point in (low, high, *small_layouts, *large_layouts):
-            if target in point:
+            if target in point and name not in (*RANKS, "lora_dropout"):
                 point[name] = point[target]
     smallest = [TrialParams.model_validate({**low, **layout}) for layout in small_layouts]
     largest = [TrialParams.model_validate({**high, **layout}) for layout in large_layouts]
@@ -116,7 +148,10 @@ def check_fit(cfg: SweepConfig, data: Any, log: Callable[[str], None]) -> None:
     resolved = demo.resolve(cfg)
     device = "cuda" if cfg.resources.gpus_per_trial > 0 else "cpu"
     smallest, largest = corners(cfg.search_space, cfg.settings())
-    estimates = _estimates(resolved, data, [*smallest, *largest], device, log)
+    # A declared GPU is the cluster's: model.dtype auto is then taken as bfloat16, not as
+    # whatever this machine's GPU would pick.
+    local_gpu = cfg.resources.gpu_memory_gb is None
+    estimates = _estimates(resolved, data, [*smallest, *largest], device, log, local_gpu)
     if estimates is None:
         return
     small = min(estimates[: len(smallest)], key=lambda e: e.total)
@@ -127,7 +162,7 @@ def check_fit(cfg: SweepConfig, data: Any, log: Callable[[str], None]) -> None:
     dtype = str(large.dtype).removeprefix("torch.")
     import torch
 
-    auto = device == "cuda" and cfg.model.dtype == "auto" and not torch.cuda.is_available()
+    auto = device == "cuda" and cfg.model.dtype == "auto" and not (local_gpu and torch.cuda.is_available())
     assumed = " (model.dtype auto, taken as a GPU with bfloat16)" if auto else ""
     report = [f"memory {where} in {dtype}{assumed}, estimated (docs/cluster.md, 'Will it fit'):"]
     for label, e in (("smallest", small), ("largest", large)):
@@ -141,10 +176,13 @@ def check_fit(cfg: SweepConfig, data: Any, log: Callable[[str], None]) -> None:
         got = (
             f"the {human_bytes(budget)} a trial gets ({source} {human_bytes(gpu)} x gpus_per_trial {share:g})"
         )
-        fixes = _remedies(resolved, cfg.search_space, share, large)
-        if large.tensors > budget:
+        fixes = _remedies(resolved, cfg.search_space, share, large, budget)
+        # What is refused: the training step, or the evaluation without its upper-bound
+        # ``forward`` part; the rest (that part, the constants) may not fit: a warning.
+        firm = max(large.training, sum(large.evaluation.values()) - large.evaluation.get("forward", 0))
+        if firm > budget:
             problem = (
-                f"the largest configuration the space allows needs about {human_bytes(large.tensors)} of "
+                f"the largest configuration the space allows needs about {human_bytes(firm)} of "
                 f"tensors alone, more than {got}; {fixes}"
             )
             if source == "resources.gpu_memory_gb":
@@ -161,8 +199,9 @@ def check_fit(cfg: SweepConfig, data: Any, log: Callable[[str], None]) -> None:
             )
         elif large.total > budget:
             report.append(
-                f"warning: the largest configuration may not fit: {human_bytes(large.total)} with the CUDA "
-                f"context and allocator slack, against {got}; {fixes}"
+                f"warning: the largest configuration may not fit: {human_bytes(large.total)} with the "
+                f"evaluation's working memory (an upper bound), the CUDA context and allocator slack, "
+                f"against {got}; {fixes}"
             )
     elif device == "cuda":
         report.append(
@@ -173,17 +212,20 @@ def check_fit(cfg: SweepConfig, data: Any, log: Callable[[str], None]) -> None:
         log(line)
 
 
-def _remedies(cfg: RunConfig, space: Space, share: float, large: Any) -> str:
+def _remedies(cfg: RunConfig, space: Space, share: float, large: Any, budget: float) -> str:
+    evaluation = sum(large.evaluation.values())
     fixes = []
-    if sum(large.evaluation.values()) > large.training:
+    if evaluation > large.training:
         fixes.append(
             f"lower budget.eval_batch_size (now {cfg.budget.eval_batch_size}: evaluation is the peak)"
         )
-    if any(n in space.searched for n in RANKS):
-        fixes.append("lower the top of the lora_r range (space.lora_r)")
-    fixes.append(f"lower budget.batch_size (now {cfg.budget.batch_size})")
-    if not cfg.model.gradient_checkpointing:
-        fixes.append("set model.gradient_checkpointing: true")
+    ranks = [n for n in RANKS if n in space.searched]
+    if ranks:
+        fixes.append("lower the top of the rank range (" + ", ".join(f"space.{n}" for n in ranks) + ")")
+    if large.training > budget:  # the training step itself: what shrinks it
+        fixes.append(f"lower budget.batch_size (now {cfg.budget.batch_size})")
+        if not cfg.model.gradient_checkpointing:
+            fixes.append("set model.gradient_checkpointing: true")
     if cfg.model.quantization is None:
         fixes.append(QUANTIZE_HINT)
     elif cfg.model.quantization.bits == 8:
@@ -196,7 +238,12 @@ def _remedies(cfg: RunConfig, space: Space, share: float, large: Any) -> str:
 
 
 def _estimates(
-    cfg: RunConfig, data: Any, points: list[TrialParams], device: str, log: Callable[[str], None]
+    cfg: RunConfig,
+    data: Any,
+    points: list[TrialParams],
+    device: str,
+    log: Callable[[str], None],
+    local_gpu: bool,
 ) -> list[Any] | None:
     from transformers import AutoConfig
 
@@ -209,8 +256,9 @@ def _estimates(
             revision=cfg.model.revision,
         )
         processing = load_processing(cfg.model)
-    except (OSError, UserInputError) as exc:
-        log(f"note: no memory estimate: the model's config and processor cannot be read here ({exc})")
+    except Exception as exc:  # noqa: BLE001 - a model the estimate cannot read must not block a sweep
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        log(f"note: no memory estimate: the model's config and processor cannot be read here ({first})")
         return None
     if sys.stderr.isatty():  # a progress line for the person waiting; logs get the result
         log("estimating each trial's memory (the model without weights; its vision tower on the CPU)...")
@@ -219,8 +267,13 @@ def _estimates(
         shape = data_shape(cfg, [*data.train, *data.val], processing)
         groups = module_groups(cfg.model, hf_config.model_type)
         return [
-            estimate(cfg, p, shape, hf_config, groups, device=device, n_tasks=len(data.tasks)) for p in points
+            estimate(
+                cfg, p, shape, hf_config, groups, device=device, n_tasks=len(data.tasks), local_gpu=local_gpu
+            )
+            for p in points
         ]
+    except UserInputError:
+        raise
     except Exception as exc:  # noqa: BLE001 - an estimate that cannot be made must not block a sweep
         first = (str(exc).splitlines() or [""])[0]
         log(

@@ -122,11 +122,6 @@ class Estimate:
     def total(self) -> int:
         return self.tensors + sum(self.parts.get(k, 0) for k in CONSTANTS)
 
-    def describe(self) -> str:
-        """``12.3 GiB: weights 8.1 GiB, adapter 40 MiB, ...`` (the training step's parts
-        that are not zero, and the constants)."""
-        return f"{human_bytes(self.total)}: {_listed(self.parts)}"
-
     def lines(self) -> list[str]:
         """The peak, then the training step's and the evaluation's parts, then the
         constants: what ``vlsweep validate`` prints under each configuration."""
@@ -222,12 +217,12 @@ def _attach(model: torch.nn.Module, cfg: RunConfig, params: TrialParams, groups:
     return peft_model
 
 
-def trial_dtype(cfg: RunConfig, device: str) -> torch.dtype:
+def trial_dtype(cfg: RunConfig, device: str, local_gpu: bool = True) -> torch.dtype:
     """The dtype a trial computes in on ``device`` (``model.dtype``). For ``auto`` on a GPU
     this machine's GPU decides, as it does for the trial; without one the estimate assumes
     a GPU with bfloat16, as every GPU since Ampere has (float32 on older ones doubles the
     weights and activations: ``vlsweep validate`` says what it assumed)."""
-    if device == "cuda" and cfg.model.dtype == "auto" and not torch.cuda.is_available():
+    if device == "cuda" and cfg.model.dtype == "auto" and not (local_gpu and torch.cuda.is_available()):
         return torch.bfloat16
     return resolve_dtype(cfg.model.dtype, torch.device(device))
 
@@ -580,11 +575,16 @@ def estimate(
     *,
     device: str = "cuda",
     n_tasks: int = 2,
+    local_gpu: bool = True,
 ) -> Estimate:
-    """The peak memory of one trial with ``params`` on ``device`` (parts in bytes)."""
+    """The peak memory of one trial with ``params`` on ``device`` (parts in bytes). With
+    ``local_gpu`` false, ``model.dtype: auto`` is taken as bfloat16 whatever GPU this
+    machine has (the trials run on another's)."""
     with warnings.catch_warnings():  # transformers' deprecation notes, meant for peft's authors
         warnings.simplefilter("ignore", FutureWarning)
-        return _estimate(cfg, params, shape, hf_config, groups, device=device, n_tasks=n_tasks)
+        return _estimate(
+            cfg, params, shape, hf_config, groups, device=device, n_tasks=n_tasks, local_gpu=local_gpu
+        )
 
 
 def _estimate(
@@ -596,8 +596,9 @@ def _estimate(
     *,
     device: str,
     n_tasks: int,
+    local_gpu: bool,
 ) -> Estimate:
-    dtype = trial_dtype(cfg, device)
+    dtype = trial_dtype(cfg, device, local_gpu)
     ckpt = cfg.model.gradient_checkpointing
     q = cfg.model.quantization
     skeleton = _skeleton(hf_config, _attn_for_trace(cfg), cfg.model.trust_remote_code)
@@ -674,7 +675,10 @@ def evaluation_parts(
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
     tokens = shape.seq_len + cfg.budget.max_new_tokens
-    kv_cache = batch * tokens * text.num_hidden_layers * 2 * kv_heads * head_dim * dtype.itemsize
+    # A quantized base's hidden states, and so its keys and values, are float32 (peft's
+    # k-bit preparation), as its trace is.
+    size = _quantized_trace_dtype(cfg, dtype).itemsize
+    kv_cache = batch * tokens * text.num_hidden_layers * 2 * kv_heads * head_dim * size
     return {
         "weights": training["weights"],
         "adapter": training["adapter"],
