@@ -213,11 +213,32 @@ def _place(model: Any, cfg: ModelConfig, device: torch.device) -> None:
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
         model.config.use_cache = not cfg.gradient_checkpointing
+        if device.type == "cpu":
+            _no_cpu_packing(model)
         return
     model.to(device)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+
+
+def _no_cpu_packing(model: Any) -> None:
+    """Keep bitsandbytes' 4-bit layers in their trainable format on the CPU.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a 4-bit weight in place for a
+    faster kernel the first time the layer runs in eval mode without gradients (a trial's
+    evaluation), and the layer then stays repacked: the next training step fails ("a view
+    of a leaf Variable that requires grad is being used in an in-place operation"), and
+    the repacking itself fails for an input width that is not a multiple of its block
+    size of 64 (seen here on an Intel Xeon; AMD EPYC CPUs without AVX512-BF16 never take
+    that path). A trial alternates training and evaluation, so the repacking is switched
+    off per layer with the flag bitsandbytes reads for it; the kernels it then uses are
+    the ones every other CPU runs."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def bnb_config(cfg: ModelConfig, dtype: torch.dtype) -> Any:
