@@ -234,3 +234,32 @@ def test_an_out_of_memory_error_pickles_with_what_it_advises():
     assert str(back) == str(err) and back.quantized
     assert "quantize the base" not in str(back)  # already 4-bit
     assert "quantize the base" in str(TrialOutOfMemory(step=3, phase="setup", batch=8, detail="x"))
+
+
+def test_a_4bit_base_trains_after_an_evaluation_on_the_cpu(demo_data):
+    """A trial evaluates between training steps. On CPUs with AVX512-BF16 bitsandbytes
+    would repack its 4-bit weights in place at the first evaluation and the next training
+    step would fail (modeling._no_cpu_packing); on other CPUs this holds trivially."""
+    pytest.importorskip("bitsandbytes")
+    from vlsweep import demo
+    from vlsweep.config import TrainConfig
+    from vlsweep.params import TrialParams
+    from vlsweep.trials import load_data, run_trial
+
+    cfg = TrainConfig.model_validate(
+        {
+            "model": {"name_or_path": "builtin:tiny-qwen2-vl", "quantization": {"bits": 4}},
+            "data": {"train": str(demo_data / "train.jsonl"), "val": str(demo_data / "val.jsonl")},
+            "budget": {
+                "steps": 4,
+                "batch_size": 2,
+                "max_new_tokens": 4,
+                "eval_every": 2,
+                "eval_batch_size": 4,
+            },
+            "lora": {"vision": True, "projector": "full"},
+        }
+    )
+    cfg = demo.resolve(cfg)
+    result = run_trial(TrialParams(), cfg.budget, cfg=cfg, data=load_data(cfg.data, demo_data))
+    assert result["steps"] == 4
