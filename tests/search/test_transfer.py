@@ -168,3 +168,18 @@ def test_launch_from_sets_search_transfer_from_as_the_file_would(tmp_path):
     with pytest.raises(UserInputError) as err:
         _with_transfer(cfg, path, "demo", None, "tinker")
     assert "search.transfer_from.rescale" in err.value.problems[0]
+
+
+def test_a_source_storage_with_a_password_is_refused_it_would_be_recorded():
+    from pathlib import Path
+
+    from vlsweep.cli import _with_transfer
+    from vlsweep.search.config import load_sweep_config
+
+    path = Path(__file__).parents[2] / "examples" / "demo-sweep.yaml"
+    cfg, _ = load_sweep_config(path)
+    with pytest.raises(UserInputError) as err:
+        _with_transfer(cfg, path, "demo", "postgresql://me:secret@127.0.0.1/db", None)
+    assert "search.transfer_from.storage" in err.value.problems[0]
+    assert "must not hold a password" in err.value.problems[0]
+    assert "secret" not in " ".join(err.value.problems)

@@ -70,15 +70,40 @@ class WarmStart(_Strict):
     values: dict[str, float] | None = None
 
 
+def _storage_without_password(value: str | None) -> str | None:
+    """A storage URL a config may hold: an SQLAlchemy URL with no password (the study
+    records its config, so a password there would be stored with every study)."""
+    if value is not None:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError("not an SQLAlchemy URL (e.g. sqlite:///vlsweep.db)") from None
+        if url.password:
+            raise ValueError(
+                "a config file must not hold a password: drop it from the URL and set "
+                "PGPASSWORD (or VLSWEEP_STORAGE) in the environment"
+            )
+    return value
+
+
 class TransferFrom(_Strict):
     """A finished study of a smaller model of the family to carry (search/transfer.py)."""
 
     study: str
-    # Where it lives; none: the sweep's own storage.
+    # Where it lives; none: the sweep's own storage. Recorded with the study's config, so
+    # it may hold no password (PGPASSWORD supplies one).
     storage: str | None = None
     # A learning-rate rule for the carried points and prior: none, or hidden (the language
     # model's and projector's rates times source width / target width).
     rescale: Literal["none", "hidden"] = "none"
+
+    @field_validator("storage")
+    @classmethod
+    def _no_password(cls, value: str | None) -> str | None:
+        return _storage_without_password(value)
 
 
 class SearchConfig(_Strict):
@@ -299,20 +324,7 @@ class SweepConfig(RunConfig):
     @field_validator("storage")
     @classmethod
     def _no_password(cls, value: str | None) -> str | None:
-        if value is not None:
-            from sqlalchemy.engine import make_url
-            from sqlalchemy.exc import ArgumentError
-
-            try:
-                url = make_url(value)
-            except ArgumentError:
-                raise ValueError("not an SQLAlchemy URL (e.g. sqlite:///vlsweep.db)") from None
-            if url.password:
-                raise ValueError(
-                    "a config file must not hold a password: drop it from the URL and set "
-                    "PGPASSWORD (or VLSWEEP_STORAGE) in the environment"
-                )
-        return value
+        return _storage_without_password(value)
 
     # The space and the constraints, parsed once when the config is validated (the raw
     # forms above are what the study records and every reader replays).
