@@ -38,8 +38,17 @@ def finished_toward_trials(trials: list[FrozenTrial]) -> int:
 
 
 def feasible(trial: FrozenTrial) -> bool:
-    """Optuna's rule: every value given to ``trial.set_constraint`` is <= 0."""
-    return all(c <= 0 for c in trial.system_attrs.get("constraints") or ())
+    """Optuna's rule: every value given to ``trial.set_constraint`` is <= 0. Read through
+    ``FrozenTrial.constraints``, which knows both of Optuna's formats: one list under
+    ``constraints`` and, since Optuna 5, one ``constraints:<name>`` attr per constraint
+    (what ``set_constraint`` writes)."""
+    return all(c <= 0 for c in trial.constraints.values())
+
+
+# The user attr a target trial holds when it re-runs a point of a carried study (a smaller
+# model's, search/transfer.py): {"study", "trial", "knee", "values": {metric: value},
+# "clipped": [...]}; status and the report show it beside the trial's own metrics.
+CARRIED_ATTR = "carried"
 
 
 def pareto_front(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> list[FrozenTrial]:
