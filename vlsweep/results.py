@@ -301,18 +301,14 @@ def front_rows(results: SweepResults) -> list[dict[str, Any]]:
     return rows
 
 
-# A target trial's user attr when it re-ran a point of a carried study (search/transfer.py).
-CARRIED_ATTR = "carried"
-
-
 def carried_rows(results: SweepResults) -> list[dict[str, Any]]:
     """The points carried from a smaller model's study, each with its metrics there
     (``source``) and here (``target``: None until the trial completes), knee first."""
     rows = []
     for t in results.trials:
-        carried = t.user_attrs.get(CARRIED_ATTR)
-        if not isinstance(carried, dict):
-            continue
+        carried = t.user_attrs.get(outcomes.CARRIED_ATTR)
+        if not isinstance(carried, dict) or t.user_attrs.get("requeued"):
+            continue  # a lost run that was queued again: its re-run is the row
         done = t.state == TrialState.COMPLETE and t.values
         rows.append(
             {

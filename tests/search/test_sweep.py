@@ -456,3 +456,18 @@ def test_a_sweep_of_the_wide_model_carries_the_small_ones_front(ray_local, tmp_p
     text = status_text("wide", url)
     assert "carried from study 'small' (its front, re-run on this model):" in text
     assert "(knee)" in text
+    from vlsweep.report import render_html
+    from vlsweep.results import SweepResults
+
+    page = render_html(SweepResults.of(study), None, {})
+    assert "<h2>Carried from small</h2>" in page and "(knee)" in page
+
+    # Refused before anything runs: a study carrying itself, and a source with nothing to carry.
+    edit_yaml(tgt_path, name="again", search={"transfer_from": {"study": "again"}})
+    optuna.create_study(study_name="again", storage=url, directions=["minimize", "maximize"])
+    with pytest.raises(UserInputError, match="'again' is this sweep's own study"):
+        run_sweep(*load_sweep_config(tgt_path), url, log=lambda _m: None)
+    optuna.create_study(study_name="empty", storage=url, directions=["minimize", "maximize"])
+    edit_yaml(tgt_path, name="other", search={"transfer_from": {"study": "empty"}})
+    with pytest.raises(UserInputError, match="study 'empty' has no complete, feasible trial to carry"):
+        run_sweep(*load_sweep_config(tgt_path), url, log=lambda _m: None)

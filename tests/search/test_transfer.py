@@ -58,23 +58,24 @@ def test_the_front_is_carried_knee_first_and_clipped_to_the_targets_space():
     params, attrs = carried.points[2]
     assert params == {"lr_llm": 1e-2, "lr_vision": 1e-4}  # clipped; 16 is no target choice
     assert attrs[transfer.CARRIED_ATTR]["clipped"] == [
-        "lr_llm 0.05 clipped to 0.01 (the target's 0.0001..0.01)",
+        "lr_llm 0.05 moved to 0.01 (the target's 0.0001..0.01)",
         "lora_r=16 is not among the target's choices [4, 8]: sampled instead",
     ]
-    # Every completed trial is prior knowledge, numbered below the target's own trials.
-    assert [t.number for t in carried.prior] == [-1, -2, -3, -4]
+    # The completed trials that lie in this space are prior knowledge, numbered below the
+    # target's own trials; #1, which had to be moved, is not an observation of this space.
+    assert [t.number for t in carried.prior] == [-1, -3, -4]
     assert all(t.state == TrialState.COMPLETE for t in carried.prior)
-    assert carried.prior[3].values == [0.40, 0.20]
+    assert carried.prior[-1].values == [0.40, 0.20]
 
 
-def test_the_hidden_rule_rescales_the_language_model_and_projector_rates_only():
+def test_the_hidden_rule_rescales_the_language_models_rate_only():
     dists = {**DISTS, "lr_projector": FloatDistribution(1e-6, 1e-1, log=True)}
     point = {"lr_llm": 2e-3, "lr_vision": 2e-4, "lora_r": 4, "lr_projector": 4e-3}
     src = _source([(point, [0.1, 0.5])])
     params, _ = transfer.carry(src, dists, rescale="hidden", width_ratio=96 / 216).points[0]
     assert params["lr_llm"] == pytest.approx(2e-3 * 96 / 216)
-    assert params["lr_projector"] == pytest.approx(4e-3 * 96 / 216)
-    assert params["lr_vision"] == 2e-4 and params["lora_r"] == 4
+    # The merger's input is the shared tower's, of fixed width: its rate stays, as the tower's.
+    assert params["lr_projector"] == 4e-3 and params["lr_vision"] == 2e-4 and params["lora_r"] == 4
 
 
 def test_studies_of_one_family_and_vision_tower_go_together_and_others_are_refused():
@@ -121,13 +122,13 @@ def test_the_sampler_sees_the_prior_and_the_study_does_not_hold_it():
             return super().sample_independent(study, trial, name, dist)
 
     prior = transfer.carry(_source(POINTS), DISTS, rescale="none", width_ratio=1.0).prior
-    sampler = make_sampler("random", seed=0, prior=prior)
-    sampler.inner = Spy(seed=0)
+    sampler = make_sampler("tpe", seed=0, prior=prior)
+    sampler.inner = Spy(seed=0)  # what the sampler is shown
     study = optuna.create_study(directions=["minimize", "maximize"], sampler=sampler)
     for _ in range(2):
         trial = study.ask(DISTS)
         study.tell(trial, [0.2, 0.5])
-    assert seen[0] == [-1, -2, -3, -4, 0] and seen[-1] == [-1, -2, -3, -4, 0, 1]
+    assert seen[0] == [-1, -3, -4, 0] and seen[-1] == [-1, -3, -4, 0, 1]
     assert [t.number for t in study.get_trials()] == [0, 1]
 
 
@@ -183,3 +184,76 @@ def test_a_source_storage_with_a_password_is_refused_it_would_be_recorded():
     assert "search.transfer_from.storage" in err.value.problems[0]
     assert "must not hold a password" in err.value.problems[0]
     assert "secret" not in " ".join(err.value.problems)
+
+
+def test_a_value_off_the_targets_step_is_put_on_it():
+    from optuna.distributions import IntDistribution
+
+    dists = {
+        "lora_r": IntDistribution(8, 24, step=8),
+        "lr_llm": FloatDistribution(0.1, 0.5, step=0.1),
+    }
+    assert transfer._fit("lora_r", 12, dists["lora_r"]) == (
+        16,
+        "lora_r 12 moved to 16 (the target's 8..24, step 8)",
+    )
+    assert transfer._fit("lora_r", 64, dists["lora_r"])[0] == 24  # the highest value on the step
+    value, note = transfer._fit("lr_llm", 0.26, dists["lr_llm"])
+    assert value == pytest.approx(0.3) and note.startswith("lr_llm 0.26 moved to 0.3")
+    assert transfer._fit("lora_r", 16, dists["lora_r"]) == (16, None)
+
+
+@pytest.mark.parametrize("kind", ["tpe", "gp", "nsga2"])
+def test_each_sampler_runs_with_a_carried_prior(kind):
+    """GP fits every trial it is shown, so a prior must hold every parameter searched here
+    (carry keeps only those); NSGA-II reads its generations by list position, so it gets no
+    prior and its generations still advance."""
+    many = [
+        (
+            {"lr_llm": 10 ** (-4 + i / 6), "lr_vision": 1e-4, "lora_r": 8},
+            [abs(i - 6) / 10, 1 - abs(i - 7) / 10],
+        )
+        for i in range(12)
+    ]
+    lacking = [({"lr_llm": 1e-3}, [0.3, 0.3])]  # no lr_vision, no lora_r: not knowledge here
+    prior = transfer.carry(_source(many + lacking), DISTS, rescale="none", width_ratio=1.0).prior
+    assert len(prior) == 12
+    sampler = make_sampler(kind, 0, prior=prior)
+    if kind == "nsga2":  # generations of 4, so 12 trials make three
+        assert sampler.prior == []
+        sampler.inner = optuna.samplers.NSGAIISampler(population_size=4, seed=0)
+    study = optuna.create_study(directions=["minimize", "maximize"], sampler=sampler)
+    for _ in range(12):
+        trial = study.ask(DISTS)
+        study.tell(trial, [trial.params["lr_llm"], trial.params["lr_vision"]])
+    assert len(study.get_trials()) == 12 and min(t.number for t in study.get_trials()) == 0
+    if kind == "nsga2":
+        key = "NSGAIISampler:generation"
+        assert max(t.system_attrs.get(key, 0) for t in study.get_trials()) >= 1
+
+
+def test_a_constraint_set_through_optuna_makes_a_trial_infeasible():
+    """Optuna 5 writes one ``constraints:<name>`` attr per constraint: the front and the
+    carried prior must see it (outcomes.feasible)."""
+    from vlsweep import outcomes
+
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    trial = study.ask()
+    trial.set_constraint("cer <= 0.1", 0.5)
+    study.tell(trial, [0.2, 0.5])
+    (frozen,) = study.get_trials()
+    assert not outcomes.feasible(frozen)
+    assert outcomes.pareto_front(study) == []
+
+
+def test_a_carried_point_lost_with_its_driver_is_queued_again_as_carried():
+    from vlsweep.search.sweep import requeue_lost
+
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    study.enqueue_trial({"lr_llm": 1e-3}, user_attrs={transfer.CARRIED_ATTR: {"study": "src", "trial": 2}})
+    study.ask({"lr_llm": DISTS["lr_llm"]})  # running when the driver was killed
+    assert requeue_lost(study, log=lambda _m: None) == 1
+    lost, again = study.get_trials()
+    assert again.state == TrialState.WAITING
+    assert again.user_attrs[transfer.CARRIED_ATTR] == {"study": "src", "trial": 2}
+    assert again.user_attrs["retry_of"] == lost.number

@@ -128,7 +128,8 @@ class SearchConfig(_Strict):
     # Stop the sweep when the first N trials to finish all fail with the same error (a
     # broken model path, dataset or GPU setup); 0 turns this off.
     fail_fast: int = Field(default=3, ge=0)
-    # Run the un-tuned baseline (vlsweep.params.BASELINE) as trial 0.
+    # Run the un-tuned baseline (vlsweep.params.BASELINE) first: trial 0, or right after a
+    # carried study's points (transfer_from).
     baseline: bool = True
     # The same points for the same seed however the trials' completions interleave: trial
     # k is proposed from trials 0..k-max_concurrent as they ended (the ones in flight count

@@ -40,6 +40,8 @@ def make_sampler(
         inner = optuna.samplers.RandomSampler(seed=seed)
     else:
         raise UserInputError(f"search.sampler: unknown sampler {kind!r}; choose tpe, nsga2, gp or random")
+    # NSGA-II reads its generations by list position, which prior trials would shift.
+    prior = prior if kind in ("tpe", "gp") else ()
     return OneReadPerAsk(inner, window=window, rungs=rungs if kind == "tpe" else (), prior=prior)
 
 
@@ -138,9 +140,15 @@ class OneReadPerAsk(optuna.samplers.BaseSampler):
                 trials = self._view.get_trials(deepcopy=False)
                 if self.window:
                     trials = _as_of(trials, trial.number, self.window)
+                prior = self.prior
                 if self.rungs:
-                    trials = at_highest_rung(trials, self.rungs)
-                self._view._trials = [*self.prior, *trials]
+                    seen = at_highest_rung(trials, self.rungs)
+                    if seen is not trials:
+                        # Judged at a rung: a carried study's full-budget values would
+                        # mix fidelities, as warm-start values would (left out there too).
+                        prior = []
+                    trials = seen
+                self._view._trials = [*prior, *trials]
         return self._view
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:

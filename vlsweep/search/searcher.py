@@ -29,7 +29,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from vlsweep import artifacts
+from vlsweep import artifacts, outcomes
 from vlsweep.metrics import METRICS
 from vlsweep.search.sampling import RUNG_ATTR, reproducible_slot
 from vlsweep.search.worker import ERROR_KEY
@@ -184,8 +184,11 @@ class OptunaAskTellSearcher(Searcher):
         self._first_errors = None  # these trials did not fail on their own
         for trial_id, trial in list(self._live.items()):
             if requeue:
+                # A carried point stays one on its re-run (status shows it, not this run).
+                carried = trial.user_attrs.get(outcomes.CARRIED_ATTR)
+                kept = {outcomes.CARRIED_ATTR: carried} if carried is not None else {}
                 self.study.enqueue_trial(
-                    trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False
+                    trial.params, user_attrs={"retry_of": trial.number, **kept}, skip_if_exists=False
                 )
                 trial.set_user_attr("requeued", True)
                 requeued.append(trial.number)

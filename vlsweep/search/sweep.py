@@ -60,7 +60,8 @@ STOP_ATTR = "stop_requested"
 
 
 def _seed_points(study: optuna.Study, plan: SweepPlan) -> None:
-    """Baseline (trial 0) and warm-start points, once, when the study is new."""
+    """The baseline (trial 0, or first after carried points) and warm-start points, once, when
+    the study is new."""
     space, dists = plan.space, plan.distributions
     if plan.cfg.search.baseline:
         point = {k: v for k, v in BASELINE.items() if space.active(k, plan.settings, BASELINE)}
@@ -103,7 +104,9 @@ def requeue_lost(study: optuna.Study, log: Log) -> int:
     """Fail trials a killed driver left RUNNING and queue them again with their parameters."""
     lost = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
     for t in lost:
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        # A carried point stays one on its re-run (status shows it, not the lost run).
+        kept = {k: t.user_attrs[k] for k in (outcomes.CARRIED_ATTR,) if k in t.user_attrs}
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, **kept}, skip_if_exists=False)
         study._storage.set_trial_user_attr(t._trial_id, "requeued", True)
         study._storage.set_trial_user_attr(
             t._trial_id, "error", "lost: the sweep driver stopped while this trial ran; re-queued"
@@ -197,8 +200,9 @@ def _driving(plan: SweepPlan, storage_url: str, resume: bool, log: Log) -> Itera
     from vlsweep import __version__
 
     cfg = plan.cfg
-    carried = transfer.prepare(plan, storage_url, log)
     storage = storages.open_storage(storage_url, kind=driver_storage.kind(log))
+    new_study = cfg.name not in optuna.get_all_study_names(storage)
+    carried = transfer.prepare(plan, storage_url, log, new=new_study)
     sampler = make_sampler(
         cfg.search.sampler,
         cfg.search.seed,
@@ -206,7 +210,6 @@ def _driving(plan: SweepPlan, storage_url: str, resume: bool, log: Log) -> Itera
         plan.sampler_rungs,
         prior=carried.prior if carried else (),
     )
-    new_study = cfg.name not in optuna.get_all_study_names(storage)
     study = create_or_check(storage, cfg.name, plan.directions, plan.objective_names, sampler)
     driver = lease.claim_driver(study)
     discard = False

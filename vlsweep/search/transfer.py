@@ -24,8 +24,10 @@ vision tower's rate kept.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -34,17 +36,25 @@ from optuna.trial import FrozenTrial, TrialState
 from vlsweep import outcomes, pareto, storages
 from vlsweep.errors import UserInputError
 
-# The user attr a carried point's target trial holds: where it came from and what it
-# measured there ({"study", "trial", "knee", "values": {metric: value}, "clipped": [...]});
-# results.carried_rows reads it (results sits above this layer, so each names it).
-CARRIED_ATTR = "carried"
+if TYPE_CHECKING:
+    from vlsweep.search.plan import SweepPlan
+
+CARRIED_ATTR = outcomes.CARRIED_ATTR
 RESCALE_RULES = ("none", "hidden")
-# Rates the "hidden" rule scales with the language model's width; the vision tower's is
-# the shared tower's own and stays.
-_WIDTH_SCALED = ("lr_llm", "lr_projector")
-# Vision-config keys that follow the language model (the merger's output width).
-_FOLLOWS_LLM = {"hidden_size", "out_hidden_size", "text_hidden_size"}
-_CONFIG_NOISE = {"_name_or_path", "transformers_version", "architectures", "torch_dtype", "dtype"}
+# The rate the "hidden" rule scales with the language model's width: muP's Adam rule goes
+# by a layer's input width, and only the language model's grows (the merger takes the
+# vision tower's fixed width in; the tower is shared).
+_WIDTH_SCALED = ("lr_llm",)
+# Vision-config keys that follow the language model (the merger's output width), by family.
+_FOLLOWS_LLM = {
+    "qwen2_vl": {"hidden_size"},
+    "qwen2_5_vl": {"out_hidden_size"},
+    "qwen3_vl": {"out_hidden_size"},
+    "qwen3_vl_moe": {"out_hidden_size"},
+}
+# Samplers that learn from prior trials. NSGA-II reads its generations by list position
+# (trial number = index), which trials put before the study's own would shift.
+PRIOR_SAMPLERS = ("tpe", "gp")
 
 
 @dataclass
@@ -88,7 +98,7 @@ def open_source(study: str, storage_url: str) -> Source:
     try:
         return Source.of(storages.load_existing(storage_url, study))
     except UserInputError as err:
-        raise UserInputError(f"search.transfer_from.study: {err.problems[0]}") from None
+        raise UserInputError(f"search.transfer_from: {err.problems[0]}") from None
 
 
 def _model_config(recorded_model: dict[str, Any]) -> Any:
@@ -105,10 +115,21 @@ def _model_config(recorded_model: dict[str, Any]) -> Any:
 
 
 def _vision(hf_config: Any) -> dict[str, Any]:
+    """The vision tower's architecture: its config's own keys (not the ones every config
+    has, such as ``return_dict`` or ``initializer_range``), less the merger's output width
+    where it follows the language model."""
+    from transformers import PretrainedConfig
+
     vision = getattr(hf_config, "vision_config", None)
     if vision is None:
         return {}
-    return {k: v for k, v in vision.to_dict().items() if k not in _FOLLOWS_LLM | _CONFIG_NOISE}
+    generic = set(PretrainedConfig().to_dict()) | {
+        "initializer_range",
+        "_name_or_path",
+        "transformers_version",
+    }
+    follows = _FOLLOWS_LLM.get(hf_config.model_type, set())
+    return {k: v for k, v in vision.to_dict().items() if k not in generic | follows}
 
 
 def hidden_size(hf_config: Any) -> int:
@@ -133,12 +154,20 @@ def check_compatible(
             problems
             + [f"search.transfer_from: study {source.name!r} records no sweep config (not a vlsweep sweep?)"]
         )
-    try:
-        src, tgt = _model_config(recorded), _model_config(target_model)
-    except (OSError, UserInputError) as exc:
-        raise UserInputError(
-            problems + [f"search.transfer_from: cannot read the models' configs to compare them ({exc})"]
-        ) from None
+    configs = []
+    for whose, model in ((f"study {source.name!r}'s model", recorded), ("this sweep's model", target_model)):
+        try:
+            configs.append(_model_config(model))
+        except Exception as exc:  # noqa: BLE001 - any unreadable config is the same user problem
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise UserInputError(
+                problems
+                + [
+                    f"search.transfer_from: cannot read {whose}'s config ({model.get('name_or_path')}) "
+                    f"to compare the two: {first}"
+                ]
+            ) from None
+    src, tgt = configs
     if src.model_type != tgt.model_type:
         problems.append(
             f"search.transfer_from: the model families differ: {source.name!r} swept a {src.model_type} "
@@ -163,18 +192,23 @@ def _shown(objectives: list[tuple[str, str]]) -> str:
 
 
 def _fit(name: str, value: Any, dist: Any) -> tuple[Any, str | None]:
-    """``value`` inside ``dist``: a number clipped to its bounds (said), a choice kept if
-    the target offers it (else dropped, said)."""
+    """``value`` inside ``dist``: a number put on its step and clipped to its bounds
+    (said), a choice kept if the target offers it (else dropped, said)."""
     if isinstance(dist, (FloatDistribution, IntDistribution)):
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             return None, f"{name}={value!r} is not a number here: sampled instead"
-        clipped = min(max(value, dist.low), dist.high)
+        fitted = min(max(value, dist.low), dist.high)
+        step = dist.step
+        if step is not None:
+            fitted = dist.low + math.floor((fitted - dist.low) / step + 0.5) * step
+            fitted = min(fitted, dist.low + math.floor((dist.high - dist.low) / step + 1e-9) * step)
         if isinstance(dist, IntDistribution):
-            clipped = int(round(clipped))
-        if clipped != value:
+            fitted = int(fitted)
+        if fitted != value:
             return (
-                clipped,
-                f"{name} {value:.4g} clipped to {clipped:.4g} (the target's {dist.low:g}..{dist.high:g})",
+                fitted,
+                f"{name} {value:.4g} moved to {fitted:.4g} (the target's {dist.low:g}..{dist.high:g}"
+                + (f", step {step:g})" if step is not None else ")"),
             )
         return value, None
     if isinstance(dist, CategoricalDistribution):
@@ -216,6 +250,7 @@ def carry(
     prior knowledge, in the target's space."""
     out = Carried(source=source)
     front = source.front
+    searched_here = set(distributions)
     if front:
         k = front[pareto.knee([t.values for t in front], source.directions)]
         for t in [k, *(t for t in front if t.number != k.number)]:
@@ -229,15 +264,23 @@ def carry(
             }
             out.points.append((params, {CARRIED_ATTR: attrs}))
             out.notes += [f"source trial #{t.number}: {n}" for n in notes]
+        unset = sorted(searched_here - {n for params, _ in out.points for n in params})
+        if unset:
+            out.notes.append(
+                f"{', '.join(unset)}: searched here, not by {source.name!r} (or not carried): "
+                "sampled for the carried points"
+            )
     for i, t in enumerate(source.complete):
-        params, _ = _mapped(t, distributions, rescale, width_ratio)
-        if not params:
+        params, notes = _mapped(t, distributions, rescale, width_ratio)
+        # Knowledge is what was measured: a trial whose values had to be moved into this
+        # space, or that lacks a parameter searched here, is no observation of this space.
+        if notes or set(params) != searched_here:
             continue
         prior = optuna.trial.create_trial(
             params=params,
             distributions={n: distributions[n] for n in params},
             values=list(t.values),
-            system_attrs={k: v for k, v in t.system_attrs.items() if k == "constraints"},
+            system_attrs={k: v for k, v in t.system_attrs.items() if k.split(":")[0] == "constraints"},
             state=TrialState.COMPLETE,
         )
         # Numbers below the target's own (which start at 0): samplers tell trials apart
@@ -247,24 +290,46 @@ def carry(
     return out
 
 
-def prepare(plan: Any, storage_url: str, log: Any) -> Carried | None:
-    """The sweep's ``search.transfer_from``, read and checked: None when it has none."""
+def prepare(plan: SweepPlan, storage_url: str, log: Callable[[str], None], *, new: bool) -> Carried | None:
+    """The sweep's ``search.transfer_from``, read and checked: None when it has none.
+    ``new``: the target study has no trials yet, so the carried points will be queued."""
     spec = plan.cfg.search.transfer_from
     if spec is None:
         return None
-    source = open_source(spec.study, spec.storage or storage_url)
-    objectives = list(zip(plan.objective_names, plan.directions, strict=True))
+    source_url = spec.storage or storage_url
+    if spec.study == plan.cfg.name and source_url == storage_url:
+        raise UserInputError(
+            f"search.transfer_from.study: {spec.study!r} is this sweep's own study; name the smaller "
+            "model's study to carry"
+        )
+    source = open_source(spec.study, source_url)
+    if not source.front:
+        raise UserInputError(
+            f"search.transfer_from.study: study {source.name!r} has no complete, feasible trial to carry "
+            f"({len(source.complete)} complete); let its sweep finish first"
+        )
+    objectives: list[tuple[str, str]] = list(zip(plan.objective_names, plan.directions, strict=True))
     src, tgt = check_compatible(source, objectives, plan.recorded_config["model"])
     ratio = hidden_size(src) / hidden_size(tgt)
     carried = carry(source, plan.distributions, rescale=spec.rescale, width_ratio=ratio)
-    feasible = sum(outcomes.feasible(t) for t in source.complete)
+    learns = plan.cfg.search.sampler in PRIOR_SAMPLERS
+    if not learns:
+        carried.prior = []
     rule = f"; learning rates rescaled ({spec.rescale}: x{ratio:.3g} for {', '.join(_WIDTH_SCALED)})"
-    log(
-        f"carrying study {source.name!r} ({src.model_type}, language model {hidden_size(src)} wide) "
-        f"to this {hidden_size(tgt)}-wide one: its front of {len(carried.points)} point(s) first, "
-        f"knee leading, and its {len(carried.prior)} completed trials ({feasible} feasible) as "
-        "the sampler's prior knowledge" + (rule if spec.rescale != "none" else "")
+    knowledge = (
+        f"its {len(carried.prior)} of {len(source.complete)} completed trials that lie in this space as "
+        "the sampler's prior knowledge"
+        if learns
+        else f"no prior knowledge (search.sampler {plan.cfg.search.sampler} takes none; tpe and gp do)"
     )
-    for note in carried.notes:
-        log(f"  {note}")
+    if new:
+        log(
+            f"carrying study {source.name!r} ({src.model_type}, language model {hidden_size(src)} wide) "
+            f"to this {hidden_size(tgt)}-wide one: its front of {len(carried.points)} point(s) first, "
+            f"knee leading, and {knowledge}" + (rule if spec.rescale != "none" else "")
+        )
+        for note in carried.notes:
+            log(f"  {note}")
+    else:
+        log(f"study {source.name!r} carried: {knowledge}")
     return carried
