@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from vlsweep.search.plan import SweepPlan
 
 CARRIED_ATTR = outcomes.CARRIED_ATTR
-RESCALE_RULES = ("none", "hidden")
 # The rate the "hidden" rule scales with the language model's width: muP's Adam rule goes
 # by a layer's input width, and only the language model's grows (the merger takes the
 # vision tower's fixed width in; the tower is shared).

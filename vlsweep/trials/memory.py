@@ -67,18 +67,6 @@ ALLOCATOR_SLACK = 0.10
 _BNB4_BLOCK = 64
 _BNB4_NESTED_BLOCK = 256
 
-PARTS = (
-    "weights",
-    "adapter",
-    "gradients",
-    "optimizer",
-    "activations",
-    "recompute",
-    "logits",
-    "cuda_context",
-    "allocator_slack",
-)
-
 
 @dataclass(frozen=True)
 class Shape:
