@@ -1,31 +1,67 @@
 """Sweep small, train big: how far a sweep of builtin:tiny-qwen2-vl carries to its larger
 sibling builtin:tiny-qwen2-vl-wide (the same vision tower, a language model 2.25x as wide,
-4.6x the parameters).
+4.6x the language-model parameters). The demo's data, steps and space on both.
 
-One part so far, measured before any arm of the transfer runs and fixed from then on:
+Three parts, each written into one JSON file (``--json``, read and updated):
 
-``cost``: the training step of the demo's trial on each model, side by side (rounds
-alternate which model goes first, so machine noise hits both alike), in process CPU
-seconds per step; ``r`` is the target's step cost over the source's. It prices the arms:
-a carried front costs the source sweep plus a few target trials, a target sweep costs
-every trial at r times the source's price.
+``cost``: measured before any arm ran and fixed from then on. The training step of the
+demo's trial on each model, side by side (rounds alternate which model goes first, so
+machine noise hits both alike), in process CPU seconds per step; ``r`` is the target's
+step cost over the source's.
+
+``rank``: do the two models order configurations alike? ``--configs`` configurations
+drawn at random (Optuna's RandomSampler) from the demo's default space, each trained on
+both models with ``--seeds`` training seeds, in a pool of processes that load both bases
+once. Spearman's correlation per objective between the models (of the means over seeds,
+and seed by seed), beside each model's correlation with itself across seeds: the ceiling
+the noise of one run leaves. And the demo's shared-learning-rate scan repeated on both
+models (every other value the baseline's), so their best shared rates can be set beside
+the per-module rates their sweeps' knees chose.
+
+``arms``: what a carried front is worth against sweeping the large model, per sampler
+seed, each with real sweeps (``run_sweep`` on a local Ray, the demo's trials, steps and
+sampler): ``carried`` = the 16-trial demo sweep on the small model, then its Pareto front
+(knee first) re-run on the large one; ``carried_plus`` = the same and 4 more target
+trials searched with the source's trials as the sampler's prior knowledge (one target
+sweep; its first trials are the carried ones); ``target_sweep`` = the 16-trial sweep on
+the large model. Each arm's hypervolume of its target-model trials (reference cer = 1,
+iou = 0) and its compute: the ``cpu_seconds`` every trial recorded, on both models, the
+baseline trial included. Each rescaling rule re-runs the carried points on the target.
+The break-even cost ratio: a target trial costs r source trials, so with the target
+trials' CPU expressed in source-trial units (divided by the measured r), ``carried``
+costs S + r*c and ``target_sweep`` r*t; it is cheaper above r = S / (t - c).
 
 Usage::
 
     python benchmarks/transfer.py cost [--steps 40] [--rounds 4] [--json docs/benchmarks/transfer.json]
+    python benchmarks/transfer.py rank [--configs 30] [--seeds 0,1] [--json docs/benchmarks/transfer.json]
+    python benchmarks/transfer.py arms [--seeds 0,1,2] [--json docs/benchmarks/transfer.json]
+    python benchmarks/transfer.py rank --quick; python benchmarks/transfer.py arms --quick   # CI smoke
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+FILES = ROOT / "docs" / "benchmarks"
 SOURCE, TARGET = "builtin:tiny-qwen2-vl", "builtin:tiny-qwen2-vl-wide"
+SOURCE_YAML = ROOT / "examples" / "demo-sweep.yaml"
+TARGET_YAML = ROOT / "examples" / "demo-wide-sweep.yaml"
+MODELS = {"source": SOURCE, "target": TARGET}
+REFERENCE = [1.0, 0.0]
+DIRECTIONS = ["minimize", "maximize"]
+# The demo's shared-rate scan: seven rates half a decade apart (benchmarks/lr_tradeoff.py).
+LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
+RULES = ("none", "hidden")
+EXTRA_TRIALS = 4  # carried_plus: target trials searched after the carried ones
 
 
 def demo_config(model: str) -> tuple[Any, Path]:
@@ -85,7 +121,7 @@ def step_cost(steps: int, rounds: int) -> dict[str, Any]:
     for k in range(rounds):
         for role in ("source", "target") if k % 2 == 0 else ("target", "source"):
             per_step[role].append(run(role))
-    models = {}
+    models: dict[str, dict[str, Any]] = {}
     for role, (_, _, base) in setups.items():
         models[role] = {
             "model": SOURCE if role == "source" else TARGET,
@@ -104,37 +140,543 @@ def step_cost(steps: int, rounds: int) -> dict[str, Any]:
     }
 
 
+# --- rank: do the two models order configurations alike? -------------------------------
+
+_STATE: dict[str, Any] = {}
+
+
+def _init(steps: int | None) -> None:
+    """A pool worker: one thread, both models' trial configs, data and bases loaded once."""
+    import torch
+
+    from vlsweep.trials import load_base, load_data
+
+    torch.set_num_threads(1)
+    for role, model in MODELS.items():
+        cfg, base_dir = demo_config(model)
+        if steps is not None:
+            cfg.budget.steps = steps
+        _STATE[role] = (cfg, load_data(cfg.data, base_dir), load_base(cfg.model))
+
+
+def _train(job: tuple[str, str, int, dict[str, Any], int]) -> dict[str, Any]:
+    from vlsweep.params import TrialParams
+    from vlsweep.trials import run_trial
+
+    kind, role, key, values, seed = job
+    cfg, data, base = _STATE[role]
+    cfg = cfg.model_copy(update={"seed": seed})
+    row: dict[str, Any] = {"kind": kind, "role": role, "key": key, "seed": seed}
+    try:
+        result = run_trial(TrialParams.of(values), cfg.budget, cfg=cfg, data=data, base=base)
+        row.update(cer=result["cer"], iou=result["iou"], cpu_s=round(result["cpu_seconds"], 2))
+    except FloatingPointError as exc:  # a diverged run is a result too: the metrics' worst
+        row.update(cer=1.0, iou=0.0, error=str(exc)[:200])
+    return row
+
+
+def draw_configs(n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` configurations of the demo's default space, as a sweep's worker resolves them
+    (conditional and tied parameters included), drawn by Optuna's RandomSampler."""
+    import optuna
+
+    from vlsweep.params import TrialParams
+    from vlsweep.search.config import load_sweep_config
+
+    cfg, _ = load_sweep_config(SOURCE_YAML)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        out.append(TrialParams.of(cfg.search_space.suggest(trial, cfg.settings())).to_dict())
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    return out
+
+
+def _pool_run(jobs: list[Any], workers: int, steps: int | None) -> list[dict[str, Any]]:
+    rows = []
+    with mp.get_context("spawn").Pool(workers, initializer=_init, initargs=(steps,)) as pool:
+        for row in pool.imap_unordered(_train, jobs):
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    from scipy.stats import spearmanr
+
+    rho = float(spearmanr(a, b).statistic)
+    return rho if rho == rho else 0.0  # NaN when one side is constant: no ordering carried
+
+
+def rank(
+    configs: int, seeds: list[int], scan_seeds: list[int], lrs: list[float], workers: int, steps: int | None
+) -> dict[str, Any]:
+    from vlsweep.params import BASELINE
+
+    points = draw_configs(configs, seed=0)
+    jobs: list[Any] = []
+    # Interleaved, so what the machine does meanwhile falls on both models alike.
+    for i, values in enumerate(points):
+        for seed in seeds:
+            for role in MODELS:
+                jobs.append(("config", role, i, values, seed))
+    for lr in lrs:
+        for seed in scan_seeds:
+            for role in MODELS:
+                jobs.append(
+                    ("scan", role, lr, {**BASELINE, "lr_vision": lr, "lr_projector": lr, "lr_llm": lr}, seed)
+                )
+    t0 = time.perf_counter()
+    rows = _pool_run(jobs, workers, steps)
+    config_rows = sorted(
+        (r for r in rows if r["kind"] == "config"), key=lambda r: (r["key"], r["seed"], r["role"])
+    )
+    scan_rows = sorted(
+        (r for r in rows if r["kind"] == "scan"), key=lambda r: (r["role"], r["key"], r["seed"])
+    )
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "steps": steps or demo_config(SOURCE)[0].budget.steps,
+        "configs": points,
+        "seeds": seeds,
+        "rows": config_rows,
+        "scan": scan_rows,
+        "seconds": round(time.perf_counter() - t0, 1),
+        **correlations(config_rows),
+    }
+
+
+def correlations(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Spearman per objective: between the models (means over seeds; and seed by seed, the
+    like of the self-correlation), and each model with itself across seed pairs."""
+    from itertools import combinations
+
+    keys = sorted({r["key"] for r in rows})
+    seeds = sorted({r["seed"] for r in rows})
+    at = {(r["role"], r["key"], r["seed"]): r for r in rows}
+
+    def column(role: str, metric: str, seed: int | None = None) -> list[float]:
+        if seed is not None:
+            return [at[(role, k, seed)][metric] for k in keys]
+        return [statistics.mean(at[(role, k, s)][metric] for s in seeds) for k in keys]
+
+    out: dict[str, Any] = {"rank_correlation": {}, "rank_correlation_by_seed": {}, "self_correlation": {}}
+    for m in ("cer", "iou"):
+        out["rank_correlation"][m] = spearman(column("source", m), column("target", m))
+        out["rank_correlation_by_seed"][m] = statistics.mean(
+            spearman(column("source", m, s), column("target", m, s)) for s in seeds
+        )
+    for role in MODELS:
+        out["self_correlation"][role] = {
+            m: statistics.mean(
+                spearman(column(role, m, a), column(role, m, b)) for a, b in combinations(seeds, 2)
+            )
+            for m in ("cer", "iou")
+        }
+    return out
+
+
+def scan_best(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per model: the shared rate with the lowest mean CER and the one with the highest mean IoU."""
+    out = {}
+    for role in MODELS:
+        stats = []
+        for lr in sorted({r["key"] for r in rows if r["role"] == role}):
+            at = [r for r in rows if r["role"] == role and r["key"] == lr]
+            stats.append(
+                {
+                    "lr": lr,
+                    "cer": statistics.mean(r["cer"] for r in at),
+                    "iou": statistics.mean(r["iou"] for r in at),
+                }
+            )
+        out[role] = {
+            "cer_best_lr": min(stats, key=lambda s: s["cer"])["lr"],
+            "iou_best_lr": max(stats, key=lambda s: s["iou"])["lr"],
+            "stats": stats,
+        }
+    return out
+
+
+# --- arms: a carried front against sweeping the large model -------------------------------
+
+
+def _sweep(
+    role: str,
+    name: str,
+    seed: int,
+    root: Path,
+    *,
+    trials: int | None = None,
+    steps: int | None = None,
+    transfer: dict[str, Any] | None = None,
+    baseline: bool = True,
+) -> Any:
+    """One real sweep (``run_sweep``, a local Ray) of the demo's config on ``role``'s model."""
+    from vlsweep.search.config import SweepConfig, load_sweep_config
+    from vlsweep.search.sweep import run_sweep
+
+    cfg, base_dir = load_sweep_config(SOURCE_YAML if role == "source" else TARGET_YAML)
+    raw = cfg.model_dump(mode="json", exclude={"storage"})
+    raw.update(name=name, output_dir=str(root / "runs" / name))
+    raw["search"].update(seed=seed, baseline=baseline)
+    if trials is not None:
+        raw["search"]["trials"] = trials
+    if steps is not None:
+        raw["budget"]["steps"] = steps
+    if transfer is not None:
+        raw["search"]["transfer_from"] = transfer
+    t0 = time.perf_counter()
+    with (root / f"{name}.log").open("w") as log:
+        study = run_sweep(
+            SweepConfig.model_validate(raw),
+            base_dir,
+            f"sqlite:///{root / 'studies.db'}",
+            log=lambda line: print(line, file=log, flush=True),
+        )
+    print(f"  {name}: {len(study.trials)} trials in {time.perf_counter() - t0:.0f} s", flush=True)
+    return study
+
+
+def _trials(study: Any, carried: bool | None = None) -> list[Any]:
+    """The study's trials (only the carried ones, or only the others, when asked)."""
+    from vlsweep.outcomes import CARRIED_ATTR
+
+    return [t for t in study.trials if carried is None or (CARRIED_ATTR in t.user_attrs) == carried]
+
+
+def _hv(trials: list[Any]) -> float:
+    from optuna.trial import TrialState
+
+    from vlsweep.pareto import hypervolume
+
+    points = [t.values for t in trials if t.state == TrialState.COMPLETE and t.values]
+    return hypervolume(points, REFERENCE, DIRECTIONS)
+
+
+def _cpu(trials: list[Any]) -> float:
+    """The CPU seconds the trials recorded; a trial that failed recorded none (counted apart)."""
+    return sum(float(t.user_attrs.get("cpu_seconds", 0.0)) for t in trials)
+
+
+def _knee_lrs(study: Any) -> dict[str, float]:
+    from vlsweep.pareto import knee
+    from vlsweep.results import SweepResults
+
+    front = SweepResults.of(study).front
+    if not front:
+        return {}
+    t = front[knee([f.values for f in front], DIRECTIONS)]
+    return {k: v for k, v in t.params.items() if k.startswith("lr_")}
+
+
+def arm_round(seed: int, root: Path, trials: int | None, steps: int | None) -> dict[str, Any]:
+    from vlsweep.results import SweepResults
+
+    source = _sweep("source", f"source-s{seed}", seed, root, trials=trials, steps=steps)
+    front = len(SweepResults.of(source).front)
+    carry = {"study": source.study_name}
+    plus = _sweep(
+        "target",
+        f"carried-s{seed}",
+        seed,
+        root,
+        trials=front + EXTRA_TRIALS,
+        steps=steps,
+        transfer={**carry, "rescale": "none"},
+        baseline=False,
+    )
+    rescaled = {"none": _hv(_trials(plus, carried=True))}
+    for rule in RULES[1:]:
+        study = _sweep(
+            "target",
+            f"{rule}-s{seed}",
+            seed,
+            root,
+            trials=front,
+            steps=steps,
+            transfer={**carry, "rescale": rule},
+            baseline=False,
+        )
+        rescaled[rule] = _hv(_trials(study, carried=True))
+    target = _sweep("target", f"target-s{seed}", seed, root, trials=trials, steps=steps)
+    s_cpu, c_cpu, p_cpu, t_cpu = (
+        _cpu(_trials(source)),
+        _cpu(_trials(plus, carried=True)),
+        _cpu(_trials(plus)),
+        _cpu(_trials(target)),
+    )
+    failed = {
+        n: sum(1 for t in _trials(st) if t.state.name == "FAIL")
+        for n, st in (("source", source), ("carried", plus), ("target", target))
+    }
+    return {
+        "seed": seed,
+        "front_size": front,
+        "carried": {
+            "hypervolume": rescaled["none"],
+            "cpu_s": s_cpu + c_cpu,
+            "source_cpu_s": s_cpu,
+            "target_cpu_s": c_cpu,
+            "target_trials": len(_trials(plus, carried=True)),
+        },
+        "carried_plus": {
+            "hypervolume": _hv(_trials(plus)),
+            "cpu_s": s_cpu + p_cpu,
+            "source_cpu_s": s_cpu,
+            "target_cpu_s": p_cpu,
+            "target_trials": len(_trials(plus)),
+        },
+        "target_sweep": {
+            "hypervolume": _hv(_trials(target)),
+            "cpu_s": t_cpu,
+            "source_cpu_s": 0.0,
+            "target_cpu_s": t_cpu,
+            "target_trials": len(_trials(target)),
+        },
+        "source_hypervolume": _hv(_trials(source)),
+        "rescale": rescaled,
+        "failed_trials": failed,
+        "knee_lrs": {"source": _knee_lrs(source), "target": _knee_lrs(target)},
+    }
+
+
+def arms(seeds: list[int], r: float, trials: int | None, steps: int | None) -> dict[str, Any]:
+    rounds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:
+            print(f"sampler seed {seed}:", flush=True)
+            rounds.append(arm_round(seed, Path(tmp), trials, steps))
+            print(json.dumps(rounds[-1]), flush=True)
+    names = ("carried", "carried_plus", "target_sweep")
+    out: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "seeds": seeds,
+        "rounds": rounds,
+        "arms": {
+            a: {k: [rd[a][k] for rd in rounds] for k in ("hypervolume", "cpu_s", "target_trials")}
+            for a in names
+        },
+        "rescale": {rule: {"hypervolume": [rd["rescale"][rule] for rd in rounds]} for rule in RULES},
+    }
+    # Break-even: target CPU in source units (over the measured r); S + r*c = r*t.
+    s = statistics.median(rd["carried"]["source_cpu_s"] for rd in rounds)
+    c = statistics.median(rd["carried"]["target_cpu_s"] for rd in rounds) / r
+    t = statistics.median(rd["target_sweep"]["target_cpu_s"] for rd in rounds) / r
+    out["break_even_r"] = s / (t - c) if t > c else None
+    out["break_even_inputs"] = {
+        "r_measured": r,
+        "source_cpu_s": s,
+        "carried_target_units": c,
+        "target_sweep_units": t,
+    }
+    return out
+
+
+def verdict(summary: dict[str, Any]) -> dict[str, Any]:
+    """The issue's goal (carried median HV at least 95% of target_sweep's) and the rescale
+    rules against the spread over seeds."""
+    hv = {a: summary["arms"][a]["hypervolume"] for a in summary["arms"]}
+    med = {a: statistics.median(v) for a, v in hv.items()}
+    sd = {a: statistics.stdev(v) if len(v) > 1 else 0.0 for a, v in hv.items()}
+    rules = {k: statistics.median(v["hypervolume"]) for k, v in summary["rescale"].items()}
+    spread = max(
+        (statistics.stdev(v["hypervolume"]) if len(v["hypervolume"]) > 1 else 0.0)
+        for v in summary["rescale"].values()
+    )
+    return {
+        "median_hypervolume": med,
+        "sd_hypervolume": sd,
+        "carried_over_target": med["carried"] / med["target_sweep"] if med["target_sweep"] else None,
+        "carried_plus_over_target": med["carried_plus"] / med["target_sweep"]
+        if med["target_sweep"]
+        else None,
+        "goal_95_met": bool(med["target_sweep"] and med["carried"] >= 0.95 * med["target_sweep"]),
+        "rescale_medians": rules,
+        "rescale_spread": spread,
+        "rescale_better_than_spread": {
+            k: v - rules["none"] > spread for k, v in rules.items() if k != "none"
+        },
+    }
+
+
+# --- the docs' tables (benchmarks/doc_tables.py) -------------------------------------------
+
+
+def doc_rank(summary: dict[str, Any]) -> str:
+    rank_ = summary["rank"]
+    lines = [
+        "| objective | source vs. target (means over seeds) | source vs. target (seed by seed) "
+        "| source vs. itself | target vs. itself |",
+        "|---|---|---|---|---|",
+    ]
+    for m in ("cer", "iou"):
+        lines.append(
+            f"| {m} | **{rank_['rank_correlation'][m]:.2f}** | {rank_['rank_correlation_by_seed'][m]:.2f} "
+            f"| {rank_['self_correlation']['source'][m]:.2f} | {rank_['self_correlation']['target'][m]:.2f} |"
+        )
+    n = len(rank_["configs"])
+    lines.append(
+        f"\n{n} configurations, {len(rank_['seeds'])} training seeds each, "
+        f"{rank_['steps']} steps, on both models (Spearman's rho)."
+    )
+    return "\n".join(lines)
+
+
+def doc_scan(summary: dict[str, Any]) -> str:
+    best = scan_best(summary["rank"]["scan"])
+    lrs = [s["lr"] for s in best["source"]["stats"]]
+    lines = ["| shared LR | " + " | ".join(f"{lr:.0e}" for lr in lrs) + " |", "|---" * (len(lrs) + 1) + "|"]
+    for role in MODELS:
+        for m in ("cer", "iou"):
+            cells = [f"{s[m]:.3f}" for s in best[role]["stats"]]
+            lines.append(f"| {role} {m.upper()} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for role in MODELS:
+        knees = [rd["knee_lrs"][role] for rd in summary["arms_detail"]["rounds"]]
+        shown = "; ".join(", ".join(f"{k[3:]} {v:.0e}" for k, v in sorted(kn.items())) for kn in knees)
+        lines.append(
+            f"- {role}: best shared LR for CER {best[role]['cer_best_lr']:.0e}, for IoU "
+            f"{best[role]['iou_best_lr']:.0e}; its sweeps' knees (per sampler seed): {shown}"
+        )
+    return "\n".join(lines)
+
+
+def _joined(values: list[Any], spec: str) -> str:
+    return ", ".join(format(v, spec) for v in values)
+
+
+def doc_arms(summary: dict[str, Any]) -> str:
+    v = verdict(summary)
+    rounds = summary["arms_detail"]["rounds"]
+    lines = [
+        "| arm | hypervolume on the target, per sampler seed | median | CPU s, per seed | target trials |",
+        "|---|---|---|---|---|",
+    ]
+    for a in ("carried", "carried_plus", "target_sweep"):
+        arm = summary["arms"][a]
+        lines.append(
+            f"| `{a}` | {_joined(arm['hypervolume'], '.4f')} | **{v['median_hypervolume'][a]:.4f}** "
+            f"| {_joined(arm['cpu_s'], '.0f')} | {_joined(arm['target_trials'], 'd')} |"
+        )
+    for rule, hv in summary["rescale"].items():
+        lines.append(
+            f"| `carried`, `--rescale {rule}` | {_joined(hv['hypervolume'], '.4f')} "
+            f"| {statistics.median(hv['hypervolume']):.4f} | | |"
+        )
+    met = "met" if v["goal_95_met"] else "not met"
+    be = summary["break_even_r"]
+    r = summary["arms_detail"]["break_even_inputs"]["r_measured"]
+    rules = v["rescale_medians"]
+    better = "better" if v["rescale_better_than_spread"].get("hidden") else "not better"
+    lines += [
+        "",
+        f"- `carried` median over `target_sweep` median: **{v['carried_over_target']:.1%}** (the goal, at "
+        f"least 95%: {met}); `carried_plus`: {v['carried_plus_over_target']:.1%}.",
+        f"- Source fronts of {_joined([rd['front_size'] for rd in rounds], 'd')} points; the source sweeps' "
+        f"own hypervolume, on the small model: {_joined([d['source_hypervolume'] for d in rounds], '.4f')}.",
+        f"- Break-even cost ratio: **r = {be:.2f}** (measured r = {r:.2f})"
+        if be is not None
+        else f"- No break-even ratio: the carried points cost the target as much as its sweep (r = {r:.2f})",
+        f"- `--rescale hidden` against `none`: median {rules.get('hidden', 0):.4f} against "
+        f"{rules['none']:.4f}, "
+        f"spread over seeds {v['rescale_spread']:.4f}: {better} by more than the spread.",
+    ]
+    return "\n".join(lines)
+
+
+def write_summary(path: Path, part: str, result: dict[str, Any]) -> None:
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    if part == "cost":
+        summary["cost"] = result
+        summary["models"] = {
+            role: {k: m[k] for k in ("model", "parameters", "llm_parameters", "step_s")}
+            for role, m in result["models"].items()
+        }
+    elif part == "rank":
+        summary["rank"] = result
+        for key in ("rank_correlation", "self_correlation"):
+            summary[key] = result[key]
+        summary["scan_best"] = {
+            role: {k: v for k, v in b.items() if k != "stats"}
+            for role, b in scan_best(result["scan"]).items()
+        }
+    else:
+        summary["arms_detail"] = {k: result[k] for k in ("date", "seeds", "rounds", "break_even_inputs")}
+        for key in ("arms", "rescale", "break_even_r"):
+            summary[key] = result[key]
+        summary["verdict"] = verdict(result)
+    summary["reference_point"] = REFERENCE
+    path.write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="part", required=True)
     cost = sub.add_parser("cost", help="the step cost ratio r of target to source")
     cost.add_argument("--steps", type=int, default=40)
     cost.add_argument("--rounds", type=int, default=4)
-    cost.add_argument("--quick", action="store_true", help="2 rounds of 5 steps (CI smoke run)")
-    cost.add_argument("--json", type=Path, help="write the figures into this file (merged by part)")
+    rank_p = sub.add_parser("rank", help="rank correlation of configurations between the models; the LR scan")
+    rank_p.add_argument("--configs", type=int, default=30)
+    rank_p.add_argument("--seeds", default="0,1", help="training seeds per configuration")
+    rank_p.add_argument("--scan-seeds", default="0,1", help="training seeds per shared LR")
+    rank_p.add_argument("--workers", type=int, default=2)
+    arms_p = sub.add_parser("arms", help="carried, carried_plus and target_sweep over sampler seeds")
+    arms_p.add_argument("--seeds", default="0,1,2", help="sampler seeds")
+    for p in (cost, rank_p, arms_p):
+        p.add_argument("--quick", action="store_true", help="a smoke run (CI): tiny budgets")
+        p.add_argument("--json", type=Path, help="write the figures into this file (merged by part)")
     args = ap.parse_args()
-    if args.quick:
-        args.steps, args.rounds = 5, 2
-    result = step_cost(args.steps, args.rounds)
-    for role, m in result["models"].items():
+    if args.part == "cost":
+        if args.quick:
+            args.steps, args.rounds = 5, 2
+        result = step_cost(args.steps, args.rounds)
+        for role, m in result["models"].items():
+            print(
+                f"{role}: {m['model']}: {m['parameters']:,} parameters ({m['llm_parameters']:,} in the "
+                f"language model), {m['step_s'] * 1000:.0f} ms CPU per step (rounds {m['step_s_rounds']})"
+            )
+        src, tgt = result["models"]["source"], result["models"]["target"]
         print(
-            f"{role}: {m['model']}: {m['parameters']:,} parameters ({m['llm_parameters']:,} in the "
-            f"language model), {m['step_s'] * 1000:.0f} ms CPU per step (rounds {m['step_s_rounds']})"
+            f"r = {result['r']:.2f} (target/source CPU per step; language model "
+            f"{tgt['llm_parameters'] / src['llm_parameters']:.2f}x)"
         )
-    src, tgt = result["models"]["source"], result["models"]["target"]
-    print(
-        f"r = {result['r']:.2f} (target/source CPU per step; language model "
-        f"{tgt['llm_parameters'] / src['llm_parameters']:.2f}x)"
-    )
+    elif args.part == "rank":
+        seeds = [int(s) for s in args.seeds.split(",")]
+        scan_seeds = [int(s) for s in args.scan_seeds.split(",")]
+        configs, lrs, steps = args.configs, LRS, None
+        if args.quick:
+            configs, lrs, steps = 3, [1e-4, 1e-2], 10
+        result = rank(configs, seeds, scan_seeds, lrs, args.workers, steps)
+        print(
+            json.dumps(
+                {k: result[k] for k in ("rank_correlation", "rank_correlation_by_seed", "self_correlation")}
+            )
+        )
+        print(
+            json.dumps(
+                {
+                    role: {k: v for k, v in b.items() if k != "stats"}
+                    for role, b in scan_best(result["scan"]).items()
+                }
+            )
+        )
+    else:
+        seeds = [int(s) for s in args.seeds.split(",")]
+        trials, steps = (3, 10) if args.quick else (None, None)
+        if args.quick:
+            seeds = seeds[:1]
+        known = json.loads((FILES / "transfer.json").read_text())
+        # r is fixed before any arm ran (the cost part); the quick run reads it too.
+        result = arms(seeds, known["cost"]["r"], trials, steps)
+        print(json.dumps({k: result[k] for k in ("arms", "rescale", "break_even_r")}))
+        if len(seeds) > 1:
+            print(json.dumps(verdict(result)))
     if args.json:
-        summary = json.loads(args.json.read_text()) if args.json.exists() else {}
-        summary["cost"] = result
-        summary["models"] = {
-            role: {k: m[k] for k in ("model", "parameters", "llm_parameters", "step_s")}
-            for role, m in result["models"].items()
-        }
-        args.json.write_text(json.dumps(summary, indent=1) + "\n")
-        print(f"wrote {args.json}")
+        write_summary(args.json, args.part, result)
 
 
 if __name__ == "__main__":

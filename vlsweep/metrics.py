@@ -151,6 +151,9 @@ METRICS: dict[str, Metric] = {
         # Recorded on each trial, never optimized.
         Metric("iou_se", "minimize", "grounding", None, _grounding("iou_se"), "IoU standard error", False),
         Metric("eval_seconds", "minimize", None, None, None, "evaluation seconds", False),
+        # The trial process's CPU time, every thread (what a CPU trial costs; on a GPU the
+        # host's share only).
+        Metric("cpu_seconds", "minimize", None, None, None, "CPU seconds of the trial", False),
         Metric("samples_per_second", "maximize", None, None, None, "training samples per second", False),
         Metric("peak_gpu_memory_gb", "minimize", None, None, None, "peak GPU memory, GiB", False),
     )

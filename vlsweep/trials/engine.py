@@ -471,6 +471,7 @@ def run_trial(
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     owns_base = base is None
+    cpu0 = time.process_time()
     trainer, load_seconds = _setup(params, budget, cfg, data, base, say)
     base = trainer.base
     result: dict[str, Any] = {"base": _evaluate_base(trainer, say)} if eval_base else {}
@@ -493,6 +494,7 @@ def run_trial(
                 "eval_seconds": progress.eval_seconds,
                 "load_seconds": load_seconds,
                 "encode_seconds": trainer.encode_seconds,
+                "cpu_seconds": time.process_time() - cpu0,
                 "samples_per_second": budget.steps * budget.batch_size / max(progress.train_seconds, 1e-9),
                 "task_probabilities": mixer.probabilities,
                 "params": params.to_dict(),
