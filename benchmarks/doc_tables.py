@@ -54,6 +54,10 @@ TABLES: dict[str, tuple[str, str, str]] = {
     "swift_fidelity": ("swift_fidelity.json", "swift_fidelity", "doc_table"),
     "memory_estimate": ("memory_estimate.json", "memory_estimate", "doc_table"),
     "fit_examples": ("fit_examples.json", "fit_examples", "doc_block"),
+    "transfer.rank": ("transfer.json", "transfer", "doc_rank"),
+    "transfer.scan": ("transfer.json", "transfer", "doc_scan"),
+    "transfer.arms": ("transfer.json", "transfer", "doc_arms"),
+    "transfer.family_cost": ("transfer.json", "transfer", "doc_family_cost"),
 }
 
 

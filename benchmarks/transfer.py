@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import statistics
 import tempfile
@@ -170,8 +171,8 @@ def _train(job: tuple[str, str, int, dict[str, Any], int]) -> dict[str, Any]:
     try:
         result = run_trial(TrialParams.of(values), cfg.budget, cfg=cfg, data=data, base=base)
         row.update(cer=result["cer"], iou=result["iou"], cpu_s=round(result["cpu_seconds"], 2))
-    except FloatingPointError as exc:  # a diverged run is a result too: the metrics' worst
-        row.update(cer=1.0, iou=0.0, error=str(exc)[:200])
+    except FloatingPointError as exc:  # a diverged run: no metrics, ranked below every run
+        row.update(cer=None, iou=None, error=str(exc)[:200])
     return row
 
 
@@ -203,11 +204,22 @@ def _pool_run(jobs: list[Any], workers: int, steps: int | None) -> list[dict[str
     return rows
 
 
-def spearman(a: list[float], b: list[float]) -> float:
+def spearman(a: list[float], b: list[float]) -> float | None:
+    """Spearman's rho; None when one side is constant (it orders nothing)."""
     from scipy.stats import spearmanr
 
-    rho = float(spearmanr(a, b).statistic)
-    return rho if rho == rho else 0.0  # NaN when one side is constant: no ordering carried
+    if len(set(a)) < 2 or len(set(b)) < 2:
+        return None
+    return float(spearmanr(a, b).statistic)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.mean(known) if known else None
+
+
+# A diverged run ranks below every real one (CER has no upper bound: insertions count).
+_DIVERGED = {"cer": math.inf, "iou": -math.inf}
 
 
 def rank(
@@ -249,37 +261,47 @@ def rank(
 
 
 def correlations(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Spearman per objective: between the models (means over seeds; and seed by seed, the
-    like of the self-correlation), and each model with itself across seed pairs."""
+    """Spearman per objective: between the models seed by seed (the like of the
+    self-correlation) and of the means over seeds (less noisy, so it may pass the ceiling),
+    and each model with itself across seed pairs (the ceiling the noise of one run leaves)."""
     from itertools import combinations
 
     keys = sorted({r["key"] for r in rows})
     seeds = sorted({r["seed"] for r in rows})
     at = {(r["role"], r["key"], r["seed"]): r for r in rows}
 
+    def value(role: str, key: int, seed: int, metric: str) -> float:
+        v = at[(role, key, seed)][metric]
+        return _DIVERGED[metric] if v is None else float(v)
+
     def column(role: str, metric: str, seed: int | None = None) -> list[float]:
         if seed is not None:
-            return [at[(role, k, seed)][metric] for k in keys]
-        return [statistics.mean(at[(role, k, s)][metric] for s in seeds) for k in keys]
+            return [value(role, k, seed, metric) for k in keys]
+        return [statistics.mean(value(role, k, s, metric) for s in seeds) for k in keys]
 
-    out: dict[str, Any] = {"rank_correlation": {}, "rank_correlation_by_seed": {}, "self_correlation": {}}
+    out: dict[str, Any] = {
+        "rank_correlation": {},
+        "rank_correlation_by_seed": {},
+        "self_correlation": {},
+        "diverged": {role: sum(1 for r in rows if r["role"] == role and r["cer"] is None) for role in MODELS},
+    }
     for m in ("cer", "iou"):
         out["rank_correlation"][m] = spearman(column("source", m), column("target", m))
-        out["rank_correlation_by_seed"][m] = statistics.mean(
-            spearman(column("source", m, s), column("target", m, s)) for s in seeds
+        out["rank_correlation_by_seed"][m] = _mean(
+            [spearman(column("source", m, s), column("target", m, s)) for s in seeds]
         )
     for role in MODELS:
         out["self_correlation"][role] = {
-            m: statistics.mean(
-                spearman(column(role, m, a), column(role, m, b)) for a, b in combinations(seeds, 2)
-            )
+            m: _mean([spearman(column(role, m, a), column(role, m, b)) for a, b in combinations(seeds, 2)])
             for m in ("cer", "iou")
         }
     return out
 
 
 def scan_best(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per model: the shared rate with the lowest mean CER and the one with the highest mean IoU."""
+    """Per model: mean CER and IoU per shared rate over the runs that did not diverge
+    (with how many did), the rate with the lowest mean CER and the one with the highest
+    mean IoU."""
     out = {}
     for role in MODELS:
         stats = []
@@ -288,13 +310,15 @@ def scan_best(rows: list[dict[str, Any]]) -> dict[str, Any]:
             stats.append(
                 {
                     "lr": lr,
-                    "cer": statistics.mean(r["cer"] for r in at),
-                    "iou": statistics.mean(r["iou"] for r in at),
+                    "cer": _mean([r["cer"] for r in at]),
+                    "iou": _mean([r["iou"] for r in at]),
+                    "diverged": sum(1 for r in at if r["cer"] is None),
                 }
             )
+        ran = [s for s in stats if s["cer"] is not None]
         out[role] = {
-            "cer_best_lr": min(stats, key=lambda s: s["cer"])["lr"],
-            "iou_best_lr": max(stats, key=lambda s: s["iou"])["lr"],
+            "cer_best_lr": min(ran, key=lambda s: s["cer"])["lr"] if ran else None,
+            "iou_best_lr": max(ran, key=lambda s: s["iou"])["lr"] if ran else None,
             "stats": stats,
         }
     return out
@@ -365,7 +389,7 @@ def _knee_lrs(study: Any) -> dict[str, float]:
     from vlsweep.pareto import knee
     from vlsweep.results import SweepResults
 
-    front = SweepResults.of(study).front
+    front = sorted(SweepResults.of(study).front, key=lambda t: t.number)  # as carry orders it
     if not front:
         return {}
     t = front[knee([f.values for f in front], DIRECTIONS)]
@@ -373,6 +397,7 @@ def _knee_lrs(study: Any) -> dict[str, float]:
 
 
 def arm_round(seed: int, root: Path, trials: int | None, steps: int | None) -> dict[str, Any]:
+    from vlsweep.outcomes import CARRIED_ATTR
     from vlsweep.results import SweepResults
 
     source = _sweep("source", f"source-s{seed}", seed, root, trials=trials, steps=steps)
@@ -408,13 +433,20 @@ def arm_round(seed: int, root: Path, trials: int | None, steps: int | None) -> d
         _cpu(_trials(plus)),
         _cpu(_trials(target)),
     )
-    failed = {
-        n: sum(1 for t in _trials(st) if t.state.name == "FAIL")
-        for n, st in (("source", source), ("carried", plus), ("target", target))
-    }
+    studies = (("source", source), ("carried", plus), ("target", target))
+    failed = {n: sum(1 for t in _trials(st) if t.state.name == "FAIL") for n, st in studies}
+    unpriced = {n: sum(1 for t in _trials(st) if "cpu_seconds" not in t.user_attrs) for n, st in studies}
+    # The same parameters on both models, one thread each: a whole trial's cost ratio.
+    pairs = []
+    for t in _trials(plus, carried=True):
+        src = source.trials[t.user_attrs[CARRIED_ATTR]["trial"]]
+        if "cpu_seconds" in t.user_attrs and "cpu_seconds" in src.user_attrs:
+            pairs.append(t.user_attrs["cpu_seconds"] / src.user_attrs["cpu_seconds"])
     return {
         "seed": seed,
         "front_size": front,
+        "cpu_ratio_pairs": pairs,
+        "unpriced_trials": unpriced,
         "carried": {
             "hypervolume": rescaled["none"],
             "cpu_s": s_cpu + c_cpu,
@@ -450,29 +482,58 @@ def arms(seeds: list[int], r: float, trials: int | None, steps: int | None) -> d
             print(f"sampler seed {seed}:", flush=True)
             rounds.append(arm_round(seed, Path(tmp), trials, steps))
             print(json.dumps(rounds[-1]), flush=True)
+    return {"date": time.strftime("%Y-%m-%d"), **summarize(rounds, r)}
+
+
+def break_even(source_cpu: float, carried_cpu: float, target_cpu: float, r: float) -> float | None:
+    """The cost ratio above which carrying is cheaper. The target trials' CPU is put in
+    source-trial units (over the measured r); then carrying costs S + r*c and sweeping the
+    target r*t, equal at r = S / (t - c). None when the carried trials cost the target as
+    much as its own sweep (no r makes carrying cheaper)."""
+    c, t = carried_cpu / r, target_cpu / r
+    return source_cpu / (t - c) if t > c else None
+
+
+def summarize(rounds: list[dict[str, Any]], r: float) -> dict[str, Any]:
+    """The arms' lists (one entry per sampler seed), the rescale rules' and the break-even
+    ratio, from the rounds ``arm_round`` measured; ``r`` is the cost part's."""
     names = ("carried", "carried_plus", "target_sweep")
-    out: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d"),
-        "seeds": seeds,
+    s = statistics.median(rd["carried"]["source_cpu_s"] for rd in rounds)
+    c = statistics.median(rd["carried"]["target_cpu_s"] for rd in rounds)
+    t = statistics.median(rd["target_sweep"]["target_cpu_s"] for rd in rounds)
+    pairs = [x for rd in rounds for x in rd.get("cpu_ratio_pairs", [])]
+    r_trials = statistics.median(pairs) if pairs else None
+    return {
+        "seeds": [rd["seed"] for rd in rounds],
         "rounds": rounds,
         "arms": {
             a: {k: [rd[a][k] for rd in rounds] for k in ("hypervolume", "cpu_s", "target_trials")}
             for a in names
         },
         "rescale": {rule: {"hypervolume": [rd["rescale"][rule] for rd in rounds]} for rule in RULES},
+        # Of the medians over seeds; and seed by seed.
+        "break_even_r": break_even(s, c, t, r),
+        "break_even_r_by_seed": [
+            break_even(
+                rd["carried"]["source_cpu_s"],
+                rd["carried"]["target_cpu_s"],
+                rd["target_sweep"]["target_cpu_s"],
+                r,
+            )
+            for rd in rounds
+        ],
+        # The same with r read off the trials themselves: the carried points' CPU over their
+        # source trials' (same parameters, one thread each, evaluation included), where the
+        # cost part timed training steps alone with torch's default threads.
+        "r_trials": r_trials,
+        "break_even_r_trials": break_even(s, c, t, r_trials) if r_trials else None,
+        "break_even_inputs": {
+            "r_measured": r,
+            "source_cpu_s": s,
+            "carried_target_units": c / r,
+            "target_sweep_units": t / r,
+        },
     }
-    # Break-even: target CPU in source units (over the measured r); S + r*c = r*t.
-    s = statistics.median(rd["carried"]["source_cpu_s"] for rd in rounds)
-    c = statistics.median(rd["carried"]["target_cpu_s"] for rd in rounds) / r
-    t = statistics.median(rd["target_sweep"]["target_cpu_s"] for rd in rounds) / r
-    out["break_even_r"] = s / (t - c) if t > c else None
-    out["break_even_inputs"] = {
-        "r_measured": r,
-        "source_cpu_s": s,
-        "carried_target_units": c,
-        "target_sweep_units": t,
-    }
-    return out
 
 
 def verdict(summary: dict[str, Any]) -> dict[str, Any]:
@@ -505,24 +566,35 @@ def verdict(summary: dict[str, Any]) -> dict[str, Any]:
 # --- the docs' tables (benchmarks/doc_tables.py) -------------------------------------------
 
 
+def _rho(value: float | None) -> str:
+    return "constant" if value is None else f"{value:.2f}"
+
+
 def doc_rank(summary: dict[str, Any]) -> str:
     rank_ = summary["rank"]
     lines = [
-        "| objective | source vs. target (means over seeds) | source vs. target (seed by seed) "
-        "| source vs. itself | target vs. itself |",
+        "| objective | source vs. target, seed by seed | source vs. itself | target vs. itself "
+        "| source vs. target, means over seeds |",
         "|---|---|---|---|---|",
     ]
     for m in ("cer", "iou"):
+        self_ = rank_["self_correlation"]
         lines.append(
-            f"| {m} | **{rank_['rank_correlation'][m]:.2f}** | {rank_['rank_correlation_by_seed'][m]:.2f} "
-            f"| {rank_['self_correlation']['source'][m]:.2f} | {rank_['self_correlation']['target'][m]:.2f} |"
+            f"| {m} | **{_rho(rank_['rank_correlation_by_seed'][m])}** | {_rho(self_['source'][m])} "
+            f"| {_rho(self_['target'][m])} | {_rho(rank_['rank_correlation'][m])} |"
         )
-    n = len(rank_["configs"])
+    diverged = rank_.get("diverged", {})
     lines.append(
-        f"\n{n} configurations, {len(rank_['seeds'])} training seeds each, "
-        f"{rank_['steps']} steps, on both models (Spearman's rho)."
+        f"\n{len(rank_['configs'])} configurations, {len(rank_['seeds'])} training seeds each, "
+        f"{rank_['steps']} steps, on both models (Spearman's rho; runs that diverged: "
+        f"{diverged.get('source', 0)} on the source, {diverged.get('target', 0)} on the target, "
+        "ranked below every other)."
     )
     return "\n".join(lines)
+
+
+def _lr(value: float | None) -> str:
+    return "none" if value is None else f"{value:.0e}"
 
 
 def doc_scan(summary: dict[str, Any]) -> str:
@@ -531,21 +603,38 @@ def doc_scan(summary: dict[str, Any]) -> str:
     lines = ["| shared LR | " + " | ".join(f"{lr:.0e}" for lr in lrs) + " |", "|---" * (len(lrs) + 1) + "|"]
     for role in MODELS:
         for m in ("cer", "iou"):
-            cells = [f"{s[m]:.3f}" for s in best[role]["stats"]]
-            lines.append(f"| {role} {m.upper()} | " + " | ".join(cells) + " |")
+            cells = [
+                "diverged" if s[m] is None else f"{s[m]:.3f}" + ("*" if s["diverged"] else "")
+                for s in best[role]["stats"]
+            ]
+            lines.append(f"| {role} {dict(cer='CER', iou='IoU')[m]} | " + " | ".join(cells) + " |")
+    lines.append("")
+    runs = len({r["seed"] for r in summary["rank"]["scan"]})
+    lines.append(f"Means over {runs} training seeds; * one or more of them diverged (left out).")
     lines.append("")
     for role in MODELS:
         knees = [rd["knee_lrs"][role] for rd in summary["arms_detail"]["rounds"]]
         shown = "; ".join(", ".join(f"{k[3:]} {v:.0e}" for k, v in sorted(kn.items())) for kn in knees)
         lines.append(
-            f"- {role}: best shared LR for CER {best[role]['cer_best_lr']:.0e}, for IoU "
-            f"{best[role]['iou_best_lr']:.0e}; its sweeps' knees (per sampler seed): {shown}"
+            f"- {role}: best shared LR for CER {_lr(best[role]['cer_best_lr'])}, for IoU "
+            f"{_lr(best[role]['iou_best_lr'])}; its sweeps' knees, per sampler seed: {shown}"
         )
     return "\n".join(lines)
 
 
 def _joined(values: list[Any], spec: str) -> str:
     return ", ".join(format(v, spec) for v in values)
+
+
+def _trial_ratio_line(detail: dict[str, Any]) -> str:
+    r, be = detail.get("r_trials"), detail.get("break_even_r_trials")
+    if r is None:
+        return "- (no carried trial with its source trial's CPU recorded)"
+    shown = f"r = {be:.2f}" if be is not None else "none"
+    return (
+        f"- Priced instead by the whole trials' ratio (each carried point's CPU over its source "
+        f"trial's, median {r:.2f}): break-even {shown}"
+    )
 
 
 def doc_arms(summary: dict[str, Any]) -> str:
@@ -577,13 +666,58 @@ def doc_arms(summary: dict[str, Any]) -> str:
         f"least 95%: {met}); `carried_plus`: {v['carried_plus_over_target']:.1%}.",
         f"- Source fronts of {_joined([rd['front_size'] for rd in rounds], 'd')} points; the source sweeps' "
         f"own hypervolume, on the small model: {_joined([d['source_hypervolume'] for d in rounds], '.4f')}.",
-        f"- Break-even cost ratio: **r = {be:.2f}** (measured r = {r:.2f})"
+        f"- Break-even cost ratio: **r = {be:.2f}**, with the step cost ratio r = {r:.2f} pricing the "
+        "target trials"
         if be is not None
         else f"- No break-even ratio: the carried points cost the target as much as its sweep (r = {r:.2f})",
+        _trial_ratio_line(summary["arms_detail"]),
+        "- Failed trials (priced: a failed trial records its CPU too), source / carried / target sweeps, "
+        "per seed: "
+        + "; ".join(
+            " / ".join(str(rd["failed_trials"][n]) for n in ("source", "carried", "target")) for rd in rounds
+        ),
         f"- `--rescale hidden` against `none`: median {rules.get('hidden', 0):.4f} against "
         f"{rules['none']:.4f}, "
         f"spread over seeds {v['rescale_spread']:.4f}: {better} by more than the spread.",
     ]
+    return "\n".join(lines)
+
+
+# The real family (Qwen2-VL technical report, arXiv:2409.12191, Table 1): one vision
+# encoder of 675M parameters for all three; language models of 1.5B, 7.6B and 72B.
+FAMILY = {"2B": 1.5e9, "7B": 7.6e9, "72B": 72e9}
+VISION_PARAMETERS = 675e6
+# Two inputs, tokens through each part: Qwen2-VL's vision tower sees 14x14 patches, its
+# merger hands the language model one token per 2x2 of them (sides rounded to 28 pixels,
+# as its processor does); 64 text tokens besides.
+INPUTS = {"a 448x448 crop": (32 * 32, 16 * 16 + 64), "a 1024x1024 page": (74 * 74, 37 * 37 + 64)}
+
+
+def family_r(target: str, patches: int, tokens: int) -> float:
+    """A target step's cost over the 2B's, by forward-and-backward FLOPs (2 per parameter
+    per token, the same multiple for both parts) with attention's quadratic term left out:
+    an estimate for the same data, not a measurement."""
+    small = patches * VISION_PARAMETERS + tokens * FAMILY["2B"]
+    return (patches * VISION_PARAMETERS + tokens * FAMILY[target]) / small
+
+
+def doc_family_cost(summary: dict[str, Any]) -> str:
+    """What carrying costs against sweeping at the real family's ratios, from the arms'
+    measured CPU (target trials in source-trial units) priced at each estimated r."""
+    inputs = summary["arms_detail"]["break_even_inputs"]
+    s, c, t = inputs["source_cpu_s"], inputs["carried_target_units"], inputs["target_sweep_units"]
+    rounds = summary["arms_detail"]["rounds"]
+    p = statistics.median(rd["carried_plus"]["target_cpu_s"] for rd in rounds) / inputs["r_measured"]
+    lines = [
+        "| 2B to | input | estimated r | `carried` / `target_sweep` cost | `carried_plus` / `target_sweep` |",
+        "|---|---|---|---|---|",
+    ]
+    for target in ("7B", "72B"):
+        for name, (patches, tokens) in INPUTS.items():
+            r = family_r(target, patches, tokens)
+            lines.append(
+                f"| {target} | {name} | {r:.1f} | {(s + r * c) / (r * t):.0%} | {(s + r * p) / (r * t):.0%} |"
+            )
     return "\n".join(lines)
 
 
@@ -604,7 +738,18 @@ def write_summary(path: Path, part: str, result: dict[str, Any]) -> None:
             for role, b in scan_best(result["scan"]).items()
         }
     else:
-        summary["arms_detail"] = {k: result[k] for k in ("date", "seeds", "rounds", "break_even_inputs")}
+        summary["arms_detail"] = {
+            k: result[k]
+            for k in (
+                "date",
+                "seeds",
+                "rounds",
+                "break_even_inputs",
+                "break_even_r_by_seed",
+                "r_trials",
+                "break_even_r_trials",
+            )
+        }
         for key in ("arms", "rescale", "break_even_r"):
             summary[key] = result[key]
         summary["verdict"] = verdict(result)
@@ -626,6 +771,9 @@ def main() -> None:
     rank_p.add_argument("--workers", type=int, default=2)
     arms_p = sub.add_parser("arms", help="carried, carried_plus and target_sweep over sampler seeds")
     arms_p.add_argument("--seeds", default="0,1,2", help="sampler seeds")
+    arms_p.add_argument(
+        "--resummarize", action="store_true", help="run nothing: summarize again the rounds stored in --json"
+    )
     for p in (cost, rank_p, arms_p):
         p.add_argument("--quick", action="store_true", help="a smoke run (CI): tiny budgets")
         p.add_argument("--json", type=Path, help="write the figures into this file (merged by part)")
@@ -664,6 +812,16 @@ def main() -> None:
                 }
             )
         )
+    elif args.resummarize:
+        if not args.json:
+            ap.error("--resummarize needs --json (the stored rounds)")
+        stored = json.loads(args.json.read_text())
+        detail = stored["arms_detail"]
+        result = {
+            "date": detail["date"],
+            **summarize(detail["rounds"], detail["break_even_inputs"]["r_measured"]),
+        }
+        print(json.dumps(verdict(result)))
     else:
         seeds = [int(s) for s in args.seeds.split(",")]
         trials, steps = (3, 10) if args.quick else (None, None)

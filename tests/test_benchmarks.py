@@ -168,3 +168,97 @@ def test_syne_tunes_priority_is_a_sort_order_and_the_ranked_one_a_place_per_tria
     x = np.array([[0.9, 0.9], [0.1, 0.1], [0.5, 0.5], [0.2, 0.8]])
     assert list(NonDominatedPriority()(x)) == [1, 3, 2, 0]
     assert list(mf_replay.ranked_priority()(x)) == [3, 0, 2, 1]
+
+
+def _transfer_rows(source: list[float], target: list[float], noise: float = 0.0) -> list[dict]:
+    """Rows of the transfer benchmark's rank part: configuration k has ``source[k]`` and
+    ``target[k]`` as both metrics; seed 1 is off by ``noise`` times (-1)^k."""
+    rows = []
+    for k, (a, b) in enumerate(zip(source, target, strict=True)):
+        for seed in (0, 1):
+            d = noise * (-1) ** k * seed
+            rows += [
+                {"role": "source", "key": k, "seed": seed, "cer": a + d, "iou": a + d},
+                {"role": "target", "key": k, "seed": seed, "cer": b + d, "iou": -b + d},
+            ]
+    return rows
+
+
+def test_transfer_rank_correlation_between_models_and_each_with_itself():
+    import transfer
+
+    same = transfer.correlations(_transfer_rows([0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]))
+    assert same["rank_correlation"] == {"cer": 1.0, "iou": -1.0}
+    assert same["rank_correlation_by_seed"] == {"cer": 1.0, "iou": -1.0}
+    assert same["self_correlation"]["source"] == {"cer": 1.0, "iou": 1.0}
+    # Seed noise larger than the gaps between configurations: a model disagrees with itself.
+    noisy = transfer.correlations(_transfer_rows([0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3, 0.4], noise=0.25))
+    assert noisy["self_correlation"]["target"]["cer"] < 0.5
+    assert noisy["rank_correlation"]["cer"] == 1.0  # the means agree: the same noise on both
+    # A diverged run (no metrics) ranks below every real one; a constant column orders nothing.
+    rows = _transfer_rows([0.1, 0.2, 0.3], [0.1, 0.2, 0.3])
+    for r in rows:
+        if r["key"] == 0 and r["role"] == "target":
+            r["cer"] = r["iou"] = None
+    diverged = transfer.correlations(rows)
+    assert diverged["rank_correlation"]["cer"] == -0.5 and diverged["diverged"] == {"source": 0, "target": 2}
+    assert transfer.spearman([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) is None
+
+
+def test_transfer_break_even_prices_target_trials_at_r_source_trials():
+    import transfer
+
+    # Source sweep 160 s; the carried trials 50 s and the target sweep 160 s of target CPU at
+    # r = 2, i.e. 25 and 80 source-trial seconds: 160 + 25 r = 80 r at r = 160/55.
+    assert transfer.break_even(160.0, 50.0, 160.0, 2.0) == pytest.approx(160 / 55)
+    assert transfer.break_even(160.0, 160.0, 160.0, 2.0) is None
+    rd = {
+        "seed": 0,
+        "front_size": 3,
+        "carried": {
+            "hypervolume": 0.5,
+            "cpu_s": 210.0,
+            "source_cpu_s": 160.0,
+            "target_cpu_s": 50.0,
+            "target_trials": 3,
+        },
+        "carried_plus": {
+            "hypervolume": 0.6,
+            "cpu_s": 280.0,
+            "source_cpu_s": 160.0,
+            "target_cpu_s": 120.0,
+            "target_trials": 7,
+        },
+        "target_sweep": {
+            "hypervolume": 0.6,
+            "cpu_s": 160.0,
+            "source_cpu_s": 0.0,
+            "target_cpu_s": 160.0,
+            "target_trials": 16,
+        },
+        "rescale": {"none": 0.5, "hidden": 0.55},
+    }
+    second = {
+        **rd,
+        "seed": 1,
+        "carried": {**rd["carried"], "hypervolume": 0.58},
+        "rescale": {"none": 0.58, "hidden": 0.5},
+    }
+    summary = transfer.summarize([rd, second], 2.0)
+    assert summary["arms"]["carried"]["hypervolume"] == [0.5, 0.58]
+    assert summary["break_even_r"] == pytest.approx(160 / 55)
+    v = transfer.verdict(summary)
+    assert v["carried_over_target"] == pytest.approx(0.54 / 0.6)
+    assert not v["goal_95_met"]
+    # hidden's median 0.525 against none's 0.54: not better, whatever the spread.
+    assert v["rescale_better_than_spread"] == {"hidden": False}
+
+
+def test_transfer_family_cost_ratio_grows_with_the_language_model_and_shrinks_with_the_image():
+    import transfer
+
+    crop, page = transfer.INPUTS.values()
+    assert transfer.family_r("2B", *crop) == 1.0
+    assert 1 < transfer.family_r("7B", *page) < transfer.family_r("7B", *crop) < 7.6 / 1.5
+    # The shared tower's share of the cost stays: r is below the language models' 48x.
+    assert transfer.family_r("7B", *crop) < transfer.family_r("72B", *page) < 72 / 1.5

@@ -53,7 +53,13 @@ def test_every_metric_of_the_table_can_be_computed_or_is_timed():
     assert got["forgetting"] == 0.25
     timed = {n for n, m in METRICS.items() if m.compute is None}
     assert set(got) | timed == set(METRICS)
-    assert timed == {"train_seconds", "eval_seconds", "cpu_seconds", "samples_per_second", "peak_gpu_memory_gb"}
+    assert timed == {
+        "train_seconds",
+        "eval_seconds",
+        "cpu_seconds",
+        "samples_per_second",
+        "peak_gpu_memory_gb",
+    }
     # Without grounding samples, no grounding metric; without a retention set, no forgetting.
     assert set(compute(Evaluation(ocr=[("1", "1")], val_loss={"ocr": 0.1}))) == {"cer", "val_loss_ocr"}
 

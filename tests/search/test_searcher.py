@@ -493,9 +493,23 @@ def test_the_metrics_table_sets_the_trial_attrs(searcher):
         "val_loss_ocr": 0.7,
         "val_loss_grounding": 0.8,
         "samples_per_second": 40.0,
+        "cpu_seconds": 5.5,
         "load_seconds": 3.0,
     }
     searcher.on_trial_complete("ray_a", result)
     attrs = _only(searcher).user_attrs
     recorded = {k for k in result if k in attrs}
     assert recorded == set(result) - {"cer", "iou", "load_seconds"}
+
+
+def test_a_failed_trial_records_the_cpu_it_spent(searcher):
+    """A sweep's compute is every trial's, the ones that failed included."""
+    from vlsweep.search.worker import ERROR_KEY
+
+    searcher.suggest("ray_a")
+    searcher.on_trial_complete(
+        "ray_a", {ERROR_KEY: "FloatingPointError: loss is nan", "steps": 40, "cpu_seconds": 7.25}
+    )
+    trial = _only(searcher)
+    assert trial.state.name == "FAIL" and trial.user_attrs["cpu_seconds"] == 7.25
+    assert trial.user_attrs["error"].startswith("FloatingPointError")

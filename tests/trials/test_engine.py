@@ -147,6 +147,7 @@ def test_outputs_written(setup, tmp_path):
     row = json.loads(log[-1])
     assert {"loss_ocr", "loss_grounding", "grad_norm_llm", "lr_llm"} <= set(row)
     assert result["cer"] == saved["cer"]
+    assert saved["cpu_seconds"] > 0  # what the trial's process spent, recorded with its metrics
 
 
 @pytest.mark.parametrize("phase", ["training", "evaluation", "setup"])

@@ -237,6 +237,10 @@ class OptunaAskTellSearcher(Searcher):
         steps = self._steps.pop(trial_id, None)
         error = self._reported_error.pop(trial_id, None) or (result or {}).get(ERROR_KEY)
         if error:
+            # What a failed trial spent counts too, in what the sweep's compute adds up to.
+            spent = (result or {}).get("cpu_seconds")
+            if isinstance(spent, (int, float)) and math.isfinite(spent):
+                trial.set_user_attr("cpu_seconds", float(spent))
             self._tell_fail(trial_id, trial, str(error), steps)
             return
         if not result:

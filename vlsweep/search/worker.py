@@ -85,6 +85,8 @@ def run(
     from ray import tune
 
     torch.set_num_threads(max(1, threads))
+    # The trial's CPU time as the sweep pays it: a first trial in this worker loads the base.
+    cpu0 = time.process_time()
     reports = _Reports(_placement())
     trial_dir = Path(out_root) / f"trial-{int(config['optuna_trial']):04d}"
     result: dict[str, Any] = {}
@@ -97,11 +99,13 @@ def run(
         # Out of the handler, the error and the trial's tensors its frames held are gone:
         # free what they used, so the next trial in this (reused) worker starts clean.
         release_memory()
-        tune.report({ERROR_KEY: failure, **reports.placement, "steps": reports.steps})
+        spent = time.process_time() - cpu0
+        tune.report({ERROR_KEY: failure, **reports.placement, "steps": reports.steps, "cpu_seconds": spent})
         return
     # The engine reported each evaluation; a final report carries the run's timings and
     # the metadata of the files stored for the driver to link to the Optuna trial.
     final: dict[str, Any] = {k: v for k, v in result.items() if isinstance(v, (int, float))}
+    final["cpu_seconds"] = time.process_time() - cpu0
     if artifact_store is not None:
         final.update(_store_files(artifact_store, trial_dir))
     tune.report({**final, **reports.placement, "steps": result["steps"]})
