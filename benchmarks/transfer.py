@@ -664,6 +664,15 @@ def doc_arms(summary: dict[str, Any]) -> str:
         "",
         f"- `carried` median over `target_sweep` median: **{v['carried_over_target']:.1%}** (the goal, at "
         f"least 95%: {met}); `carried_plus`: {v['carried_plus_over_target']:.1%}.",
+        "- Per sampler seed, over `target_sweep`: `carried` "
+        + _joined([rd["carried"]["hypervolume"] / rd["target_sweep"]["hypervolume"] for rd in rounds], ".1%")
+        + "; `carried` with `--rescale hidden` "
+        + _joined([rd["rescale"]["hidden"] / rd["target_sweep"]["hypervolume"] for rd in rounds], ".1%")
+        + "; `carried_plus` "
+        + _joined(
+            [rd["carried_plus"]["hypervolume"] / rd["target_sweep"]["hypervolume"] for rd in rounds], ".1%"
+        )
+        + ".",
         f"- Source fronts of {_joined([rd['front_size'] for rd in rounds], 'd')} points; the source sweeps' "
         f"own hypervolume, on the small model: {_joined([d['source_hypervolume'] for d in rounds], '.4f')}.",
         f"- Break-even cost ratio: **r = {be:.2f}**, with the step cost ratio r = {r:.2f} pricing the "

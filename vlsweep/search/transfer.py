@@ -16,10 +16,10 @@ prior observations from another model as an argument.
 Before anything runs the two studies are held to one another: the same objectives and
 directions, the same model family, and the same vision configuration (its merger's
 output width, which follows the language model, apart). A learning-rate rule may rescale
-what is carried (``rescale``): ``none``, or ``hidden``, the language model's and the
-projector's rates times the source's language-model width over the target's (Adam's
-width rule of muP, Yang et al. 2022: a hidden layer's rate goes as 1/width), the shared
-vision tower's rate kept.
+what is carried (``rescale``): ``none``, or ``hidden``, the language model's rate times
+the source's language-model width over the target's (Adam's width rule of muP, Yang et
+al. 2022: a hidden layer's rate goes as 1/its input width), the shared vision tower's and
+the projector's (whose input is the tower's) kept.
 """
 
 from __future__ import annotations
