@@ -537,16 +537,20 @@ def summarize(rounds: list[dict[str, Any]], r: float) -> dict[str, Any]:
 
 
 def verdict(summary: dict[str, Any]) -> dict[str, Any]:
-    """The issue's goal (carried median HV at least 95% of target_sweep's) and the rescale
-    rules against the spread over seeds."""
+    """The issue's goal (carried median HV at least 95% of target_sweep's), and each rescale
+    rule against `none`: better when its median gain over the seeds exceeds the gains'
+    standard deviation over the seeds."""
     hv = {a: summary["arms"][a]["hypervolume"] for a in summary["arms"]}
     med = {a: statistics.median(v) for a, v in hv.items()}
     sd = {a: statistics.stdev(v) if len(v) > 1 else 0.0 for a, v in hv.items()}
     rules = {k: statistics.median(v["hypervolume"]) for k, v in summary["rescale"].items()}
-    spread = max(
-        (statistics.stdev(v["hypervolume"]) if len(v["hypervolume"]) > 1 else 0.0)
-        for v in summary["rescale"].values()
-    )
+    # Each rule against `none` on the same seed's carried points (the seeds are paired): its
+    # median gain, and the spread of the gains over seeds.
+    gains = {
+        k: [a - b for a, b in zip(v["hypervolume"], summary["rescale"]["none"]["hypervolume"], strict=True)]
+        for k, v in summary["rescale"].items()
+        if k != "none"
+    }
     return {
         "median_hypervolume": med,
         "sd_hypervolume": sd,
@@ -556,9 +560,11 @@ def verdict(summary: dict[str, Any]) -> dict[str, Any]:
         else None,
         "goal_95_met": bool(med["target_sweep"] and med["carried"] >= 0.95 * med["target_sweep"]),
         "rescale_medians": rules,
-        "rescale_spread": spread,
+        "rescale_gains": gains,
+        "rescale_median_gain": {k: statistics.median(g) for k, g in gains.items()},
+        "rescale_gain_spread": {k: statistics.stdev(g) if len(g) > 1 else 0.0 for k, g in gains.items()},
         "rescale_better_than_spread": {
-            k: v - rules["none"] > spread for k, v in rules.items() if k != "none"
+            k: statistics.median(g) > (statistics.stdev(g) if len(g) > 1 else 0.0) for k, g in gains.items()
         },
     }
 
@@ -658,7 +664,6 @@ def doc_arms(summary: dict[str, Any]) -> str:
     met = "met" if v["goal_95_met"] else "not met"
     be = summary["break_even_r"]
     r = summary["arms_detail"]["break_even_inputs"]["r_measured"]
-    rules = v["rescale_medians"]
     better = "better" if v["rescale_better_than_spread"].get("hidden") else "not better"
     lines += [
         "",
@@ -685,9 +690,10 @@ def doc_arms(summary: dict[str, Any]) -> str:
         + "; ".join(
             " / ".join(str(rd["failed_trials"][n]) for n in ("source", "carried", "target")) for rd in rounds
         ),
-        f"- `--rescale hidden` against `none`: median {rules.get('hidden', 0):.4f} against "
-        f"{rules['none']:.4f}, "
-        f"spread over seeds {v['rescale_spread']:.4f}: {better} by more than the spread.",
+        f"- `--rescale hidden` against `none`, seed by seed: gains of "
+        f"{_joined(v['rescale_gains']['hidden'], '+.4f')}, median {v['rescale_median_gain']['hidden']:+.4f} "
+        f"against a spread (s.d.) of {v['rescale_gain_spread']['hidden']:.4f}: {better} by more than the "
+        "spread.",
     ]
     return "\n".join(lines)
 
@@ -703,9 +709,9 @@ INPUTS = {"a 448x448 crop": (32 * 32, 16 * 16 + 64), "a 1024x1024 page": (74 * 7
 
 
 def family_r(target: str, patches: int, tokens: int) -> float:
-    """A target step's cost over the 2B's, by forward-and-backward FLOPs (2 per parameter
-    per token, the same multiple for both parts) with attention's quadratic term left out:
-    an estimate for the same data, not a measurement."""
+    """A target step's cost over the 2B's, by forward-and-backward FLOPs (the same multiple
+    of the parameters per token for both parts, so it cancels) with attention's quadratic
+    term left out: an estimate for the same data, not a measurement."""
     small = patches * VISION_PARAMETERS + tokens * FAMILY["2B"]
     return (patches * VISION_PARAMETERS + tokens * FAMILY[target]) / small
 

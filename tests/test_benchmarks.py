@@ -250,8 +250,16 @@ def test_transfer_break_even_prices_target_trials_at_r_source_trials():
     v = transfer.verdict(summary)
     assert v["carried_over_target"] == pytest.approx(0.54 / 0.6)
     assert not v["goal_95_met"]
-    # hidden's median 0.525 against none's 0.54: not better, whatever the spread.
+    # Seed by seed, hidden gains +0.05 and -0.08: a median gain of -0.015, not better.
+    assert v["rescale_gains"]["hidden"] == pytest.approx([0.05, -0.08])
     assert v["rescale_better_than_spread"] == {"hidden": False}
+    # Gains larger than their spread over the seeds: better (paired by seed, so a seed that
+    # is hard for every rule does not hide the rule's gain).
+    third = {**rd, "seed": 2, "rescale": {"none": 0.2, "hidden": 0.31}}
+    fourth = {**rd, "seed": 3, "rescale": {"none": 0.9, "hidden": 0.99}}
+    v = transfer.verdict(transfer.summarize([rd, third, fourth], 2.0))
+    assert v["rescale_median_gain"]["hidden"] == pytest.approx(0.09)
+    assert v["rescale_better_than_spread"] == {"hidden": True}
 
 
 def test_transfer_family_cost_ratio_grows_with_the_language_model_and_shrinks_with_the_image():
