@@ -35,7 +35,8 @@ RESOURCE_KEYS = {
 
 
 def trial_resources(cfg: SweepConfig) -> dict[str, float]:
-    """What each trial asks Ray for, in Ray's resource names (memory in bytes)."""
+    """What each trial asks Ray for, in Ray's resource names (memory in bytes); for a
+    trial on several train workers, what each of its ``resources.train_workers`` asks."""
     request = {"CPU": cfg.resources.cpus_per_trial, "GPU": cfg.resources.gpus_per_trial}
     if cfg.resources.memory_gb_per_trial is not None:
         request["memory"] = cfg.resources.memory_gb_per_trial * 2**30
@@ -93,8 +94,11 @@ def check_trial_fits(cfg: SweepConfig, log: Log) -> bool:
 
     request = trial_resources(cfg)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
+    workers = cfg.resources.train_workers
 
     scaling = autoscaling(cfg)
+    if workers > 1:
+        return _check_workers_fit(request, workers, nodes, scaling, log)
     if not request or any(_fits_times(n.get("Resources", {}), request) > 0 for n in nodes):
         return scaling
     keys = tuple(k for k in RESOURCE_KEYS if k in request or k != "memory")
@@ -122,17 +126,54 @@ def check_trial_fits(cfg: SweepConfig, log: Log) -> bool:
     raise UserInputError(f"{', '.join(short or asked)}: {what}; {fix}")
 
 
+def _check_workers_fit(
+    request: dict[str, float], workers: int, nodes: list[dict], scaling: bool, log: Log
+) -> bool:
+    """A trial on ``workers`` train workers needs that many bundles of ``request`` at once,
+    on one node or spread over several (Ray Train packs them where it can)."""
+    room = sum(_fits_times(n.get("Resources", {}), request) for n in nodes)
+    if room >= workers:
+        return scaling
+    have = "; ".join(describe_resources(n.get("Resources", {})) for n in nodes)
+    what = (
+        f"each trial asks for {workers} train workers of {describe_resources(request, tuple(request))} "
+        f"each, but the Ray cluster holds {room} such worker{'s' if room != 1 else ''} at once "
+        f"({len(nodes)} node{'s' if len(nodes) != 1 else ''}: {have})"
+    )
+    if scaling:
+        log(f"{what}; the cluster's autoscaler may add nodes: trials wait for them")
+        return True
+    keys = " / ".join(RESOURCE_KEYS[k] for k in request)
+    raise UserInputError(
+        f"resources.train_workers: {what}; lower resources.train_workers or {keys}, or run on a "
+        "cluster with room for them (ray.autoscaling: true if an autoscaler will add nodes)"
+    )
+
+
+def trials_at_once(request: dict[str, float], workers: int) -> int | None:
+    """How many trials of ``workers`` train workers the live nodes hold at once (None: no
+    Ray to ask)."""
+    import ray
+
+    try:
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    except Exception:
+        return None
+    return sum(_fits_times(node, request) for node in nodes) // workers if request else None
+
+
 def _fits_times(node: dict[str, float], request: dict[str, float]) -> int:
     """How many trials a node's resources hold at once. In Ray's own fixed-point units
     (1e-4 of a resource), since float floor division gets 1.0 // 0.2 = 4."""
     return min(round(node.get(k, 0.0) * 10_000) // round(v * 10_000) for k, v in request.items())
 
 
-def waiting_reason(request: dict[str, float], scaling: bool, active: int) -> str:
+def waiting_reason(request: dict[str, float], scaling: bool, active: int, workers: int = 1) -> str:
     """Why a pending trial is not running yet, for the progress line. ``active`` counts the
     running and pending trials: while the cluster's nodes can hold that many, the pending
     ones are being started (Ray has already reserved what they asked for, so the free
-    resources alone would say "waiting")."""
+    resources alone would say "waiting"). ``request`` is each of a trial's ``workers``
+    train workers' share."""
     import ray
 
     try:
@@ -140,11 +181,12 @@ def waiting_reason(request: dict[str, float], scaling: bool, active: int) -> str
         free = ray.available_resources()
     except Exception:
         return ""
-    room = sum(_fits_times(node, request) for node in nodes) if request else active
+    room = sum(_fits_times(node, request) for node in nodes) // workers if request else active
     if active <= room:
         return "starting"
+    each = f"{workers} train workers of " if workers > 1 else ""
     return (
-        f"waiting for resources: each asks for {describe_resources(request, tuple(request))}, "
+        f"waiting for resources: each asks for {each}{describe_resources(request, tuple(request))}, "
         f"free now {describe_resources(free, tuple(request))}"
         + ("; the autoscaler may add nodes" if scaling else "")
     )

@@ -127,12 +127,13 @@ class Events(Callback):
         *,
         request: dict[str, float] | None = None,
         scaling: bool = False,
+        workers: int = 1,
     ):
         self.searcher, self.study, self.driver, self.names = searcher, study, driver, names
         self.started, self.total, self.log = started, total, log
         # What each trial asks Ray for, and whether an autoscaler may add nodes: what the
         # progress line says a pending trial waits for.
-        self.request, self.scaling = request or {}, scaling
+        self.request, self.scaling, self.workers = request or {}, scaling, workers
         self.last = 0.0
         self.last_state = ""  # what the last progress line said, without its time
         self.restarts: dict[str, int] = {}
@@ -179,7 +180,7 @@ class Events(Callback):
             trials = self.tune_trials or []
             pending = any(t.status == "PENDING" for t in trials)
             active = sum(t.status in ("PENDING", "RUNNING") for t in trials)
-            waiting = waiting_reason(self.request, self.scaling, active) if pending else ""
+            waiting = waiting_reason(self.request, self.scaling, active, self.workers) if pending else ""
             self.last_state = progress_state(
                 self.study, self.names, self.total, self.tune_trials, waiting, self.searcher.holding
             )

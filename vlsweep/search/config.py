@@ -151,23 +151,32 @@ class ResourcesConfig(_Strict):
     # gpus_per_trial); none = this machine's GPU if it has one. Ray has no per-GPU memory
     # resource, so a cluster of other GPUs than the launching machine's declares it here.
     gpu_memory_gb: float | None = Field(default=None, gt=0)
-    # Ray restarts a trial whose worker died (node lost, OOM-killed) this many times.
+    # Ray restarts a trial whose worker died (node lost, OOM-killed) this many times; on a
+    # multi-worker trial, a train worker's death too (Ray Train's own retries stay off).
     retries: int = Field(default=1, ge=0)
-    # Keep workers (and the loaded base model) between trials.
+    # Keep workers (and the loaded base model) between trials (one-worker trials only: a
+    # multi-worker trial's ranks are Ray Train's, started for each trial).
     reuse_actors: bool = True
+    # Ray Train workers per trial (data-parallel, torch DDP): each holds the whole model
+    # and trains on its share of budget.batch_size. With more than one, cpus_per_trial,
+    # gpus_per_trial and memory_gb_per_trial are each worker's share.
+    train_workers: int = Field(default=1, ge=1)
+    # How the train workers split the work: ddp (each holds the model, the batch is split).
+    strategy: Literal["ddp"] = "ddp"
 
     @field_validator("gpus_per_trial")
     @classmethod
     def _one_device(cls, value: float) -> float:
-        # A trial trains on one device (the engine loads the base whole onto it): Ray
-        # would reserve the other GPUs and they would idle for the whole sweep.
+        # A train worker trains on one device (the engine loads the base whole onto it):
+        # Ray would reserve the other GPUs and they would idle for the whole sweep.
         if value > 1:
             raise ValueError(
-                f"{value:g} GPUs per trial would leave {value - 1:g} of them idle: a trial trains "
-                "on one GPU; use 1 (or a fraction, 0.5, to run two trials on each GPU). For a "
-                "model whose trial does not fit one GPU: lower budget.batch_size, set "
-                f"model.gradient_checkpointing: true, {QUANTIZE_HINT}, or train fewer modules "
-                "(lora.vision: false)"
+                f"{value:g} GPUs per trial would leave {value - 1:g} of them idle: each train worker "
+                f"trains on one GPU; to train each trial on {value:g} GPUs, set gpus_per_trial: 1 and "
+                f"train_workers: {value:g} (data-parallel, docs/cluster.md), or use 1 (or a fraction, 0.5, "
+                "to run two trials on each GPU). For a model whose trial does not fit one GPU: lower "
+                f"budget.batch_size, set model.gradient_checkpointing: true, {QUANTIZE_HINT}, or train "
+                "fewer modules (lora.vision: false)"
             )
         return value
 
@@ -280,6 +289,17 @@ class SweepConfig(RunConfig):
                 "vision_first_ratio (strategies.vision_first or space) trains the vision side "
                 "first, but lora.vision is false and lora.projector is frozen: turn one on, or "
                 "vision_first off"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _a_sample_per_worker(self) -> SweepConfig:
+        workers, batch = self.resources.train_workers, self.budget.batch_size
+        if workers > batch:
+            raise ValueError(
+                f"resources.train_workers ({workers}) is above budget.batch_size ({batch}): the "
+                "train workers split each batch, so each needs at least one sample; raise "
+                f"budget.batch_size to {workers} or more, or lower resources.train_workers"
             )
         return self
 

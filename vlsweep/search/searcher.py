@@ -37,8 +37,9 @@ from vlsweep.spaces import Space
 
 _log = logging.getLogger("vlsweep")
 
-# Where the trial ran (node id, worker process), recorded as reported.
-_PLACEMENT_KEYS = ("node_id", "worker_pid", "gpu_ids", "train_started")
+# Where the trial ran (node id, worker process; a multi-worker trial's world size and
+# each rank's place), recorded as reported.
+_PLACEMENT_KEYS = ("node_id", "worker_pid", "gpu_ids", "train_started", "world_size", "rank_placement")
 
 
 class OptunaAskTellSearcher(Searcher):
@@ -124,7 +125,8 @@ class OptunaAskTellSearcher(Searcher):
             if placement:
                 self._placement[trial_id] = placement
                 for key, value in placement.items():
-                    trial.set_user_attr(key, value)
+                    # A multi-worker trial's ranks (rank, node, pid, GPUs each) travel as JSON.
+                    trial.set_user_attr(key, json.loads(value) if key == "rank_placement" else value)
 
     def _record_rung(self, trial_id: str, steps: int, result: dict[str, Any]) -> None:
         trial = self._live.get(trial_id)

@@ -45,6 +45,7 @@ from vlsweep.search.backend import (
     check_trial_fits,
     ray_init,
     reap_local_ray,
+    trials_at_once,
 )
 from vlsweep.search.callbacks import Events, logger_callbacks, trial_name
 from vlsweep.search.config import SweepConfig, sanitized_config
@@ -161,6 +162,7 @@ def run_sweep(
                 log,
                 request=plan.request,
                 scaling=scaling,
+                workers=cfg.resources.train_workers,
             )
             stop = StopRequests(searcher, log, run.study)
             tuner = build_tuner(
@@ -292,8 +294,12 @@ def _searcher(plan: SweepPlan, run: _Run) -> OptunaAskTellSearcher:
 def _trainable(plan: SweepPlan, store_url: str, worker_fn: Callable[..., None] | None) -> Any:
     """The function each trial runs (the trial engine, through ``worker.run``), with what
     every trial of the sweep shares bound to it."""
-    from vlsweep.search import worker
+    from vlsweep.search import train_workers, worker
 
+    extra = {}
+    scaling = train_workers.scaling(plan.cfg, plan.ray_storage_path)
+    if scaling is not None:
+        extra["train_workers"] = scaling
     return tune.with_parameters(
         worker_fn or worker.run,
         trial_spec=plan.trial_spec,
@@ -302,6 +308,7 @@ def _trainable(plan: SweepPlan, store_url: str, worker_fn: Callable[..., None] |
         threads=max(1, int(plan.cfg.resources.cpus_per_trial)),
         driver_dir=os.getcwd(),
         artifact_store=None if store_url == artifacts.NONE else store_url,
+        **extra,
     )
 
 
@@ -317,21 +324,36 @@ def build_tuner(
     stop: tune.Stopper,
 ) -> tune.Tuner:
     """Ray Tune's Tuner for the sweep: each trial asks for the plan's resources; the
-    searcher proposes, the scheduler stops early, Tune retries a dead worker."""
+    searcher proposes, the scheduler stops early, Tune retries a dead worker.
+
+    A trial on several train workers is Ray's recipe for tuning Ray Train runs: the Tune
+    trial only starts the run and waits, so it asks for no CPU (Ray needs some resource in
+    every request: 1 MiB of its logical memory), Ray Train reserves the workers, and no
+    more trials run at once than the cluster holds (Tune cannot see the workers' share:
+    more trials would wait inside Ray Train, out of the progress line's sight)."""
     cfg = plan.cfg
     resources = {
         "cpu": plan.request.get("CPU", 0.0),
         "gpu": plan.request.get("GPU", 0.0),
         "memory": plan.request.get("memory", 0),
     }
+    concurrent = cfg.search.max_concurrent
+    reuse = cfg.resources.reuse_actors
+    if cfg.resources.train_workers > 1:
+        resources = {"cpu": 0.0, "gpu": 0.0, "memory": 2**20}
+        # Nothing to keep between trials: each trial's ranks load the base themselves.
+        reuse = False
+        room = trials_at_once(plan.request, cfg.resources.train_workers)
+        if room:
+            concurrent = min(concurrent, room)
     return tune.Tuner(
         tune.with_resources(trainable, resources),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=scheduler,
             num_samples=num_samples,
-            max_concurrent_trials=cfg.search.max_concurrent,
-            reuse_actors=cfg.resources.reuse_actors,
+            max_concurrent_trials=concurrent,
+            reuse_actors=reuse,
             time_budget_s=cfg.search.time_budget_s,
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_name,

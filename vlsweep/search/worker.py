@@ -4,6 +4,10 @@ With ``reuse_actors`` a worker process runs many trials; the loaded base model a
 encoded dataset are kept in this module between them (keyed by their config), and
 ``run_trial`` attaches a fresh LoRA per trial and removes it (restoring any fully
 trained module) before returning, so no trained weight reaches the next trial.
+
+A trial on several train workers (``resources.train_workers``) runs in
+``vlsweep.search.train_workers``: this function then starts a Ray Train run whose ranks
+each run ``_train`` on their share of the batch.
 """
 
 from __future__ import annotations
@@ -77,17 +81,33 @@ def run(
     threads: int,
     driver_dir: str | None = None,
     artifact_store: str | None = None,
+    train_workers: dict[str, Any] | None = None,
 ) -> None:
     """Ray Tune function trainable: ``config`` is what the searcher suggested, ``trial_spec``
     the sweep's trial spec (the train config every trial runs, as JSON). Where the trial runs,
-    the trial itself, then its final report, or its failure."""
+    the trial itself, then its final report, or its failure. ``train_workers`` (Ray Train's
+    scaling, from ``train_workers.scaling``) runs the trial on several train workers."""
     import torch
     from ray import tune
 
+    if train_workers is not None:
+        from vlsweep.search import train_workers as multi
+
+        multi.run(
+            config,
+            trial_spec=trial_spec,
+            base_dir=base_dir,
+            out_root=out_root,
+            threads=threads,
+            driver_dir=driver_dir,
+            artifact_store=artifact_store,
+            **train_workers,
+        )
+        return
     torch.set_num_threads(max(1, threads))
     # The trial's CPU time as the sweep pays it: a first trial in this worker loads the base.
     cpu0 = time.process_time()
-    reports = _Reports(_placement())
+    reports = _Reports({**_placement(), "world_size": 1})
     trial_dir = Path(out_root) / f"trial-{int(config['optuna_trial']):04d}"
     result: dict[str, Any] = {}
     failure: str | None = None
@@ -130,30 +150,39 @@ def _placement() -> dict[str, Any]:
 class _Reports:
     """What a trial reports to Tune: each evaluation (``report``) and, as results without
     objectives, which schedulers skip, its training curves (``log_row``: at most ~50 per
-    trial, for Tune's loggers). Each carries where the trial runs."""
+    trial, for Tune's loggers). Each carries where the trial runs.
 
-    def __init__(self, placement: dict[str, Any]):
+    ``send`` is how a result leaves: ``tune.report`` in a trial actor; on the ranks of a
+    multi-worker trial, ``ray.train.report``, which every rank calls at the same points
+    (a barrier in Ray Train) and whose main rank's result reaches Tune."""
+
+    def __init__(self, placement: dict[str, Any], send: Any = None):
         self.placement = placement
         self.steps = 0  # the last step reported
         self.every = 1  # a curve row reported every this many rows
         self._rows = 0
+        self._send = send
+
+    def send(self, result: dict[str, Any]) -> None:
+        if self._send is not None:
+            self._send(result)
+            return
+        from ray import tune
+
+        tune.report(result)
 
     def report(self, step: int, metrics: dict[str, float]) -> None:
-        from ray import tune
-
         self.steps = step
-        tune.report({**metrics, **self.placement, "steps": step})
+        self.send({**metrics, **self.placement, "steps": step})
 
     def log_row(self, row: dict[str, Any]) -> None:
-        from ray import tune
-
         self._rows += 1
         # When the fine-tune itself began training (its first step done), as Unix time:
         # after the worker's start, the model load and the encoding of the data.
         self.placement.setdefault("train_started", time.time())
         if (self._rows - 1) % self.every == 0:
             curves = {f"train/{k}": v for k, v in row.items() if k != "step"}
-            tune.report({**curves, **self.placement, "steps": row["step"]})
+            self.send({**curves, **self.placement, "steps": row["step"]})
 
 
 def _train(
@@ -163,9 +192,11 @@ def _train(
     driver_dir: str | None,
     trial_dir: Path,
     reports: _Reports,
+    ranks: Any = None,
 ) -> dict[str, Any]:
     """One trial through the engine, on the base and data this worker keeps between
-    trials (loaded again only when the sweep's model or data differ)."""
+    trials (loaded again only when the sweep's model or data differ). ``ranks``: this
+    process among a multi-worker trial's train workers; only the main one writes files."""
     from vlsweep import demo
     from vlsweep.config import TrainConfig
     from vlsweep.params import TrialParams
@@ -187,8 +218,9 @@ def _train(
         cfg=cfg,
         data=data,
         base=base,
-        output_dir=trial_dir,
+        output_dir=trial_dir if ranks is None or ranks.main else None,
         on_log_row=reports.log_row,
+        ranks=ranks,
     )
 
 

@@ -29,9 +29,10 @@ from vlsweep.trials.batching import Encoder, collate
 from vlsweep.trials.data import Record, TaskMixer, check_tasks, load_records, make_mixer
 from vlsweep.trials.families import resolve_groups
 from vlsweep.trials.lora import attach_lora, plan_lora
-from vlsweep.trials.losses import BALANCES, task_losses, weighted_sum
+from vlsweep.trials.losses import BALANCES, task_losses, task_sums, weighted_sum
 from vlsweep.trials.modeling import Base, load_base
 from vlsweep.trials.optim import build_param_groups, group_grad_norms, make_optimizer
+from vlsweep.trials.ranks import Ranks
 
 Report = Callable[[int, dict[str, float]], None]
 
@@ -88,17 +89,30 @@ def load_data(
 
 
 class Trainer:
-    """The state of one trial: model with a fresh adapter, optimizer, encoded data."""
+    """The state of one trial: model with a fresh adapter, optimizer, encoded data.
+
+    On several train workers (``ranks``) each rank trains on its share of every global
+    batch through torch's DistributedDataParallel, and the main rank alone evaluates
+    (``vlsweep.trials.ranks`` says how the update stays the one-worker one)."""
 
     def __init__(
-        self, params: TrialParams, budget: BudgetConfig, *, cfg: TrainConfig, data: TrialData, base: Base
+        self,
+        params: TrialParams,
+        budget: BudgetConfig,
+        *,
+        cfg: TrainConfig,
+        data: TrialData,
+        base: Base,
+        ranks: Ranks | None = None,
     ):
         self.params, self.budget, self.cfg, self.data, self.base = params, budget, cfg, data, base
+        self.ranks = ranks or Ranks()
         self.tasks = data.tasks
         self.task_index = {t: i for i, t in enumerate(self.tasks)}
         weights = params.weights_for(self.tasks)
         self.weights = torch.tensor([weights[t] for t in self.tasks], device=base.device)
         self.balance = BALANCES[params.loss_balance](len(self.tasks), self.weights, cfg.loss).to(base.device)
+        self.balance.ranks = self.ranks
         # Mixed precision, as LLaMA-Factory and the HF Trainer train LoRA: the frozen base in
         # the model's half dtype, the trained parameters in float32, the forward pass under
         # autocast; float16 adds a loss scaler (its gradients underflow without one).
@@ -131,6 +145,8 @@ class Trainer:
         self.encode_seconds = time.perf_counter() - t0
         self.last_predictions: list[str] = []
         self.model: Any = None
+        # The model as the ranks train it (DDP around ``model``); None on one worker.
+        self.ddp: Any = None
         self.groups: list[dict[str, Any]] = []
 
     def _eos_ids(self) -> set[int]:
@@ -187,6 +203,13 @@ class Trainer:
         if owned & {id(p) for g in self.groups for p in g["params"]}:
             raise AssertionError("a parameter the balance steps itself is in the trial's optimizer")
         self.optimizer = make_optimizer(self.groups, betas=self.cfg.optim.betas, eps=self.cfg.optim.eps)
+        if self.ranks.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device = self.base.device
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[device] if device.type == "cuda" else None
+            )
         from transformers import get_cosine_schedule_with_warmup
 
         steps = self.budget.steps
@@ -209,6 +232,7 @@ class Trainer:
         for name, wrapper in wrappers:
             parent_name, _, child = name.rpartition(".")
             setattr(self.model.get_submodule(parent_name), child, wrapper.original_module)
+        self.ddp = None  # its gradient hooks are on the adapter's parameters, gone with them
         base = self.model.unload()
         for p in base.parameters():
             p.requires_grad_(False)
@@ -236,9 +260,13 @@ class Trainer:
         self.steps_done = step
         batch = self._to_device(batch)
         labels, task_ids = batch.pop("labels"), batch.pop("task_ids")
+        # On several ranks DDP sums the gradients of a plain backward; a Jacobian balance
+        # averages each task's gradient over the ranks itself, before combining them.
+        model = self.model if self.ddp is None or self.balance.combines_task_gradients else self.ddp
         with self._autocast():
-            logits = self.model(**batch, use_cache=False).logits
-        means, counts = task_losses(logits, labels, task_ids, len(self.tasks))  # in float32
+            logits = model(**batch, use_cache=False).logits
+        # Each task's mean over the global batch (on one worker: this batch), in float32.
+        means, counts = self.ranks.global_means(*task_sums(logits, labels, task_ids, len(self.tasks)))
         del logits
         vision_only = step <= self.vision_first_steps
         model_groups = [g for g in self.groups if g["module_group"] != "balance"]
@@ -281,7 +309,9 @@ class Trainer:
         if self.balance.needs_losses_after_step:
             with torch.no_grad(), self._autocast():
                 logits = self.model(**batch, use_cache=False).logits
-                self.balance.after_step(*task_losses(logits, labels, task_ids, len(self.tasks)))
+                self.balance.after_step(
+                    *self.ranks.global_means(*task_sums(logits, labels, task_ids, len(self.tasks)))
+                )
         return {
             # The same combination for every balance (comparable curves); the balance's
             # own objective apart.
@@ -454,6 +484,7 @@ def run_trial(
     eval_base: bool = False,
     log: Callable[[str], None] | None = None,
     on_log_row: Callable[[dict[str, Any]], None] | None = None,
+    ranks: Ranks | None = None,
 ) -> dict[str, Any]:
     """Fine-tune once with ``params`` for ``budget.steps`` steps; return the final metrics.
 
@@ -462,6 +493,11 @@ def run_trial(
     trial. With ``output_dir`` the adapter, ``metrics.json`` and ``train_log.jsonl`` are
     written there; ``on_log_row`` sees each training-log row (step, losses, learning
     rates, gradient norms) as it is made.
+
+    ``ranks`` is this process among a trial's train workers (Ray Train started the
+    process group): every rank trains on its share of each batch; the main rank alone
+    evaluates, reports metrics (the others report an empty dict at the same steps), and
+    writes ``output_dir`` (give it on the main rank only).
 
     Reads as its steps: the base and the trainer (``_setup``), the base's own metrics when
     asked, the training loop with its evaluations (``_train``), the result and the files
@@ -472,9 +508,10 @@ def run_trial(
     torch.manual_seed(cfg.seed)
     owns_base = base is None
     cpu0 = time.process_time()
-    trainer, load_seconds = _setup(params, budget, cfg, data, base, say)
+    ranks = ranks or Ranks()
+    trainer, load_seconds = _setup(params, budget, cfg, data, base, say, ranks)
     base = trainer.base
-    result: dict[str, Any] = {"base": _evaluate_base(trainer, say)} if eval_base else {}
+    result: dict[str, Any] = {"base": _evaluate_base(trainer, say)} if eval_base and ranks.main else {}
     mixer = make_mixer(data.train, params, budget.steps, cfg.seed)
     cuda = base.device.type == "cuda"
     if cuda:
@@ -502,7 +539,7 @@ def run_trial(
         )
         if cuda:
             result["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(base.device) / 2**30
-        if output_dir is not None:
+        if output_dir is not None and ranks.main:
             _save(output_dir, trainer, progress.log_rows, result)
     except torch.OutOfMemoryError as exc:
         oom = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
@@ -544,15 +581,17 @@ def _setup(
     data: TrialData,
     base: Base | None,
     say: Callable[[str], None],
+    ranks: Ranks,
 ) -> tuple[Trainer, float]:
     """The base (loaded here unless the caller keeps one) and the trainer on it, with the
-    retention reference when forgetting is measured. Returns the seconds the load took."""
+    retention reference when forgetting is measured (on the main rank, which evaluates).
+    Returns the seconds the load took."""
     t_load = time.perf_counter()
     base = base or load_base(cfg.model)
     load_seconds = time.perf_counter() - t_load
-    trainer = Trainer(params, budget, cfg=cfg, data=data, base=base)
+    trainer = Trainer(params, budget, cfg=cfg, data=data, base=base, ranks=ranks)
     say(f"encoded {len(data.train)} train / {len(data.val)} val samples in {trainer.encode_seconds:.1f}s")
-    if trainer.retain_enc:
+    if trainer.retain_enc and ranks.main:
         trainer.reference = trainer.retention_reference(say)
     return trainer, load_seconds
 
@@ -578,19 +617,26 @@ def _train(
     say: Callable[[str], None],
     on_log_row: Callable[[dict[str, Any]], None] | None,
 ) -> None:
-    """The training loop: a step on each batch the mixer draws, a training-log row every 10
-    steps (and at the first and each evaluation), an evaluation at each of the budget's
-    steps, reported as it is made."""
+    """The training loop: a step on each batch the mixer draws (on several ranks, each
+    rank's share of it), a training-log row every 10 steps (and at the first and each
+    evaluation), an evaluation at each of the budget's steps, reported as it is made
+    (on the main rank; the others report an empty dict at the same steps)."""
     eval_at = _eval_steps(budget)
+    ranks = trainer.ranks
     t_train = time.perf_counter()
     for step in range(1, budget.steps + 1):
         progress.phase, progress.step = "training", step
-        out = trainer.step(trainer.train_batch(mixer.batch(budget.batch_size, step)), step)
+        batch = ranks.share(mixer.batch(budget.batch_size, step))
+        out = trainer.step(trainer.train_batch(batch), step)
         if step % 10 == 0 or step in eval_at or step == 1:
             row = _log_row(trainer, params, out, step)
             progress.log_rows.append(row)
             if on_log_row is not None:
                 on_log_row(row)
+        if step in eval_at and not ranks.main:
+            if report is not None:
+                report(step, {})
+            continue
         if step in eval_at:
             progress.train_seconds += time.perf_counter() - t_train
             t0 = time.perf_counter()

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from vlsweep.config import LossConfig
 from vlsweep.trials.batching import IGNORE
+from vlsweep.trials.ranks import Ranks
 
 
 def task_losses(
@@ -42,6 +43,15 @@ def task_losses(
 
     A task with no tokens in the batch has mean 0 and contributes nothing.
     """
+    sums, counts = task_sums(logits, labels, task_ids, n_tasks)
+    return sums / counts.clamp(min=1), counts
+
+
+def task_sums(
+    logits: torch.Tensor, labels: torch.Tensor, task_ids: torch.Tensor, n_tasks: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token cross-entropy on answer tokens, summed per task: (sums, token counts); what
+    the ranks of a multi-worker trial add up before dividing (``Ranks.global_means``)."""
     shift_logits = logits[:, :-1]
     shift_labels = labels[:, 1:]
     mask = shift_labels != IGNORE
@@ -50,7 +60,7 @@ def task_losses(
     token_task = task_ids[rows]
     sums = torch.zeros(n_tasks, device=ce.device).index_add_(0, token_task, ce)
     counts = torch.zeros(n_tasks, device=ce.device).index_add_(0, token_task, torch.ones_like(ce))
-    return sums / counts.clamp(min=1), counts
+    return sums, counts
 
 
 def weighted_sum(means: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -68,6 +78,11 @@ class Balance:
     # Whether multiplying every task loss by one factor multiplies the model's gradient by
     # it and changes nothing else: what a float16 loss scaler needs.
     scale_equivariant = True
+    # Whether the update is a non-linear combination of the task gradients, which the
+    # ranks of a multi-worker trial must then average task by task (vlsweep.trials.ranks).
+    combines_task_gradients = False
+    # This process among the trial's train workers (the engine sets it).
+    ranks: Ranks = Ranks()
 
     def __init__(self, n_tasks: int, static_weights: torch.Tensor):
         self.n_tasks = n_tasks
@@ -180,7 +195,10 @@ class Famo(Balance):
 
 
 class Jacobian(Balance):
-    """One gradient per task present in the batch, combined by a torchjd aggregator."""
+    """One gradient per task present in the batch, combined by a torchjd aggregator. On
+    several ranks each task's gradient is averaged over them before it is combined."""
+
+    combines_task_gradients = True
 
     def __init__(self, n_tasks: int, static_weights: torch.Tensor, aggregator: Any):
         super().__init__(n_tasks, static_weights)
@@ -196,11 +214,13 @@ class Jacobian(Balance):
         params = [p for p in inputs if p.requires_grad]
         if len(present) < 2:  # one task in the batch: its own gradient, nothing to balance
             means[present].sum().backward()
+            self.ranks.average_grads(params)
             weights[present] = 1.0
         else:
             # parallel_chunk_size=1: one backward per task, without torch.vmap, which some
             # models' ops do not support.
             backward([means[i] for i in present], inputs=params, parallel_chunk_size=1)
+            self.ranks.average_jacobians(params)
             got = jac_to_grad(params, self.aggregator)
             if got is not None:
                 weights[present] = got.detach().to(weights.device, weights.dtype)

@@ -1,0 +1,109 @@
+"""Where one process stands among a trial's train workers, and what they must agree on.
+
+A trial on N train workers (``resources.train_workers``) is data-parallel: every rank
+holds the whole model, draws the same global batch (the mixer is seeded alike) and
+trains on its own share of it. torch's ``DistributedDataParallel`` sums the ranks'
+gradients; what is ours is the loss each rank backpropagates, so that the update is the
+one a single worker would make from the whole batch:
+
+- each task's mean is over the *global* batch's answer tokens: a rank's token-loss sums
+  divided by the token counts summed over the ranks (one ``all_reduce`` of two small
+  vectors per step), so a batch that does not split evenly needs no accumulation and no
+  rank's tokens weigh more than another's;
+- the value every rank sees is that global mean, and its gradient is this rank's part of
+  it times N, which DDP's average brings back to the global mean's gradient. A balance
+  that is any differentiable function of the task means (static weights, uncertainty,
+  FAMO) therefore makes the same update on every rank as on one worker, and its own
+  state (FAMO's weights, uncertainty's log-variances) stays identical across ranks;
+- a Jacobian balance (PCGrad, UPGrad) combines the task gradients non-linearly, so the
+  ranks average each task's gradient (torchjd's ``.jac`` fields) before the aggregator
+  combines them, and DDP's own reduction is skipped for that step: the combination is
+  of the global task gradients, as on one worker.
+
+This module imports torch.distributed only; Ray Train starts the process group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's rank and the number of train workers (1: no process group)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def current(cls) -> Ranks:
+        """The process group Ray Train started, or a single rank when there is none."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size())
+        return cls()
+
+    @property
+    def main(self) -> bool:
+        """The rank that evaluates, writes the trial's files and reports metrics."""
+        return self.rank == 0
+
+    def share(self, indices: Sequence[int]) -> list[int]:
+        """This rank's contiguous share of the global batch's indices (shares differ by at
+        most one sample)."""
+        q, r = divmod(len(indices), self.world)
+        start = self.rank * q + min(self.rank, r)
+        return list(indices[start : start + q + (1 if self.rank < r else 0)])
+
+    def global_means(self, sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-task means over the global batch from this rank's token-loss ``sums`` and
+        token ``counts``: (means whose value is global and whose gradient is this rank's
+        part times the world size, global counts)."""
+        if self.world == 1:
+            return sums / counts.clamp(min=1), counts
+        import torch.distributed as dist
+
+        both = torch.stack([sums.detach(), counts])
+        dist.all_reduce(both)
+        total_counts = both[1].clamp(min=1)
+        local = self.world * sums / total_counts
+        return both[0] / total_counts + (local - local.detach()), both[1]
+
+    def average_jacobians(self, params: Sequence[torch.Tensor]) -> None:
+        """Average torchjd's per-task gradients (``.jac``) over the ranks, in place."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        for p in params:
+            jac = getattr(p, "jac", None)
+            if jac is not None:
+                dist.all_reduce(jac)  # a sum: gloo has no average
+                jac.div_(self.world)
+
+    def average_grads(self, params: Sequence[torch.Tensor]) -> None:
+        """Average ``.grad`` over the ranks, in place: for a step whose backward bypassed
+        DDP (a Jacobian balance's batch with one task in it)."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        for p in params:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)  # a sum: gloo has no average
+                p.grad.div_(self.world)
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (a small picklable object), in rank order."""
+        if self.world == 1:
+            return [value]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, value)
+        return out
