@@ -32,7 +32,7 @@ from ray.tune.search import Searcher
 from vlsweep import artifacts, outcomes
 from vlsweep.metrics import METRICS
 from vlsweep.search.sampling import RUNG_ATTR, reproducible_slot
-from vlsweep.search.worker import ERROR_KEY
+from vlsweep.search.worker import DIED_KEY, ERROR_KEY
 from vlsweep.spaces import Space
 
 _log = logging.getLogger("vlsweep")
@@ -69,6 +69,8 @@ class OptunaAskTellSearcher(Searcher):
         self._live: dict[str, optuna.Trial] = {}
         self._steps: dict[str, int] = {}
         self._reported_error: dict[str, str] = {}
+        # Why a multi-worker trial's rank died, as its trial said before Tune saw it fail.
+        self._died: dict[str, str] = {}
         self._awaiting_error: dict[str, optuna.Trial] = {}
         self._placement: dict[str, dict[str, Any]] = {}
         # Fail fast: the errors of the first ``fail_fast`` trials this run finished, while
@@ -119,6 +121,8 @@ class OptunaAskTellSearcher(Searcher):
                 self._record_rung(trial_id, int(result["steps"]), result)
         if result.get(ERROR_KEY):
             self._reported_error[trial_id] = str(result[ERROR_KEY])
+        if result.get(DIED_KEY):
+            self._died[trial_id] = str(result[DIED_KEY])
         trial = self._live.get(trial_id)
         if trial is not None and trial_id not in self._placement:
             placement = {k: result[k] for k in _PLACEMENT_KEYS if result.get(k) is not None}
@@ -162,11 +166,13 @@ class OptunaAskTellSearcher(Searcher):
             trial.set_user_attr(key, value)
 
     def fail(self, trial_id: str, message: str) -> None:
-        """Finish a trial whose Ray worker failed (after Ray's own retries)."""
+        """Finish a trial whose Ray worker failed (after Ray's own retries). A multi-worker
+        trial said which rank died before it failed: that reason is the message's."""
         self._held, self.holding = False, []
         trial = self._awaiting_error.pop(trial_id, None) or self._live.pop(trial_id, None)
+        died = self._died.pop(trial_id, None)
         if trial is not None:
-            self._tell_fail(trial_id, trial, message)
+            self._tell_fail(trial_id, trial, f"the Ray worker failed: {died}" if died else message)
 
     def open_trials(self) -> list[int]:
         """Numbers of the Optuna trials Ray started and never finished."""
@@ -220,7 +226,7 @@ class OptunaAskTellSearcher(Searcher):
         self.__dict__.update(state)
         self.study = None  # type: ignore[assignment]
         self._live, self._steps, self._reported_error, self._awaiting_error = {}, {}, {}, {}
-        self._placement = {}
+        self._placement, self._died = {}, {}
         self._first_errors, self.abort_reason = None, None
         self.window, self._held, self.holding = None, False, []
         self.artifact_store, self.keep_last, self._has_files = None, None, None
@@ -311,6 +317,7 @@ class OptunaAskTellSearcher(Searcher):
     def _tell_fail(self, trial_id: str, trial: optuna.Trial, message: str, steps: int | None = None) -> None:
         self._steps.pop(trial_id, None)
         self._reported_error.pop(trial_id, None)
+        self._died.pop(trial_id, None)
         self._placement.pop(trial_id, None)
         self._at_rungs.pop(trial_id, None)
         trial.set_user_attr("error", message[-2000:])

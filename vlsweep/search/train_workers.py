@@ -73,10 +73,11 @@ def run(
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from vlsweep.search.worker import ERROR_KEY
+    from vlsweep.search.worker import DIED_KEY, ERROR_KEY
 
     use_gpu = resources_per_worker.get("GPU", 0) > 0
-    name = f"{tune.get_context().get_trial_name()}-train"
+    # A run of its own per attempt: Tune's retry must not resume the dead attempt's run.
+    name = f"{tune.get_context().get_trial_name()}-train-{time.time_ns()}"
     trainer = TorchTrainer(
         rank_main,
         train_loop_config={
@@ -105,22 +106,41 @@ def run(
     except Exception as exc:
         died = rank_died(exc)
         if died is not None:
-            raise RuntimeError(f"a train worker of this trial died: {died}") from None
+            reason = f"a train worker of this trial died: {died}"
+            tune.report({DIED_KEY: reason, "world_size": num_workers})  # the reason, for the study
+            raise RuntimeError(reason) from None
         tune.report({ERROR_KEY: trial_error(exc), "world_size": num_workers})
 
 
 def rank_died(exc: BaseException) -> str | None:
     """Why a rank's process died, when that is what ended the Ray Train run (None: a rank
     raised an error of the trial's own)."""
-    import ray.exceptions
     from ray.train import WorkerGroupError
 
     if not isinstance(exc, WorkerGroupError):
         return str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+    # The other ranks fail too, on their next collective (gloo: "Connection reset by
+    # peer"): the dead one is the rank Ray Train found so.
     for rank, err in sorted(exc.worker_failures.items()):
-        if isinstance(err, (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError)):
+        if isinstance(err, _death_types()):
             return f"rank {rank}: {type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
     return None
+
+
+def _death_types() -> tuple[type[BaseException], ...]:
+    """What Ray reports for a rank whose process died: an actor error, or Ray Train's
+    failed health check (which Ray 2.60 defines in an internal module only)."""
+    import ray.exceptions
+
+    types: tuple[type[BaseException], ...] = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError)
+    try:
+        from ray.train.v2._internal.exceptions import (
+            WorkerHealthCheckFailedError,
+            WorkerHealthCheckTimeoutError,
+        )
+    except ImportError:  # another Ray: its actor errors still count
+        return types
+    return (*types, WorkerHealthCheckFailedError, WorkerHealthCheckTimeoutError)
 
 
 def trial_error(exc: BaseException) -> str:

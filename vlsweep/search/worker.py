@@ -32,6 +32,8 @@ _START_DIR = os.getcwd()
 
 # The result key a trial-level failure is reported under (the searcher tells FAIL with it).
 ERROR_KEY = "vlsweep_error"
+# The result key a multi-worker trial says a rank died under, before Tune retries or fails it.
+DIED_KEY = "vlsweep_worker_died"
 
 
 def _cached(cache: dict[str, Any], key: str, make: Any) -> Any:

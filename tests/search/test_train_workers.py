@@ -1,0 +1,166 @@
+"""Trials on several train workers: real Ray, real Ray Train, gloo on the CPU.
+
+A 2-worker run must make the 1-worker run's updates: the same global batch split over
+the ranks, each task's mean over the global batch, DDP (or, for a Jacobian balance, the
+averaged task gradients) bringing the ranks' parts together."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import psutil
+import pytest
+from optuna.trial import TrialState
+
+from tests.helpers import train_config
+from tests.search.sweeps import check_invariants, edit_yaml, sweep_cfg
+from vlsweep.search.config import load_sweep_config
+from vlsweep.search.sweep import run_sweep
+
+pytestmark = pytest.mark.integration
+
+BALANCES = ("static", "famo", "upgrad")
+STEPS = 20
+
+
+def _losses_per_rank():
+    """Ray Train's per-worker function: 20 steps of each balance, each step's loss reported
+    by the main rank. Made here: a nested function travels to the workers by value (they
+    cannot import a test module by name)."""
+
+    def _per_rank(loop: dict) -> None:
+        import torch
+
+        from vlsweep.config import TrainConfig
+        from vlsweep.params import TrialParams
+        from vlsweep.trials import load_base, load_data
+        from vlsweep.trials.data import make_mixer
+        from vlsweep.trials.engine import Trainer
+        from vlsweep.trials.ranks import Ranks
+
+        torch.set_num_threads(1)
+        ranks = Ranks.current()
+        cfg = TrainConfig.model_validate(loop["cfg"])
+        data = load_data(cfg.data, Path("."))
+        base = load_base(cfg.model)
+        out: dict[str, list[float]] = {}
+        shares: set[tuple[int, ...]] = set()  # how many samples each rank trained on
+        for balance in loop["balances"]:
+            params = TrialParams(lora_dropout=0.0, loss_balance=balance, lr_llm=3e-3, lr_projector=3e-3)
+            torch.manual_seed(cfg.seed)
+            trainer = Trainer(params, cfg.budget, cfg=cfg, data=data, base=base, ranks=ranks)
+            trainer.attach()
+            trainer.model.train()
+            mixer = make_mixer(data.train, params, cfg.budget.steps, cfg.seed)
+            losses = []
+            for step in range(1, STEPS + 1):
+                batch = ranks.share(mixer.batch(cfg.budget.batch_size, step))
+                shares.add(tuple(ranks.gather(len(batch))))
+                losses.append(float(trainer.step(trainer.train_batch(batch), step)["loss"]))
+            base.model = trainer.detach()
+            out[balance] = losses
+        if ranks.main:  # Ray Train keeps only a checkpoint's metrics: the losses go to a file
+            Path(loop["out"]).write_text(
+                json.dumps({"losses": out, "world": ranks.world, "shares": sorted(shares)})
+            )
+
+    return _per_rank
+
+
+def _run(cfg: dict, workers: int, tmp_path: Path) -> dict[str, list[float]]:
+    from ray import train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    trainer = TorchTrainer(
+        _losses_per_rank(),
+        train_loop_config={"cfg": cfg, "balances": BALANCES, "out": str(tmp_path / f"{workers}.json")},
+        scaling_config=train.ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
+        torch_config=TorchConfig(backend="gloo"),
+        run_config=train.RunConfig(name=f"equiv-{workers}", storage_path=str(tmp_path / "ray")),
+    )
+    trainer.fit()
+    got = json.loads((tmp_path / f"{workers}.json").read_text())
+    assert got["world"] == workers
+    # Every step split the global batch of 7 over the ranks, not copied it to each.
+    assert got["shares"] == ([[7]] if workers == 1 else [[4, 3]]), got["shares"]
+    return got["losses"]
+
+
+def test_two_workers_make_the_one_worker_updates(ray_local, tiny_checkpoint, demo_data, tmp_path):
+    # batch 7 does not split evenly: the ranks train on 4 and 3 samples.
+    cfg = train_config(
+        tiny_checkpoint("qwen2_vl"), demo_data, budget={"steps": STEPS, "batch_size": 7, "max_new_tokens": 8}
+    )
+    cfg["lora"] = {"vision": True, "projector": "full"}
+    one = _run(cfg, 1, tmp_path)
+    two = _run(cfg, 2, tmp_path)
+    for balance in BALANCES:
+        assert len(one[balance]) == len(two[balance]) == STEPS
+        worst = max(abs(a - b) for a, b in zip(one[balance], two[balance], strict=True))
+        print(f"{balance}: largest per-step loss difference over {STEPS} steps {worst:.2e}")
+        assert worst < 1e-5, (balance, worst, one[balance], two[balance])
+        # The runs trained: the loss moved (a run that did not step would also agree).
+        assert one[balance][0] != one[balance][-1]
+
+
+def _sweep(tmp_path: Path, ckpt: Path, data: Path, **sections) -> Path:
+    """A sweep of 2-worker trials on the tiny checkpoint."""
+    path = sweep_cfg(tmp_path, ckpt, data)
+    edit_yaml(path, resources={"cpus_per_trial": 1, "train_workers": 2}, **sections)
+    return path
+
+
+@pytest.mark.fault
+def test_a_rank_killed_mid_trial_fails_the_trial_with_the_reason_and_the_sweep_ends(
+    ray_local, tmp_path, tiny_checkpoint, demo_data
+):
+    """One rank's process killed once the trial trains (the moment: its ranks' places are on
+    the Optuna trial, reported with its first training-log row): the trial ends FAIL saying a
+    train worker died (resources.retries: 0; with retries Tune runs it again), nothing stays
+    RUNNING, the sweep returns, and no rank process is left."""
+    path = _sweep(
+        tmp_path,
+        tiny_checkpoint("qwen2_vl"),
+        demo_data,
+        budget={"steps": 3000, "eval_every": None},
+        search={"trials": 1},
+    )
+    edit_yaml(path, resources={"retries": 0})
+    cfg, base_dir = load_sweep_config(path)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    optuna.storages.RDBStorage(url)  # the schema made before the poller reads it
+    killed: list[int] = []
+
+    def kill_rank_1() -> None:
+        while True:
+            try:
+                trials = optuna.load_study(study_name="t", storage=url).get_trials()
+            except KeyError:  # the study is not created yet
+                trials = []
+            ranks = trials[0].user_attrs.get("rank_placement") if trials else None
+            if ranks:
+                pid = next(r["worker_pid"] for r in ranks if r["rank"] == 1)
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+            time.sleep(0.2)  # polling for the moment, not waiting for it to pass
+
+    killer = threading.Thread(target=kill_rank_1, daemon=True)
+    killer.start()
+    run_sweep(cfg, base_dir, url, log=lambda _m: None)
+    killer.join(timeout=1)
+    assert killed, "the trial never reported where its ranks run"
+    study = optuna.load_study(study_name="t", storage=url)
+    check_invariants(study)
+    (trial,) = study.get_trials()
+    assert trial.state == TrialState.FAIL
+    assert "a train worker of this trial died" in trial.user_attrs["error"], trial.user_attrs["error"]
+    assert trial.user_attrs["world_size"] == 2
+    ranks = trial.user_attrs["rank_placement"]
+    assert not [r for r in ranks if psutil.pid_exists(r["worker_pid"])], "a rank process is left"
