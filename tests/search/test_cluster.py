@@ -437,3 +437,29 @@ def test_a_local_results_path_on_a_multi_node_cluster_is_refused_before_any_tria
     assert "error: ray.storage_path:" in logs and "the Ray cluster has 2 nodes" in logs
     # Refused before any trial ran: the study it had just made is not kept.
     assert "localpath" not in optuna.get_all_study_names(url)
+
+
+def test_two_worker_trials_span_both_nodes_and_mo_asha_stops_some(cluster, tiny_checkpoint, demo_data):
+    """Trials of 2 train workers on the two 1-CPU nodes: each trial's ranks are one on each
+    node (no node holds both), MO-ASHA stops some at a rung, every trial ends COMPLETE or
+    PRUNED with world_size 2, and nothing is left RUNNING."""
+    url = fresh_pg_database()
+    wd = _working_dir(cluster["root"], "ddpsweep", tiny_checkpoint, demo_data)
+    raw = yaml.safe_load((wd / "sweep.yaml").read_text())
+    raw["budget"].update(steps=9, eval_every=None)
+    raw["resources"]["train_workers"] = 2
+    raw["search"].update(trials=6, early_stopping="mo-asha", grace_steps=1, reduction_factor=3)
+    (wd / "sweep.yaml").write_text(yaml.safe_dump(raw))
+    out = _submit(cluster, wd, url, timeout=900)
+    assert out.returncode == 0 and "succeeded" in out.stdout + out.stderr, (
+        out.stdout[-3000:] + out.stderr[-2000:]
+    )
+    trials = optuna.load_study(study_name="ddpsweep", storage=url).get_trials()
+    states = [(t.number, t.state, t.user_attrs.get("steps"), t.user_attrs.get("error")) for t in trials]
+    assert len(trials) == 6 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), states
+    assert any(t.state == TrialState.PRUNED for t in trials), states
+    for t in trials:
+        assert t.user_attrs["world_size"] == 2
+        ranks = t.user_attrs["rank_placement"]
+        assert sorted(r["rank"] for r in ranks) == [0, 1]
+        assert len({r["node_id"] for r in ranks}) == 2, (t.number, ranks)
