@@ -23,8 +23,6 @@ from tests.search.sweeps import check_invariants, edit_yaml, sweep_cfg
 from vlsweep.search.config import load_sweep_config
 from vlsweep.search.sweep import run_sweep
 
-pytestmark = pytest.mark.integration
-
 BALANCES = ("static", "famo", "upgrad")
 STEPS = 20
 
@@ -92,6 +90,7 @@ def _run(cfg: dict, workers: int, tmp_path: Path) -> dict[str, list[float]]:
     return got["losses"]
 
 
+@pytest.mark.integration
 def test_two_workers_make_the_one_worker_updates(ray_local, tiny_checkpoint, demo_data, tmp_path):
     # batch 7 does not split evenly: the ranks train on 4 and 3 samples.
     cfg = train_config(

@@ -151,7 +151,8 @@ def check_fit(cfg: SweepConfig, data: Any, log: Callable[[str], None]) -> None:
     # A declared GPU is the cluster's: model.dtype auto is then taken as bfloat16, not as
     # whatever this machine's GPU would pick.
     local_gpu = cfg.resources.gpu_memory_gb is None
-    estimates = _estimates(resolved, data, [*smallest, *largest], device, log, local_gpu)
+    workers = cfg.resources.train_workers
+    estimates = _estimates(resolved, data, [*smallest, *largest], device, log, local_gpu, workers)
     if estimates is None:
         return
     small = min(estimates[: len(smallest)], key=lambda e: e.total)
@@ -159,6 +160,13 @@ def check_fit(cfg: SweepConfig, data: Any, log: Callable[[str], None]) -> None:
     where = (
         "per trial on its GPU" if device == "cuda" else "per trial on the CPU (resources.gpus_per_trial: 0)"
     )
+    if workers > 1:
+        on = "its GPU" if device == "cuda" else "the CPU"
+        where = (
+            f"per train worker on {on} (resources.train_workers: {workers}, ddp: each holds the "
+            f"model and trains on {-(-cfg.budget.batch_size // workers)} of the batch's "
+            f"{cfg.budget.batch_size} samples; the main rank's, which also evaluates)"
+        )
     dtype = str(large.dtype).removeprefix("torch.")
     import torch
 
@@ -174,9 +182,10 @@ def check_fit(cfg: SweepConfig, data: Any, log: Callable[[str], None]) -> None:
         share = cfg.resources.gpus_per_trial
         budget = gpu * share
         got = (
-            f"the {human_bytes(budget)} a trial gets ({source} {human_bytes(gpu)} x gpus_per_trial {share:g})"
+            f"the {human_bytes(budget)} {'each train worker' if workers > 1 else 'a trial'} gets "
+            f"({source} {human_bytes(gpu)} x gpus_per_trial {share:g})"
         )
-        fixes = _remedies(resolved, cfg.search_space, share, large, budget)
+        fixes = _remedies(resolved, cfg.search_space, share, large, budget, workers)
         # What is refused: the training step, or the evaluation without its upper-bound
         # ``forward`` part; the rest (that part, the constants) may not fit: a warning.
         firm = max(large.training, sum(large.evaluation.values()) - large.evaluation.get("forward", 0))
@@ -212,7 +221,7 @@ def check_fit(cfg: SweepConfig, data: Any, log: Callable[[str], None]) -> None:
         log(line)
 
 
-def _remedies(cfg: RunConfig, space: Space, share: float, large: Any, budget: float) -> str:
+def _remedies(cfg: RunConfig, space: Space, share: float, large: Any, budget: float, workers: int = 1) -> str:
     evaluation = sum(large.evaluation.values())
     fixes = []
     if evaluation > large.training:
@@ -224,6 +233,11 @@ def _remedies(cfg: RunConfig, space: Space, share: float, large: Any, budget: fl
         fixes.append("lower the top of the rank range (" + ", ".join(f"space.{n}" for n in ranks) + ")")
     if large.training > budget:  # the training step itself: what shrinks it
         fixes.append(f"lower budget.batch_size (now {cfg.budget.batch_size})")
+        if workers < cfg.budget.batch_size:
+            fixes.append(
+                f"split each batch over more train workers (resources.train_workers, now {workers}: "
+                "each trains on its share)"
+            )
         if not cfg.model.gradient_checkpointing:
             fixes.append("set model.gradient_checkpointing: true")
     if cfg.model.quantization is None:
@@ -244,6 +258,7 @@ def _estimates(
     device: str,
     log: Callable[[str], None],
     local_gpu: bool,
+    workers: int = 1,
 ) -> list[Any] | None:
     from transformers import AutoConfig
 
@@ -268,7 +283,15 @@ def _estimates(
         groups = module_groups(cfg.model, hf_config.model_type)
         return [
             estimate(
-                cfg, p, shape, hf_config, groups, device=device, n_tasks=len(data.tasks), local_gpu=local_gpu
+                cfg,
+                p,
+                shape,
+                hf_config,
+                groups,
+                device=device,
+                n_tasks=len(data.tasks),
+                local_gpu=local_gpu,
+                train_workers=workers,
             )
             for p in points
         ]

@@ -207,8 +207,11 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             device = self.base.device
+            # The gradients as views into DDP's communication buckets: no second copy of them.
             self.ddp = DistributedDataParallel(
-                self.model, device_ids=[device] if device.type == "cuda" else None
+                self.model,
+                device_ids=[device] if device.type == "cuda" else None,
+                gradient_as_bucket_view=True,
             )
         from transformers import get_cosine_schedule_with_warmup
 

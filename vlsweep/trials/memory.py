@@ -96,6 +96,7 @@ class Estimate:
     params: TrialParams | None = None
     evaluation: dict[str, int] = field(default_factory=dict)
     eval_batch_size: int = 0
+    train_workers: int = 1  # data-parallel ranks: the estimate is the main rank's
 
     @property
     def training(self) -> int:
@@ -564,12 +565,29 @@ def estimate(
     device: str = "cuda",
     n_tasks: int = 2,
     local_gpu: bool = True,
+    train_workers: int = 1,
 ) -> Estimate:
     """The peak memory of one trial with ``params`` on ``device`` (parts in bytes). With
     ``local_gpu`` false, ``model.dtype: auto`` is taken as bfloat16 whatever GPU this
-    machine has (the trials run on another's)."""
+    machine has (the trials run on another's).
+
+    With ``train_workers`` N > 1 (data-parallel), it is the main rank's, the largest: it
+    holds the whole model, trains on its share of the batch (``ceil(batch_size / N)``,
+    the larger share) and evaluates alone, at the full ``eval_batch_size``. DDP's
+    communication buckets add nothing: the engine makes the gradients views into them
+    (``gradient_as_bucket_view``; without it they would be one more copy of the trained
+    parameters' gradients)."""
     with warnings.catch_warnings():  # transformers' deprecation notes, meant for peft's authors
         warnings.simplefilter("ignore", FutureWarning)
+        if train_workers > 1:
+            share = dataclasses.replace(shape, batch_size=math.ceil(shape.batch_size / train_workers))
+            est = _estimate(
+                cfg, params, share, hf_config, groups, device=device, n_tasks=n_tasks, local_gpu=local_gpu
+            )
+            # (The evaluation's parts are per eval_batch_size sample: the main rank's, as on one.)
+            est.train_workers = train_workers
+            _constants(est, device)
+            return est
         return _estimate(
             cfg, params, shape, hf_config, groups, device=device, n_tasks=n_tasks, local_gpu=local_gpu
         )
@@ -641,9 +659,17 @@ def _estimate(
         evaluation=evaluation,
         eval_batch_size=cfg.budget.eval_batch_size,
     )
+    _constants(estimate, device)
+    return estimate
+
+
+def _constants(estimate: Estimate, device: str) -> None:
+    """The stated constants, after the tensors (the slack is a share of them)."""
+    parts = estimate.parts
+    parts.pop("cuda_context", None)
+    parts.pop("allocator_slack", None)
     parts["cuda_context"] = CUDA_CONTEXT_BYTES if device == "cuda" else 0
     parts["allocator_slack"] = round(ALLOCATOR_SLACK * estimate.tensors) if device == "cuda" else 0
-    return estimate
 
 
 def evaluation_parts(
