@@ -24,6 +24,7 @@ from vlsweep.search.config import load_sweep_config
 from vlsweep.search.sweep import run_sweep
 
 BALANCES = ("static", "famo", "upgrad")
+SHARDED_BALANCES = ("static", "famo")  # a Jacobian balance needs whole gradients: not under FSDP
 STEPS = 20
 
 
@@ -43,15 +44,15 @@ def _losses_per_rank():
         from vlsweep.trials.ranks import Ranks
 
         torch.set_num_threads(1)
-        ranks = Ranks.current()
+        ranks = Ranks.current(loop["strategy"])
         cfg = TrainConfig.model_validate(loop["cfg"])
         data = load_data(cfg.data, Path("."))
-        base = load_base(cfg.model)
         out: dict[str, list[float]] = {}
         shares: set[tuple[int, ...]] = set()  # how many samples each rank trained on
         for balance in loop["balances"]:
             params = TrialParams(lora_dropout=0.0, loss_balance=balance, lr_llm=3e-3, lr_projector=3e-3)
             torch.manual_seed(cfg.seed)
+            base = load_base(cfg.model)  # a sharded model is not taken apart: a base each
             trainer = Trainer(params, cfg.budget, cfg=cfg, data=data, base=base, ranks=ranks)
             trainer.attach()
             trainer.model.train()
@@ -61,7 +62,6 @@ def _losses_per_rank():
                 batch = ranks.share(mixer.batch(cfg.budget.batch_size, step))
                 shares.add(tuple(ranks.gather(len(batch))))
                 losses.append(float(trainer.step(trainer.train_batch(batch), step)["loss"]))
-            base.model = trainer.detach()
             out[balance] = losses
         if ranks.main:  # Ray Train keeps only a checkpoint's metrics: the losses go to a file
             Path(loop["out"]).write_text(
@@ -71,19 +71,24 @@ def _losses_per_rank():
     return _per_rank
 
 
-def _run(cfg: dict, workers: int, tmp_path: Path) -> dict[str, list[float]]:
+def _run(cfg: dict, workers: int, tmp_path: Path, strategy: str = "ddp") -> dict[str, list[float]]:
     from ray import train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     trainer = TorchTrainer(
         _losses_per_rank(),
-        train_loop_config={"cfg": cfg, "balances": BALANCES, "out": str(tmp_path / f"{workers}.json")},
+        train_loop_config={
+            "cfg": cfg,
+            "balances": BALANCES if strategy == "ddp" else SHARDED_BALANCES,
+            "out": str(tmp_path / f"{workers}{strategy}.json"),
+            "strategy": strategy,
+        },
         scaling_config=train.ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
         torch_config=TorchConfig(backend="gloo"),
-        run_config=train.RunConfig(name=f"equiv-{workers}", storage_path=str(tmp_path / "ray")),
+        run_config=train.RunConfig(name=f"equiv-{workers}-{strategy}", storage_path=str(tmp_path / "ray")),
     )
     trainer.fit()
-    got = json.loads((tmp_path / f"{workers}.json").read_text())
+    got = json.loads((tmp_path / f"{workers}{strategy}.json").read_text())
     assert got["world"] == workers
     # Every step split the global batch of 7 over the ranks, not copied it to each.
     assert got["shares"] == ([[7]] if workers == 1 else [[4, 3]]), got["shares"]
@@ -98,14 +103,15 @@ def test_two_workers_make_the_one_worker_updates(ray_local, tiny_checkpoint, dem
     )
     cfg["lora"] = {"vision": True, "projector": "full"}
     one = _run(cfg, 1, tmp_path)
-    two = _run(cfg, 2, tmp_path)
-    for balance in BALANCES:
-        assert len(one[balance]) == len(two[balance]) == STEPS
-        worst = max(abs(a - b) for a, b in zip(one[balance], two[balance], strict=True))
-        print(f"{balance}: largest per-step loss difference over {STEPS} steps {worst:.2e}")
-        assert worst < 1e-5, (balance, worst, one[balance], two[balance])
-        # The runs trained: the loss moved (a run that did not step would also agree).
-        assert one[balance][0] != one[balance][-1]
+    for strategy in ("ddp", "fsdp"):
+        two = _run(cfg, 2, tmp_path, strategy)
+        for balance in BALANCES if strategy == "ddp" else SHARDED_BALANCES:
+            assert len(one[balance]) == len(two[balance]) == STEPS
+            worst = max(abs(a - b) for a, b in zip(one[balance], two[balance], strict=True))
+            print(f"{strategy} {balance}: largest per-step loss difference over {STEPS} steps {worst:.2e}")
+            assert worst < 1e-5, (strategy, balance, worst, one[balance], two[balance])
+            # The runs trained: the loss moved (a run that did not step would also agree).
+            assert one[balance][0] != one[balance][-1]
 
 
 def _sweep(tmp_path: Path, ckpt: Path, data: Path, **sections) -> Path:

@@ -161,8 +161,10 @@ class ResourcesConfig(_Strict):
     # and trains on its share of budget.batch_size. With more than one, cpus_per_trial,
     # gpus_per_trial and memory_gb_per_trial are each worker's share.
     train_workers: int = Field(default=1, ge=1)
-    # How the train workers split the work: ddp (each holds the model, the batch is split).
-    strategy: Literal["ddp"] = "ddp"
+    # How the train workers split the work: ddp (each holds the model, the batch is split)
+    # or fsdp (each also holds only 1/train_workers of every parameter: for a base that
+    # does not fit one GPU).
+    strategy: Literal["ddp", "fsdp"] = "ddp"
 
     @field_validator("gpus_per_trial")
     @classmethod
@@ -290,6 +292,34 @@ class SweepConfig(RunConfig):
                 "first, but lora.vision is false and lora.projector is frozen: turn one on, or "
                 "vision_first off"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _shardable(self) -> SweepConfig:
+        if self.resources.strategy != "fsdp":
+            return self
+        problems = []
+        if self.resources.train_workers < 2:
+            problems.append(
+                "it shards the model over the train workers: set resources.train_workers to 2 or more"
+            )
+        if self.model.quantization is not None:
+            problems.append(
+                "a quantized base (model.quantization) is not sharded by FSDP here: use strategy: ddp, "
+                "or train the unquantized base sharded"
+            )
+        space = self._parse()[0]
+        searched = space.searched.get("loss_balance") if space is not None else None
+        fixed = space.fixed.get("loss_balance") if space is not None else None
+        choices = getattr(searched, "choices", None) or ([fixed] if fixed is not None else [])
+        jacobian = sorted({str(c) for c in choices} & {"pcgrad", "upgrad"})
+        if jacobian:
+            problems.append(
+                f"loss_balance {', '.join(jacobian)} combines each task's whole gradient, which FSDP keeps "
+                "sharded: leave them out of the space (strategies.loss_balance) or use strategy: ddp"
+            )
+        if problems:
+            raise ValueError("resources.strategy: fsdp: " + "; ".join(problems))
         return self
 
     @model_validator(mode="after")

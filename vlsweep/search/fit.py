@@ -152,7 +152,8 @@ def check_fit(cfg: SweepConfig, data: Any, log: Callable[[str], None]) -> None:
     # whatever this machine's GPU would pick.
     local_gpu = cfg.resources.gpu_memory_gb is None
     workers = cfg.resources.train_workers
-    estimates = _estimates(resolved, data, [*smallest, *largest], device, log, local_gpu, workers)
+    strategy = cfg.resources.strategy
+    estimates = _estimates(resolved, data, [*smallest, *largest], device, log, local_gpu, workers, strategy)
     if estimates is None:
         return
     small = min(estimates[: len(smallest)], key=lambda e: e.total)
@@ -162,10 +163,15 @@ def check_fit(cfg: SweepConfig, data: Any, log: Callable[[str], None]) -> None:
     )
     if workers > 1:
         on = "its GPU" if device == "cuda" else "the CPU"
+        share = (
+            f"trains on {-(-cfg.budget.batch_size // workers)} of the batch's {cfg.budget.batch_size} samples"
+        )
         where = (
-            f"per train worker on {on} (resources.train_workers: {workers}, ddp: each holds the "
-            f"model and trains on {-(-cfg.budget.batch_size // workers)} of the batch's "
-            f"{cfg.budget.batch_size} samples; the main rank's, which also evaluates)"
+            f"per train worker on {on} (resources.train_workers: {workers}, ddp: each holds the model and "
+            f"{share}; the main rank's, which also evaluates)"
+            if strategy == "ddp"
+            else f"per train worker on {on} (resources.train_workers: {workers}, fsdp: each holds "
+            f"1/{workers} of every parameter, gathers a layer at a time and {share})"
         )
     dtype = str(large.dtype).removeprefix("torch.")
     import torch
@@ -259,6 +265,7 @@ def _estimates(
     log: Callable[[str], None],
     local_gpu: bool,
     workers: int = 1,
+    strategy: str = "ddp",
 ) -> list[Any] | None:
     from transformers import AutoConfig
 
@@ -292,6 +299,7 @@ def _estimates(
                 n_tasks=len(data.tasks),
                 local_gpu=local_gpu,
                 train_workers=workers,
+                strategy=strategy,
             )
             for p in points
         ]

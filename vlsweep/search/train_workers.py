@@ -168,7 +168,7 @@ def rank_main(loop: dict[str, Any]) -> None:
 
     torch.set_num_threads(max(1, int(loop["threads"])))
     cpu0 = time.process_time()
-    ranks = Ranks.current()
+    ranks = Ranks.current(loop["strategy"])
     here = {**worker._placement(), "rank": ranks.rank}
     everyone = ranks.gather(here)
     placement: dict[str, Any] = (

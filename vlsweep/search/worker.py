@@ -208,7 +208,8 @@ def _train(
     # A builtin model is resolved to the weights shipped in this node's vlsweep.
     cfg = demo.resolve(TrainConfig.model_validate(trial_spec))
     params = TrialParams.of(config["params"])
-    base = _cached(_BASE, json.dumps(trial_spec["model"], sort_keys=True), lambda: load_base(cfg.model))
+    model_cfg = cfg.model if ranks is None or not ranks.sharded else load_for_sharding(cfg.model)
+    base = _cached(_BASE, json.dumps(trial_spec["model"], sort_keys=True), lambda: load_base(model_cfg))
     data_key = json.dumps([trial_spec["data"], base_dir], sort_keys=True)
     data = _cached(_DATA, data_key, lambda: load_data(cfg.data, Path(base_dir)))
     # The engine logs a row every 10 steps and at each evaluation.
@@ -224,6 +225,16 @@ def _train(
         on_log_row=reports.log_row,
         ranks=ranks,
     )
+
+
+def load_for_sharding(model: Any) -> Any:
+    """The model config a sharded trial's rank loads its base with: on the CPU (each unit
+    moves to the trial's device as FSDP shards it; the whole base never sits on one GPU),
+    in the dtype the trial's device computes in."""
+    from vlsweep.trials.modeling import resolve_device, resolve_dtype
+
+    dtype = resolve_dtype(model.dtype, resolve_device(model.device))
+    return model.model_copy(update={"device": "cpu", "dtype": str(dtype).removeprefix("torch.")})
 
 
 def _store_files(store_url: str, trial_dir: Path) -> dict[str, str]:

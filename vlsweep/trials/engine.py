@@ -8,6 +8,7 @@ point and returns the final metrics.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -30,7 +31,7 @@ from vlsweep.trials.data import Record, TaskMixer, check_tasks, load_records, ma
 from vlsweep.trials.families import resolve_groups
 from vlsweep.trials.lora import attach_lora, plan_lora
 from vlsweep.trials.losses import BALANCES, task_losses, task_sums, weighted_sum
-from vlsweep.trials.modeling import Base, load_base
+from vlsweep.trials.modeling import Base, load_base, resolve_device
 from vlsweep.trials.optim import build_param_groups, group_grad_norms, make_optimizer
 from vlsweep.trials.ranks import Ranks
 
@@ -107,11 +108,15 @@ class Trainer:
     ):
         self.params, self.budget, self.cfg, self.data, self.base = params, budget, cfg, data, base
         self.ranks = ranks or Ranks()
+        # Where the trial computes: the base's device, or for a sharded trial (whose base
+        # was loaded on the CPU) the device the model config names.
+        self.compute_device = resolve_device(cfg.model.device) if self.ranks.sharded else base.device
         self.tasks = data.tasks
         self.task_index = {t: i for i, t in enumerate(self.tasks)}
         weights = params.weights_for(self.tasks)
-        self.weights = torch.tensor([weights[t] for t in self.tasks], device=base.device)
-        self.balance = BALANCES[params.loss_balance](len(self.tasks), self.weights, cfg.loss).to(base.device)
+        device = self.compute_device
+        self.weights = torch.tensor([weights[t] for t in self.tasks], device=device)
+        self.balance = BALANCES[params.loss_balance](len(self.tasks), self.weights, cfg.loss).to(device)
         self.balance.ranks = self.ranks
         # Mixed precision, as LLaMA-Factory and the HF Trainer train LoRA: the frozen base in
         # the model's half dtype, the trained parameters in float32, the forward pass under
@@ -126,7 +131,7 @@ class Trainer:
                     f"loss_balance {params.loss_balance!r} optimizes; use bfloat16 (on a GPU that has "
                     "it) or float32, or another loss_balance"
                 )
-            self.scaler = torch.amp.GradScaler(base.device.type)
+            self.scaler = torch.amp.GradScaler(device.type)
         # The LLM's LoRA stays still for the first steps (progressive training).
         self.vision_first_steps = round(params.vision_first_ratio * budget.steps)
         self.steps_done = 0
@@ -182,6 +187,8 @@ class Trainer:
                     p.data = p.data.float()
         if self.cfg.model.gradient_checkpointing:
             self.model.enable_input_require_grads()
+        if self.ranks.sharded:
+            self._shard()  # before the optimizer: it steps the sharded parameters
         named = list(self.model.named_parameters())
         trainable = {n for n, p in named if p.requires_grad}
         group_of = resolve_groups([n for n, _ in named], self.base.groups, trainable=trainable)
@@ -203,7 +210,7 @@ class Trainer:
         if owned & {id(p) for g in self.groups for p in g["params"]}:
             raise AssertionError("a parameter the balance steps itself is in the trial's optimizer")
         self.optimizer = make_optimizer(self.groups, betas=self.cfg.optim.betas, eps=self.cfg.optim.eps)
-        if self.ranks.world > 1:
+        if self.ranks.world > 1 and not self.ranks.sharded:
             from torch.nn.parallel import DistributedDataParallel
 
             device = self.base.device
@@ -219,6 +226,43 @@ class Trainer:
         self.scheduler = get_cosine_schedule_with_warmup(
             self.optimizer, self.params.warmup_steps(steps), steps
         )
+
+    def _shard(self) -> None:
+        """FSDP (torch's ``fully_shard``): each of the model's layers (the classes it names
+        as never to be split, ``_no_split_modules``) a unit whose parameters are spread
+        over the ranks and all-gathered while it computes, then the rest of the model.
+        Every parameter is sharded where it lives on this rank; the base was loaded on the
+        CPU (``load_for``) and each unit moves to the trial's device as it is sharded, so no
+        rank ever holds the whole base on its GPU. ``generate`` all-gathers too."""
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+        device = self.compute_device
+        names = set(getattr(self.base.model, "_no_split_modules", None) or [])
+        units = [m for m in self.model.modules() if type(m).__name__ in names]
+        if not units:
+            raise UserInputError(
+                f"resources.strategy: fsdp shards a model by its layers, and {self.base.source} names "
+                "none (transformers' _no_split_modules); use resources.strategy: ddp"
+            )
+        mesh = init_device_mesh(device.type, (self.ranks.world,))
+        for unit in units:
+            fully_shard(unit, mesh=mesh)
+        fully_shard(self.model, mesh=mesh)
+        register_fsdp_forward_method(self.model, "generate")
+        if device != self.base.device:
+            self.base = dataclasses.replace(self.base, device=device)
+
+    def full_adapter_state(self) -> dict[str, torch.Tensor] | None:
+        """The trained parameters whole, gathered from the ranks (a collective: every rank
+        calls it; only sharded trials need it), on the CPU."""
+        if not self.ranks.sharded:
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+        state = get_model_state_dict(self.model, options=options)
+        return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
     def detach(self) -> Any:
         """Remove the adapter, returning the base model untouched for the next trial.
@@ -516,9 +560,9 @@ def run_trial(
     base = trainer.base
     result: dict[str, Any] = {"base": _evaluate_base(trainer, say)} if eval_base and ranks.main else {}
     mixer = make_mixer(data.train, params, budget.steps, cfg.seed)
-    cuda = base.device.type == "cuda"
+    cuda = trainer.compute_device.type == "cuda"
     if cuda:
-        torch.cuda.reset_peak_memory_stats(base.device)
+        torch.cuda.reset_peak_memory_stats(trainer.compute_device)
     progress = _Progress()
     oom = ""
     try:
@@ -541,13 +585,15 @@ def run_trial(
             }
         )
         if cuda:
-            result["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(base.device) / 2**30
+            result["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(trainer.compute_device) / 2**30
+        state = trainer.full_adapter_state()  # a collective on a sharded trial: every rank
         if output_dir is not None and ranks.main:
-            _save(output_dir, trainer, progress.log_rows, result)
+            _save(output_dir, trainer, progress.log_rows, result, state)
     except torch.OutOfMemoryError as exc:
         oom = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
     finally:
-        if not owns_base and trainer.model is not None:
+        # A sharded model is not taken apart: its ranks' processes end with the trial.
+        if not owns_base and trainer.model is not None and not ranks.sharded:
             trainer.detach()
     if oom:
         # Raised here, not in the handler: torch's error (and the frames holding the step's
@@ -594,7 +640,7 @@ def _setup(
     load_seconds = time.perf_counter() - t_load
     trainer = Trainer(params, budget, cfg=cfg, data=data, base=base, ranks=ranks)
     say(f"encoded {len(data.train)} train / {len(data.val)} val samples in {trainer.encode_seconds:.1f}s")
-    if trainer.retain_enc and ranks.main:
+    if trainer.retain_enc and (ranks.main or ranks.sharded):
         trainer.reference = trainer.retention_reference(say)
     return trainer, load_seconds
 
@@ -637,6 +683,8 @@ def _train(
             if on_log_row is not None:
                 on_log_row(row)
         if step in eval_at and not ranks.main:
+            if ranks.sharded:  # every rank computes every forward pass of a sharded model
+                trainer.evaluate()
             if report is not None:
                 report(step, {})
             continue
@@ -675,10 +723,17 @@ def _log_row(trainer: Trainer, params: TrialParams, out: dict[str, Any], step: i
     }
 
 
-def _save(output_dir: Path, trainer: Trainer, log_rows: list[dict[str, Any]], result: dict[str, Any]) -> None:
-    """The trial's files: the adapter, the training log, the metrics and the predictions."""
+def _save(
+    output_dir: Path,
+    trainer: Trainer,
+    log_rows: list[dict[str, Any]],
+    result: dict[str, Any],
+    state: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """The trial's files: the adapter (from ``state``, the gathered trained parameters of
+    a sharded trial), the training log, the metrics and the predictions."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    trainer.model.save_pretrained(output_dir / "adapter")
+    trainer.model.save_pretrained(output_dir / "adapter", **({"state_dict": state} if state else {}))
     (output_dir / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log_rows))
     (output_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     (output_dir / "predictions.jsonl").write_text(trainer.predictions_jsonl())

@@ -250,6 +250,43 @@ def weight_bytes(model: torch.nn.Module, dtype: torch.dtype, quantized: set[str]
     return total
 
 
+def shard_bytes(
+    model: torch.nn.Module, dtype: torch.dtype, workers: int, unit_classes: set[str]
+) -> dict[str, int]:
+    """What FSDP (``fully_shard`` per layer, then the root) keeps on each of ``workers``
+    ranks, in bytes: ``frozen`` the base's parameter shards in ``dtype``, ``buffers`` its
+    buffers whole (FSDP does not shard them), ``trained`` the trained parameters' shards
+    in float32. A parameter of first dimension d is split into chunks of ceil(d / N)
+    rows, and each rank's storage is one such chunk (the last rank's padded). Also the
+    whole bytes of the root unit (what no layer holds) and of the largest layer: what a
+    rank gathers to compute with."""
+
+    def shard(p: torch.Tensor) -> int:
+        rows = p.shape[0] if p.dim() else 1
+        return math.ceil(rows / workers) * (p.numel() // max(rows, 1))
+
+    def size(p: torch.Tensor) -> int:
+        return 4 if p.requires_grad else (dtype.itemsize if p.is_floating_point() else p.element_size())
+
+    whole = {id(p): p for p in model.parameters()}  # a tied weight once
+    frozen = sum(shard(p) * size(p) for p in whole.values() if not p.requires_grad)
+    trained = sum(shard(p) * 4 for p in whole.values() if p.requires_grad)
+    buffers = sum(
+        b.numel() * (dtype.itemsize if b.is_floating_point() else b.element_size()) for b in model.buffers()
+    )
+    units = [m for m in model.modules() if type(m).__name__ in unit_classes]
+    in_units = {id(p) for m in units for p in m.parameters()}
+    unit_bytes = [sum(p.numel() * size(p) for p in m.parameters()) for m in units]
+    root = sum(p.numel() * size(p) for key, p in whole.items() if key not in in_units)
+    return {
+        "frozen": frozen,
+        "buffers": buffers,
+        "trained": trained,
+        "root": root,
+        "largest_unit": max(unit_bytes, default=0),
+    }
+
+
 def quantized_weight_bytes(shape: torch.Size, q: Any) -> int:
     """A linear weight's bytes in bitsandbytes' 4- or 8-bit storage with its scales."""
     numel = math.prod(shape)
@@ -566,6 +603,7 @@ def estimate(
     n_tasks: int = 2,
     local_gpu: bool = True,
     train_workers: int = 1,
+    strategy: str = "ddp",
 ) -> Estimate:
     """The peak memory of one trial with ``params`` on ``device`` (parts in bytes). With
     ``local_gpu`` false, ``model.dtype: auto`` is taken as bfloat16 whatever GPU this
@@ -576,21 +614,33 @@ def estimate(
     the larger share) and evaluates alone, at the full ``eval_batch_size``. DDP's
     communication buckets add nothing: the engine makes the gradients views into them
     (``gradient_as_bucket_view``; without it they would be one more copy of the trained
-    parameters' gradients)."""
+    parameters' gradients).
+
+    With ``strategy`` fsdp every rank holds its shard of each parameter (FSDP splits
+    each along its first dimension into N equal parts, the last padded: ``shard_bytes``),
+    the trained set's gradients and AdamW state likewise, every rank evaluates, and the
+    parameters being computed with are whole: the root unit's (embeddings, output head,
+    projector: kept gathered through a step) and two layers' (the one computing and the
+    one FSDP prefetches), in ``gathered``."""
     with warnings.catch_warnings():  # transformers' deprecation notes, meant for peft's authors
         warnings.simplefilter("ignore", FutureWarning)
         if train_workers > 1:
-            share = dataclasses.replace(shape, batch_size=math.ceil(shape.batch_size / train_workers))
-            est = _estimate(
-                cfg, params, share, hf_config, groups, device=device, n_tasks=n_tasks, local_gpu=local_gpu
-            )
-            # (The evaluation's parts are per eval_batch_size sample: the main rank's, as on one.)
-            est.train_workers = train_workers
-            _constants(est, device)
-            return est
-        return _estimate(
-            cfg, params, shape, hf_config, groups, device=device, n_tasks=n_tasks, local_gpu=local_gpu
+            # The main rank's share of the batch (the larger); the evaluation's parts are
+            # per eval_batch_size sample, as on one worker.
+            shape = dataclasses.replace(shape, batch_size=math.ceil(shape.batch_size / train_workers))
+        est = _estimate(
+            cfg,
+            params,
+            shape,
+            hf_config,
+            groups,
+            device=device,
+            n_tasks=n_tasks,
+            local_gpu=local_gpu,
+            sharded_over=train_workers if strategy == "fsdp" and train_workers > 1 else 1,
         )
+        est.train_workers = train_workers
+        return est
 
 
 def _estimate(
@@ -603,6 +653,7 @@ def _estimate(
     device: str,
     n_tasks: int,
     local_gpu: bool,
+    sharded_over: int = 1,
 ) -> Estimate:
     dtype = trial_dtype(cfg, device, local_gpu)
     ckpt = cfg.model.gradient_checkpointing
@@ -647,9 +698,18 @@ def _estimate(
         "recompute": recompute,
         "logits": logits_bytes(hf_config, shape, dtype),
     }
+    if sharded_over > 1:
+        shards = shard_bytes(peft_model, dtype, sharded_over, set(getattr(skeleton, "_no_split_modules", [])))
+        parts["weights"] = shards["frozen"] + shards["buffers"]
+        parts["adapter"] = shards["trained"]
+        parts["gradients"] = shards["trained"] * gradient_copies
+        parts["optimizer"] = shards["trained"] * 2 + tensors * 4
+        parts["gathered"] = shards["root"] + 2 * shards["largest_unit"]
     evaluation = evaluation_parts(
         hf_config, cfg, shape, dtype, parts, layer=max(lm_off // layers, vision_block)
     )
+    if sharded_over > 1:
+        evaluation["gathered"] = parts["gathered"]
     estimate = Estimate(
         parts=parts,
         device=device,

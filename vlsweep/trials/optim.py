@@ -81,8 +81,14 @@ def group_grad_norms(groups: list[dict[str, Any]]) -> tuple[dict[str, float], to
         grads = [p.grad for p in g["params"] if p.grad is not None]
         if grads:
             per_group.setdefault(g["module_group"], []).extend(grads)
-    norms = {k: torch.nn.utils.get_total_norm(v) for k, v in per_group.items()}
+    norms = {k: _whole(torch.nn.utils.get_total_norm(v)) for k, v in per_group.items()}
     if not norms:
         return {}, torch.zeros(())
     total = torch.linalg.vector_norm(torch.stack(list(norms.values())))
     return norms, total  # type: ignore[return-value]
+
+
+def _whole(norm: torch.Tensor) -> torch.Tensor:
+    """A norm of sharded gradients (FSDP's DTensors: each rank's part) as the whole one."""
+    full = getattr(norm, "full_tensor", None)
+    return full() if callable(full) else norm

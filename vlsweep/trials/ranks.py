@@ -34,19 +34,28 @@ import torch
 
 @dataclass(frozen=True)
 class Ranks:
-    """This process's rank and the number of train workers (1: no process group)."""
+    """This process's rank, the number of train workers (1: no process group), and how
+    they split the work: ``ddp`` (each holds the model) or ``fsdp`` (each holds 1/N of
+    every parameter, all-gathered a layer at a time)."""
 
     rank: int = 0
     world: int = 1
+    strategy: str = "ddp"
 
     @classmethod
-    def current(cls) -> Ranks:
+    def current(cls, strategy: str = "ddp") -> Ranks:
         """The process group Ray Train started, or a single rank when there is none."""
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
-            return cls(dist.get_rank(), dist.get_world_size())
+            return cls(dist.get_rank(), dist.get_world_size(), strategy)
         return cls()
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the model is sharded over the ranks (FSDP): every rank must then run
+        every forward pass, evaluations included."""
+        return self.world > 1 and self.strategy == "fsdp"
 
     @property
     def main(self) -> bool:
