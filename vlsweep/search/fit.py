@@ -163,15 +163,15 @@ def check_fit(cfg: SweepConfig, data: Any, log: Callable[[str], None]) -> None:
     )
     if workers > 1:
         on = "its GPU" if device == "cuda" else "the CPU"
-        share = (
+        split = (
             f"trains on {-(-cfg.budget.batch_size // workers)} of the batch's {cfg.budget.batch_size} samples"
         )
         where = (
             f"per train worker on {on} (resources.train_workers: {workers}, ddp: each holds the model and "
-            f"{share}; the main rank's, which also evaluates)"
+            f"{split}; the main rank's, which also evaluates)"
             if strategy == "ddp"
             else f"per train worker on {on} (resources.train_workers: {workers}, fsdp: each holds "
-            f"1/{workers} of every parameter, gathers a layer at a time and {share})"
+            f"1/{workers} of every parameter, gathers a layer at a time and {split})"
         )
     dtype = str(large.dtype).removeprefix("torch.")
     import torch
