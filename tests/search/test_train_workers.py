@@ -49,6 +49,7 @@ def _losses_per_rank():
         data = load_data(cfg.data, Path("."))
         out: dict[str, list[float]] = {}
         shares: set[tuple[int, ...]] = set()  # how many samples each rank trained on
+        held: list[int] = []
         for balance in loop["balances"]:
             params = TrialParams(lora_dropout=0.0, loss_balance=balance, lr_llm=3e-3, lr_projector=3e-3)
             torch.manual_seed(cfg.seed)
@@ -56,6 +57,9 @@ def _losses_per_rank():
             trainer = Trainer(params, cfg.budget, cfg=cfg, data=data, base=base, ranks=ranks)
             trainer.attach()
             trainer.model.train()
+            if ranks.sharded and not held:  # each rank's storage of its parameter shards
+                local = [p.to_local() for p in trainer.model.parameters()]
+                held.extend(ranks.gather(sum(t.untyped_storage().nbytes() for t in local)))
             mixer = make_mixer(data.train, params, cfg.budget.steps, cfg.seed)
             losses = []
             for step in range(1, STEPS + 1):
@@ -65,10 +69,28 @@ def _losses_per_rank():
             out[balance] = losses
         if ranks.main:  # Ray Train keeps only a checkpoint's metrics: the losses go to a file
             Path(loop["out"]).write_text(
-                json.dumps({"losses": out, "world": ranks.world, "shares": sorted(shares)})
+                json.dumps({"losses": out, "world": ranks.world, "shares": sorted(shares), "held": held})
             )
 
     return _per_rank
+
+
+def _estimated_shards(cfg: dict) -> int:
+    """The parameter bytes the memory estimate gives each of 2 FSDP ranks of the
+    equivalence run's first trial (static balance), from the model unsharded."""
+    from vlsweep.config import TrainConfig
+    from vlsweep.params import TrialParams
+    from vlsweep.trials import load_base, load_data
+    from vlsweep.trials.engine import Trainer
+    from vlsweep.trials.memory import shard_bytes
+
+    train = TrainConfig.model_validate(cfg)
+    base = load_base(train.model)
+    params = TrialParams(lora_dropout=0.0, loss_balance="static", lr_llm=3e-3, lr_projector=3e-3)
+    trainer = Trainer(params, train.budget, cfg=train, data=load_data(train.data, Path(".")), base=base)
+    trainer.attach()
+    shards = shard_bytes(trainer.model, base.dtype, 2, set(base.model._no_split_modules))
+    return shards["frozen"] + shards["trained"]
 
 
 def _run(cfg: dict, workers: int, tmp_path: Path, strategy: str = "ddp") -> dict[str, list[float]]:
@@ -92,7 +114,7 @@ def _run(cfg: dict, workers: int, tmp_path: Path, strategy: str = "ddp") -> dict
     assert got["world"] == workers
     # Every step split the global batch of 7 over the ranks, not copied it to each.
     assert got["shares"] == ([[7]] if workers == 1 else [[4, 3]]), got["shares"]
-    return got["losses"]
+    return got
 
 
 @pytest.mark.integration
@@ -102,9 +124,12 @@ def test_two_workers_make_the_one_worker_updates(ray_local, tiny_checkpoint, dem
         tiny_checkpoint("qwen2_vl"), demo_data, budget={"steps": STEPS, "batch_size": 7, "max_new_tokens": 8}
     )
     cfg["lora"] = {"vision": True, "projector": "full"}
-    one = _run(cfg, 1, tmp_path)
+    one = _run(cfg, 1, tmp_path)["losses"]
     for strategy in ("ddp", "fsdp"):
-        two = _run(cfg, 2, tmp_path, strategy)
+        got = _run(cfg, 2, tmp_path, strategy)
+        two = got["losses"]
+        if strategy == "fsdp":  # each rank holds the shards the estimate says, to the byte
+            assert got["held"] == [_estimated_shards(cfg)] * 2, (got["held"], _estimated_shards(cfg))
         for balance in BALANCES if strategy == "ddp" else SHARDED_BALANCES:
             assert len(one[balance]) == len(two[balance]) == STEPS
             worst = max(abs(a - b) for a, b in zip(one[balance], two[balance], strict=True))
