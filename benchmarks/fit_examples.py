@@ -87,7 +87,12 @@ RUNS: list[tuple[str, str, dict[str, Any], int]] = [
     ),
     ("qwen2-vl-7b-qlora-24gb.yaml", "qwen2-vl-7b-qlora-24gb.yaml", {}, 0),
     ("qwen2-vl-72b-qlora-80gb.yaml", "qwen2-vl-72b-qlora-80gb.yaml", {}, 0),
+    # Trials larger than one GPU (docs/cluster.md renders these two in that section).
+    ("qwen2-vl-7b-2gpu-ddp.yaml", "qwen2-vl-7b-2gpu-ddp.yaml", {}, 0),
+    ("qwen2-vl-72b-4x80gb-fsdp.yaml", "qwen2-vl-72b-4x80gb-fsdp.yaml", {}, 0),
 ]
+# The runs docs/cluster.md shows under "Trials larger than one GPU" (doc_block_multi).
+MULTI_WORKER = ("qwen2-vl-7b-2gpu-ddp.yaml", "qwen2-vl-72b-4x80gb-fsdp.yaml")
 ANSWER = "INVOICE 2024-11 " * 12  # about 200 characters of OCR answer
 
 
@@ -172,9 +177,19 @@ def run(
 
 
 def doc_block(data: dict[str, Any]) -> str:
-    """What docs/cluster.md shows (benchmarks/doc_tables.py): each example's printout."""
+    """What docs/cluster.md shows in "Will it fit" (benchmarks/doc_tables.py): each
+    one-GPU example's printout."""
+    return _blocks({k: v for k, v in data["examples"].items() if k not in MULTI_WORKER})
+
+
+def doc_block_multi(data: dict[str, Any]) -> str:
+    """The multi-worker examples' printouts, for "Trials larger than one GPU"."""
+    return _blocks({k: v for k, v in data["examples"].items() if k in MULTI_WORKER})
+
+
+def _blocks(examples: dict[str, Any]) -> str:
     blocks = []
-    for name, r in data["examples"].items():
+    for name, r in examples.items():
         shown = [line for line in r["output"] if not line.startswith("ok:")]
         file, _, rest = name.partition(" ")
         title = f"`examples/fit/{file}` {rest}".rstrip()

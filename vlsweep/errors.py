@@ -43,7 +43,8 @@ class TrialOutOfMemory(RuntimeError):
             )
         super().__init__(
             f"out of GPU memory {during}, or give each trial a larger share of a GPU "
-            f"(resources.gpus_per_trial, up to 1: a trial trains on one GPU) ({detail})"
+            f"(resources.gpus_per_trial, up to 1) or more GPUs (resources.train_workers, one GPU "
+            f"each; strategy: fsdp shards the model too) ({detail})"
         )
 
     def __reduce__(self) -> tuple[Any, ...]:  # keyword-only: pickled (to a pool's parent) by hand

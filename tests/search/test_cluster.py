@@ -456,7 +456,9 @@ def test_two_worker_trials_span_both_nodes_and_mo_asha_stops_some(cluster, tiny_
     )
     trials = optuna.load_study(study_name="ddpsweep", storage=url).get_trials()
     states = [(t.number, t.state, t.user_attrs.get("steps"), t.user_attrs.get("error")) for t in trials]
-    assert len(trials) == 6 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), states
+    assert len(trials) == 6 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), (
+        states
+    )
     assert any(t.state == TrialState.PRUNED for t in trials), states
     for t in trials:
         assert t.user_attrs["world_size"] == 2

@@ -286,6 +286,7 @@ def describe_failure(exc: BaseException) -> str:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
     return (
         f"out of memory: {first} (lower budget.batch_size or budget.eval_batch_size, set "
-        f"model.gradient_checkpointing: true, {QUANTIZE_HINT}, or give each trial a larger share of "
-        "a GPU with resources.gpus_per_trial, up to 1: a trial trains on one GPU)"
+        f"model.gradient_checkpointing: true, {QUANTIZE_HINT}, give each trial a larger share of "
+        "a GPU with resources.gpus_per_trial, up to 1, or spread it over GPUs with "
+        "resources.train_workers (strategy: fsdp shards the model too; docs/cluster.md))"
     )

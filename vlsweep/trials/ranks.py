@@ -20,6 +20,11 @@ one a single worker would make from the whole batch:
   combines them, and DDP's own reduction is skipped for that step: the combination is
   of the global task gradients, as on one worker.
 
+With ``fsdp`` the same losses flow through torch's ``fully_shard`` instead of DDP: its
+reduce-scatter averages the gradients over the ranks as DDP's all-reduce does, so the
+update is again the one-worker one (a Jacobian balance is refused there: it needs each
+task's whole gradient, which FSDP keeps sharded).
+
 This module imports torch.distributed only; Ray Train starts the process group.
 """
 
