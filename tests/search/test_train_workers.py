@@ -139,9 +139,9 @@ def test_two_workers_make_the_one_worker_updates(ray_local, tiny_checkpoint, dem
             assert one[balance][0] != one[balance][-1]
 
 
-def _sweep(tmp_path: Path, ckpt: Path, data: Path, **sections) -> Path:
+def _sweep(tmp_path: Path, ckpt: Path, data: Path, search: dict | None = None, **sections) -> Path:
     """A sweep of 2-worker trials on the tiny checkpoint."""
-    path = sweep_cfg(tmp_path, ckpt, data)
+    path = sweep_cfg(tmp_path, ckpt, data, **(search or {}))
     edit_yaml(path, resources={"cpus_per_trial": 1, "train_workers": 2}, **sections)
     return path
 
@@ -158,8 +158,8 @@ def test_a_rank_killed_mid_trial_fails_the_trial_with_the_reason_and_the_sweep_e
         tmp_path,
         tiny_checkpoint("qwen2_vl"),
         demo_data,
-        budget={"steps": 3000, "eval_every": None},
         search={"trials": 1},
+        budget={"steps": 3000, "eval_every": None},
     )
     edit_yaml(path, resources={"retries": 0})
     cfg, base_dir = load_sweep_config(path)
@@ -194,3 +194,45 @@ def test_a_rank_killed_mid_trial_fails_the_trial_with_the_reason_and_the_sweep_e
     assert trial.user_attrs["world_size"] == 2
     ranks = trial.user_attrs["rank_placement"]
     assert not [r for r in ranks if psutil.pid_exists(r["worker_pid"])], "a rank process is left"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("strategy", "model"),
+    [("fsdp", {}), ("ddp", {"quantization": {"bits": 4}, "gradient_checkpointing": True})],
+    ids=["fsdp", "ddp-qlora-checkpointing"],
+)
+def test_a_multi_worker_sweep_fails_a_diverging_trial_and_stores_a_whole_adapter(
+    ray_local, tmp_path, tiny_checkpoint, demo_data, strategy, model
+):
+    """Through the sweep itself (run_sweep, Ray Train, the engine on each rank): a point
+    whose loss diverges fails with the rank's reason, not retried; the next trial
+    completes with world_size 2, and its adapter, written once by the main rank (with
+    fsdp gathered from the shards first), holds whole LoRA factors of the trial's rank."""
+    from safetensors.torch import load_file
+
+    path = _sweep(
+        tmp_path,
+        tiny_checkpoint("qwen2_vl"),
+        demo_data,
+        search={"trials": 2, "warm_start": [{"params": {"lr_llm": 1e30, "lora_r": 2}}]},
+        model=model,
+    )
+    edit_yaml(path, resources={"strategy": strategy})
+    cfg, base_dir = load_sweep_config(path)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    run_sweep(cfg, base_dir, url, log=lambda _m: None)
+    study = optuna.load_study(study_name="t", storage=url)
+    check_invariants(study)
+    diverged, trained = study.get_trials()
+    assert diverged.state == TrialState.FAIL
+    assert diverged.user_attrs["error"].startswith("rank 0: FloatingPointError: training loss is nan")
+    assert "worker_restarts" not in diverged.user_attrs  # a trial's own error is not retried
+    assert trained.state == TrialState.COMPLETE and trained.user_attrs["world_size"] == 2
+    adapters = list((tmp_path / "runs").glob("trial-*/adapter/adapter_model.safetensors"))
+    assert [a.parents[1].name for a in adapters] == ["trial-0001"], adapters
+    # Stored once: every file in the store is one the trained trial links, each once.
+    links = [k for k in trained.system_attrs if k.startswith("artifacts:")]
+    assert links and len(links) == len(list((tmp_path / "db-artifacts").iterdir()))
+    factors = {k: v for k, v in load_file(adapters[0]).items() if "lora_A" in k}
+    assert factors and all(v.shape[0] == trained.params["lora_r"] for v in factors.values())

@@ -155,6 +155,7 @@ class Events(Callback):
         # Ray restarts the trial (resources.retries) after its worker died: same Optuna trial.
         self.restarts[trial.trial_id] = self.restarts.get(trial.trial_id, 0) + 1
         self.searcher.note(trial.trial_id, "worker_restarts", self.restarts[trial.trial_id])
+        self.searcher.recovering(trial.trial_id)
         self.log(f"trial {trial.config.get('optuna_trial')}: its Ray worker died; restarting it")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -303,6 +303,11 @@ class SweepConfig(RunConfig):
             problems.append(
                 "it shards the model over the train workers: set resources.train_workers to 2 or more"
             )
+        if self.model.dtype == "float16":
+            problems.append(
+                "model.dtype float16 trains with a loss scaler, whose overflow check would see one "
+                "rank's shard only: use bfloat16 (or float32)"
+            )
         if self.model.quantization is not None:
             problems.append(
                 "a quantized base (model.quantization) is not sharded by FSDP here: use strategy: ddp, "
@@ -325,6 +330,13 @@ class SweepConfig(RunConfig):
     @model_validator(mode="after")
     def _a_sample_per_worker(self) -> SweepConfig:
         workers, batch = self.resources.train_workers, self.budget.batch_size
+        gpus = self.resources.gpus_per_trial
+        if workers > 1 and gpus not in (0, 1):
+            raise ValueError(
+                f"resources.gpus_per_trial ({gpus:g}) with resources.train_workers ({workers}): each train "
+                "worker needs a GPU of its own (two ranks on one GPU are refused by NCCL); use 1, or 0 "
+                "to train on the CPU"
+            )
         if workers > batch:
             raise ValueError(
                 f"resources.train_workers ({workers}) is above budget.batch_size ({batch}): the "

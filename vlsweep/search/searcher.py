@@ -174,6 +174,10 @@ class OptunaAskTellSearcher(Searcher):
         if trial is not None:
             self._tell_fail(trial_id, trial, f"the Ray worker failed: {died}" if died else message)
 
+    def recovering(self, trial_id: str) -> None:
+        """Tune runs the trial again: a rank death it reported is the last attempt's."""
+        self._died.pop(trial_id, None)
+
     def open_trials(self) -> list[int]:
         """Numbers of the Optuna trials Ray started and never finished."""
         return [t.number for t in self._live.values()]

@@ -174,6 +174,7 @@ def run_sweep(
                 started=started,
                 callbacks=[events, *loggers, *(callbacks or [])],
                 stop=stop,
+                autoscaling=scaling,
             )
             with stop.catching_signals():
                 tuner.fit()
@@ -296,12 +297,13 @@ def _trainable(plan: SweepPlan, store_url: str, worker_fn: Callable[..., None] |
     every trial of the sweep shares bound to it."""
     from vlsweep.search import train_workers, worker
 
-    extra = {}
+    extra: dict[str, Any] = {}
+    function = worker_fn or worker.run
     scaling = train_workers.scaling(plan.cfg, plan.ray_storage_path)
-    if scaling is not None:
-        extra["train_workers"] = scaling
+    if scaling is not None:  # a Ray Train run per trial, whose ranks run worker's trial
+        function, extra = train_workers.run, scaling
     return tune.with_parameters(
-        worker_fn or worker.run,
+        function,
         trial_spec=plan.trial_spec,
         base_dir=str(plan.base_dir),
         out_root=str(plan.out_root),
@@ -322,6 +324,7 @@ def build_tuner(
     started: float,
     callbacks: list[Callback],
     stop: tune.Stopper,
+    autoscaling: bool = False,
 ) -> tune.Tuner:
     """Ray Tune's Tuner for the sweep: each trial asks for the plan's resources; the
     searcher proposes, the scheduler stops early, Tune retries a dead worker.
@@ -343,7 +346,8 @@ def build_tuner(
         resources = {"cpu": 0.0, "gpu": 0.0, "memory": 2**20}
         # Nothing to keep between trials: each trial's ranks load the base themselves.
         reuse = False
-        room = trials_at_once(plan.request, cfg.resources.train_workers)
+        # (Not on a cluster an autoscaler grows: the cap would keep it from ever being asked.)
+        room = None if autoscaling else trials_at_once(plan.request, cfg.resources.train_workers)
         if room:
             concurrent = min(concurrent, room)
     return tune.Tuner(

@@ -9,11 +9,12 @@ MO-ASHA see them as any trial's. Ray Train starts the process group (gloo on CPU
 on GPUs); the engine wraps the model in torch's DistributedDataParallel. Nothing here is
 distributed machinery of our own.
 
-Failures, classed once: an exception a rank raises (NaN, out of memory, bad input) is the
-trial's error, reported as such (FAIL, not retried); a rank whose process dies makes
-Ray Train's run fail with the worker's death, which this function raises again so that
-Tune retries the whole trial, up to ``resources.retries``. Ray Train's own retries are
-off (``FailureConfig(max_failures=0)``): a failure is counted once, by Tune.
+Failures, classed once: an exception a rank raises (NaN, out of memory, bad input), or
+Ray Train's controller's own error, is the trial's error, reported as such (FAIL, not
+retried); a rank whose process dies, or a node of the run preempted, makes Ray Train's
+run fail with that, which this function raises again so that Tune retries the whole
+trial, up to ``resources.retries``. Ray Train's own retries are off (``max_failures``
+and ``max_preemption_failures`` 0): a failure is counted once, by Tune.
 
 The trial's actor holds nothing between trials: the base is loaded by each rank for
 each trial (the sweep turns ``reuse_actors`` off; docs/cluster.md gives the reload's cost).
@@ -98,7 +99,11 @@ def run(
             name=name,
             storage_path=storage_path,
             callbacks=[TuneReportCallback()],  # type: ignore[list-item]  # Ray's V2 callback
-            failure_config=train.FailureConfig(max_failures=0),
+            # Ray Train restarts nothing itself, not even after a preemption (by default
+            # it would, without limit, inside this trial): Tune counts every re-run.
+            failure_config=train.FailureConfig(  # type: ignore[call-arg]  # Train V2's (the stub is V1's)
+                max_failures=0, max_preemption_failures=0
+            ),
         ),
     )
     try:
@@ -116,9 +121,12 @@ def rank_died(exc: BaseException) -> str | None:
     """Why a rank's process died, when that is what ended the Ray Train run (None: a rank
     raised an error of the trial's own)."""
     from ray.train import WorkerGroupError
+    from ray.train.v2.api.exceptions import PreemptionError
 
-    if not isinstance(exc, WorkerGroupError):
-        return str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, PreemptionError):  # a node of the run was preempted: run it again
+        return str(exc).strip().splitlines()[0][:300]
+    if not isinstance(exc, WorkerGroupError):  # the controller's own error: the trial's
+        return None
     # The other ranks fail too, on their next collective (gloo: "Connection reset by
     # peer"): the dead one is the rank Ray Train found so.
     for rank, err in sorted(exc.worker_failures.items()):
@@ -164,7 +172,7 @@ def rank_main(loop: dict[str, Any]) -> None:
     from ray import train
 
     from vlsweep.search import worker
-    from vlsweep.trials.ranks import Ranks
+    from vlsweep.trials import Ranks
 
     torch.set_num_threads(max(1, int(loop["threads"])))
     cpu0 = time.process_time()

@@ -5,9 +5,9 @@ encoded dataset are kept in this module between them (keyed by their config), an
 ``run_trial`` attaches a fresh LoRA per trial and removes it (restoring any fully
 trained module) before returning, so no trained weight reaches the next trial.
 
-A trial on several train workers (``resources.train_workers``) runs in
-``vlsweep.search.train_workers``: this function then starts a Ray Train run whose ranks
-each run ``_train`` on their share of the batch.
+A trial on several train workers (``resources.train_workers``) runs
+``vlsweep.search.train_workers.run`` instead, which starts a Ray Train run whose ranks
+each run ``_train`` here on their share of the batch.
 """
 
 from __future__ import annotations
@@ -83,29 +83,14 @@ def run(
     threads: int,
     driver_dir: str | None = None,
     artifact_store: str | None = None,
-    train_workers: dict[str, Any] | None = None,
 ) -> None:
     """Ray Tune function trainable: ``config`` is what the searcher suggested, ``trial_spec``
     the sweep's trial spec (the train config every trial runs, as JSON). Where the trial runs,
-    the trial itself, then its final report, or its failure. ``train_workers`` (Ray Train's
-    scaling, from ``train_workers.scaling``) runs the trial on several train workers."""
+    the trial itself, then its final report, or its failure. (A trial on several train
+    workers runs ``vlsweep.search.train_workers.run`` instead.)"""
     import torch
     from ray import tune
 
-    if train_workers is not None:
-        from vlsweep.search import train_workers as multi
-
-        multi.run(
-            config,
-            trial_spec=trial_spec,
-            base_dir=base_dir,
-            out_root=out_root,
-            threads=threads,
-            driver_dir=driver_dir,
-            artifact_store=artifact_store,
-            **train_workers,
-        )
-        return
     torch.set_num_threads(max(1, threads))
     # The trial's CPU time as the sweep pays it: a first trial in this worker loads the base.
     cpu0 = time.process_time()
@@ -231,7 +216,7 @@ def load_for_sharding(model: Any) -> Any:
     """The model config a sharded trial's rank loads its base with: on the CPU (each unit
     moves to the trial's device as FSDP shards it; the whole base never sits on one GPU),
     in the dtype the trial's device computes in."""
-    from vlsweep.trials.modeling import resolve_device, resolve_dtype
+    from vlsweep.trials import resolve_device, resolve_dtype
 
     dtype = resolve_dtype(model.dtype, resolve_device(model.device))
     return model.model_copy(update={"device": "cpu", "dtype": str(dtype).removeprefix("torch.")})

@@ -55,8 +55,11 @@ if TYPE_CHECKING:  # for type checkers; at run time __getattr__ below loads them
         load_processing,
         model_skeleton,
         module_groups,
+        resolve_device,
+        resolve_dtype,
         resolve_source,
     )
+    from vlsweep.trials.ranks import Ranks  # noqa: F401
 
 # Public name -> the submodule that defines it.
 _EXPORTS = {
@@ -93,6 +96,9 @@ _EXPORTS = {
     "model_skeleton": "modeling",
     "module_groups": "modeling",
     "resolve_source": "modeling",
+    "resolve_device": "modeling",
+    "resolve_dtype": "modeling",
+    "Ranks": "ranks",
     "Estimate": "memory",
     "data_shape": "memory",
     "estimate": "memory",

@@ -210,15 +210,18 @@ class Trainer:
         if owned & {id(p) for g in self.groups for p in g["params"]}:
             raise AssertionError("a parameter the balance steps itself is in the trial's optimizer")
         self.optimizer = make_optimizer(self.groups, betas=self.cfg.optim.betas, eps=self.cfg.optim.eps)
-        if self.ranks.world > 1 and not self.ranks.sharded:
+        if self.ranks.world > 1 and not self.ranks.sharded and not self.balance.combines_task_gradients:
             from torch.nn.parallel import DistributedDataParallel
 
             device = self.base.device
             # The gradients as views into DDP's communication buckets: no second copy of them.
+            # No broadcast of the model from rank 0: every rank loaded the same base and
+            # seeded the adapter alike (for a 7B, a broadcast would move 15 GB per trial).
             self.ddp = DistributedDataParallel(
                 self.model,
                 device_ids=[device] if device.type == "cuda" else None,
                 gradient_as_bucket_view=True,
+                init_sync=False,
             )
         from transformers import get_cosine_schedule_with_warmup
 
@@ -308,8 +311,9 @@ class Trainer:
         batch = self._to_device(batch)
         labels, task_ids = batch.pop("labels"), batch.pop("task_ids")
         # On several ranks DDP sums the gradients of a plain backward; a Jacobian balance
-        # averages each task's gradient over the ranks itself, before combining them.
-        model = self.model if self.ddp is None or self.balance.combines_task_gradients else self.ddp
+        # averages each task's gradient over the ranks itself, before combining them (and
+        # has no DDP around its model).
+        model = self.model if self.ddp is None else self.ddp
         with self._autocast():
             logits = model(**batch, use_cache=False).logits
         # Each task's mean over the global batch (on one worker: this batch), in float32.
@@ -431,6 +435,9 @@ class Trainer:
                 pad_token_id=self.pad_id,
                 eos_token_id=sorted(self.eos_ids),
                 use_cache=True,
+                # A sharded model's ranks must take as many decoding steps each (each step
+                # all-gathers): one that finished early keeps stepping until all have.
+                synced_gpus=self.ranks.sharded,
             )
             for row, i in zip(gen[:, n:].tolist(), idx, strict=True):
                 cut = next((k for k, t in enumerate(row) if t in self.eos_ids), len(row))
@@ -482,6 +489,21 @@ class Trainer:
                 model.train(was_training)
 
         return forgetting.cached_reference(key, compute, log)
+
+    @torch.no_grad()
+    def sharded_reference(self) -> forgetting.Reference:
+        """The retention reference of a sharded trial: computed after sharding, on every
+        rank at once (the base is on the CPU until then, and a sharded forward needs every
+        rank), with the adapter turned off, so it is the base's own answers. Not cached:
+        the ranks would first have to agree that each of their nodes has the file."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        try:
+            with model.disable_adapter(), self._autocast():
+                return forgetting.reference_of(self._retain_log_probs(model))
+        finally:
+            model.train(was_training)
 
     def _retain_kl(self, model: Any) -> torch.Tensor:
         assert self.reference is not None
@@ -569,6 +591,8 @@ def run_trial(
         # Inside the try: an adapter half attached (an error while its parameters are
         # cast) is taken off the kept base all the same.
         trainer.attach()
+        if ranks.sharded and trainer.retain_enc:
+            trainer.reference = trainer.sharded_reference()
         trainer.model.train()
         _train(trainer, mixer, params, budget, progress, report, say, on_log_row)
         result.update(progress.metrics)
@@ -640,7 +664,8 @@ def _setup(
     load_seconds = time.perf_counter() - t_load
     trainer = Trainer(params, budget, cfg=cfg, data=data, base=base, ranks=ranks)
     say(f"encoded {len(data.train)} train / {len(data.val)} val samples in {trainer.encode_seconds:.1f}s")
-    if trainer.retain_enc and (ranks.main or ranks.sharded):
+    # (A sharded trial computes it after sharding, on every rank: Trainer.sharded_reference.)
+    if trainer.retain_enc and ranks.main and not ranks.sharded:
         trainer.reference = trainer.retention_reference(say)
     return trainer, load_seconds
 
@@ -684,6 +709,7 @@ def _train(
                 on_log_row(row)
         if step in eval_at and not ranks.main:
             if ranks.sharded:  # every rank computes every forward pass of a sharded model
+                progress.phase = "evaluation"
                 trainer.evaluate()
             if report is not None:
                 report(step, {})

@@ -203,6 +203,7 @@ class Jacobian(Balance):
     def __init__(self, n_tasks: int, static_weights: torch.Tensor, aggregator: Any):
         super().__init__(n_tasks, static_weights)
         self.aggregator = aggregator
+        self._steps = 0  # combinations made: the ranks' shared seed for each
 
     def backward(
         self, means: torch.Tensor, counts: torch.Tensor, inputs: Sequence[torch.Tensor]
@@ -221,7 +222,10 @@ class Jacobian(Balance):
             # models' ops do not support.
             backward([means[i] for i in present], inputs=params, parallel_chunk_size=1)
             self.ranks.average_jacobians(params)
-            got = jac_to_grad(params, self.aggregator)
+            self._steps += 1
+            # The ranks combine alike (PCGrad draws a random order of the tasks).
+            with self.ranks.same_randomness(self._steps):
+                got = jac_to_grad(params, self.aggregator)
             if got is not None:
                 weights[present] = got.detach().to(weights.device, weights.dtype)
         self.last_weights = weights

@@ -30,7 +30,8 @@ This module imports torch.distributed only; Ray Train starts the process group.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,27 +91,45 @@ class Ranks:
 
     def average_jacobians(self, params: Sequence[torch.Tensor]) -> None:
         """Average torchjd's per-task gradients (``.jac``) over the ranks, in place."""
-        if self.world == 1:
-            return
-        import torch.distributed as dist
-
-        for p in params:
-            jac = getattr(p, "jac", None)
-            if jac is not None:
-                dist.all_reduce(jac)  # a sum: gloo has no average
-                jac.div_(self.world)
+        self._average([j for p in params if (j := getattr(p, "jac", None)) is not None])
 
     def average_grads(self, params: Sequence[torch.Tensor]) -> None:
         """Average ``.grad`` over the ranks, in place: for a step whose backward bypassed
         DDP (a Jacobian balance's batch with one task in it)."""
-        if self.world == 1:
+        self._average([p.grad for p in params if p.grad is not None])
+
+    def _average(self, tensors: list[torch.Tensor]) -> None:
+        """Average ``tensors`` over the ranks in place, in one collective per dtype and
+        device (one per parameter would be hundreds a step)."""
+        if self.world == 1 or not tensors:
             return
         import torch.distributed as dist
 
-        for p in params:
-            if p.grad is not None:
-                dist.all_reduce(p.grad)  # a sum: gloo has no average
-                p.grad.div_(self.world)
+        groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+        for t in tensors:
+            groups.setdefault((t.dtype, t.device), []).append(t)
+        for same in groups.values():
+            flat = torch.cat([t.reshape(-1) for t in same])
+            dist.all_reduce(flat)  # a sum: gloo has no average
+            flat.div_(self.world)
+            offset = 0
+            for t in same:
+                t.copy_(flat[offset : offset + t.numel()].view_as(t))
+                offset += t.numel()
+
+    @contextlib.contextmanager
+    def same_randomness(self, key: int) -> Iterator[None]:
+        """A context in which every rank draws the same random numbers (seeded by ``key``):
+        for a computation that must come out alike on every rank, such as PCGrad's random
+        order of the tasks, when the ranks' own generators have drawn differently (dropout
+        on shares of different sizes). On one rank, the process's own generator as is."""
+        if self.world == 1:
+            yield
+            return
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(key)
+            yield
 
     def gather(self, value: Any) -> list[Any]:
         """Every rank's ``value`` (a small picklable object), in rank order."""
