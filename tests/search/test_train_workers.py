@@ -24,7 +24,11 @@ from vlsweep.search.config import load_sweep_config
 from vlsweep.search.sweep import run_sweep
 
 BALANCES = ("static", "famo", "upgrad")
-SHARDED_BALANCES = ("static", "famo")  # a Jacobian balance needs whole gradients: not under FSDP
+SHARDED_BALANCES = ("static", "famo")
+FINAL_BALANCES = (
+    "static",
+    "famo",
+)  # static weights and one dynamic balance  # a Jacobian balance needs whole gradients: not under FSDP
 STEPS = 20
 
 
@@ -38,7 +42,7 @@ def _losses_per_rank():
 
         from vlsweep.config import TrainConfig
         from vlsweep.params import TrialParams
-        from vlsweep.trials import load_base, load_data
+        from vlsweep.trials import load_base, load_data, run_trial
         from vlsweep.trials.data import make_mixer
         from vlsweep.trials.engine import Trainer
         from vlsweep.trials.ranks import Ranks
@@ -67,9 +71,26 @@ def _losses_per_rank():
                 shares.add(tuple(ranks.gather(len(batch))))
                 losses.append(float(trainer.step(trainer.train_batch(batch), step)["loss"]))
             out[balance] = losses
+        # Whole trials (run_trial: the evaluation on the main rank), per balance and seed.
+        finals: dict[str, list[float]] = {}
+        for balance in loop["final_balances"]:
+            for seed in loop["seeds"]:
+                params = TrialParams(lora_dropout=0.0, loss_balance=balance, lr_llm=3e-3, lr_projector=3e-3)
+                seeded = cfg.model_copy(update={"seed": seed})
+                got = run_trial(params, seeded.budget, cfg=seeded, data=data, ranks=ranks)
+                if ranks.main:
+                    finals[f"{balance}/{seed}"] = [got["cer"], got["iou"]]
         if ranks.main:  # Ray Train keeps only a checkpoint's metrics: the losses go to a file
             Path(loop["out"]).write_text(
-                json.dumps({"losses": out, "world": ranks.world, "shares": sorted(shares), "held": held})
+                json.dumps(
+                    {
+                        "losses": out,
+                        "world": ranks.world,
+                        "shares": sorted(shares),
+                        "held": held,
+                        "finals": finals,
+                    }
+                )
             )
 
     return _per_rank
@@ -104,6 +125,10 @@ def _run(cfg: dict, workers: int, tmp_path: Path, strategy: str = "ddp") -> dict
             "balances": BALANCES if strategy == "ddp" else SHARDED_BALANCES,
             "out": str(tmp_path / f"{workers}{strategy}.json"),
             "strategy": strategy,
+            # The final CER and IoU of whole trials: 3 seeds on 1 worker (their spread is
+            # the tolerance), seed 0 on 2 (ddp).
+            "final_balances": FINAL_BALANCES if strategy == "ddp" else (),
+            "seeds": (0, 1, 2) if workers == 1 else (0,),
         },
         scaling_config=train.ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
         torch_config=TorchConfig(backend="gloo"),
@@ -124,10 +149,20 @@ def test_two_workers_make_the_one_worker_updates(ray_local, tiny_checkpoint, dem
         tiny_checkpoint("qwen2_vl"), demo_data, budget={"steps": STEPS, "batch_size": 7, "max_new_tokens": 8}
     )
     cfg["lora"] = {"vision": True, "projector": "full"}
-    one = _run(cfg, 1, tmp_path)["losses"]
+    reference = _run(cfg, 1, tmp_path)
+    one = reference["losses"]
     for strategy in ("ddp", "fsdp"):
         got = _run(cfg, 2, tmp_path, strategy)
         two = got["losses"]
+        for balance in FINAL_BALANCES if strategy == "ddp" else ():
+            seeds = [reference["finals"][f"{balance}/{s}"] for s in (0, 1, 2)]
+            for m, name in enumerate(("cer", "iou")):
+                spread = max(r[m] for r in seeds) - min(r[m] for r in seeds)
+                diff = abs(got["finals"][f"{balance}/0"][m] - seeds[0][m])
+                print(
+                    f"{balance} final {name}: 2 workers vs 1 differ by {diff:.4f}, seeds spread {spread:.4f}"
+                )
+                assert diff <= spread, (balance, name, got["finals"], seeds)
         if strategy == "fsdp":  # each rank holds the shards the estimate says, to the byte
             assert got["held"] == [_estimated_shards(cfg)] * 2, (got["held"], _estimated_shards(cfg))
         for balance in BALANCES if strategy == "ddp" else SHARDED_BALANCES:
