@@ -17,6 +17,7 @@ with the file cached, as a node's later trials find it; scaled by parameters to 
 
     python benchmarks/multi_worker.py [trials] [--steps 200] [--json docs/benchmarks/multi_worker.json]
     python benchmarks/multi_worker.py reload [--json ...]
+    python benchmarks/multi_worker.py device_map [--json ...]   # where device_map puts a 72B
     python benchmarks/multi_worker.py --quick          # CI smoke: 8 steps, 2 seeds
 
 ``--json`` writes ``{"one_worker": {"cer", "iou", "steps_per_s", ...}, "two_workers":
@@ -224,6 +225,54 @@ def _drop_page_cache() -> bool:
         return False
 
 
+def device_map_plan(gpus: int = 4, gib: int = 80) -> dict[str, Any]:
+    """The sharded spike's other arm, as far as a machine without GPUs takes it: where
+    accelerate's ``device_map`` (balanced over ``gpus`` GPUs of ``gib`` GiB) would put a
+    bfloat16 Qwen2-VL 72B's weights, against what each FSDP rank holds of the same model.
+    Built without weights (the published architecture, as benchmarks/fit_examples.py)."""
+    import torch
+    from accelerate import infer_auto_device_map, init_empty_weights
+    from accelerate.utils import get_balanced_memory
+    from fit_examples import ARCHITECTURES, VISION
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    from vlsweep.trials.memory import shard_bytes
+
+    arch = ARCHITECTURES["Qwen/Qwen2-VL-72B-Instruct"]
+    config = Qwen2VLConfig(
+        text_config=dict(arch), vision_config={**VISION, "hidden_size": arch["hidden_size"]}
+    )
+    with init_empty_weights():
+        model = Qwen2VLForConditionalGeneration(config).to(torch.bfloat16)
+    model.requires_grad_(False)  # the frozen base: what both hold
+    units = list(model._no_split_modules)
+    budget = get_balanced_memory(
+        model,
+        max_memory={i: f"{gib}GiB" for i in range(gpus)},
+        no_split_module_classes=units,
+        dtype=torch.bfloat16,
+    )
+    placement = infer_auto_device_map(
+        model, max_memory=budget, no_split_module_classes=units, dtype=torch.bfloat16
+    )
+    per_gpu = dict.fromkeys(range(gpus), 0)
+    for name, p in model.named_parameters():
+        where = next(
+            dev
+            for prefix, dev in sorted(placement.items(), key=lambda kv: -len(kv[0]))
+            if name == prefix or name.startswith(prefix + ".") or prefix == ""
+        )
+        per_gpu[int(where)] += p.numel() * 2
+    shards = shard_bytes(model, torch.bfloat16, gpus, set(units))
+    return {
+        "model": "Qwen/Qwen2-VL-72B-Instruct",
+        "gpus": gpus,
+        "device_map_weights_bytes": per_gpu,
+        "fsdp_weights_bytes_per_rank": shards["frozen"] + shards["buffers"],
+        "fsdp_gathered_bytes": shards["root"] + 2 * shards["largest_unit"],
+    }
+
+
 def _copy_processor(to: Path) -> None:
     """The builtin tiny model's processor files beside the written weights (the processor
     does not depend on the model's size)."""
@@ -279,6 +328,18 @@ def doc_table(data: dict[str, Any]) -> str:
             for size, sec in r["scaled_load_seconds"].items()
             if size != r["size"]
         )
+    if "device_map" in data:
+        d = data["device_map"]
+        gib = 2**30
+        out = out.rstrip("\n")
+        placed = ", ".join(f"{b / gib:.1f}" for b in d["device_map_weights_bytes"].values())
+        out += (
+            f"\n\n| {d['model']} in bfloat16 on {d['gpus']} GPUs | weights per GPU, GiB |\n|---|---|\n"
+            f"| accelerate `device_map` (balanced; one GPU computes at a time) | {placed} |\n"
+        )
+        shards, gathered = d["fsdp_weights_bytes_per_rank"] / gib, d["fsdp_gathered_bytes"] / gib
+        out += f"| FSDP, each rank's shards (all compute at once) | {shards:.1f} each |\n"
+        out += f"| FSDP, gathered while computing (root unit and two layers) | {gathered:.1f} more |\n"
     return out
 
 
@@ -286,7 +347,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("part", nargs="?", default="trials", choices=["trials", "reload"])
+    parser.add_argument("part", nargs="?", default="trials", choices=["trials", "reload", "device_map"])
     parser.add_argument("--steps", type=int, default=None, help="budget.steps (default: the demo's)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--json", type=Path, default=None)
@@ -294,6 +355,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.part == "reload":
         found = {"reload": reload("2B")}
+    elif args.part == "device_map":
+        sys.path.insert(0, str(Path(__file__).parent))
+        found = {"device_map": device_map_plan()}
     else:
         steps, seeds = (8, [0, 1]) if args.quick else (args.steps, [int(s) for s in args.seeds.split(",")])
         found = trials(steps, seeds)
