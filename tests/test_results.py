@@ -188,3 +188,21 @@ def test_the_front_tables_show_peak_gpu_memory_only_where_trials_ran_on_a_gpu():
     assert "gpu_mem_gb: the trial's peak GPU memory, GiB" in table[-1]
     html_table = _front_table(gpu, None)
     assert "<th>peak GPU memory, GiB</th>" in html_table and "<td>12.2</td>" in html_table
+
+
+def test_the_status_front_shows_train_workers_only_where_a_trial_had_several():
+    from vlsweep.status import front_table
+
+    study = _study([(0.5, 0.5), (0.2, 0.6), (0.6, 0.9)])
+    assert "workers" not in front_table(SweepResults.of(study))
+    spread = optuna.create_study(directions=["minimize", "maximize"], study_name="w")
+    spread.set_metric_names(["cer", "iou"])
+    for t in study.get_trials():
+        attrs = {**t.user_attrs, "world_size": 2}
+        spread.add_trial(
+            create_trial(values=t.values, params=t.params, distributions=t.distributions, user_attrs=attrs)
+        )
+    table = front_table(SweepResults.of(spread)).splitlines()
+    assert table[1].split()[:4] == ["trial", "cer", "iou", "workers"]
+    assert {line.split()[3] for line in table[2:4]} == {"2"}
+    assert "workers: the trial's train workers" in table[-1]

@@ -296,6 +296,7 @@ def front_rows(results: SweepResults) -> list[dict[str, Any]]:
                 "params": dict(t.params),
                 "log_dir": t.user_attrs.get("log_dir"),
                 "peak_gpu_memory_gb": t.user_attrs.get("peak_gpu_memory_gb"),
+                "world_size": t.user_attrs.get("world_size"),
             }
         )
     return rows

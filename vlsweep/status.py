@@ -17,12 +17,21 @@ def front_table(results: SweepResults) -> str:
     params = sorted({k for r in rows_data for k in r["params"]})
     # Peak GPU memory, where the trials ran on a GPU (a CPU sweep has none to show).
     memory = any(r["peak_gpu_memory_gb"] is not None for r in rows_data)
-    header = ["trial", *names, *(["gpu_mem_gb"] if memory else []), *params]
+    # Train workers, where a trial ran on several (resources.train_workers).
+    workers = any((r["world_size"] or 1) > 1 for r in rows_data)
+    header = [
+        "trial",
+        *names,
+        *(["gpu_mem_gb"] if memory else []),
+        *(["workers"] if workers else []),
+        *params,
+    ]
     rows = [
         [
             f"#{r['trial']}{'*' if r['dominates_baseline'] else ''}",
             *(outcomes.fmt(r[n]) for n in names),
             *([short(r["peak_gpu_memory_gb"])] if memory else []),
+            *([str(r["world_size"] or 1)] if workers else []),
             *(short(r["params"].get(p)) for p in params),
         ]
         for r in rows_data
@@ -40,6 +49,8 @@ def front_table(results: SweepResults) -> str:
     legend = metrics.legend(names, results.directions)
     if memory:
         legend.append("gpu_mem_gb: the trial's peak GPU memory, GiB")
+    if workers:
+        legend.append("workers: the trial's train workers (its ranks' places: user attr rank_placement)")
     if legend:
         lines.append("; ".join(legend))
     return "\n".join(lines)
