@@ -24,11 +24,9 @@ from vlsweep.search.config import load_sweep_config
 from vlsweep.search.sweep import run_sweep
 
 BALANCES = ("static", "famo", "upgrad")
+# A Jacobian balance needs each task's whole gradient: not under FSDP.
 SHARDED_BALANCES = ("static", "famo")
-FINAL_BALANCES = (
-    "static",
-    "famo",
-)  # static weights and one dynamic balance  # a Jacobian balance needs whole gradients: not under FSDP
+FINAL_BALANCES = ("static", "famo")  # static weights and one dynamic balance
 STEPS = 20
 
 

@@ -136,3 +136,18 @@ def test_the_searcher_records_a_trials_world_size_and_ranks():
     )
     attrs = study.trials[0].user_attrs
     assert attrs["world_size"] == 2 and attrs["rank_placement"] == ranks
+
+
+def test_what_ended_a_ray_train_run_decides_retry_or_fail():
+    """Deaths (a rank's, the controller's, a preemption) are re-run by Tune; a rank's own
+    error, or the controller's, is the trial's."""
+    from ray.exceptions import ActorDiedError
+    from ray.train import ControllerError
+    from ray.train.v2.api.exceptions import PreemptionError
+
+    assert train_workers.rank_died(ActorDiedError()).startswith("Ray Train's controller: ActorDiedError")
+    preempted = PreemptionError.__new__(PreemptionError)  # (its constructor wants Ray's own record)
+    Exception.__init__(preempted, "Training was interrupted by node preemption (preempted_ranks=[1])")
+    assert train_workers.rank_died(preempted).startswith("Training was interrupted by node preemption")
+    assert train_workers.rank_died(ControllerError(RuntimeError("a callback raised"))) is None
+    assert train_workers.rank_died(ValueError("ours")) is None

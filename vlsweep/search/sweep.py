@@ -301,6 +301,10 @@ def _trainable(plan: SweepPlan, store_url: str, worker_fn: Callable[..., None] |
     function = worker_fn or worker.run
     scaling = train_workers.scaling(plan.cfg, plan.ray_storage_path)
     if scaling is not None:  # a Ray Train run per trial, whose ranks run worker's trial
+        if worker_fn is not None:
+            raise ValueError(
+                "worker_fn replaces a one-worker trial's function; resources.train_workers is above 1"
+            )
         function, extra = train_workers.run, scaling
     return tune.with_parameters(
         function,

@@ -99,8 +99,10 @@ def run(
             name=name,
             storage_path=storage_path,
             callbacks=[TuneReportCallback()],  # type: ignore[list-item]  # Ray's V2 callback
-            # Ray Train restarts nothing itself, not even after a preemption (by default
-            # it would, without limit, inside this trial): Tune counts every re-run.
+            # Ray Train re-runs nothing once the workers started, not even after a
+            # preemption (by default it would, without limit, inside this trial): Tune
+            # counts every re-run. Starting the workers it retries as it does by default
+            # (controller_failure_limit): that is how a trial waits for an added node.
             failure_config=train.FailureConfig(  # type: ignore[call-arg]  # Train V2's (the stub is V1's)
                 max_failures=0, max_preemption_failures=0
             ),
@@ -118,13 +120,17 @@ def run(
 
 
 def rank_died(exc: BaseException) -> str | None:
-    """Why a rank's process died, when that is what ended the Ray Train run (None: a rank
-    raised an error of the trial's own)."""
+    """Why a process of the Ray Train run died, when that is what ended it: a rank, a
+    node preempted, or Ray Train's controller itself (None: a rank raised an error of the
+    trial's own, or the controller failed on its own, e.g. a callback)."""
+    import ray.exceptions
     from ray.train import WorkerGroupError
-    from ray.train.v2.api.exceptions import PreemptionError
 
-    if isinstance(exc, PreemptionError):  # a node of the run was preempted: run it again
-        return str(exc).strip().splitlines()[0][:300]
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    if isinstance(exc, (ray.exceptions.RayActorError, ray.exceptions.RaySystemError)):
+        return f"Ray Train's controller: {type(exc).__name__}: {first}"  # OOM-killed, node lost
+    if type(exc).__name__ == "PreemptionError":  # (ray.train.v2.api.exceptions, Ray 2.60)
+        return first
     if not isinstance(exc, WorkerGroupError):  # the controller's own error: the trial's
         return None
     # The other ranks fail too, on their next collective (gloo: "Connection reset by

@@ -117,7 +117,7 @@ class Trainer:
         device = self.compute_device
         self.weights = torch.tensor([weights[t] for t in self.tasks], device=device)
         self.balance = BALANCES[params.loss_balance](len(self.tasks), self.weights, cfg.loss).to(device)
-        self.balance.ranks = self.ranks
+        self.balance.ranks, self.balance.seed = self.ranks, cfg.seed
         # Mixed precision, as LLaMA-Factory and the HF Trainer train LoRA: the frozen base in
         # the model's half dtype, the trained parameters in float32, the forward pass under
         # autocast; float16 adds a loss scaler (its gradients underflow without one).

@@ -81,8 +81,9 @@ class Balance:
     # Whether the update is a non-linear combination of the task gradients, which the
     # ranks of a multi-worker trial must then average task by task (vlsweep.trials.ranks).
     combines_task_gradients = False
-    # This process among the trial's train workers (the engine sets it).
+    # This process among the trial's train workers, and the trial's seed (the engine sets them).
     ranks: Ranks = Ranks()
+    seed: int = 0
 
     def __init__(self, n_tasks: int, static_weights: torch.Tensor):
         self.n_tasks = n_tasks
@@ -223,8 +224,9 @@ class Jacobian(Balance):
             backward([means[i] for i in present], inputs=params, parallel_chunk_size=1)
             self.ranks.average_jacobians(params)
             self._steps += 1
-            # The ranks combine alike (PCGrad draws a random order of the tasks).
-            with self.ranks.same_randomness(self._steps):
+            # The ranks combine alike (PCGrad draws a random order of the tasks), from the
+            # trial's seed and the step.
+            with self.ranks.same_randomness(self.seed * 1_000_003 + self._steps):
                 got = jac_to_grad(params, self.aggregator)
             if got is not None:
                 weights[present] = got.detach().to(weights.device, weights.dtype)

@@ -37,6 +37,8 @@ from typing import Any
 
 import torch
 
+_CHUNK_BYTES = 64 * 2**20
+
 
 @dataclass(frozen=True)
 class Ranks:
@@ -105,17 +107,21 @@ class Ranks:
             return
         import torch.distributed as dist
 
-        groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
-        for t in tensors:
-            groups.setdefault((t.dtype, t.device), []).append(t)
-        for same in groups.values():
-            flat = torch.cat([t.reshape(-1) for t in same])
-            dist.all_reduce(flat)  # a sum: gloo has no average
-            flat.div_(self.world)
-            offset = 0
-            for t in same:
-                t.copy_(flat[offset : offset + t.numel()].view_as(t))
-                offset += t.numel()
+        groups: dict[tuple[torch.dtype, torch.device], list[list[torch.Tensor]]] = {}
+        for t in tensors:  # in chunks of ~64 MiB: the flat copy adds that much at most
+            chunks = groups.setdefault((t.dtype, t.device), [[]])
+            if chunks[-1] and sum(x.numel() * x.element_size() for x in chunks[-1]) >= _CHUNK_BYTES:
+                chunks.append([])
+            chunks[-1].append(t)
+        for chunks in groups.values():
+            for same in chunks:
+                flat = torch.cat([t.reshape(-1) for t in same])
+                dist.all_reduce(flat)  # a sum: gloo has no average
+                flat.div_(self.world)
+                offset = 0
+                for t in same:
+                    t.copy_(flat[offset : offset + t.numel()].view_as(t))
+                    offset += t.numel()
 
     @contextlib.contextmanager
     def same_randomness(self, key: int) -> Iterator[None]:
