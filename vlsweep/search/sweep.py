@@ -175,6 +175,7 @@ def run_sweep(
                 callbacks=[events, *loggers, *(callbacks or [])],
                 stop=stop,
                 autoscaling=scaling,
+                log=log,
             )
             with stop.catching_signals():
                 tuner.fit()
@@ -329,6 +330,7 @@ def build_tuner(
     callbacks: list[Callback],
     stop: tune.Stopper,
     autoscaling: bool = False,
+    log: Log = print,
 ) -> tune.Tuner:
     """Ray Tune's Tuner for the sweep: each trial asks for the plan's resources; the
     searcher proposes, the scheduler stops early, Tune retries a dead worker.
@@ -352,8 +354,12 @@ def build_tuner(
         reuse = False
         # (Not on a cluster an autoscaler grows: the cap would keep it from ever being asked.)
         room = None if autoscaling else trials_at_once(plan.request, cfg.resources.train_workers)
-        if room:
-            concurrent = min(concurrent, room)
+        if room and room < concurrent:
+            log(
+                f"search.max_concurrent {concurrent} lowered to {room}: the Ray cluster holds {room} "
+                f"trial{'s' if room != 1 else ''} of {cfg.resources.train_workers} train workers at once"
+            )
+            concurrent = room
     return tune.Tuner(
         tune.with_resources(trainable, resources),
         tune_config=tune.TuneConfig(
