@@ -131,6 +131,10 @@ class BudgetConfig(_Strict):
     eval_at: list[int] = Field(default_factory=list)
     max_new_tokens: int = Field(default=32, ge=1)
     eval_batch_size: int = Field(default=32, ge=1)
+    # Keep the trial's trainable state every N steps (none: never). In a sweep it is a Ray
+    # Tune checkpoint in ray.storage_path, and a trial re-run after its worker or node was
+    # lost continues from the last one instead of from step 0.
+    checkpoint_steps: int | None = Field(default=None, ge=1)
 
 
 class AdapterConfig(_Strict):

@@ -25,7 +25,7 @@ from vlsweep.config import DEMO_DATA, BudgetConfig, DataConfig, TrainConfig
 from vlsweep.errors import TrialOutOfMemory, UserInputError
 from vlsweep.metrics import Evaluation, compute
 from vlsweep.params import GROUP_LR, TrialParams
-from vlsweep.trials import forgetting
+from vlsweep.trials import checkpoints, forgetting
 from vlsweep.trials.batching import Encoder, collate
 from vlsweep.trials.data import Record, TaskMixer, check_tasks, load_records, make_mixer
 from vlsweep.trials.families import resolve_groups
@@ -554,6 +554,8 @@ def run_trial(
     log: Callable[[str], None] | None = None,
     on_log_row: Callable[[dict[str, Any]], None] | None = None,
     ranks: Ranks | None = None,
+    on_checkpoint: Callable[[int, dict[str, Any]], None] | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune once with ``params`` for ``budget.steps`` steps; return the final metrics.
 
@@ -567,6 +569,10 @@ def run_trial(
     process group): every rank trains on its share of each batch; the main rank alone
     evaluates, reports metrics (the others report an empty dict at the same steps), and
     writes ``output_dir`` (give it on the main rank only).
+
+    With ``budget.checkpoint_steps: K``, ``on_checkpoint(step, state)`` gets the trial's
+    state every K steps (``vlsweep.trials.checkpoints``); a trial given such a state as
+    ``resume`` continues after its step and ends as the uninterrupted trial would.
 
     Reads as its steps: the base and the trainer (``_setup``), the base's own metrics when
     asked, the training loop with its evaluations (``_train``), the result and the files
@@ -594,7 +600,18 @@ def run_trial(
         if ranks.sharded and trainer.retain_enc:
             trainer.reference = trainer.sharded_reference()
         trainer.model.train()
-        _train(trainer, mixer, params, budget, progress, report, say, on_log_row)
+        done = 0
+        if resume is not None:
+            done = checkpoints.restore(trainer, progress, resume)
+            checkpoints.replay(mixer, done, budget.batch_size)
+            say(f"resumed after step {done} from its checkpoint")
+        save = None
+        if on_checkpoint is not None and budget.checkpoint_steps:
+
+            def save(step: int) -> None:
+                on_checkpoint(step, checkpoints.capture(trainer, progress, step))
+
+        _train(trainer, mixer, params, budget, progress, report, say, on_log_row, start=done + 1, save=save)
         result.update(progress.metrics)
         result.update(
             {
@@ -690,15 +707,20 @@ def _train(
     report: Report | None,
     say: Callable[[str], None],
     on_log_row: Callable[[dict[str, Any]], None] | None,
+    *,
+    start: int = 1,
+    save: Callable[[int], None] | None = None,
 ) -> None:
-    """The training loop: a step on each batch the mixer draws (on several ranks, each
-    rank's share of it), a training-log row every 10 steps (and at the first and each
-    evaluation), an evaluation at each of the budget's steps, reported as it is made
-    (on the main rank; the others report an empty dict at the same steps)."""
+    """The training loop from step ``start``: a step on each batch the mixer draws (on
+    several ranks, each rank's share of it), a training-log row every 10 steps (and at the
+    first and each evaluation), an evaluation at each of the budget's steps, reported as
+    it is made (on the main rank; the others report an empty dict at the same steps), and
+    ``save(step)`` every ``budget.checkpoint_steps`` steps before the last."""
     eval_at = _eval_steps(budget)
+    every = budget.checkpoint_steps
     ranks = trainer.ranks
     t_train = time.perf_counter()
-    for step in range(1, budget.steps + 1):
+    for step in range(start, budget.steps + 1):
         progress.phase, progress.step = "training", step
         batch = ranks.share(mixer.batch(budget.batch_size, step))
         out = trainer.step(trainer.train_batch(batch), step)
@@ -729,6 +751,10 @@ def _train(
             say(f"step {step}: {shown}")
             if report is not None:
                 report(step, dict(metrics))
+            t_train = time.perf_counter()
+        if save is not None and every and step % every == 0 and step < budget.steps:
+            progress.train_seconds += time.perf_counter() - t_train
+            save(step)
             t_train = time.perf_counter()
 
 

@@ -25,6 +25,7 @@ A new strategy is a ``Balance`` subclass here, its name in ``BALANCES`` and in
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -110,6 +111,13 @@ class Balance:
     def to(self, device: Any) -> Balance:
         return self
 
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the balance between steps (vlsweep.trials.checkpoints)."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        return None
+
 
 class Static(Balance):
     def backward(
@@ -137,6 +145,14 @@ class Uncertainty(Balance):
 
     def trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
         return [("balance.log_var", self.uw.log_var)]
+
+    def state(self) -> dict[str, Any]:
+        # (Its optimizer state is the trial optimizer's, checkpointed with it.)
+        return {"log_var": self.uw.log_var.detach().cpu().clone()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            self.uw.log_var.copy_(state["log_var"])
 
     def backward(
         self, means: torch.Tensor, counts: torch.Tensor, inputs: Sequence[torch.Tensor]
@@ -176,6 +192,17 @@ class Famo(Balance):
     def owned(self) -> list[torch.nn.Parameter]:
         return list(self.famo.parameters())
 
+    def state(self) -> dict[str, Any]:
+        # FAMO keeps its logits, its own Adam and the losses before the step inside it:
+        # the whole object is kept (torchjd gives no state_dict for it).
+        return {"famo": copy.deepcopy(self.famo), "seen": self.seen.detach().cpu().clone()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        device = self.seen.device
+        self.famo = state["famo"]
+        self.famo.to(device)
+        self.seen = state["seen"].to(device)
+
     def _filled(self, means: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         # A task never seen yet stands in as the present tasks' mean loss.
         seen = torch.where(self.seen.isnan(), means.detach()[counts > 0].mean(), self.seen)
@@ -205,6 +232,12 @@ class Jacobian(Balance):
         super().__init__(n_tasks, static_weights)
         self.aggregator = aggregator
         self._steps = 0  # combinations made: the ranks' shared seed for each
+
+    def state(self) -> dict[str, Any]:
+        return {"steps": self._steps}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self._steps = int(state["steps"])
 
     def backward(
         self, means: torch.Tensor, counts: torch.Tensor, inputs: Sequence[torch.Tensor]
