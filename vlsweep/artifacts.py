@@ -124,8 +124,16 @@ def store_of(study: optuna.Study) -> Any | None:
     return open_store(url, create=False) if url and url != NONE else None
 
 
-def write_trial_files(store: Any, trial_dir: Path) -> list[dict[str, Any]]:
-    """Write a finished trial's files into the store (worker side); returns their metadata."""
+def file_id(key: str, name: str) -> str:
+    """A stored file's id: a UUID derived from what names the trial's run (``key``) and
+    the file name, so that the same trial run again writes the same ids (over what an
+    interrupted run stored) and the driver can remove what a failed trial left unlinked."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"vlsweep:{key}/{name}"))
+
+
+def write_trial_files(store: Any, trial_dir: Path, key: str | None = None) -> list[dict[str, Any]]:
+    """Write a finished trial's files into the store (worker side); returns their metadata.
+    ``key`` names the trial's run (``file_id``); without it each file gets a random id."""
     metas = []
     for rel, name in TRIAL_FILES:
         path = trial_dir / rel
@@ -133,7 +141,7 @@ def write_trial_files(store: Any, trial_dir: Path) -> list[dict[str, Any]]:
             continue
         mimetype, encoding = mimetypes.guess_type(name)
         meta = ArtifactMeta(
-            artifact_id=str(uuid.uuid4()),
+            artifact_id=file_id(key, name) if key else str(uuid.uuid4()),
             filename=name,
             mimetype=mimetype
             or ("application/x-ndjson" if name.endswith(".jsonl") else "application/octet-stream"),
@@ -143,6 +151,14 @@ def write_trial_files(store: Any, trial_dir: Path) -> list[dict[str, Any]]:
             store.write(meta.artifact_id, f)
         metas.append(dataclasses.asdict(meta))
     return metas
+
+
+def remove_unlinked(store: Any, key: str) -> None:
+    """Remove the files a trial's run named ``key`` may have begun to store and never
+    reported (its worker or node died while writing them)."""
+    for _, name in TRIAL_FILES:
+        with contextlib.suppress(ArtifactNotFound):
+            store.remove(file_id(key, name))
 
 
 def link(storage: Any, trial_id: int, metas: Sequence[dict[str, Any]]) -> None:

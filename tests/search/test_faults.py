@@ -22,9 +22,11 @@ from ray.tune import Callback
 
 from tests.search.conftest import fresh_pg_database
 from tests.search.sweeps import check_invariants, edit_yaml, sweep_cfg, vlsweep
+from vlsweep import artifacts
 from vlsweep.errors import SweepFailed
 from vlsweep.search.config import load_sweep_config
 from vlsweep.search.sweep import run_sweep
+from vlsweep.search.worker import CHECKPOINT_KEY
 
 pytestmark = pytest.mark.fault
 
@@ -208,10 +210,79 @@ def test_a_worker_killed_mid_trial_is_retried_and_recorded_once(
     if retries:
         assert hit.state == TrialState.COMPLETE and hit.user_attrs["worker_restarts"] == 1
         assert hit.user_attrs["steps"] == 12
-        assert any("its Ray worker died; restarting it" in line for line in logged)
+        assert any(
+            "its Ray worker died (worker death); running it again from step 0" in line for line in logged
+        )
     else:
         assert hit.state == TrialState.FAIL and hit.user_attrs["error"].startswith("the Ray worker failed")
     assert all(t.state == TrialState.COMPLETE for t in trials if t.number != 1)
+
+
+class _KillAfterCheckpoint(Callback):
+    """SIGKILL the Ray worker of trial 0 once, as soon as Tune has registered its checkpoint
+    at ``step`` (Tune's own hook for it: the moment, not a sleep)."""
+
+    def __init__(self, step: int):
+        self.step, self.killed = step, 0
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        result = trial.last_result
+        if result.get(CHECKPOINT_KEY) == self.step and not self.killed:
+            self.killed = int(result["worker_pid"])
+            os.kill(self.killed, signal.SIGKILL)
+
+
+def test_a_trial_killed_after_its_checkpoint_resumes_there_and_ends_as_the_uninterrupted_one(
+    ray_local, tmp_path, tiny_checkpoint, demo_data, faults_record
+):
+    """budget.checkpoint_steps: the trial killed after its checkpoint at step 4 runs again
+    from it (not from step 0) and reaches the same final metrics, bit for bit, as the same
+    trial never interrupted; its checkpoints are gone from ray.storage_path once it ends."""
+    finals = {}
+    for name in ("whole", "killed"):
+        root = tmp_path / name
+        root.mkdir()
+        path = sweep_cfg(root, tiny_checkpoint("qwen2_vl"), demo_data, trials=1, baseline=True)
+        edit_yaml(path, budget={"steps": 8, "eval_every": 4, "checkpoint_steps": 4}, resources={"retries": 1})
+        cfg, base_dir = load_sweep_config(path)
+        url = f"sqlite:///{root / 'db.sqlite'}"
+        kill = _KillAfterCheckpoint(4) if name == "killed" else None
+        logged: list[str] = []
+        run_sweep(cfg, base_dir, url, callbacks=[kill] if kill else [], log=logged.append)
+        study = optuna.load_study(study_name="t", storage=url)
+        check_invariants(study)
+        (trial,) = study.get_trials()
+        assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("error")
+        finals[name] = trial
+        assert not list((root / "runs").rglob("checkpoint_*")), "a checkpoint was left in ray.storage_path"
+    whole, killed = finals["whole"], finals["killed"]
+    assert killed.user_attrs["worker_restarts"] == 1, logged
+    assert killed.user_attrs.get("resumed_from_step") == 4, "\n".join(logged)
+    assert "resumed_from_step" not in whole.user_attrs
+    assert any("running it again from its checkpoint at step 4" in line for line in logged), logged[-10:]
+    assert killed.values == whole.values
+    measured = ("cer", "iou", "val_loss", "parse_fail_rate", "steps")
+    assert {k: killed.user_attrs.get(k) for k in measured} == {k: whole.user_attrs.get(k) for k in measured}
+    # The adapters each stored: the same bytes.
+    adapters = []
+    for name, trial in finals.items():
+        study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / name / 'db.sqlite'}")
+        files = artifacts.download(
+            study,
+            artifacts.store_of(study),
+            trial,
+            ["adapter_model.safetensors"],
+            tmp_path / f"{name}-adapter",
+        )
+        adapters.append(files[0].read_bytes())
+    assert adapters[0] == adapters[1]
+    print(f"\nresumed from step 4: values {killed.values} == uninterrupted {whole.values}; adapters equal")
+    faults_record(
+        "worker killed after its checkpoint (local Ray)",
+        optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'killed' / 'db.sqlite'}"),
+        planned=1,
+        resumed_from_step=4,
+    )
 
 
 def _faulty_worker(plan: dict[int, str]):

@@ -5,6 +5,7 @@ failed trials, the driver's heartbeat, the progress line every few seconds).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,12 +14,13 @@ import optuna
 from ray.tune import Callback
 
 from vlsweep import outcomes
-from vlsweep.search import lease
+from vlsweep.search import failures, lease
 from vlsweep.search.backend import waiting_reason
 from vlsweep.search.config import SweepConfig, check_loggers
 from vlsweep.search.searcher import OptunaAskTellSearcher
 
 Log = Callable[[str], None]
+_log = logging.getLogger("vlsweep")
 # A progress line every 10 s while trials run, and when a trial finishes unless one was
 # printed in the last 2 s (short trials would otherwise flood the terminal, and each line
 # reads the whole study).
@@ -128,6 +130,8 @@ class Events(Callback):
         request: dict[str, float] | None = None,
         scaling: bool = False,
         workers: int = 1,
+        retries: int = 1,
+        node_loss_retries: int = 3,
     ):
         self.searcher, self.study, self.driver, self.names = searcher, study, driver, names
         self.started, self.total, self.log = started, total, log
@@ -136,7 +140,7 @@ class Events(Callback):
         self.request, self.scaling, self.workers = request or {}, scaling, workers
         self.last = 0.0
         self.last_state = ""  # what the last progress line said, without its time
-        self.restarts: dict[str, int] = {}
+        self.ledger = failures.Ledger(retries, node_loss_retries)
         self.tune_trials: list[Any] | None = None
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -151,22 +155,46 @@ class Events(Callback):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
 
+    def _failed(self, trial: Any) -> tuple[str, Any]:
+        """A trial whose Ray worker failed: its class (``failures``), counted and recorded."""
+        err = trial.get_error()
+        kind = failures.classify(err, self.searcher.nodes(trial.trial_id))
+        count = self.ledger.add(trial.trial_id, kind)
+        self.searcher.note(trial.trial_id, failures.COUNT_ATTR[kind], count)
+        return kind, err
+
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        # Ray restarts the trial (resources.retries) after its worker died: same Optuna trial.
-        self.restarts[trial.trial_id] = self.restarts.get(trial.trial_id, 0) + 1
-        self.searcher.note(trial.trial_id, "worker_restarts", self.restarts[trial.trial_id])
+        # Ray runs the trial again, as the same Optuna trial, unless its class is over its cap.
+        kind, err = self._failed(trial)
+        number = trial.config.get("optuna_trial")
+        if self.ledger.over(trial.trial_id, kind):
+            # Tune's own limit is both caps together: this class's is spent. The trial is
+            # FAIL now and its run again is stopped at its first report (StopRequests).
+            reason = self.ledger.reason(trial.trial_id, kind, failures.error_line(err))
+            self.searcher.fail(trial.trial_id, f"the Ray worker failed: {reason}")
+            self.log(f"trial {number}: {kind}, more than {failures.CAP_KEY[kind]} allows; it failed")
+            return
         self.searcher.recovering(trial.trial_id)
-        self.log(f"trial {trial.config.get('optuna_trial')}: its Ray worker died; restarting it")
+        what = "its node was lost" if kind == failures.NODE_LOSS else "its Ray worker died"
+        step = self.searcher.checkpointed(trial.trial_id)
+        where = f"from its checkpoint at step {step}" if step else "from step 0"
+        self.log(f"trial {number}: {what} ({kind}); running it again {where}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        kind, err = self._failed(trial)
         message = "the Ray worker failed"
-        err = trial.get_error()
         if err is not None:
-            message = f"the Ray worker failed: {str(err).strip().splitlines()[-1]}"
+            message = f"the Ray worker failed: {failures.error_line(err)}"
+        if kind == failures.NODE_LOSS:
+            message = (
+                f"the Ray worker failed: {self.ledger.reason(trial.trial_id, kind, failures.error_line(err))}"
+            )
         self.searcher.fail(trial.trial_id, message)
+        _drop_checkpoint(trial)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.tune_trials = trials
+        _drop_checkpoint(trial)
         self._tick(force=True)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
@@ -192,3 +220,15 @@ class Events(Callback):
         state = progress_state(self.study, self.names, self.total, self.tune_trials)
         if state != self.last_state:
             self.log(elapsed(self.started) + state)
+
+
+def _drop_checkpoint(trial: Any) -> None:
+    """A finished trial's checkpoint is of no more use: removed from Ray's storage (a
+    local directory or object storage) so that a long sweep does not pile them up."""
+    checkpoint = getattr(trial, "checkpoint", None)
+    if checkpoint is None:
+        return
+    try:
+        checkpoint.filesystem.delete_dir(checkpoint.path)
+    except (FileNotFoundError, OSError) as err:  # already gone, or storage unreachable now
+        _log.debug("could not remove %s: %s", checkpoint.path, err)

@@ -151,9 +151,14 @@ class ResourcesConfig(_Strict):
     # gpus_per_trial); none = this machine's GPU if it has one. Ray has no per-GPU memory
     # resource, so a cluster of other GPUs than the launching machine's declares it here.
     gpu_memory_gb: float | None = Field(default=None, gt=0)
-    # Ray restarts a trial whose worker died (node lost, OOM-killed) this many times; on a
-    # multi-worker trial, a train worker's death too (Ray Train's own retries stay off).
+    # Ray runs a trial again after its worker died on a live node (OOM-killed, crashed)
+    # this many times; on a multi-worker trial, a train worker's death too (Ray Train's own
+    # retries stay off). A trial's own error (NaN, out of memory) is never run again.
     retries: int = Field(default=1, ge=0)
+    # ... and after the node it ran on was lost or preempted (killed, drained by its cloud)
+    # this many times, apart from retries: elsewhere, from its last checkpoint
+    # (budget.checkpoint_steps) when it has one.
+    node_loss_retries: int = Field(default=3, ge=0)
     # Keep workers (and the loaded base model) between trials (one-worker trials only: a
     # multi-worker trial's ranks are Ray Train's, started for each trial).
     reuse_actors: bool = True
@@ -342,6 +347,14 @@ class SweepConfig(RunConfig):
                 f"resources.train_workers ({workers}) is above budget.batch_size ({batch}): the "
                 "train workers split each batch, so each needs at least one sample; raise "
                 f"budget.batch_size to {workers} or more, or lower resources.train_workers"
+            )
+        if workers > 1 and self.budget.checkpoint_steps:
+            # Not built yet: the ranks' state (a sharded one above all) would be saved through
+            # Ray Train's checkpoints, whose resume inside a Tune trial is another path.
+            raise ValueError(
+                f"budget.checkpoint_steps with resources.train_workers ({workers}): a multi-worker "
+                "trial does not checkpoint yet (it runs again from step 0 after a lost node); remove "
+                "budget.checkpoint_steps, or use 1 train worker"
             )
         return self
 

@@ -32,7 +32,7 @@ from ray.tune.search import Searcher
 from vlsweep import artifacts, outcomes
 from vlsweep.metrics import METRICS
 from vlsweep.search.sampling import RUNG_ATTR, reproducible_slot
-from vlsweep.search.worker import DIED_KEY, ERROR_KEY
+from vlsweep.search.worker import CHECKPOINT_KEY, DIED_KEY, ERROR_KEY, RESUMED_KEY, artifacts_key
 from vlsweep.spaces import Space
 
 _log = logging.getLogger("vlsweep")
@@ -73,6 +73,10 @@ class OptunaAskTellSearcher(Searcher):
         self._died: dict[str, str] = {}
         self._awaiting_error: dict[str, optuna.Trial] = {}
         self._placement: dict[str, dict[str, Any]] = {}
+        self._checkpointed: dict[str, int] = {}  # the step of each trial's last checkpoint
+        # The Ray Tune experiment's name (the sweep sets it): with the trial, what names the
+        # files a trial stores (worker.artifacts_key).
+        self.experiment = ""
         # Fail fast: the errors of the first ``fail_fast`` trials this run finished, while
         # every one of them failed; ``abort_reason`` is set once they all failed alike.
         self.fail_fast = fail_fast
@@ -124,11 +128,18 @@ class OptunaAskTellSearcher(Searcher):
         if result.get(DIED_KEY):
             self._died[trial_id] = str(result[DIED_KEY])
         trial = self._live.get(trial_id)
-        if trial is not None and trial_id not in self._placement:
-            placement = {k: result[k] for k in _PLACEMENT_KEYS if result.get(k) is not None}
-            if placement:
-                self._placement[trial_id] = placement
-                for key, value in placement.items():
+        if result.get(CHECKPOINT_KEY):
+            self._checkpointed[trial_id] = int(result[CHECKPOINT_KEY])
+        if trial is not None and result.get(RESUMED_KEY):
+            trial.set_user_attr("resumed_from_step", int(result[RESUMED_KEY]))
+        if trial is not None:
+            # Written when first seen or changed (a multi-worker trial's ranks come after its
+            # own place; a trial run again after a lost node runs elsewhere).
+            known = self._placement.setdefault(trial_id, {})
+            for key in _PLACEMENT_KEYS:
+                value = result.get(key)
+                if value is not None and known.get(key) != value:
+                    known[key] = value
                     # A multi-worker trial's ranks (rank, node, pid, GPUs each) travel as JSON.
                     trial.set_user_attr(key, json.loads(value) if key == "rank_placement" else value)
 
@@ -172,11 +183,43 @@ class OptunaAskTellSearcher(Searcher):
         trial = self._awaiting_error.pop(trial_id, None) or self._live.pop(trial_id, None)
         died = self._died.pop(trial_id, None)
         if trial is not None:
+            self._remove_unlinked(trial_id, trial)
             self._tell_fail(trial_id, trial, f"the Ray worker failed: {died}" if died else message)
 
+    def _remove_unlinked(self, trial_id: str, trial: optuna.Trial) -> None:
+        """What a trial that never finished may have begun to store is removed (its files
+        are linked only when it finishes, so none of them is)."""
+        if self.artifact_store is None or not self.experiment:
+            return
+        key = artifacts_key(self.experiment, trial_id, trial.number)
+        try:
+            artifacts.remove_unlinked(self.artifact_store, key)
+        except Exception as err:  # the store unreachable now: the sweep goes on
+            _log.warning("could not remove trial %d's unfinished files from the store: %s", trial.number, err)
+
     def recovering(self, trial_id: str) -> None:
-        """Tune runs the trial again: a rank death it reported is the last attempt's."""
+        """Tune runs the trial again: a rank death it reported is the last attempt's, and
+        where it ran is recorded anew from its next report."""
         self._died.pop(trial_id, None)
+        self._placement.pop(trial_id, None)
+
+    def nodes(self, trial_id: str) -> set[str]:
+        """The Ray nodes the trial's attempt ran on (its own worker's, and its ranks')."""
+        placement = self._placement.get(trial_id, {})
+        nodes = {placement["node_id"]} if placement.get("node_id") else set()
+        ranks = placement.get("rank_placement")
+        if ranks:
+            nodes |= {r["node_id"] for r in (json.loads(ranks) if isinstance(ranks, str) else ranks)}
+        return nodes
+
+    def checkpointed(self, trial_id: str) -> int | None:
+        """The step of the trial's last checkpoint (None: it made none)."""
+        return self._checkpointed.get(trial_id)
+
+    def closed(self, trial_id: str) -> bool:
+        """Whether the Optuna trial of this Ray trial is finished (told, or failed by the
+        driver while Tune still runs it)."""
+        return trial_id not in self._live and trial_id not in self._awaiting_error
 
     def open_trials(self) -> list[int]:
         """Numbers of the Optuna trials Ray started and never finished."""
@@ -204,8 +247,10 @@ class OptunaAskTellSearcher(Searcher):
                 )
                 trial.set_user_attr("requeued", True)
                 requeued.append(trial.number)
+            self._remove_unlinked(trial_id, trial)
             self._tell_fail(trial_id, trial, f"{reason}; re-queued" if requeue else reason)
         for trial_id, trial in list(self._awaiting_error.items()):
+            self._remove_unlinked(trial_id, trial)
             self._tell_fail(trial_id, trial, "the Ray worker failed (no message was recorded)")
         self._live.clear()
         self._awaiting_error.clear()
@@ -230,7 +275,7 @@ class OptunaAskTellSearcher(Searcher):
         self.__dict__.update(state)
         self.study = None  # type: ignore[assignment]
         self._live, self._steps, self._reported_error, self._awaiting_error = {}, {}, {}, {}
-        self._placement, self._died = {}, {}
+        self._placement, self._died, self._checkpointed = {}, {}, {}
         self._first_errors, self.abort_reason = None, None
         self.window, self._held, self.holding = None, False, []
         self.artifact_store, self.keep_last, self._has_files = None, None, None

@@ -38,7 +38,7 @@ from ray.tune import Callback
 from vlsweep import artifacts, demo, outcomes, storages
 from vlsweep.errors import SweepFailed, SweepInterrupted, UserInputError
 from vlsweep.params import BASELINE
-from vlsweep.search import driver_storage, lease, ray_security, transfer
+from vlsweep.search import driver_storage, failures, lease, ray_security, transfer
 from vlsweep.search.backend import (
     LOCAL_RAY_ATTR,
     check_shared_storage,
@@ -152,6 +152,7 @@ def run_sweep(
         demo.resolve_model(cfg.model)  # a builtin model's shipped files, before Ray starts
         with _on_ray(plan, address, run, log) as scaling, _searching(plan, run) as searcher:
             started = time.time()
+            searcher.experiment = experiment_name(cfg, started)
             events = Events(
                 searcher,
                 run.study,
@@ -163,6 +164,8 @@ def run_sweep(
                 request=plan.request,
                 scaling=scaling,
                 workers=cfg.resources.train_workers,
+                retries=cfg.resources.retries,
+                node_loss_retries=cfg.resources.node_loss_retries,
             )
             stop = StopRequests(searcher, log, run.study)
             tuner = build_tuner(
@@ -319,6 +322,11 @@ def _trainable(plan: SweepPlan, store_url: str, worker_fn: Callable[..., None] |
     )
 
 
+def experiment_name(cfg: SweepConfig, started: float) -> str:
+    """Ray Tune's name for this run of the sweep (its directory in ray.storage_path)."""
+    return f"{cfg.name}-{int(started)}"
+
+
 def build_tuner(
     plan: SweepPlan,
     trainable: Any,
@@ -373,11 +381,19 @@ def build_tuner(
             trial_dirname_creator=trial_name,
         ),
         run_config=tune.RunConfig(
-            name=f"{cfg.name}-{int(started)}",
+            name=experiment_name(cfg, started),
             storage_path=plan.ray_storage_path,
             verbose=0,
             callbacks=callbacks,
-            failure_config=tune.FailureConfig(max_failures=cfg.resources.retries),
+            # Both classes' runs again; callbacks.Events holds each to its own cap.
+            failure_config=tune.FailureConfig(
+                max_failures=failures.tune_max_failures(
+                    cfg.resources.retries, cfg.resources.node_loss_retries
+                )
+            ),
+            # A trial's last checkpoint (budget.checkpoint_steps) only: a trial run again
+            # continues from it; Events removes it when the trial ends.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             stop=stop,
         ),
     )
@@ -433,7 +449,8 @@ class StopRequests(tune.Stopper):
             time.sleep(2.0)
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        return False
+        # A trial the driver already failed (over a failure class's cap) that Tune ran again.
+        return self.searcher is not None and self.searcher.closed(trial_id)
 
     def stop_all(self) -> bool:
         return self.signal_name is not None or self.searcher.abort_reason is not None

@@ -74,8 +74,10 @@ def run(
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from vlsweep.search import worker
     from vlsweep.search.worker import DIED_KEY, ERROR_KEY
 
+    tune.report({"world_size": num_workers})  # at once: the driver may stop a doomed re-run here
     use_gpu = resources_per_worker.get("GPU", 0) > 0
     # A run of its own per attempt: Tune's retry must not resume the dead attempt's run.
     name = f"{tune.get_context().get_trial_name()}-train-{time.time_ns()}"
@@ -89,6 +91,7 @@ def run(
             "threads": threads,
             "driver_dir": driver_dir,
             "artifact_store": artifact_store,
+            "file_key": worker._file_key(config),
             "strategy": strategy,
         },
         scaling_config=train.ScalingConfig(
@@ -205,5 +208,5 @@ def rank_main(loop: dict[str, Any]) -> None:
     final: dict[str, Any] = {k: v for k, v in result.items() if isinstance(v, (int, float))}
     final["cpu_seconds"] = spent
     if ranks.main and loop["artifact_store"] is not None:
-        final.update(worker._store_files(loop["artifact_store"], trial_dir))
+        final.update(worker._store_files(loop["artifact_store"], trial_dir, loop["file_key"]))
     send({**final, **reports.placement, "steps": result.get("steps", reports.steps)})

@@ -34,6 +34,9 @@ _START_DIR = os.getcwd()
 ERROR_KEY = "vlsweep_error"
 # The result key a multi-worker trial says a rank died under, before Tune retries or fails it.
 DIED_KEY = "vlsweep_worker_died"
+# The result keys of a checkpoint made (its step) and of a trial continued from one.
+CHECKPOINT_KEY = "vlsweep_checkpoint_step"
+RESUMED_KEY = "vlsweep_resumed_from_step"
 
 
 def _cached(cache: dict[str, Any], key: str, make: Any) -> Any:
@@ -95,11 +98,15 @@ def run(
     # The trial's CPU time as the sweep pays it: a first trial in this worker loads the base.
     cpu0 = time.process_time()
     reports = _Reports({**_placement(), "world_size": 1})
+    resume = _last_checkpoint()
+    # Where the trial runs, at once (the driver tells a lost node by it), and whether it
+    # continues from a checkpoint.
+    reports.send({**reports.placement, **({RESUMED_KEY: resume["step"]} if resume else {})})
     trial_dir = Path(out_root) / f"trial-{int(config['optuna_trial']):04d}"
     result: dict[str, Any] = {}
     failure: str | None = None
     try:
-        result = _train(config, trial_spec, base_dir, driver_dir, trial_dir, reports)
+        result = _train(config, trial_spec, base_dir, driver_dir, trial_dir, reports, resume=resume)
     except Exception as exc:  # a trial-level failure: recorded on the trial, not retried
         failure = describe_failure(exc)
     if failure is not None:
@@ -114,7 +121,7 @@ def run(
     final: dict[str, Any] = {k: v for k, v in result.items() if isinstance(v, (int, float))}
     final["cpu_seconds"] = time.process_time() - cpu0
     if artifact_store is not None:
-        final.update(_store_files(artifact_store, trial_dir))
+        final.update(_store_files(artifact_store, trial_dir, _file_key(config)))
     tune.report({**final, **reports.placement, "steps": result["steps"]})
 
 
@@ -150,13 +157,27 @@ class _Reports:
         self._rows = 0
         self._send = send
 
-    def send(self, result: dict[str, Any]) -> None:
+    def send(self, result: dict[str, Any], checkpoint: Any = None) -> None:
         if self._send is not None:
             self._send(result)
             return
         from ray import tune
 
-        tune.report(result)
+        tune.report(result, checkpoint=checkpoint)
+
+    def checkpoint(self, step: int, state: dict[str, Any]) -> None:
+        """The trial's state after ``step`` as a Ray Tune checkpoint (copied by Tune into
+        ``ray.storage_path``; a trial run again gets it from ``tune.get_checkpoint``)."""
+        import tempfile
+
+        from ray import tune
+
+        from vlsweep.trials import checkpoints
+
+        with tempfile.TemporaryDirectory(prefix="vlsweep-checkpoint-") as tmp:
+            checkpoints.save(state, Path(tmp))
+            result = {**self.placement, "steps": step, CHECKPOINT_KEY: step}
+            self.send(result, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     def report(self, step: int, metrics: dict[str, float]) -> None:
         self.steps = step
@@ -180,6 +201,7 @@ def _train(
     trial_dir: Path,
     reports: _Reports,
     ranks: Any = None,
+    resume: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One trial through the engine, on the base and data this worker keeps between
     trials (loaded again only when the sweep's model or data differ). ``ranks``: this
@@ -209,7 +231,37 @@ def _train(
         output_dir=trial_dir if ranks is None or ranks.main else None,
         on_log_row=reports.log_row,
         ranks=ranks,
+        on_checkpoint=reports.checkpoint if ranks is None else None,
+        resume=resume,
     )
+
+
+def _last_checkpoint() -> dict[str, Any] | None:
+    """The state of the trial's last checkpoint when Tune runs it again (None: a first run,
+    or no checkpoint made yet)."""
+    from ray import tune
+
+    from vlsweep.trials import checkpoints
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        return checkpoints.load(Path(directory))
+
+
+def _file_key(config: dict[str, Any]) -> str:
+    """What names this trial's stored files (``artifacts.file_id``): the same on every run
+    of the trial, so a run again after a lost node writes over, never beside, what an
+    interrupted one had begun to store."""
+    from ray import tune
+
+    context = tune.get_context()
+    return artifacts_key(context.get_experiment_name(), context.get_trial_id(), int(config["optuna_trial"]))
+
+
+def artifacts_key(experiment: str, ray_trial_id: str, number: int) -> str:
+    return f"{experiment}/{ray_trial_id}/{number}"
 
 
 def load_for_sharding(model: Any) -> Any:
@@ -222,13 +274,13 @@ def load_for_sharding(model: Any) -> Any:
     return model.model_copy(update={"device": "cpu", "dtype": str(dtype).removeprefix("torch.")})
 
 
-def _store_files(store_url: str, trial_dir: Path) -> dict[str, str]:
+def _store_files(store_url: str, trial_dir: Path, key: str) -> dict[str, str]:
     """Write the trial's files into the sweep's artifact store. A store this node cannot
     write costs the trial its stored files, not its result: the reason is reported."""
     from vlsweep import artifacts
 
     try:
-        metas = artifacts.write_trial_files(artifacts.open_store(store_url), trial_dir)
+        metas = artifacts.write_trial_files(artifacts.open_store(store_url), trial_dir, key)
     except Exception as exc:
         reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         return {artifacts.ERROR_KEY: f"on node {socket.gethostname()}: {reason}"[-1000:]}

@@ -1,0 +1,105 @@
+"""Why a trial stopped short, in the three classes vlsweep names alike in code, docs and
+``vlsweep status``:
+
+- **trial error**: the trial itself raised (bad values, NaN, out of memory). The worker
+  reports it (``worker.ERROR_KEY``) and the trial is FAIL with the reason; never retried.
+- **worker death**: the trial's Ray worker (or a train worker of a multi-worker trial)
+  died on a node that is still alive. Ray Tune runs the trial again, up to
+  ``resources.retries`` times.
+- **node loss or preemption**: the node the trial ran on died or was drained by its
+  cloud (``ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION``, a spot instance
+  reclaimed). The trial runs again elsewhere without spending ``resources.retries``, up
+  to ``resources.node_loss_retries`` times.
+
+Each run again continues from the trial's last checkpoint when ``budget.checkpoint_steps``
+is set. The counts are recorded on the Optuna trial (``worker_restarts``,
+``node_losses``); ``vlsweep status`` shows them.
+
+Ray Tune itself only sets preemptions apart (it does not count them as failures, with no
+limit); a killed node counts as any failure. So Tune's own limit is set to the sum of
+both (``tune_max_failures``) and ``Ledger`` applies each class's cap: a trial over one is
+FAIL with the reason, and its run again is stopped at its first report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+TRIAL_ERROR = "trial error"
+WORKER_DEATH = "worker death"
+NODE_LOSS = "node loss"
+
+# The Optuna trial's user attr each class's count goes to, and the config key capping it.
+COUNT_ATTR = {WORKER_DEATH: "worker_restarts", NODE_LOSS: "node_losses"}
+CAP_KEY = {WORKER_DEATH: "resources.retries", NODE_LOSS: "resources.node_loss_retries"}
+
+
+def tune_max_failures(retries: int, node_loss_retries: int) -> int:
+    """Ray Tune's FailureConfig limit: both classes' runs again together (Ledger caps each)."""
+    return retries + node_loss_retries
+
+
+def classify(error: BaseException | None, nodes: Iterable[str]) -> str:
+    """A trial whose Ray worker failed: node loss when Ray says the node was preempted,
+    or when a node the trial ran on is no longer alive; else worker death."""
+    if _preempted(error):
+        return NODE_LOSS
+    gone = dead_nodes()
+    return NODE_LOSS if any(n in gone for n in nodes) else WORKER_DEATH
+
+
+def _preempted(error: BaseException | None) -> bool:
+    """Ray's own mark of an actor whose node was drained for preemption, on the error or
+    on its cause (a Ray Train worker's, inside the trial's)."""
+    seen = 0
+    while error is not None and seen < 8:
+        if getattr(error, "preempted", False):
+            return True
+        if "PreemptionError" in type(error).__name__ or "DRAIN_PREEMPTED" in str(error):
+            return True
+        error = getattr(error, "cause", None) or error.__cause__
+        seen += 1
+    return False
+
+
+def dead_nodes() -> set[str]:
+    """Ids of the Ray cluster's nodes that are no longer alive (as the GCS knows them)."""
+    import ray
+
+    return {n["NodeID"] for n in ray.nodes() if not n.get("Alive", True)}
+
+
+@dataclass
+class Ledger:
+    """Each trial's runs again, by class, against the caps: what the driver records on the
+    trial and whether the trial may run once more."""
+
+    retries: int
+    node_loss_retries: int
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, trial_id: str, kind: str) -> int:
+        counts = self.counts.setdefault(trial_id, {})
+        counts[kind] = counts.get(kind, 0) + 1
+        return counts[kind]
+
+    def cap(self, kind: str) -> int:
+        return self.retries if kind == WORKER_DEATH else self.node_loss_retries
+
+    def over(self, trial_id: str, kind: str) -> bool:
+        return self.counts.get(trial_id, {}).get(kind, 0) > self.cap(kind)
+
+    def reason(self, trial_id: str, kind: str, detail: str) -> str:
+        n = self.counts.get(trial_id, {}).get(kind, 0)
+        return (
+            f"{kind} {n} time{'s' if n != 1 else ''}, more than {CAP_KEY[kind]}: {self.cap(kind)} "
+            f"allows; the last: {detail}"
+        )
+
+
+def error_line(error: Any) -> str:
+    """The last line of Ray's error text: what a user reads first."""
+    text = str(error).strip() if error is not None else ""
+    return (text.splitlines() or ["(no message)"])[-1][:500]
