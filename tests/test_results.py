@@ -206,3 +206,26 @@ def test_the_status_front_shows_train_workers_only_where_a_trial_had_several():
     assert table[1].split()[:4] == ["trial", "cer", "iou", "workers"]
     assert {line.split()[3] for line in table[2:4]} == {"2"}
     assert "workers: the trial's train workers" in table[-1]
+
+
+def test_status_says_which_trials_ran_again_after_a_worker_death_or_a_node_loss():
+    from vlsweep.status import reruns_line
+
+    study = _study([(0.5, 0.5), (0.2, 0.6), (0.6, 0.9)])
+    assert reruns_line(study.get_trials()) == ""
+    again = optuna.create_study(directions=["minimize", "maximize"], study_name="r")
+    again.set_metric_names(["cer", "iou"])
+    attrs = [{}, {"worker_restarts": 1}, {"node_losses": 2, "worker_restarts": 1, "resumed_from_step": 40}]
+    for t, extra in zip(study.get_trials(), attrs, strict=True):
+        again.add_trial(
+            create_trial(
+                values=t.values,
+                params=t.params,
+                distributions=t.distributions,
+                user_attrs={**t.user_attrs, **extra},
+            )
+        )
+    assert reruns_line(again.get_trials()) == (
+        "run again after a failure (2 trials): #1 worker death x1; "
+        "#2 worker death x1, node loss x2 (resumed from step 40)"
+    )

@@ -81,6 +81,26 @@ def carried_table(results: SweepResults) -> str:
     return "\n".join(lines)
 
 
+def reruns_line(trials: list[optuna.trial.FrozenTrial]) -> str:
+    """The trials Ray ran again after a worker death or a node loss (the failure classes of
+    docs/sweep.md, "When things break"), with how many times each and from which step."""
+    parts = []
+    for t in trials:
+        counts = [
+            (t.user_attrs.get(attr) or 0, kind)
+            for kind, attr in (("worker death", "worker_restarts"), ("node loss", "node_losses"))
+        ]
+        said = ", ".join(f"{kind} x{n}" for n, kind in counts if n)
+        if said:
+            step = t.user_attrs.get("resumed_from_step")
+            parts.append(f"#{t.number} {said}" + (f" (resumed from step {step})" if step else ""))
+    if not parts:
+        return ""
+    return f"run again after a failure ({len(parts)} trial{'s' if len(parts) != 1 else ''}): " + "; ".join(
+        parts
+    )
+
+
 def status_text(name: str | None, storage: str | None) -> str:
     url = storages.storage_url(storage)
     if name is None:
@@ -100,7 +120,9 @@ def status_text(name: str | None, storage: str | None) -> str:
     driver = study.user_attrs.get("driver")
     running = f"; driver pid {driver['pid']} on {driver['host']}" if driver else ""
     carried = carried_table(results)
+    reruns = reruns_line(trials)
     return (
         f"study {name!r} in {storages.masked(url)}: {progress} ({head}){running}\n{front_table(results)}"
         + (f"\n{carried}" if carried else "")
+        + (f"\n{reruns}" if reruns else "")
     )

@@ -88,3 +88,22 @@ def test_results_without_objectives_failed_trials_and_the_full_budget():
     assert "d" in s.rungs[0].recorded and "d" in s.rungs[1].recorded
     # The last rung is below the budget: a full-budget result is never stopped.
     assert s.on_result("b", _r(90, 0.99, 0.0)) == GO
+
+
+def test_a_trial_run_again_is_not_judged_again_at_a_rung_it_passed():
+    """After a worker death or a lost node Tune runs the trial again (on_trial_error, then
+    on_trial_add): a re-run from step 0 reports the first rung again, and stronger trials
+    recorded there since must not stop it now; its next rung is judged as usual."""
+
+    class _Trial:
+        trial_id = "a"
+
+    s = _sched()
+    assert s.on_result("a", _r(10, 0.5, 0.5)) == GO  # alone at the rung: passes
+    for i, cer in enumerate((0.1, 0.2, 0.3, 0.4)):  # four better trials arrive
+        s.on_result(f"b{i}", _r(10, cer, 0.9))
+    s.on_trial_error(None, _Trial())
+    s.on_trial_add(None, _Trial())
+    assert s.on_result("a", _r(10, 0.5, 0.5)) == GO
+    assert s.rungs[0].recorded["a"] == [0.5, -0.5]  # recorded once, as first reported
+    assert s.on_result("a", _r(30, 0.5, 0.5)) == GO  # the next rung: judged (alone there)

@@ -1,0 +1,44 @@
+"""The failure classes (vlsweep.search.failures): how a Ray worker failure is classed and
+each class held to its own cap. The real failures run in test_faults.py (worker death on
+local Ray) and test_cluster_faults.py (node loss and preemption on a two-node cluster)."""
+
+from __future__ import annotations
+
+from ray.exceptions import ActorDiedError
+
+from vlsweep.search import failures
+
+
+def test_a_preempted_actor_is_node_loss_whatever_the_nodes(monkeypatch):
+    monkeypatch.setattr(failures, "dead_nodes", lambda: set())
+    preempted = ActorDiedError()
+    preempted._preempted = True
+    assert failures.classify(preempted, {"n1"}) == failures.NODE_LOSS
+    # Inside a multi-worker trial's error, as its cause.
+    wrapped = RuntimeError("a train worker of this trial died")
+    wrapped.__cause__ = preempted
+    assert failures.classify(wrapped, set()) == failures.NODE_LOSS
+
+
+def test_a_dead_node_is_node_loss_and_a_live_one_worker_death(monkeypatch):
+    monkeypatch.setattr(failures, "dead_nodes", lambda: {"gone"})
+    died = ActorDiedError()
+    assert failures.classify(died, {"gone"}) == failures.NODE_LOSS
+    assert failures.classify(died, {"alive", "gone"}) == failures.NODE_LOSS  # a rank's node
+    assert failures.classify(died, {"alive"}) == failures.WORKER_DEATH
+    assert failures.classify(None, set()) == failures.WORKER_DEATH
+
+
+def test_each_class_has_its_own_cap_and_tune_gets_their_sum():
+    ledger = failures.Ledger(retries=1, node_loss_retries=2)
+    assert failures.tune_max_failures(1, 2) == 3
+    for _ in range(2):
+        ledger.add("t", failures.NODE_LOSS)
+    ledger.add("t", failures.WORKER_DEATH)
+    assert not ledger.over("t", failures.NODE_LOSS) and not ledger.over("t", failures.WORKER_DEATH)
+    ledger.add("t", failures.NODE_LOSS)
+    assert ledger.over("t", failures.NODE_LOSS) and not ledger.over("t", failures.WORKER_DEATH)
+    assert ledger.reason("t", failures.NODE_LOSS, "node n1 died") == (
+        "node loss 3 times, more than resources.node_loss_retries: 2 allows; the last: node n1 died"
+    )
+    assert not ledger.over("other", failures.WORKER_DEATH)
