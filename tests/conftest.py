@@ -66,3 +66,40 @@ def qwen_ids_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3 server on loopback (moto's): the one .ci/s3.sh started (VLSWEEP_TEST_S3_*), or
+    one started here. Yields the environment a user of it sets (endpoint and keys)."""
+    import os
+
+    from tests import s3_server
+
+    given = {
+        k[len("VLSWEEP_TEST_S3_") :]: v for k, v in os.environ.items() if k.startswith("VLSWEEP_TEST_S3_AWS_")
+    }
+    if given:
+        yield given
+        return
+    proc, env = s3_server.start()
+    try:
+        yield env
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """This test as a user of the S3 server: its endpoint and keys in the environment (Ray's
+    workers started after this inherit them), and a fresh bucket of its own."""
+    import uuid
+
+    import boto3
+
+    for key, value in s3_server.items():
+        monkeypatch.setenv(key, value)
+    bucket = f"vlsweep-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    return {"bucket": bucket, "env": dict(s3_server)}

@@ -90,21 +90,27 @@ def url_problem(url: str) -> str | None:
     return None
 
 
-def open_store(url: str, create: bool = True) -> Any:
+def open_store(url: str, create: bool = True, key: str = "artifacts.store", check: bool = False) -> Any:
     """Optuna's artifact store for ``url``: a directory (made when ``create``), or
-    ``s3://BUCKET``."""
+    ``s3://BUCKET`` (with ``check``, its bucket and credentials are tried first:
+    ``object_storage.check_bucket``). ``key`` names where the URL came from, for errors."""
     problem = url_problem(url)
     if problem:
-        raise UserInputError(f"artifacts.store: {problem}")
+        raise UserInputError(f"{key}: {problem}")
     if url.startswith("s3://"):
         try:
             import boto3
         except ImportError:
             raise UserInputError(
-                f"artifacts.store: {url!r} needs boto3 (pip install boto3); credentials come "
+                f"{key}: {url!r} needs boto3 (pip install 'vlsweep[s3]'); credentials come "
                 "from boto3's usual places (AWS_* variables, ~/.aws, an instance role)"
             ) from None
-        return optuna.artifacts.Boto3ArtifactStore(url[len("s3://") :].strip("/"), client=boto3.client("s3"))
+        bucket = url[len("s3://") :].strip("/")
+        if check:
+            from vlsweep import object_storage
+
+            object_storage.check_bucket(bucket, key)
+        return optuna.artifacts.Boto3ArtifactStore(bucket, client=boto3.client("s3"))
     path = Path(url).expanduser()
     if create:
         path.mkdir(parents=True, exist_ok=True)
@@ -121,7 +127,7 @@ def store_of(study: optuna.Study) -> Any | None:
     """The artifact store a sweep recorded on its study, or None (artifacts off, or a study
     from before they were stored)."""
     url = study.user_attrs.get(STORE_ATTR)
-    return open_store(url, create=False) if url and url != NONE else None
+    return open_store(url, create=False, check=True) if url and url != NONE else None
 
 
 def file_id(key: str, name: str) -> str:

@@ -340,7 +340,7 @@ def _dashboard_artifacts(storage: Any, given: str | None) -> Any:
     from vlsweep import artifacts as arts
 
     if given:
-        return arts.open_store(given)
+        return arts.open_store(given, key="--artifacts", check=True)
     urls = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         url = summary.user_attrs.get(arts.STORE_ATTR)
@@ -354,7 +354,7 @@ def _dashboard_artifacts(storage: Any, given: str | None) -> Any:
             "(pass --artifacts for another)"
         )
     _echo(f"trial files (artifacts) from {urls[0]}")
-    return arts.open_store(urls[0])
+    return arts.open_store(urls[0], check=True)
 
 
 @app.command("eval")

@@ -17,7 +17,7 @@ def store(ctx: Context) -> Any:
     from vlsweep import artifacts
 
     if ctx.opts.artifacts:
-        found = artifacts.open_store(ctx.opts.artifacts, create=False)
+        found = artifacts.open_store(ctx.opts.artifacts, create=False, key="--artifacts", check=True)
     else:
         found = artifacts.store_of(ctx.results.study)
     if found is None:

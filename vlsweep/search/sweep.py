@@ -35,7 +35,7 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune import Callback
 
-from vlsweep import artifacts, demo, outcomes, storages
+from vlsweep import artifacts, demo, object_storage, outcomes, storages
 from vlsweep.errors import SweepFailed, SweepInterrupted, UserInputError
 from vlsweep.params import BASELINE
 from vlsweep.search import driver_storage, failures, lease, ray_security, transfer
@@ -228,8 +228,10 @@ def _driving(plan: SweepPlan, storage_url: str, resume: bool, log: Log) -> Itera
         if not resume or not study.user_attrs.get("config"):
             study.set_user_attr("config", plan.recorded_config)
             study.set_user_attr("vlsweep_version", __version__)
+        # Object storage tried before any trial (a bad key would fail every trial at its end).
+        store = artifacts.open_store(store_url, check=True) if store_url != artifacts.NONE else None
+        object_storage.check_storage_path(plan.ray_storage_path)
         study.set_user_attr(artifacts.STORE_ATTR, store_url)
-        store = artifacts.open_store(store_url) if store_url != artifacts.NONE else None
         if not study.get_trials(deepcopy=False):
             for params, attrs in carried.points if carried else ():  # the carried front first
                 study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
