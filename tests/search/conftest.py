@@ -84,3 +84,12 @@ def faults_record():
         return row
 
     return record
+
+
+@pytest.fixture(scope="session")
+def cluster_token():
+    """The token file the test clusters' nodes and commands run with (ray_nodes.ENV)."""
+    from tests.search.ray_nodes import remove_token, write_token
+
+    yield write_token()
+    remove_token()

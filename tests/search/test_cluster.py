@@ -10,71 +10,26 @@ cluster's secret would; never a command line).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import optuna
-import psutil
 import pytest
 import yaml
 from optuna.trial import TrialState
 
 from tests.search.conftest import fresh_pg_database
+from tests.search.ray_nodes import AUTH_VARS, ENV, RAY
+from tests.search.ray_nodes import free_ports as _free_ports
+from tests.search.ray_nodes import ours as _ours
+from tests.search.ray_nodes import stop as _stop
 
-pytestmark = pytest.mark.cluster
-
-RAY = str(Path(sys.executable).with_name("ray"))
-# The clusters' token, and what the nodes and the user's commands run with: the token in a
-# file of the user's only, named by RAY_AUTH_TOKEN_PATH, and token mode on.
-TOKEN = Path(tempfile.mkdtemp(prefix="vlsweep-ray-token-")) / "token"  # a private folder
-AUTH_VARS = {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"}
-ENV = {
-    **{k: v for k, v in os.environ.items() if k not in AUTH_VARS},
-    "RAY_AUTH_MODE": "token",
-    "RAY_AUTH_TOKEN_PATH": str(TOKEN),
-    "RAY_USAGE_STATS_ENABLED": "0",
-}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cluster_token():
-    fd = os.open(TOKEN, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32))
-    yield TOKEN
-    shutil.rmtree(TOKEN.parent, ignore_errors=True)
-
-
-def _free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports. The sockets stay bound until all are picked: one at a
-    time, the kernel can hand out a just-closed port again (seen in CI: Ray refused a
-    node whose client server and agent got the same port)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-
-
-def _ours(temp_dirs: list[Path]) -> list[psutil.Process]:
-    """The processes of our Ray nodes (their command lines name our temp dirs) and children."""
-    found: list[psutil.Process] = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if any(str(d) in cmd for d in temp_dirs):
-            found.append(proc)
-            with contextlib.suppress(psutil.NoSuchProcess):
-                found += proc.children(recursive=True)
-    return found
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("cluster_token")]
 
 
 @pytest.fixture(scope="module")
@@ -179,17 +134,6 @@ def _submit(cluster, wd: Path, url: str, timeout: float = 600) -> subprocess.Com
         text=True,
         timeout=timeout,
     )
-
-
-def _stop(temp_dirs: list[Path]) -> None:
-    """Kill the Ray processes of these nodes and remove their temp dirs."""
-    procs = _ours(temp_dirs)
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.send_signal(signal.SIGKILL)
-    psutil.wait_procs(procs, timeout=20)
-    for d in temp_dirs:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def _launch_joining(wd: Path, url: str, port: int, timeout: float) -> subprocess.CompletedProcess:

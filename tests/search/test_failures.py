@@ -42,3 +42,18 @@ def test_each_class_has_its_own_cap_and_tune_gets_their_sum():
         "node loss 3 times, more than resources.node_loss_retries: 2 allows; the last: node n1 died"
     )
     assert not ledger.over("other", failures.WORKER_DEATH)
+
+
+def test_a_worker_ray_lost_touch_with_waits_for_the_gcs_verdict_on_its_node(monkeypatch):
+    """ActorUnavailableError arrives before the GCS has failed the node's health checks:
+    node loss once the node is listed dead, worker death if it stays alive."""
+    monkeypatch.setattr(failures, "NODE_VERDICT_SECONDS", 5.0)
+    monkeypatch.setattr(failures.time, "sleep", lambda _s: None)
+    looks = iter([set(), set(), {"n2"}])
+    monkeypatch.setattr(failures, "dead_nodes", lambda: next(looks, {"n2"}))
+    cut_off = RuntimeError("ActorUnavailableError: The actor is temporarily unavailable: Socket closed")
+    assert failures.cause(cut_off, {"n2"}) == (failures.NODE_LOSS, "node died")
+    clock = iter(range(100))
+    monkeypatch.setattr(failures.time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(failures, "dead_nodes", lambda: set())
+    assert failures.cause(cut_off, {"n2"}) == (failures.WORKER_DEATH, "worker died")

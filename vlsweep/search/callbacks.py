@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -18,6 +19,7 @@ from vlsweep.search import failures, lease
 from vlsweep.search.backend import waiting_reason
 from vlsweep.search.config import SweepConfig, check_loggers
 from vlsweep.search.searcher import OptunaAskTellSearcher
+from vlsweep.search.worker import CHECKPOINT_KEY
 
 Log = Callable[[str], None]
 _log = logging.getLogger("vlsweep")
@@ -157,11 +159,18 @@ class Events(Callback):
 
     def _failed(self, trial: Any) -> tuple[str, Any]:
         """A trial whose Ray worker failed: its class (``failures``), counted and recorded."""
-        err = trial.get_error()
-        kind = failures.classify(err, self.searcher.nodes(trial.trial_id))
+        err = _error_of(trial)
+        kind, what = failures.cause(err, self.searcher.nodes(trial.trial_id))
         count = self.ledger.add(trial.trial_id, kind)
         self.searcher.note(trial.trial_id, failures.COUNT_ATTR[kind], count)
+        self.searcher.note(trial.trial_id, "last_failure", f"{kind} ({what}): {failures.error_line(err)}")
         return kind, err
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        # Tune has registered it: a run again of the trial continues from this step.
+        step = (trial.last_result or {}).get(CHECKPOINT_KEY)
+        if step:
+            self.searcher.note(trial.trial_id, "checkpoint_step", int(step))
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # Ray runs the trial again, as the same Optuna trial, unless its class is over its cap.
@@ -232,3 +241,22 @@ def _drop_checkpoint(trial: Any) -> None:
         checkpoint.filesystem.delete_dir(checkpoint.path)
     except (FileNotFoundError, OSError) as err:  # already gone, or storage unreachable now
         _log.debug("could not remove %s: %s", checkpoint.path, err)
+
+
+def _error_of(trial: Any) -> Any:
+    """The error the trial's worker failed with: the exception Tune pickled on this machine
+    (Ray's own marks on it, such as an actor's ``preempted``, intact), else its text. Tune's
+    ``get_error`` reads ray.storage_path, where object storage has it only once synced."""
+    import pickle
+
+    path = getattr(trial, "pickled_error_file", None)
+    if path and Path(path).is_file():
+        try:
+            with open(path, "rb") as f:
+                return pickle.load(f)
+        except Exception as err:  # not unpicklable here: the text below
+            _log.debug("could not read %s: %s", path, err)
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        return Path(path).read_text()
+    return trial.get_error()

@@ -23,9 +23,14 @@ FAIL with the reason, and its run again is stopped at its first report.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+# How long a worker Ray lost touch with waits for the GCS to say whether its node died:
+# Ray's own health checks of a node (every 3 s, 5 failures by default) take about 15 s.
+NODE_VERDICT_SECONDS = 30.0
 
 TRIAL_ERROR = "trial error"
 WORKER_DEATH = "worker death"
@@ -44,10 +49,42 @@ def tune_max_failures(retries: int, node_loss_retries: int) -> int:
 def classify(error: BaseException | None, nodes: Iterable[str]) -> str:
     """A trial whose Ray worker failed: node loss when Ray says the node was preempted,
     or when a node the trial ran on is no longer alive; else worker death."""
+    return cause(error, nodes)[0]
+
+
+def cause(error: BaseException | None, nodes: Iterable[str]) -> tuple[str, str]:
+    """The class and, in words, what happened: ``preempted`` (drained for preemption),
+    ``node died`` or ``worker died``."""
+    nodes = set(nodes)
     if _preempted(error):
-        return NODE_LOSS
-    gone = dead_nodes()
-    return NODE_LOSS if any(n in gone for n in nodes) else WORKER_DEATH
+        return NODE_LOSS, "preempted"
+    if any(n in dead_nodes() for n in nodes) or _says_node_died(error):
+        return NODE_LOSS, "node died"
+    if nodes and _connection_lost(error):
+        # The worker was cut off, not reported dead: its node may be going, which the GCS
+        # says once its health checks of the node have failed. Wait for that verdict.
+        deadline = time.monotonic() + NODE_VERDICT_SECONDS
+        while time.monotonic() < deadline:
+            if any(n in dead_nodes() for n in nodes):
+                return NODE_LOSS, "node died"
+            time.sleep(0.5)
+    return WORKER_DEATH, "worker died"
+
+
+def _connection_lost(error: Any) -> bool:
+    """Ray's errors for a worker it lost touch with (rather than one it saw die)."""
+    text = f"{type(error).__name__}: {error}"
+    return any(
+        hint in text
+        for hint in ("ActorUnavailableError", "temporarily unavailable", "Socket closed", "HealthCheck")
+    )
+
+
+def _says_node_died(error: Any) -> bool:
+    """Ray's text for an actor whose node died (the GCS may not list the node as dead yet
+    when the trial's error arrives)."""
+    text = str(error or "")
+    return "node has died" in text or "node died" in text.lower() or "NodeDiedError" in text
 
 
 def _preempted(error: BaseException | None) -> bool:

@@ -39,6 +39,8 @@ _log = logging.getLogger("vlsweep")
 
 # Where the trial ran (node id, worker process; a multi-worker trial's world size and
 # each rank's place), recorded as reported.
+# The Optuna trial's user attr naming the Ray Tune experiment (the sweep's run) it ran in.
+EXPERIMENT_ATTR = "ray_experiment"
 _PLACEMENT_KEYS = ("node_id", "worker_pid", "gpu_ids", "train_started", "world_size", "rank_placement")
 
 
@@ -115,6 +117,8 @@ class OptunaAskTellSearcher(Searcher):
         trial.set_user_attr("ray_trial_id", trial_id)
         if self.run_id:
             trial.set_user_attr("vlsweep_run", self.run_id)
+        if self.experiment:  # with the Ray trial id, what names its stored files and checkpoints
+            trial.set_user_attr(EXPERIMENT_ATTR, self.experiment)
         self._live[trial_id] = trial
         return {"params": values, "optuna_trial": trial.number}
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from ray import tune
 from ray.tune import Callback
 
@@ -53,7 +53,8 @@ from vlsweep.search.driver_storage import create_or_check
 from vlsweep.search.plan import SweepPlan, resolve
 from vlsweep.search.sampling import make_sampler
 from vlsweep.search.schedulers import make_scheduler
-from vlsweep.search.searcher import OptunaAskTellSearcher
+from vlsweep.search.searcher import EXPERIMENT_ATTR, OptunaAskTellSearcher
+from vlsweep.search.worker import artifacts_key
 
 Log = Callable[[str], None]
 # Set on the study to ask the running driver to stop cleanly (as Ctrl-C would).
@@ -101,10 +102,16 @@ def artifact_store_url(cfg: SweepConfig, study: optuna.Study, storage_url: str, 
     return url
 
 
-def requeue_lost(study: optuna.Study, log: Log) -> int:
-    """Fail trials a killed driver left RUNNING and queue them again with their parameters."""
+def requeue_lost(
+    study: optuna.Study, log: Log, store: Any = None, ray_storage_path: str | None = None
+) -> int:
+    """Fail trials a killed driver left RUNNING and queue them again with their parameters.
+    What they may have begun to store in ``store`` (never linked: they did not finish) and
+    their checkpoints in ``ray_storage_path`` (their run again starts a new Ray trial) are
+    removed."""
     lost = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
     for t in lost:
+        _remove_leftovers(t, store, ray_storage_path, log)
         # A carried point stays one on its re-run (status shows it, not the lost run).
         kept = {k: t.user_attrs[k] for k in (outcomes.CARRIED_ATTR,) if k in t.user_attrs}
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, **kept}, skip_if_exists=False)
@@ -116,6 +123,29 @@ def requeue_lost(study: optuna.Study, log: Log) -> int:
     if lost:
         log(f"re-queued {len(lost)} trial(s) lost with the previous driver: {[t.number for t in lost]}")
     return len(lost)
+
+
+def _remove_leftovers(trial: FrozenTrial, store: Any, ray_storage_path: str | None, log: Log) -> None:
+    experiment = trial.user_attrs.get(EXPERIMENT_ATTR)
+    ray_id = trial.user_attrs.get("ray_trial_id")
+    if not experiment or not ray_id:
+        return
+    try:
+        if store is not None:
+            artifacts.remove_unlinked(store, artifacts_key(experiment, ray_id, trial.number))
+        if ray_storage_path:
+            import pyarrow.fs
+
+            fs, root = pyarrow.fs.FileSystem.from_uri(ray_storage_path)
+            # The trial's directory, as callbacks.trial_name names it, in its run's experiment.
+            found = fs.get_file_info(pyarrow.fs.FileSelector(f"{root}/{experiment}", allow_not_found=True))
+            for info in found:
+                if info.base_name.endswith(f"-{ray_id}") and info.type == pyarrow.fs.FileType.Directory:
+                    for sub in fs.get_file_info(pyarrow.fs.FileSelector(info.path)):
+                        if sub.base_name.startswith("checkpoint_"):
+                            fs.delete_dir(sub.path)
+    except Exception as err:  # storage unreachable now: the sweep goes on without tidying
+        log(f"warning: could not remove what lost trial {trial.number} left in storage: {err}")
 
 
 def run_sweep(
@@ -236,7 +266,7 @@ def _driving(plan: SweepPlan, storage_url: str, resume: bool, log: Log) -> Itera
             for params, attrs in carried.points if carried else ():  # the carried front first
                 study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
             _seed_points(study, plan)
-        requeue_lost(study, log)
+        requeue_lost(study, log, store, plan.ray_storage_path)
         remaining = cfg.search.trials - outcomes.finished_toward_trials(study.get_trials(deepcopy=False))
         log(
             f"study {cfg.name!r} in {storages.masked(storage_url)}: "
