@@ -56,6 +56,7 @@ TABLES: dict[str, tuple[str, str, str]] = {
     "fit_examples": ("fit_examples.json", "fit_examples", "doc_block"),
     "fit_examples.multi_worker": ("fit_examples.json", "fit_examples", "doc_block_multi"),
     "multi_worker": ("multi_worker.json", "multi_worker", "doc_table"),
+    "faults": ("faults.json", "faults", "doc_table"),
     "transfer.rank": ("transfer.json", "transfer", "doc_rank"),
     "transfer.scan": ("transfer.json", "transfer", "doc_scan"),
     "transfer.arms": ("transfer.json", "transfer", "doc_arms"),

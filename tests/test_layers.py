@@ -30,6 +30,7 @@ LAYERS = [
         "vlsweep.pareto",
         "vlsweep.spaces",
         "vlsweep.artifacts",
+        "vlsweep.object_storage",
         "vlsweep.storages",
         "vlsweep.outcomes",
     ),

@@ -68,7 +68,7 @@ def test_a_trial_resumed_from_its_checkpoint_ends_bit_for_bit_as_the_uninterrupt
 
     # The same trial killed after its checkpoint at step 4 (at step 6, before its evaluation) ...
     def keep(step: int, state: dict) -> None:
-        checkpoints.save(state, tmp_path / f"ckpt-{step}")
+        checkpoints.save_checkpoint(state, tmp_path / f"ckpt-{step}")
 
     def rows(row: dict) -> None:
         if row["step"] == 6:
@@ -86,7 +86,7 @@ def test_a_trial_resumed_from_its_checkpoint_ends_bit_for_bit_as_the_uninterrupt
         data=data,
         base=base,
         output_dir=tmp_path / "resumed",
-        resume=checkpoints.load(tmp_path / "ckpt-4"),
+        resume=checkpoints.load_checkpoint(tmp_path / "ckpt-4"),
     )
     assert _final(resumed) == _final(whole)
     # Only the evaluations after the checkpoint are made (and reported) again.

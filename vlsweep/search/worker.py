@@ -172,10 +172,10 @@ class _Reports:
 
         from ray import tune
 
-        from vlsweep.trials import checkpoints
+        from vlsweep.trials import save_checkpoint
 
         with tempfile.TemporaryDirectory(prefix="vlsweep-checkpoint-") as tmp:
-            checkpoints.save(state, Path(tmp))
+            save_checkpoint(state, Path(tmp))
             result = {**self.placement, "steps": step, CHECKPOINT_KEY: step}
             self.send(result, checkpoint=tune.Checkpoint.from_directory(tmp))
 
@@ -241,13 +241,13 @@ def _last_checkpoint() -> dict[str, Any] | None:
     or no checkpoint made yet)."""
     from ray import tune
 
-    from vlsweep.trials import checkpoints
+    from vlsweep.trials import load_checkpoint
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
-        return checkpoints.load(Path(directory))
+        return load_checkpoint(Path(directory))
 
 
 def _file_key(config: dict[str, Any]) -> str:

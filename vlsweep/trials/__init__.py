@@ -32,6 +32,7 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_OptionalKernelNote
 
 if TYPE_CHECKING:  # for type checkers; at run time __getattr__ below loads them
     from vlsweep.trials.batching import IGNORE, Encoder, collate  # noqa: F401
+    from vlsweep.trials.checkpoints import load_checkpoint, save_checkpoint  # noqa: F401
     from vlsweep.trials.codecs import CODECS, BoxCodec  # noqa: F401
     from vlsweep.trials.data import (  # noqa: F401
         Record,
@@ -99,6 +100,8 @@ _EXPORTS = {
     "resolve_device": "modeling",
     "resolve_dtype": "modeling",
     "Ranks": "ranks",
+    "save_checkpoint": "checkpoints",
+    "load_checkpoint": "checkpoints",
     "Estimate": "memory",
     "data_shape": "memory",
     "estimate": "memory",

@@ -105,14 +105,14 @@ def replay(mixer: TaskMixer, steps: int, batch_size: int) -> None:
         mixer.batch(batch_size, step)
 
 
-def save(state: dict[str, Any], directory: Path) -> Path:
+def save_checkpoint(state: dict[str, Any], directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / STATE_FILE
     torch.save(state, path)
     return path
 
 
-def load(directory: Path) -> dict[str, Any]:
+def load_checkpoint(directory: Path) -> dict[str, Any]:
     # Not weights_only: the state holds Python's RNG state and FAMO's object, written by
     # this trial's own worker into the sweep's storage.
     loaded: dict[str, Any] = torch.load(Path(directory) / STATE_FILE, weights_only=False, map_location="cpu")
