@@ -20,6 +20,7 @@ COLUMNS = (
     "complete",
     "pruned",
     "failed",
+    "requeued",
     "lost",
     "duplicated",
     "left_running",

@@ -66,6 +66,8 @@ def faults_record():
             "complete": sum(t.state == TrialState.COMPLETE for t in trials),
             "pruned": sum(t.state == TrialState.PRUNED for t in trials),
             "failed": sum(t.state == TrialState.FAIL and not t.user_attrs.get("requeued") for t in trials),
+            # Lost with a driver and run again as a new trial (counted once, by its re-run).
+            "requeued": sum(bool(t.user_attrs.get("requeued")) for t in trials),
             "lost": max(0, planned - finished),
             "duplicated": sum(n - 1 for n in ray_ids.values()) + max(0, finished - planned),
             "left_running": sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials),
