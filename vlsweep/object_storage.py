@@ -14,6 +14,7 @@ every trial would fail on its own at its end, with its adapter lost.
 from __future__ import annotations
 
 import os
+import uuid
 from typing import Any
 
 from vlsweep.errors import UserInputError
@@ -45,7 +46,13 @@ def check_bucket(bucket: str, key: str) -> None:
 
     where = f"{key}: s3://{bucket} (at {endpoint()})"
     try:
-        boto3_client().head_bucket(Bucket=bucket)
+        client = boto3_client()
+        client.head_bucket(Bucket=bucket)
+        # Keys that may read but not write would fail every trial at its end: write and
+        # remove a probe.
+        probe = f".vlsweep-probe-{uuid.uuid4().hex}"
+        client.put_object(Bucket=bucket, Key=probe, Body=b"")
+        client.delete_object(Bucket=bucket, Key=probe)
     except NoCredentialsError:
         raise UserInputError(f"{where}: no AWS credentials were found; {CREDENTIALS_HINT}") from None
     except ClientError as err:
@@ -83,7 +90,10 @@ def check_storage_path(uri: str, key: str = "ray.storage_path") -> None:
                 f"{where}: the bucket {bucket} does not exist; create it (aws s3 mb s3://{bucket}) "
                 "or name another"
             )
-        fs.get_file_info(path)
+        probe = f"{path.rstrip('/')}/.vlsweep-probe-{uuid.uuid4().hex}"
+        with fs.open_output_stream(probe) as f:
+            f.write(b"")
+        fs.delete_file(probe)
     except OSError as err:
         text = str(err)
         if (

@@ -10,7 +10,7 @@ from vlsweep.search import failures
 
 
 def test_a_preempted_actor_is_node_loss_whatever_the_nodes(monkeypatch):
-    monkeypatch.setattr(failures, "dead_nodes", lambda: set())
+    monkeypatch.setattr(failures, "dead_nodes", lambda: {})
     preempted = ActorDiedError()
     preempted._preempted = True
     assert failures.classify(preempted, {"n1"}) == failures.NODE_LOSS
@@ -21,7 +21,7 @@ def test_a_preempted_actor_is_node_loss_whatever_the_nodes(monkeypatch):
 
 
 def test_a_dead_node_is_node_loss_and_a_live_one_worker_death(monkeypatch):
-    monkeypatch.setattr(failures, "dead_nodes", lambda: {"gone"})
+    monkeypatch.setattr(failures, "dead_nodes", lambda: {"gone": "node died"})
     died = ActorDiedError()
     assert failures.classify(died, {"gone"}) == failures.NODE_LOSS
     assert failures.classify(died, {"alive", "gone"}) == failures.NODE_LOSS  # a rank's node
@@ -49,11 +49,19 @@ def test_a_worker_ray_lost_touch_with_waits_for_the_gcs_verdict_on_its_node(monk
     node loss once the node is listed dead, worker death if it stays alive."""
     monkeypatch.setattr(failures, "NODE_VERDICT_SECONDS", 5.0)
     monkeypatch.setattr(failures.time, "sleep", lambda _s: None)
-    looks = iter([set(), set(), {"n2"}])
-    monkeypatch.setattr(failures, "dead_nodes", lambda: next(looks, {"n2"}))
+    looks = iter([{}, {}, {}, {"n2": "node died"}])
+    monkeypatch.setattr(failures, "dead_nodes", lambda: next(looks, {"n2": "node died"}))
     cut_off = RuntimeError("ActorUnavailableError: The actor is temporarily unavailable: Socket closed")
     assert failures.cause(cut_off, {"n2"}) == (failures.NODE_LOSS, "node died")
     clock = iter(range(100))
     monkeypatch.setattr(failures.time, "monotonic", lambda: float(next(clock)))
-    monkeypatch.setattr(failures, "dead_nodes", lambda: set())
+    monkeypatch.setattr(failures, "dead_nodes", lambda: {})
     assert failures.cause(cut_off, {"n2"}) == (failures.WORKER_DEATH, "worker died")
+
+
+def test_a_node_the_gcs_records_as_drained_for_preemption_is_a_preemption(monkeypatch):
+    """The trial's error may be Ray's "unavailable" one, without the preempted mark: the
+    node's own death record says it."""
+    monkeypatch.setattr(failures, "dead_nodes", lambda: {"n2": "preempted"})
+    cut_off = RuntimeError("ActorUnavailableError: The actor is temporarily unavailable: Socket closed")
+    assert failures.cause(cut_off, {"n2"}) == (failures.NODE_LOSS, "preempted")

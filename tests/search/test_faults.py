@@ -185,7 +185,9 @@ class _KillWorker(Callback):
         self.optuna_trial, self.killed = optuna_trial, 0
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if trial.config["optuna_trial"] == self.optuna_trial and not self.killed and "worker_pid" in result:
+        # At its first training result (not the report it makes on starting): mid-trial.
+        started = "worker_pid" in result and result.get("steps")
+        if trial.config["optuna_trial"] == self.optuna_trial and not self.killed and started:
             self.killed = int(result["worker_pid"])
             os.kill(self.killed, signal.SIGKILL)
 
@@ -214,7 +216,13 @@ def test_a_worker_killed_mid_trial_is_retried_and_recorded_once(
             "its Ray worker died (worker death); running it again from step 0" in line for line in logged
         )
     else:
-        assert hit.state == TrialState.FAIL and hit.user_attrs["error"].startswith("the Ray worker failed")
+        # Over resources.retries (0) as a worker death: FAIL now, the count recorded, its
+        # run again (Tune's limit also counts node_loss_retries) stopped at its first report.
+        assert hit.state == TrialState.FAIL and hit.user_attrs["worker_restarts"] == 1
+        assert hit.user_attrs["error"].startswith(
+            "the Ray worker failed: worker death 1 time, more than resources.retries: 0 allows"
+        ), hit.user_attrs["error"]
+        assert hit.user_attrs["last_failure"].startswith("worker death (worker died)")
     assert all(t.state == TrialState.COMPLETE for t in trials if t.number != 1)
 
 

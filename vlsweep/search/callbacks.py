@@ -143,6 +143,7 @@ class Events(Callback):
         self.last = 0.0
         self.last_state = ""  # what the last progress line said, without its time
         self.ledger = failures.Ledger(retries, node_loss_retries)
+        self.registered: dict[str, int] = {}  # each trial's last checkpoint Tune registered
         self.tune_trials: list[Any] | None = None
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -158,9 +159,19 @@ class Events(Callback):
         self.__dict__.update(state)
 
     def _failed(self, trial: Any) -> tuple[str, Any]:
-        """A trial whose Ray worker failed: its class (``failures``), counted and recorded."""
-        err = _error_of(trial)
-        kind, what = failures.cause(err, self.searcher.nodes(trial.trial_id))
+        """A trial whose Ray worker failed: its class (``failures``), counted and recorded.
+        Nothing here may stop the sweep: a failure that cannot be classed is a worker death."""
+        err: Any = None
+        try:
+            err = _error_of(trial)
+            kind, what = failures.cause(
+                err,
+                self.searcher.nodes(trial.trial_id),
+                waiting=lambda: lease.heartbeat(self.study, self.driver),
+            )
+        except Exception as exc:  # Ray's state unreadable for a moment, an odd error file
+            _log.warning("could not tell why trial %s failed: %s", trial.trial_id, exc)
+            kind, what = failures.WORKER_DEATH, "unknown"
         count = self.ledger.add(trial.trial_id, kind)
         self.searcher.note(trial.trial_id, failures.COUNT_ATTR[kind], count)
         self.searcher.note(trial.trial_id, "last_failure", f"{kind} ({what}): {failures.error_line(err)}")
@@ -170,6 +181,7 @@ class Events(Callback):
         # Tune has registered it: a run again of the trial continues from this step.
         step = (trial.last_result or {}).get(CHECKPOINT_KEY)
         if step:
+            self.registered[trial.trial_id] = int(step)
             self.searcher.note(trial.trial_id, "checkpoint_step", int(step))
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -185,24 +197,25 @@ class Events(Callback):
             return
         self.searcher.recovering(trial.trial_id)
         what = "its node was lost" if kind == failures.NODE_LOSS else "its Ray worker died"
-        step = self.searcher.checkpointed(trial.trial_id)
+        step = self.registered.get(trial.trial_id)
         where = f"from its checkpoint at step {step}" if step else "from step 0"
         self.log(f"trial {number}: {what} ({kind}); running it again {where}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # Tune gives up on the trial (its own limit, both caps together, is reached).
         kind, err = self._failed(trial)
-        message = "the Ray worker failed"
-        if err is not None:
-            message = f"the Ray worker failed: {failures.error_line(err)}"
-        if kind == failures.NODE_LOSS:
-            message = (
-                f"the Ray worker failed: {self.ledger.reason(trial.trial_id, kind, failures.error_line(err))}"
-            )
+        detail = failures.error_line(err) if err is not None else "(no message)"
+        if self.ledger.over(trial.trial_id, kind):
+            message = f"the Ray worker failed: {self.ledger.reason(trial.trial_id, kind, detail)}"
+        else:
+            message = f"the Ray worker failed: {kind}: {detail}"
         self.searcher.fail(trial.trial_id, message)
+        self.registered.pop(trial.trial_id, None)
         _drop_checkpoint(trial)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.tune_trials = trials
+        self.registered.pop(trial.trial_id, None)
         _drop_checkpoint(trial)
         self._tick(force=True)
 
@@ -244,19 +257,25 @@ def _drop_checkpoint(trial: Any) -> None:
 
 
 def _error_of(trial: Any) -> Any:
-    """The error the trial's worker failed with: the exception Tune pickled on this machine
-    (Ray's own marks on it, such as an actor's ``preempted``, intact), else its text. Tune's
-    ``get_error`` reads ray.storage_path, where object storage has it only once synced."""
+    """The error the trial's worker last failed with: the exception Tune pickled on this
+    machine (Ray's own marks on it, such as an actor's ``preempted``, intact) when it is
+    the last failure's, else the last failure's text. Tune's ``get_error`` reads
+    ray.storage_path, where object storage has it only once synced."""
     import pickle
 
-    path = getattr(trial, "pickled_error_file", None)
-    if path and Path(path).is_file():
+    text_path = Path(getattr(trial, "error_file", None) or "/nonexistent")
+    pickled = Path(getattr(trial, "pickled_error_file", None) or "/nonexistent")
+    # Tune rewrites the pickle only for Ray's own errors and appends each failure to the
+    # text: a pickle older than the text's last write is an earlier failure's.
+    if pickled.is_file() and (
+        not text_path.is_file() or pickled.stat().st_mtime >= text_path.stat().st_mtime - 1
+    ):
         try:
-            with open(path, "rb") as f:
+            with pickled.open("rb") as f:
                 return pickle.load(f)
-        except Exception as err:  # not unpicklable here: the text below
-            _log.debug("could not read %s: %s", path, err)
-    path = getattr(trial, "error_file", None)
-    if path and Path(path).is_file():
-        return Path(path).read_text()
+        except Exception as err:  # not loadable here: the text below
+            _log.debug("could not read %s: %s", pickled, err)
+    if text_path.is_file():
+        text = text_path.read_text()
+        return text.rsplit("Failure #", 1)[-1] if "Failure #" in text else text
     return trial.get_error()

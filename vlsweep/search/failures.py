@@ -23,14 +23,17 @@ FAIL with the reason, and its run again is stopped at its first report.
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 # How long a worker Ray lost touch with waits for the GCS to say whether its node died:
-# Ray's own health checks of a node (every 3 s, 5 failures by default) take about 15 s.
-NODE_VERDICT_SECONDS = 30.0
+# Ray's own health checks of a node (every 3 s, 5 failures by default) rule on a killed
+# node in about 15 s, on a host gone silent later (each check also waits for its
+# timeout). A cluster with other health-check settings sets VLSWEEP_NODE_VERDICT_SECONDS.
+NODE_VERDICT_SECONDS = float(os.environ.get("VLSWEEP_NODE_VERDICT_SECONDS", "60"))
 
 TRIAL_ERROR = "trial error"
 WORKER_DEATH = "worker death"
@@ -52,23 +55,44 @@ def classify(error: BaseException | None, nodes: Iterable[str]) -> str:
     return cause(error, nodes)[0]
 
 
-def cause(error: BaseException | None, nodes: Iterable[str]) -> tuple[str, str]:
+def cause(
+    error: BaseException | None, nodes: Iterable[str], waiting: Callable[[], None] | None = None
+) -> tuple[str, str]:
     """The class and, in words, what happened: ``preempted`` (drained for preemption),
-    ``node died`` or ``worker died``."""
+    ``node died`` or ``worker died``. ``waiting`` is called every few seconds while the
+    GCS is waited for (the driver keeps its lease alive)."""
     nodes = set(nodes)
     if _preempted(error):
         return NODE_LOSS, "preempted"
-    if any(n in dead_nodes() for n in nodes) or _says_node_died(error):
+    gone = _gone(nodes)
+    if gone:
+        return NODE_LOSS, gone
+    if _says_node_died(error):
         return NODE_LOSS, "node died"
     if nodes and _connection_lost(error):
         # The worker was cut off, not reported dead: its node may be going, which the GCS
         # says once its health checks of the node have failed. Wait for that verdict.
         deadline = time.monotonic() + NODE_VERDICT_SECONDS
+        polls = 0
         while time.monotonic() < deadline:
-            if any(n in dead_nodes() for n in nodes):
-                return NODE_LOSS, "node died"
+            gone = _gone(nodes)
+            if gone:
+                return NODE_LOSS, gone
+            polls += 1
+            if waiting is not None and polls % 10 == 0:
+                waiting()
             time.sleep(0.5)
     return WORKER_DEATH, "worker died"
+
+
+def _gone(nodes: set[str]) -> str:
+    """How one of ``nodes`` went, as the GCS recorded it ("preempted" for a node drained
+    for preemption, "node died" otherwise), or "" while all are alive."""
+    dead = dead_nodes()
+    reasons = [dead[n] for n in nodes if n in dead]
+    if not reasons:
+        return ""
+    return "preempted" if "preempted" in reasons else "node died"
 
 
 def _connection_lost(error: Any) -> bool:
@@ -96,16 +120,27 @@ def _preempted(error: BaseException | None) -> bool:
             return True
         if "PreemptionError" in type(error).__name__ or "DRAIN_PREEMPTED" in str(error):
             return True
-        error = getattr(error, "cause", None) or error.__cause__
+        error = getattr(error, "cause", None) or getattr(error, "__cause__", None)
         seen += 1
     return False
 
 
-def dead_nodes() -> set[str]:
-    """Ids of the Ray cluster's nodes that are no longer alive (as the GCS knows them)."""
+def dead_nodes() -> dict[str, str]:
+    """The Ray cluster's nodes that are no longer alive, as the GCS knows them: id ->
+    "preempted" (drained for preemption before it went) or "node died"."""
     import ray
 
-    return {n["NodeID"] for n in ray.nodes() if not n.get("Alive", True)}
+    out = {}
+    for n in ray.nodes():
+        if not n.get("Alive", True):
+            reason = str(n.get("DeathReason", "")) + " " + str(n.get("DeathReasonMessage", ""))
+            preempted = "PREEMPT" in reason.upper() or str(n.get("DeathReason")) == str(_PREEMPTED_REASON)
+            out[n["NodeID"]] = "preempted" if preempted else "node died"
+    return out
+
+
+# Ray's NodeDeathInfo reason for a node drained for preemption (gcs.proto), as a number.
+_PREEMPTED_REASON = 3
 
 
 @dataclass

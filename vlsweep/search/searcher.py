@@ -32,7 +32,7 @@ from ray.tune.search import Searcher
 from vlsweep import artifacts, outcomes
 from vlsweep.metrics import METRICS
 from vlsweep.search.sampling import RUNG_ATTR, reproducible_slot
-from vlsweep.search.worker import CHECKPOINT_KEY, DIED_KEY, ERROR_KEY, RESUMED_KEY, artifacts_key
+from vlsweep.search.worker import DIED_KEY, ERROR_KEY, RESUMED_KEY, artifacts_key
 from vlsweep.spaces import Space
 
 _log = logging.getLogger("vlsweep")
@@ -75,10 +75,10 @@ class OptunaAskTellSearcher(Searcher):
         self._died: dict[str, str] = {}
         self._awaiting_error: dict[str, optuna.Trial] = {}
         self._placement: dict[str, dict[str, Any]] = {}
-        self._checkpointed: dict[str, int] = {}  # the step of each trial's last checkpoint
         # The Ray Tune experiment's name (the sweep sets it): with the trial, what names the
         # files a trial stores (worker.artifacts_key).
         self.experiment = ""
+        self.unfinished: list[str] = []  # Ray trial ids close() finished before they did
         # Fail fast: the errors of the first ``fail_fast`` trials this run finished, while
         # every one of them failed; ``abort_reason`` is set once they all failed alike.
         self.fail_fast = fail_fast
@@ -132,8 +132,6 @@ class OptunaAskTellSearcher(Searcher):
         if result.get(DIED_KEY):
             self._died[trial_id] = str(result[DIED_KEY])
         trial = self._live.get(trial_id)
-        if result.get(CHECKPOINT_KEY):
-            self._checkpointed[trial_id] = int(result[CHECKPOINT_KEY])
         if trial is not None and result.get(RESUMED_KEY):
             trial.set_user_attr("resumed_from_step", int(result[RESUMED_KEY]))
         if trial is not None:
@@ -175,8 +173,9 @@ class OptunaAskTellSearcher(Searcher):
         self._finish(trial_id, trial, result)
 
     def note(self, trial_id: str, key: str, value: Any) -> None:
-        """Record a user attr on the running trial (e.g. where its logs are)."""
-        trial = self._live.get(trial_id)
+        """Record a user attr on the running trial (e.g. where its logs are), or on one Tune
+        has just given up on, whose failure is being recorded."""
+        trial = self._live.get(trial_id) or self._awaiting_error.get(trial_id)
         if trial is not None:
             trial.set_user_attr(key, value)
 
@@ -216,10 +215,6 @@ class OptunaAskTellSearcher(Searcher):
             nodes |= {r["node_id"] for r in (json.loads(ranks) if isinstance(ranks, str) else ranks)}
         return nodes
 
-    def checkpointed(self, trial_id: str) -> int | None:
-        """The step of the trial's last checkpoint (None: it made none)."""
-        return self._checkpointed.get(trial_id)
-
     def closed(self, trial_id: str) -> bool:
         """Whether the Optuna trial of this Ray trial is finished (told, or failed by the
         driver while Tune still runs it)."""
@@ -241,6 +236,7 @@ class OptunaAskTellSearcher(Searcher):
         """
         requeued = []
         self._first_errors = None  # these trials did not fail on their own
+        self.unfinished += list(self._live) + list(self._awaiting_error)
         for trial_id, trial in list(self._live.items()):
             if requeue:
                 # A carried point stays one on its re-run (status shows it, not this run).
@@ -279,7 +275,7 @@ class OptunaAskTellSearcher(Searcher):
         self.__dict__.update(state)
         self.study = None  # type: ignore[assignment]
         self._live, self._steps, self._reported_error, self._awaiting_error = {}, {}, {}, {}
-        self._placement, self._died, self._checkpointed = {}, {}, {}
+        self._placement, self._died, self.unfinished = {}, {}, []
         self._first_errors, self.abort_reason = None, None
         self.window, self._held, self.holding = None, False, []
         self.artifact_store, self.keep_last, self._has_files = None, None, None

@@ -133,19 +133,31 @@ def _remove_leftovers(trial: FrozenTrial, store: Any, ray_storage_path: str | No
     try:
         if store is not None:
             artifacts.remove_unlinked(store, artifacts_key(experiment, ray_id, trial.number))
-        if ray_storage_path:
-            import pyarrow.fs
-
-            fs, root = pyarrow.fs.FileSystem.from_uri(ray_storage_path)
-            # The trial's directory, as callbacks.trial_name names it, in its run's experiment.
-            found = fs.get_file_info(pyarrow.fs.FileSelector(f"{root}/{experiment}", allow_not_found=True))
-            for info in found:
-                if info.base_name.endswith(f"-{ray_id}") and info.type == pyarrow.fs.FileType.Directory:
-                    for sub in fs.get_file_info(pyarrow.fs.FileSelector(info.path)):
-                        if sub.base_name.startswith("checkpoint_"):
-                            fs.delete_dir(sub.path)
     except Exception as err:  # storage unreachable now: the sweep goes on without tidying
-        log(f"warning: could not remove what lost trial {trial.number} left in storage: {err}")
+        log(f"warning: could not remove what lost trial {trial.number} left in the store: {err}")
+    remove_checkpoints(ray_storage_path, experiment, [ray_id], log)
+
+
+def remove_checkpoints(ray_storage_path: str | None, experiment: str, ray_ids: list[str], log: Log) -> None:
+    """Remove the Ray Tune checkpoints of these trials of the run ``experiment`` (trials
+    that will not run again under that run: lost with a driver, or stopped with it)."""
+    if not ray_storage_path or not ray_ids:
+        return
+    try:
+        import pyarrow.fs
+
+        fs, root = pyarrow.fs.FileSystem.from_uri(ray_storage_path)
+        # Each trial's directory, as callbacks.trial_name names it, in its run's experiment.
+        found = fs.get_file_info(pyarrow.fs.FileSelector(f"{root}/{experiment}", allow_not_found=True))
+        for info in found:
+            if info.type == pyarrow.fs.FileType.Directory and any(
+                info.base_name.endswith(f"-{i}") for i in ray_ids
+            ):
+                for sub in fs.get_file_info(pyarrow.fs.FileSelector(info.path)):
+                    if sub.base_name.startswith("checkpoint_"):
+                        fs.delete_dir(sub.path)
+    except Exception as err:  # storage unreachable now: the sweep goes on without tidying
+        log(f"warning: could not remove the checkpoints of trials that did not finish: {err}")
 
 
 def run_sweep(
@@ -210,7 +222,7 @@ def run_sweep(
                 autoscaling=scaling,
                 log=log,
             )
-            with stop.catching_signals():
+            with stop.catching_signals(), _results_without_metrics():
                 tuner.fit()
             _finish_run(cfg, searcher, stop, started, log)
             events.final_line()
@@ -308,6 +320,14 @@ def _searching(plan: SweepPlan, run: _Run) -> Iterator[OptunaAskTellSearcher]:
         yield searcher
     finally:
         searcher.close("the sweep driver stopped before this trial finished")
+        # Trials stopped with the driver (Ctrl-C, a stop, fail fast, the time budget) run
+        # again, if at all, as new trials: their checkpoints are of no more use.
+        remove_checkpoints(
+            plan.ray_storage_path,
+            searcher.experiment,
+            searcher.unfinished,
+            logging.getLogger("vlsweep").warning,
+        )
 
 
 def _searcher(plan: SweepPlan, run: _Run) -> OptunaAskTellSearcher:
@@ -352,6 +372,23 @@ def _trainable(plan: SweepPlan, store_url: str, worker_fn: Callable[..., None] |
         artifact_store=None if store_url == artifacts.NONE else store_url,
         **extra,
     )
+
+
+@contextlib.contextmanager
+def _results_without_metrics() -> Iterator[None]:
+    """A trial's results include some without the objectives (where it runs, its training
+    curves, its checkpoints), which schedulers skip; Tune's strict check would refuse
+    them under a scheduler that names a metric (Ray's ASHA). Tune's own switch for it."""
+    key = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
+    previous = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = previous
 
 
 def experiment_name(cfg: SweepConfig, started: float) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -99,6 +100,7 @@ def run(
     cpu0 = time.process_time()
     reports = _Reports({**_placement(), "world_size": 1})
     resume = _last_checkpoint()
+    reports.steps = resume["step"] if resume else 0
     # Where the trial runs, at once (the driver tells a lost node by it), and whether it
     # continues from a checkpoint.
     reports.send({**reports.placement, **({RESUMED_KEY: resume["step"]} if resume else {})})
@@ -174,10 +176,14 @@ class _Reports:
 
         from vlsweep.trials import save_checkpoint
 
-        with tempfile.TemporaryDirectory(prefix="vlsweep-checkpoint-") as tmp:
-            save_checkpoint(state, Path(tmp))
-            result = {**self.placement, "steps": step, CHECKPOINT_KEY: step}
-            self.send(result, checkpoint=tune.Checkpoint.from_directory(tmp))
+        try:
+            with tempfile.TemporaryDirectory(prefix="vlsweep-checkpoint-") as tmp:
+                save_checkpoint(state, Path(tmp))
+                result = {**self.placement, "steps": step, CHECKPOINT_KEY: step}
+                self.send(result, checkpoint=tune.Checkpoint.from_directory(tmp))
+        except Exception as exc:  # storage full or unreachable: the trial trains on without it
+            reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()[-500:]
+            print(f"warning: trial checkpoint at step {step} not kept: {reason}", file=sys.stderr, flush=True)
 
     def report(self, step: int, metrics: dict[str, float]) -> None:
         self.steps = step
@@ -246,8 +252,16 @@ def _last_checkpoint() -> dict[str, Any] | None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
-    with checkpoint.as_directory() as directory:
-        return load_checkpoint(Path(directory))
+    try:
+        with checkpoint.as_directory() as directory:
+            return load_checkpoint(Path(directory))
+    except Exception as exc:  # unreadable (storage, or another vlsweep's layout): start over
+        reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()[-500:]
+        print(
+            f"warning: the trial's checkpoint could not be read ({reason}); it starts from step 0",
+            file=sys.stderr,
+        )
+        return None
 
 
 def _file_key(config: dict[str, Any]) -> str:

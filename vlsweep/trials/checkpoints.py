@@ -62,7 +62,8 @@ def capture(trainer: Any, progress: Any, step: int) -> dict[str, Any]:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     buffer.seek(0)
-    copied: dict[str, Any] = torch.load(buffer, weights_only=False)
+    # On the CPU: a copy on the GPU would double the optimizer's state there for a moment.
+    copied: dict[str, Any] = torch.load(buffer, weights_only=False, map_location="cpu")
     return copied
 
 

@@ -201,6 +201,17 @@ class Famo(Balance):
         device = self.seen.device
         self.famo = state["famo"]
         self.famo.to(device)
+        # .to() moves the logits, not what FAMO holds beside them: its Adam's moments and
+        # the losses before the step (loaded on the CPU).
+        for value in vars(self.famo).values():
+            if isinstance(value, torch.optim.Optimizer):
+                for slot in value.state.values():
+                    for key, tensor in slot.items():
+                        if isinstance(tensor, torch.Tensor) and key != "step":
+                            slot[key] = tensor.to(device)
+        for name, value in list(vars(self.famo).items()):
+            if isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter):
+                setattr(self.famo, name, value.to(device))
         self.seen = state["seen"].to(device)
 
     def _filled(self, means: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
