@@ -266,6 +266,28 @@ def test_mo_asha_sweep_prunes_at_rungs_and_only_full_budget_trials_complete(
         assert all(len(v) == 2 and v[0] >= 0 and 0 <= v[1] <= 1 for v in t.user_attrs["rungs"].values())
 
 
+def test_rays_asha_sweep_runs_with_results_that_carry_no_objective(
+    ray_local, tmp_path, tiny_checkpoint, demo_data
+):
+    """Ray's ASHA names a metric, and Tune's strict check would refuse the results that
+    carry none (where a trial runs, its curves): the sweep allows them, ASHA judges the
+    evaluations."""
+    path = sweep_cfg(tmp_path, tiny_checkpoint("qwen2_vl"), demo_data, trials=4, max_concurrent=2)
+    raw = yaml.safe_load(path.read_text())
+    raw["budget"].update(steps=9, eval_every=None)
+    raw["search"].update(early_stopping="asha", grace_steps=1, reduction_factor=3)
+    path.write_text(yaml.safe_dump(raw))
+    cfg, base_dir = load_sweep_config(path)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    run_sweep(cfg, base_dir, url, log=lambda _m: None)
+    study = optuna.load_study(study_name="t", storage=url)
+    check_invariants(study)
+    trials = study.get_trials()
+    assert len(trials) == 4 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), [
+        (t.number, t.state, t.user_attrs.get("error")) for t in trials
+    ]
+
+
 def test_every_export_format_writes_the_values_the_trial_ran_with(
     ray_local, tmp_path, tiny_checkpoint, demo_data
 ):
