@@ -4,8 +4,8 @@ loads."""
 
 from __future__ import annotations
 
-import random
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,7 +33,8 @@ def demo_data_dir(seed: int = 0) -> Path:
     """The synthetic demo dataset, written on first use into the cache (deterministic)."""
     out = cache_dir() / "data" / f"demo-v{DEMO_DATA_VERSION}-seed{seed}"
     if not (out / "val.jsonl").is_file():
-        tmp = out.with_name(out.name + f".tmp{random.randrange(1 << 30)}")
+        # Not from the random module: every trial seeds it alike.
+        tmp = out.with_name(out.name + f".tmp{uuid.uuid4().hex}")
         write_dataset(tmp, seed=seed)
         try:
             tmp.rename(out)

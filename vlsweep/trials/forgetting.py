@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +105,9 @@ def cached_reference(key: str, compute: Callable[[], Reference], log: Callable[[
     else:
         ref = compute()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{torch.randint(1 << 30, ()).item()}.tmp")
+        # A name of this process's own: trials of one sweep run seeded alike, so a name
+        # drawn from torch's (seeded) RNG was the same in two trials writing at once.
+        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
         torch.save({"logp": ref.logp, "ids": ref.ids}, tmp)
         tmp.replace(path)
         log(f"retention reference: the base model's answers computed once, kept in {path}")
