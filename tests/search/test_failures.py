@@ -13,20 +13,20 @@ def test_a_preempted_actor_is_node_loss_whatever_the_nodes(monkeypatch):
     monkeypatch.setattr(failures, "dead_nodes", lambda: {})
     preempted = ActorDiedError()
     preempted._preempted = True
-    assert failures.classify(preempted, {"n1"}) == failures.NODE_LOSS
+    assert failures.cause(preempted, {"n1"})[0] == failures.NODE_LOSS
     # Inside a multi-worker trial's error, as its cause.
     wrapped = RuntimeError("a train worker of this trial died")
     wrapped.__cause__ = preempted
-    assert failures.classify(wrapped, set()) == failures.NODE_LOSS
+    assert failures.cause(wrapped, set())[0] == failures.NODE_LOSS
 
 
 def test_a_dead_node_is_node_loss_and_a_live_one_worker_death(monkeypatch):
     monkeypatch.setattr(failures, "dead_nodes", lambda: {"gone": "node died"})
     died = ActorDiedError()
-    assert failures.classify(died, {"gone"}) == failures.NODE_LOSS
-    assert failures.classify(died, {"alive", "gone"}) == failures.NODE_LOSS  # a rank's node
-    assert failures.classify(died, {"alive"}) == failures.WORKER_DEATH
-    assert failures.classify(None, set()) == failures.WORKER_DEATH
+    assert failures.cause(died, {"gone"})[0] == failures.NODE_LOSS
+    assert failures.cause(died, {"alive", "gone"})[0] == failures.NODE_LOSS  # a rank's node
+    assert failures.cause(died, {"alive"})[0] == failures.WORKER_DEATH
+    assert failures.cause(None, set())[0] == failures.WORKER_DEATH
 
 
 def test_each_class_has_its_own_cap_and_tune_gets_their_sum():

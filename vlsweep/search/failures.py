@@ -49,12 +49,6 @@ def tune_max_failures(retries: int, node_loss_retries: int) -> int:
     return retries + node_loss_retries
 
 
-def classify(error: BaseException | None, nodes: Iterable[str]) -> str:
-    """A trial whose Ray worker failed: node loss when Ray says the node was preempted,
-    or when a node the trial ran on is no longer alive; else worker death."""
-    return cause(error, nodes)[0]
-
-
 def cause(
     error: BaseException | None, nodes: Iterable[str], waiting: Callable[[], None] | None = None
 ) -> tuple[str, str]:
