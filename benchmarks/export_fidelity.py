@@ -23,7 +23,7 @@ its ``additional_target`` removed (the projector frozen), the edit docs/report.m
 when a trial's projector rate is far below its language model's.
 
 It runs nine fine-tunes of the demo (about 15 minutes on 2 cores); it is not part of CI,
-whose trainer tests (tests/test_trainers.py) check the exports' trainable parameters.
+whose trainer tests (tests/export/test_trainers.py) check the exports' trainable parameters.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ms-swift's Qwen2-VL template expands images at Qwen's fixed token id (151655), so it
 needs a checkpoint that keeps Qwen's ids; the builtin demo model does not (its image
 token is 13). This runs a real sweep on a tiny Qwen2-VL that keeps them
-(``tests/tiny_models.py: build_qwen2_vl_qwen_ids``, random weights), takes the trial
+(``tests/support/tiny_models.py: build_qwen2_vl_qwen_ids``, random weights), takes the trial
 whose three module learning rates lie furthest apart (on random weights the front's
 knee is as good as any trial, and may be the baseline, with one rate everywhere), exports
 it with ``--format swift`` (no ``--force``: nothing is refused), runs the export
@@ -58,7 +58,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="vlsweep-swift-fidelity-"))
     t0 = time.perf_counter()
     ckpt = work / "qwen-ids"
-    _run([sys.executable, "-m", "tests.tiny_models", "qwen2_vl_qwen_ids", str(ckpt)], ROOT)
+    _run([sys.executable, "-m", "tests.support.tiny_models", "qwen2_vl_qwen_ids", str(ckpt)], ROOT)
     from vlsweep.demo.synth import write_dataset
 
     write_dataset(work / "data", n_train=48, n_val=16, seed=3)

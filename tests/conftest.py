@@ -1,6 +1,22 @@
+"""Fixtures any test may use, and the test tiers.
+
+Which command runs which tests:
+
+- ``pytest``: the fast suite, every test that carries no marker (no services, no GPU).
+- ``pytest -m NAME``: one tier, over the whole tree. The tiers are the markers registered
+  in pyproject.toml (slow, integration, gpu, browser, fault, cluster, trainers), each with
+  what it needs; a test belongs to one tier at most, and an unregistered marker is an
+  error (``--strict-markers``).
+- ``bash .ci/run``: everything: installs what the tiers need, then runs each of them.
+
+A test named by its node id (``pytest tests/x.py::test_y``) runs whatever its tier.
+"""
+
 from __future__ import annotations
 
+import functools
 import os
+import tomllib
 import warnings
 from pathlib import Path
 
@@ -10,6 +26,50 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 warnings.filterwarnings("ignore", category=FutureWarning)
+
+pytest_plugins = ["pytester"]  # tests/test_tiers.py runs this conftest in projects of its own
+
+
+def tiers(root: Path) -> list[str]:
+    """The tier markers, as pyproject.toml registers them (pytest's own markers aside)."""
+    with open(root / "pyproject.toml", "rb") as f:
+        lines = tomllib.load(f)["tool"]["pytest"]["ini_options"]["markers"]
+    return [line.split(":", 1)[0].strip() for line in lines]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    names = set(tiers(config.rootpath))
+    fast, tiered = [], []
+    for item in items:
+        marked = sorted({m.name for m in item.iter_markers()} & names)
+        if len(marked) > 1:
+            tiers_of = ", ".join(marked)
+            raise pytest.UsageError(f"{item.nodeid} is in {len(marked)} tiers ({tiers_of}): give it one")
+        if marked == ["gpu"] and not _cuda():
+            why = "gpu tier: no CUDA device here (run `pytest -m gpu` on one)"
+            item.add_marker(pytest.mark.skip(reason=why))
+        (tiered if marked else fast).append(item)
+    named = any("::" in arg for arg in config.args)
+    if tiered and not config.option.markexpr and not named:
+        config.hook.pytest_deselected(items=tiered)
+        items[:] = fast
+        config.stash[_LEFT_OUT] = sorted({m for item in tiered for m in names if item.get_closest_marker(m)})
+
+
+_LEFT_OUT = pytest.StashKey[list[str]]()
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    left = config.stash.get(_LEFT_OUT, [])
+    if left:
+        terminalreporter.write_line(f"fast suite only; the tiers left out run with -m: {', '.join(left)}")
+
+
+@functools.cache
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -33,7 +93,7 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
     """Factory: a saved tiny random checkpoint (model, tokenizer, processor) of a family."""
-    from tests.tiny_models import BUILDERS
+    from tests.support.tiny_models import BUILDERS
 
     made: dict[str, Path] = {}
 
@@ -55,10 +115,10 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def qwen_ids_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen2-VL with Qwen's special-token ids, vocabulary and chat template
-    (tests/tiny_models.py: build_qwen2_vl_qwen_ids), saved once per session."""
+    (tests/support/tiny_models.py: build_qwen2_vl_qwen_ids), saved once per session."""
     import torch
 
-    from tests.tiny_models import build_qwen2_vl_qwen_ids
+    from tests.support.tiny_models import build_qwen2_vl_qwen_ids
 
     torch.manual_seed(0)
     model, processor = build_qwen2_vl_qwen_ids()
@@ -74,7 +134,7 @@ def s3_server():
     one started here. Yields the environment a user of it sets (endpoint and keys)."""
     import os
 
-    from tests import s3_server
+    from tests.support import s3_server
 
     given = {
         k[len("VLSWEEP_TEST_S3_") :]: v for k, v in os.environ.items() if k.startswith("VLSWEEP_TEST_S3_AWS_")

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from tests.helpers import train_config, wait_for_http
+from tests.support.helpers import train_config, wait_for_http
 
 pytestmark = pytest.mark.browser
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tests.helpers import train_config, wait_for_http
+from tests.support.helpers import train_config, wait_for_http
 from vlsweep.cli import app
 
 runner = CliRunner()

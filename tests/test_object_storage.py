@@ -12,7 +12,7 @@ import sys
 import optuna
 import pytest
 
-from tests.search.sweeps import edit_yaml, sweep_cfg
+from tests.support.sweeps import edit_yaml, sweep_cfg
 from vlsweep.errors import UserInputError
 from vlsweep.search.config import load_sweep_config
 from vlsweep.search.sweep import run_sweep

@@ -13,7 +13,7 @@ import optuna
 import pytest
 from sqlalchemy import text
 
-from tests.helpers import DatabaseOutage
+from tests.support.helpers import DatabaseOutage
 from vlsweep.storages import open_storage
 
 

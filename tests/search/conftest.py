@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
@@ -11,36 +10,18 @@ import pytest
 @pytest.fixture(scope="module")
 def ray_local():
     """A local Ray started as a sweep starts its own: token auth on, loopback only."""
-    import ray
+    from vlsweep.search.backend import local_ray
 
-    from vlsweep.search import ray_security
-
-    ray_security.start_local_ray(num_cpus=2, log=lambda _m: None)
-    yield
-    ray.shutdown()
-
-
-def fresh_pg_database() -> str:
-    """A new database on the test PostgreSQL server (.ci/postgres.sh); skips without one."""
-    url = os.environ.get("VLSWEEP_TEST_PG_URL")
-    if not url:
-        if os.environ.get("VLSWEEP_REQUIRE_PG"):
-            pytest.fail('VLSWEEP_REQUIRE_PG is set but no server: eval "$(bash .ci/postgres.sh)"')
-        pytest.skip('no PostgreSQL server (eval "$(bash .ci/postgres.sh)" starts one)')
-    import sqlalchemy
-
-    name = f"t_{os.getpid()}_{int(time.time() * 1000)}"
-    engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
-    engine.dispose()
-    return url.rsplit("/", 1)[0] + "/" + name
+    with local_ray(num_cpus=2):
+        yield
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def storage(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'db.sqlite'}"
+    from tests.support.postgres import fresh_pg_database
+
     return fresh_pg_database()
 
 
@@ -89,9 +70,10 @@ def faults_record():
 
 
 @pytest.fixture(scope="session")
-def cluster_token():
-    """The token file the test clusters' nodes and commands run with (ray_nodes.ENV)."""
-    from tests.search.ray_nodes import remove_token, write_token
+def cluster_token(tmp_path_factory: pytest.TempPathFactory):
+    """The token file the test clusters' nodes and commands run with (ray_nodes.ENV), in a
+    folder of the session's (pytest makes it private to the user)."""
+    from tests.support import ray_nodes
 
-    yield write_token()
-    remove_token()
+    yield ray_nodes.use_token(tmp_path_factory.mktemp("ray-token"))
+    ray_nodes.ENV.clear()

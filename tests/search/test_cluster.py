@@ -23,11 +23,11 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from tests.search.conftest import fresh_pg_database
-from tests.search.ray_nodes import AUTH_VARS, ENV, RAY
-from tests.search.ray_nodes import free_ports as _free_ports
-from tests.search.ray_nodes import ours as _ours
-from tests.search.ray_nodes import stop as _stop
+from tests.support.postgres import fresh_pg_database
+from tests.support.ray_nodes import AUTH_VARS, ENV, RAY
+from tests.support.ray_nodes import free_ports as _free_ports
+from tests.support.ray_nodes import ours as _ours
+from tests.support.ray_nodes import stop as _stop
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("cluster_token")]
 

@@ -28,10 +28,10 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from tests.helpers import train_config
-from tests.search.conftest import fresh_pg_database
-from tests.search.ray_nodes import ENV, RAY, free_ports, ours, stop
-from tests.search.sweeps import check_invariants
+from tests.support.helpers import train_config
+from tests.support.postgres import fresh_pg_database
+from tests.support.ray_nodes import ENV, RAY, free_ports, ours, stop
+from tests.support.sweeps import check_invariants
 from vlsweep import artifacts
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("cluster_token")]

@@ -20,8 +20,8 @@ import pytest
 from optuna.trial import TrialState
 from ray.tune import Callback
 
-from tests.search.conftest import fresh_pg_database
-from tests.search.sweeps import check_invariants, edit_yaml, sweep_cfg, vlsweep
+from tests.support.postgres import fresh_pg_database
+from tests.support.sweeps import check_invariants, edit_yaml, sweep_cfg, vlsweep
 from vlsweep import artifacts
 from vlsweep.errors import SweepFailed
 from vlsweep.search.config import load_sweep_config
@@ -30,7 +30,7 @@ from vlsweep.search.worker import CHECKPOINT_KEY
 
 pytestmark = pytest.mark.fault
 
-DRIVER = Path(__file__).with_name("fault_driver.py")
+DRIVER = Path(__file__).parents[1] / "support" / "fault_driver.py"
 
 
 def _trials(url: str) -> list[optuna.trial.FrozenTrial]:

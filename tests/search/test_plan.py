@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.search.sweeps import edit_yaml, sweep_cfg
+from tests.support.sweeps import edit_yaml, sweep_cfg
 from vlsweep.errors import UserInputError
 from vlsweep.search import plan
 from vlsweep.search.config import SweepConfig, load_sweep_config, sanitized_config

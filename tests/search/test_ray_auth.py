@@ -21,11 +21,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.search.sweeps import edit_yaml, sweep_cfg
+from tests.support.sweeps import edit_yaml, sweep_cfg
 from vlsweep.errors import UserInputError
 from vlsweep.search import backend, ray_security
 
-HELD = Path(__file__).with_name("held_driver.py")
+HELD = Path(__file__).parents[1] / "support" / "held_driver.py"
 AUTH_VARS = {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"}
 CLUSTER_MODE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # A client that connects to a Ray and runs one task there (asking for no CPU, so the

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
-from tests.search.sweeps import edit_yaml, sweep_cfg
+from tests.support.sweeps import edit_yaml, sweep_cfg
 from vlsweep.errors import SweepInterrupted, UserInputError
 from vlsweep.search import backend, callbacks
 from vlsweep.search.backend import check_trial_fits

@@ -15,8 +15,8 @@ import optuna
 import pytest
 from ray.tune import Callback
 
-from tests.helpers import wait_for_http
-from tests.search.sweeps import check_invariants, edit_yaml, sweep_cfg
+from tests.support.helpers import wait_for_http
+from tests.support.sweeps import check_invariants, edit_yaml, sweep_cfg
 from vlsweep import artifacts
 from vlsweep.search.config import load_sweep_config
 from vlsweep.search.sweep import run_sweep

@@ -436,7 +436,7 @@ def test_the_drivers_storage_proposes_and_stores_what_a_plain_one_does(tmp_path)
 def test_the_drivers_held_parameters_survive_a_lost_database(tmp_path, monkeypatch):
     """The parameters DriverStorage holds are written with the trial's next write; when
     the database is lost right then, they stay held and the retried call writes them."""
-    from tests.helpers import DatabaseOutage
+    from tests.support.helpers import DatabaseOutage
     from vlsweep.search.driver_storage import DriverStorage
     from vlsweep.storages import open_storage
 

@@ -13,8 +13,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.search.conftest import fresh_pg_database
-from tests.search.sweeps import edit_yaml, sweep_cfg, vlsweep
+from tests.support.postgres import fresh_pg_database
+from tests.support.sweeps import edit_yaml, sweep_cfg, vlsweep
 
 pytestmark = pytest.mark.integration
 

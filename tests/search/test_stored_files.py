@@ -13,7 +13,7 @@ import optuna
 import pytest
 import yaml
 
-from tests.search.sweeps import sweep_cfg
+from tests.support.sweeps import sweep_cfg
 from vlsweep import artifacts
 from vlsweep.search.config import load_sweep_config
 from vlsweep.search.sweep import run_sweep

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from tests.helpers import swift_argv
-from tests.search.sweeps import check_invariants, edit_yaml, sweep_cfg
+from tests.support.helpers import swift_argv
+from tests.support.sweeps import check_invariants, edit_yaml, sweep_cfg
 from vlsweep import outcomes
 from vlsweep.errors import UserInputError
 from vlsweep.search.config import load_sweep_config

@@ -18,8 +18,8 @@ import psutil
 import pytest
 from optuna.trial import TrialState
 
-from tests.helpers import train_config
-from tests.search.sweeps import check_invariants, edit_yaml, sweep_cfg
+from tests.support.helpers import train_config
+from tests.support.sweeps import check_invariants, edit_yaml, sweep_cfg
 from vlsweep.search.config import load_sweep_config
 from vlsweep.search.sweep import run_sweep
 

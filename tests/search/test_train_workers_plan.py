@@ -11,7 +11,7 @@ import optuna
 import pytest
 import torch
 
-from tests.search.sweeps import edit_yaml, sweep_cfg
+from tests.support.sweeps import edit_yaml, sweep_cfg
 from vlsweep.errors import UserInputError
 from vlsweep.search import backend, train_workers
 from vlsweep.search.config import load_sweep_config

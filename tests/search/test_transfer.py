@@ -96,7 +96,7 @@ def test_studies_of_one_family_and_vision_tower_go_together_and_others_are_refus
 
 
 def test_a_different_vision_tower_is_refused_naming_what_differs(tmp_path):
-    """Same family, another tower (tests/tiny_models' random Qwen2-VL is narrower)."""
+    """Same family, another tower (tests/support/tiny_models' random Qwen2-VL is narrower)."""
     from vlsweep.demo.tiny import build_qwen2_vl
 
     model, processor = build_qwen2_vl(hidden=32, layers=1, vision_layers=1, heads=2)

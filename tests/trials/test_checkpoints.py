@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import train_config
+from tests.support.helpers import train_config
 from vlsweep.config import TrainConfig
 from vlsweep.params import LOSS_BALANCES, TrialParams
 from vlsweep.trials import checkpoints, load_base, load_data, run_trial

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import train_config
+from tests.support.helpers import train_config
 from vlsweep.config import TrainConfig
 from vlsweep.params import TrialParams
 from vlsweep.trials import load_base, load_data, run_trial, task_losses, weighted_sum

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.tiny_models import BUILDERS
+from tests.support.tiny_models import BUILDERS
 from vlsweep.config import AdapterConfig
 from vlsweep.params import TrialParams
 from vlsweep.trials.families import FAMILIES, GroupResolutionError, resolve_groups, strip_wrappers

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tests.helpers import train_config
+from tests.support.helpers import train_config
 from vlsweep.cli import app
 from vlsweep.trials.families import FAMILIES
 

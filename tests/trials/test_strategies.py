@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import train_config
+from tests.support.helpers import train_config
 from vlsweep.config import LossConfig, TrainConfig
 from vlsweep.params import LOSS_BALANCES, TrialParams
 from vlsweep.trials import BALANCES, StrategyMixer, difficulty, layer_kind, load_base, load_data, run_trial

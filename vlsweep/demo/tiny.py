@@ -6,7 +6,7 @@ classes: a real config, a real image processor and a real tokenizer (a character
 ``save_pretrained`` on both yields a directory that ``AutoProcessor`` and
 ``AutoModelForImageTextToText`` reload, so the engine runs the exact code path it runs on
 a real checkpoint. The builtin demo models' two families are built here; the tests
-build the other families with the same pieces (tests/tiny_models.py).
+build the other families with the same pieces (tests/support/tiny_models.py).
 
 We write our own builders because no maintained package ships tiny VLM checkpoints with
 processors, and the machines this runs on cannot reach a model hub.

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import optuna
 
@@ -206,8 +206,7 @@ def ray_init(cfg: SweepConfig, address: str | None, log: Log, study: optuna.Stud
         return False
     # Inside `ray job submit`, the job's cluster is RAY_ADDRESS.
     address = address or cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    tune_output_off()
     if address is not None and not is_local(address):
         log(f"joining Ray at {address} ...")
         try:
@@ -230,6 +229,30 @@ def ray_init(cfg: SweepConfig, address: str | None, log: Log, study: optuna.Stud
     record = {"host": socket.gethostname(), "driver_pid": os.getpid(), "procs": procs}
     study.set_user_attr(LOCAL_RAY_ATTR, record)
     return True
+
+
+def tune_output_off() -> None:
+    """Ray Tune's own result loggers and console table off (unless the user set them):
+    the sweep reports its progress itself."""
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+@contextlib.contextmanager
+def local_ray(
+    *, num_cpus: int | None, num_gpus: int | None = None, log: Log = lambda _m: None
+) -> Iterator[None]:
+    """A local Ray for the length of a ``with``, started as ``vlsweep launch`` starts its
+    own (token auth on, loopback only, checked) and with Tune's output as a sweep has it.
+    What benchmarks and tests that drive Tune or the sweep directly start."""
+    import ray
+
+    tune_output_off()
+    ray_security.start_local_ray(num_cpus=num_cpus, num_gpus=num_gpus, log=log)
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 def is_local(address: str) -> bool:

@@ -11,35 +11,29 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 from pathlib import Path
 
 import psutil
 
 RAY = str(Path(sys.executable).with_name("ray"))
-# The clusters' token, and what the nodes and the user's commands run with: the token in a
-# file of the user's only, named by RAY_AUTH_TOKEN_PATH, and token mode on.
-TOKEN = Path(tempfile.mkdtemp(prefix="vlsweep-ray-token-")) / "token"  # a private folder
 AUTH_VARS = {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"}
-ENV = {
-    **{k: v for k, v in os.environ.items() if k not in AUTH_VARS},
-    "RAY_AUTH_MODE": "token",
-    "RAY_AUTH_TOKEN_PATH": str(TOKEN),
-    "RAY_USAGE_STATS_ENABLED": "0",
-}
+# What the nodes and the user's commands run with: the clusters' token in a file of the
+# user's only, named by RAY_AUTH_TOKEN_PATH, and token mode on. Filled by ``use_token`` (the
+# ``cluster_token`` fixture) before a cluster test starts a node; empty until then.
+ENV: dict[str, str] = {}
 
 
-def write_token() -> Path:
-    """The clusters' token file (once per test session), readable by the user only."""
-    if not TOKEN.exists():
-        fd = os.open(TOKEN, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-    return TOKEN
-
-
-def remove_token() -> None:
-    shutil.rmtree(TOKEN.parent, ignore_errors=True)
+def use_token(folder: Path) -> Path:
+    """Write the clusters' token into ``folder`` (a private temporary folder the fixture
+    made), readable by the user only, and point ``ENV`` at it."""
+    token = folder / "token"
+    fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    ENV.clear()
+    ENV.update({k: v for k, v in os.environ.items() if k not in AUTH_VARS})
+    ENV.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "RAY_USAGE_STATS_ENABLED": "0"})
+    return token
 
 
 def free_ports(n: int) -> list[int]:

@@ -175,7 +175,7 @@ def test_a_warm_start_point_that_sets_a_tied_parameter_is_an_error():
 
     from vlsweep.search.config import SweepConfig, WarmStart, _warm_start_problems, load_sweep_config
 
-    cfg, _ = load_sweep_config(Path(__file__).parents[2] / "vlsweep" / "configs" / "demo-sweep.yaml")
+    cfg, _ = load_sweep_config(Path(__file__).parents[1] / "vlsweep" / "configs" / "demo-sweep.yaml")
     raw = cfg.model_dump(mode="json", exclude={"storage"})
     raw["space"] = {
         "lr_llm": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
@@ -267,7 +267,7 @@ def test_float16_with_a_balance_a_loss_scaler_changes_is_refused_before_the_swee
     balances = {n: make(2, torch.ones(2), LossConfig()) for n, make in BALANCES.items()}
     flagged = [n for n, b in balances.items() if not b.scale_equivariant]
     assert sorted(flagged) == sorted(NOT_SCALE_EQUIVARIANT)
-    path = Path(__file__).parents[2] / "examples" / "strategies-sweep.yaml"
+    path = Path(__file__).parents[1] / "examples" / "strategies-sweep.yaml"
     raw = yaml.safe_load(path.read_text())
     raw["model"] = {**raw.get("model", {}), "dtype": "float16"}
     with pytest.raises(UserInputError, match="model.dtype: float16 trains with a loss scaler") as err:

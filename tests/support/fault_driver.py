@@ -1,6 +1,6 @@
 """A sweep driver that SIGKILLs itself at a chosen moment (tests/search/test_faults.py).
 
-    python tests/search/fault_driver.py MOMENT CONFIG STORAGE_URL
+    python tests/support/fault_driver.py MOMENT CONFIG STORAGE_URL
 
 MOMENT:
 - ``running``: when the third trial reports its first evaluation short of the budget: that

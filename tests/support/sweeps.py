@@ -11,7 +11,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from tests.helpers import train_config
+from tests.support.helpers import train_config
 
 
 def sweep_cfg(tmp_path: Path, ckpt: Path, data: Path, **search) -> Path:

@@ -505,7 +505,7 @@ BUILDERS: dict[str, Callable[..., tuple[Any, Any]]] = {
 }
 
 
-if __name__ == "__main__":  # python -m tests.tiny_models qwen2_vl_qwen_ids OUT
+if __name__ == "__main__":  # python -m tests.support.tiny_models qwen2_vl_qwen_ids OUT
     import sys
 
     import torch

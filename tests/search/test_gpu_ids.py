@@ -16,7 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.search.sweeps import edit_yaml, sweep_cfg
+from tests.support.sweeps import edit_yaml, sweep_cfg
 from vlsweep.search.config import load_sweep_config
 from vlsweep.search.sweep import run_sweep
 

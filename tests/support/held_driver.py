@@ -1,7 +1,7 @@
 """A real sweep driver that holds still while a test looks at its local Ray
 (tests/search/test_ray_auth.py).
 
-    python tests/search/held_driver.py CONFIG STORAGE_URL DIR
+    python tests/support/held_driver.py CONFIG STORAGE_URL DIR
 
 At the first evaluation a trial reports, the driver writes DIR/ready (the GCS address of
 the Ray it started, as JSON) and waits for DIR/release before going on: the moment is the

@@ -2,7 +2,7 @@
 ``gpu`` (``pytest -m gpu`` on a machine with CUDA; skipped where there is none). What
 runs without a GPU is tested elsewhere: the OOM path with torch's real error raised in
 the training step (test_engine.py, tests/search/test_faults.py), autocast and the loss
-scaler on the CPU (test_engine.py), the GPU ids Ray assigns (tests/search/test_gpus.py).
+scaler on the CPU (test_engine.py), the GPU ids Ray assigns (tests/search/test_gpu_ids.py).
 """
 
 from __future__ import annotations
@@ -12,16 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import train_config
+from tests.support.helpers import train_config
 from vlsweep.config import TrainConfig
 from vlsweep.errors import TrialOutOfMemory
 from vlsweep.params import TrialParams
 from vlsweep.trials import load_base, load_data, run_trial
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here"),
-]
+# Skipped where there is no CUDA device, with the reason (tests/conftest.py).
+pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module")

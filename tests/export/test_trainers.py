@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_export import _results, make_study, study_url  # noqa: F401  (the fixture)
+from tests.export.test_export import _results, make_study, study_url  # noqa: F401  (the fixture)
 from vlsweep.export import export, target_config, trial_params
 
 pytestmark = pytest.mark.trainers

@@ -15,9 +15,9 @@ import pytest
 import yaml
 from optuna.trial import create_trial
 
-from tests.helpers import swift_argv, train_config
-from tests.llamafactory_keys import LLAMAFACTORY_KEYS
-from tests.swift_keys import SWIFT_SFT_KEYS
+from tests.support.helpers import swift_argv, train_config
+from tests.support.llamafactory_keys import LLAMAFACTORY_KEYS
+from tests.support.swift_keys import SWIFT_SFT_KEYS
 from vlsweep.export import export, sweep_config
 from vlsweep.results import SweepResults
 from vlsweep.search.config import distributions, load_sweep_config, sanitized_config
