@@ -494,14 +494,23 @@ def find_browser() -> str | None:
     return None
 
 
-def write_png(fig: Any, path: Path, width: int = 1100, height: int | None = None) -> None:
-    """One figure as PNG through kaleido and the system's Chromium; never downloads one."""
+def png_browser() -> str:
+    """The Chromium/Chrome ``--png`` renders with; a clear error when there is none."""
     browser = find_browser()
     if browser is None:
         raise UserInputError(
             "--png needs Chromium or Chrome and found none: install it (Debian/Ubuntu: "
             "apt install chromium) or set BROWSER_PATH to its executable; vlsweep does not download one"
         )
+    return browser
+
+
+def write_png(
+    fig: Any, path: Path, width: int = 1100, height: int | None = None, browser: str | None = None
+) -> None:
+    """One figure as PNG through kaleido and the system's Chromium (or ``browser``); never
+    downloads one."""
+    browser = browser or png_browser()
     os.environ["BROWSER_PATH"] = browser
     try:
         fig.write_image(str(path), width=width, height=height or int(fig.layout.height or 500), scale=1)
@@ -511,22 +520,29 @@ def write_png(fig: Any, path: Path, width: int = 1100, height: int | None = None
         ) from None
 
 
-def write_pngs(figs: dict[str, Any], stem: Path) -> list[Path]:
-    out = []
-    for key, fig in figs.items():
-        path = stem.with_name(f"{stem.name}-{key}.png")
-        write_png(fig, path)
-        out.append(path)
+def write_pngs(figs: dict[str, Any], stem: Path, browser: str) -> list[Path]:
+    """Every figure as ``STEM-KEY.png``; none of them left behind if one fails."""
+    out: list[Path] = []
+    try:
+        for key, fig in figs.items():
+            path = stem.with_name(f"{stem.name}-{key}.png")
+            write_png(fig, path, browser=browser)
+            out.append(path)
+    except BaseException:
+        for path in out:
+            path.unlink(missing_ok=True)
+        raise
     return out
 
 
 def write_report(
     results: SweepResults, out: Path, picked_number: int | None, png: bool = False
 ) -> list[Path]:
+    """The HTML report at ``out`` and, with ``png``, each plot beside it. The PNGs come
+    first: without a browser, or when one fails to render, nothing is written."""
     figs = figures(results, picked_number)
+    browser = png_browser() if png else None
     out.parent.mkdir(parents=True, exist_ok=True)
+    written = write_pngs(figs, out.with_suffix(""), browser) if browser else []
     out.write_text(render_html(results, picked_number, figs), encoding="utf-8")
-    written = [out]
-    if png:
-        written += write_pngs(figs, out.with_suffix(""))
-    return written
+    return [out, *written]
