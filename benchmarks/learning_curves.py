@@ -1,7 +1,7 @@
 """Learning curves of the demo: every evaluation's metrics, every 10% of the steps, for
 random configs.
 
-Records the data the multi-fidelity benchmark replays (``benchmarks/mf_replay.py``): the
+Records the data the multi-fidelity benchmark replays (``benchmarks/mf_replay``): the
 embedded demo's model, data, budget (200 steps) and default search space, configs drawn
 by Optuna's RandomSampler from a fixed seed, each trained with the trial engine and
 evaluated every 20 steps. Each curve point holds the evaluation's metrics (cer, iou, the
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import time
 from pathlib import Path
 from typing import Any
@@ -45,28 +44,23 @@ def configs(n: int, seed: int) -> list[dict[str, Any]]:
     return out
 
 
-_STATE: dict[str, Any] = {}
-
-
-def _init(every: int) -> None:
-    import torch
-
+def demo_setup(every: int) -> tuple[Any, Path]:
+    """The demo's trial config, evaluated every ``every`` steps, and its base directory."""
     from vlsweep import demo
     from vlsweep.search.config import load_sweep_config
-    from vlsweep.trials import load_base, load_data
 
-    torch.set_num_threads(1)
     cfg, base_dir = load_sweep_config(Path(__file__).parents[1] / "vlsweep" / "configs" / "demo-sweep.yaml")
     cfg = demo.resolve(cfg.train_config())
     cfg.budget.eval_every = every
-    _STATE.update(cfg=cfg, base=load_base(cfg.model), data=load_data(cfg.data, base_dir))
+    return cfg, base_dir
 
 
 def _run(job: tuple[int, dict[str, Any]]) -> dict[str, Any]:
     from vlsweep.params import TrialParams
-    from vlsweep.trials import run_trial
+    from vlsweep.trials import pooled, run_trial
 
     index, values = job
+    demo = pooled("demo")
     curve: list[dict[str, float]] = []
     train_losses: dict[int, dict[str, float]] = {}
 
@@ -84,11 +78,11 @@ def _run(job: tuple[int, dict[str, Any]]) -> dict[str, Any]:
     try:
         result = run_trial(
             TrialParams.of(values),
-            _STATE["cfg"].budget,
+            demo.cfg.budget,
             report,
-            cfg=_STATE["cfg"],
-            data=_STATE["data"],
-            base=_STATE["base"],
+            cfg=demo.cfg,
+            data=demo.data,
+            base=demo.base,
             on_log_row=on_log_row,
         )
         error = None
@@ -119,6 +113,8 @@ def main() -> None:
     )
     args = ap.parse_args()
 
+    from vlsweep.trials import base_pool
+
     todo_all = list(enumerate(configs(args.configs, args.seed)))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     done = set()
@@ -128,7 +124,7 @@ def main() -> None:
     print(f"{len(done)} configs recorded, {len(todo)} to go, {args.workers} workers", flush=True)
     t0 = time.perf_counter()
     with (
-        mp.get_context("spawn").Pool(args.workers, initializer=_init, initargs=(args.every,)) as pool,
+        base_pool({"demo": demo_setup(args.every)}, workers=args.workers) as pool,
         args.out.open("a") as f,
     ):
         for k, row in enumerate(pool.imap_unordered(_run, todo), start=1):

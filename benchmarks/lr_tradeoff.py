@@ -15,9 +15,9 @@ seed standard deviation there?
 ``run_sweep`` on a local Ray, the demo's trial count, steps and sampler) finds with the
 default space (three separate module LRs) against the same space with ``lr_vision`` and
 ``lr_projector`` tied to ``lr_llm`` (``{same_as: lr_llm}``), for several sampler seeds.
-Hypervolume against cer = 1, iou = 0 (moocore); the verdict: does the separate median
-exceed the tied one by more than twice the larger of the two arms' seed standard
-deviations?
+Hypervolume against cer = 1, iou = 0 (``vlsweep.pareto``); the verdict: does the
+separate median exceed the tied one by more than twice the larger of the two arms' seed
+standard deviations?
 
 Both write their part of one JSON file (``--json``, read and updated, so each part can be
 re-run alone): ``{"scan": [...], "tied_vs_separate": [...], "reference_point": [1, 0],
@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing as mp
 import statistics
 import tempfile
 import time
@@ -49,34 +48,30 @@ DEMO = ROOT / "vlsweep" / "configs" / "demo-sweep.yaml"
 LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
 REFERENCE = [1.0, 0.0]
 
-_STATE: dict[str, Any] = {}
 
-
-def _init(steps: int | None) -> None:
-    import torch
-
+def demo_setup(steps: int | None) -> tuple[Any, Path]:
+    """The demo's trial config (``steps`` long, if given) and its base directory."""
     from vlsweep import demo
     from vlsweep.search.config import load_sweep_config
-    from vlsweep.trials import load_base, load_data
 
-    torch.set_num_threads(1)
     cfg, base_dir = load_sweep_config(DEMO)
     cfg = demo.resolve(cfg.train_config())
     if steps is not None:
         cfg.budget.steps = steps
-    _STATE.update(cfg=cfg, base=load_base(cfg.model), data=load_data(cfg.data, base_dir))
+    return cfg, base_dir
 
 
 def _train(job: tuple[float, int]) -> dict[str, Any]:
     from vlsweep.params import BASELINE, TrialParams
-    from vlsweep.trials import run_trial
+    from vlsweep.trials import pooled, run_trial
 
     lr, seed = job
-    cfg = _STATE["cfg"].model_copy(update={"seed": seed})
+    demo = pooled("demo")
+    cfg = demo.cfg.model_copy(update={"seed": seed})
     params = TrialParams.of({**BASELINE, "lr_vision": lr, "lr_projector": lr, "lr_llm": lr})
     t0 = time.perf_counter()
     try:
-        result = run_trial(params, cfg.budget, cfg=cfg, data=_STATE["data"], base=_STATE["base"])
+        result = run_trial(params, cfg.budget, cfg=cfg, data=demo.data, base=demo.base)
         metrics = {k: result[k] for k in ("cer", "iou", "iou_se", "acc_iou50", "parse_fail_rate")}
     except FloatingPointError as exc:  # a diverged run is a result too
         metrics = {"cer": 1.0, "iou": 0.0, "error": str(exc)}
@@ -84,9 +79,11 @@ def _train(job: tuple[float, int]) -> dict[str, Any]:
 
 
 def scan(lrs: list[float], seeds: list[int], workers: int, steps: int | None) -> list[dict[str, Any]]:
+    from vlsweep.trials import base_pool
+
     jobs = [(lr, seed) for lr in lrs for seed in seeds]
     rows = []
-    with mp.get_context("spawn").Pool(workers, initializer=_init, initargs=(steps,)) as pool:
+    with base_pool({"demo": demo_setup(steps)}, workers=workers) as pool:
         for row in pool.imap_unordered(_train, jobs):
             print(json.dumps(row), flush=True)
             rows.append(row)

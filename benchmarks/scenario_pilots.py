@@ -18,8 +18,8 @@ About 2 minutes per scenario on 2 cores. ``--summary`` writes the docs' table's 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import multiprocessing as mp
 import re
 import tempfile
 import time
@@ -38,7 +38,7 @@ class Scenario:
 
     models: str  # the real fine-tune it stands for
     data: dict[str, Any] = field(default_factory=dict)  # write_dataset's arguments
-    answers: str = "qwen2_vl"  # the box format of the grounding answers (a codec below)
+    answers: str = "qwen2_vl"  # the box format of the grounding answers (``codec``)
 
 
 SCENARIOS = {
@@ -80,66 +80,63 @@ SPLITS = [
 ]
 
 
-def _register_codecs() -> None:
-    """The pilots' extra answer format, absolute pixels in Qwen2-VL's syntax (no shipped
-    codec writes it), put in place of the ``generic`` codec that the config then names."""
+# The pilots' extra answer format, absolute pixels in Qwen2-VL's syntax (no shipped codec
+# writes it).
+_PIXELS_RX = re.compile(r"\(\s*(-?\d+)\s*,\s*(-?\d+)\s*\)\s*,\s*\(\s*(-?\d+)\s*,\s*(-?\d+)\s*\)")
+
+
+def _pixels_encode(box: Any, size: Any, resized: Any) -> str:
+    x1, y1, x2, y2 = (round(v) for v in box)
+    return f"<|box_start|>({x1},{y1}),({x2},{y2})<|box_end|>"
+
+
+def _pixels_decode(text: str, size: Any, resized: Any) -> Any:
+    m = _PIXELS_RX.search(text)
+    if not m:
+        return None
+    x1, y1, x2, y2 = (float(g) for g in m.groups())
+    return (x1, y1, x2, y2) if x2 > x1 and y2 > y1 else None
+
+
+def codec(answers: str) -> Any:
+    """The box codec a scenario's answers are written in: a shipped one, or the pilots' own.
+    A trial is given it through its base (``dataclasses.replace(base, codec=...)``)."""
     from vlsweep.trials import CODECS, BoxCodec
 
-    rx = re.compile(r"\(\s*(-?\d+)\s*,\s*(-?\d+)\s*\)\s*,\s*\(\s*(-?\d+)\s*,\s*(-?\d+)\s*\)")
-
-    def encode(box: Any, size: Any, resized: Any) -> str:
-        x1, y1, x2, y2 = (round(v) for v in box)
-        return f"<|box_start|>({x1},{y1}),({x2},{y2})<|box_end|>"
-
-    def decode(text: str, size: Any, resized: Any) -> Any:
-        m = rx.search(text)
-        if not m:
-            return None
-        x1, y1, x2, y2 = (float(g) for g in m.groups())
-        return (x1, y1, x2, y2) if x2 > x1 and y2 > y1 else None
-
-    CODECS["pixels_in_qwen2_syntax"] = BoxCodec("pixels_in_qwen2_syntax", encode, decode)
+    if answers == "pixels_in_qwen2_syntax":
+        return BoxCodec(answers, _pixels_encode, _pixels_decode)
+    return CODECS[answers]
 
 
-_STATE: dict[str, Any] = {}
-
-
-def _init(data_dir: str, answers: str, steps: int) -> None:
-    import torch
-
+def setup(data_dir: Path, steps: int) -> tuple[Any, Path]:
+    """A pilot's trial config on the data in ``data_dir``, and the directory itself."""
     from vlsweep import demo
     from vlsweep.config import TrainConfig
-    from vlsweep.trials import CODECS, load_base, load_data
 
-    torch.set_num_threads(1)
-    _register_codecs()
-    model: dict[str, Any] = {"name_or_path": "builtin:tiny-qwen2-vl"}
-    if answers != "qwen2_vl":
-        CODECS["generic"] = CODECS[answers]
-        model["box_codec"] = "generic"
     cfg = demo.resolve(
         TrainConfig.model_validate(
             {
-                "model": model,
+                "model": {"name_or_path": "builtin:tiny-qwen2-vl"},
                 "data": {"train": f"{data_dir}/train.jsonl", "val": f"{data_dir}/val.jsonl"},
                 "budget": {"steps": steps, "batch_size": 8},
                 "lora": {"vision": True, "projector": "full"},
             }
         )
     )
-    _STATE.update(cfg=cfg, base=load_base(cfg.model), data=load_data(cfg.data, Path(data_dir)))
+    return cfg, data_dir
 
 
-def _train(lrs: tuple[float, float, float]) -> dict[str, Any]:
+def _train(job: tuple[str, tuple[float, float, float]]) -> dict[str, Any]:
     from vlsweep.params import BASELINE, TrialParams
-    from vlsweep.trials import run_trial
+    from vlsweep.trials import pooled, run_trial
 
+    name, lrs = job
+    pilot = pooled(name)
+    base = dataclasses.replace(pilot.base, codec=codec(SCENARIOS[name].answers))
     params = TrialParams.of({**BASELINE, "lr_vision": lrs[0], "lr_projector": lrs[1], "lr_llm": lrs[2]})
     t0 = time.perf_counter()
     try:
-        r = run_trial(
-            params, _STATE["cfg"].budget, cfg=_STATE["cfg"], data=_STATE["data"], base=_STATE["base"]
-        )
+        r = run_trial(params, pilot.cfg.budget, cfg=pilot.cfg, data=pilot.data, base=base)
         metrics = {k: round(r[k], 4) for k in ("cer", "iou", "parse_fail_rate")}
     except FloatingPointError as exc:
         metrics = {"cer": 1.0, "iou": 0.0, "error": str(exc)}
@@ -154,6 +151,7 @@ def _train(lrs: tuple[float, float, float]) -> dict[str, Any]:
 
 def run(name: str, steps: int, workers: int, done: set[tuple[Any, ...]]) -> list[dict[str, Any]]:
     from vlsweep.demo import write_dataset
+    from vlsweep.trials import base_pool
 
     scenario = SCENARIOS[name]
     jobs = [(lr, lr, lr) for lr in SHARED] + SPLITS
@@ -163,9 +161,8 @@ def run(name: str, steps: int, workers: int, done: set[tuple[Any, ...]]) -> list
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         write_dataset(Path(tmp), **scenario.data)
-        init = (tmp, scenario.answers, steps)
-        with mp.get_context("spawn").Pool(workers, initializer=_init, initargs=init) as pool:
-            for row in pool.imap(_train, jobs):
+        with base_pool({name: setup(Path(tmp), steps)}, workers=workers) as pool:
+            for row in pool.imap(_train, [(name, lrs) for lrs in jobs]):
                 row = {
                     "scenario": name,
                     "steps": steps,

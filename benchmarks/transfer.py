@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing as mp
 import statistics
 import tempfile
 import time
@@ -143,33 +142,17 @@ def step_cost(steps: int, rounds: int) -> dict[str, Any]:
 
 # --- rank: do the two models order configurations alike? -------------------------------
 
-_STATE: dict[str, Any] = {}
-
-
-def _init(steps: int | None) -> None:
-    """A pool worker: one thread, both models' trial configs, data and bases loaded once."""
-    import torch
-
-    from vlsweep.trials import load_base, load_data
-
-    torch.set_num_threads(1)
-    for role, model in MODELS.items():
-        cfg, base_dir = demo_config(model)
-        if steps is not None:
-            cfg.budget.steps = steps
-        _STATE[role] = (cfg, load_data(cfg.data, base_dir), load_base(cfg.model))
-
 
 def _train(job: tuple[str, str, int, dict[str, Any], int]) -> dict[str, Any]:
     from vlsweep.params import TrialParams
-    from vlsweep.trials import run_trial
+    from vlsweep.trials import pooled, run_trial
 
     kind, role, key, values, seed = job
-    cfg, data, base = _STATE[role]
-    cfg = cfg.model_copy(update={"seed": seed})
+    loaded = pooled(role)
+    cfg = loaded.cfg.model_copy(update={"seed": seed})
     row: dict[str, Any] = {"kind": kind, "role": role, "key": key, "seed": seed}
     try:
-        result = run_trial(TrialParams.of(values), cfg.budget, cfg=cfg, data=data, base=base)
+        result = run_trial(TrialParams.of(values), cfg.budget, cfg=cfg, data=loaded.data, base=loaded.base)
         row.update(cer=result["cer"], iou=result["iou"], cpu_s=round(result["cpu_seconds"], 2))
     except FloatingPointError as exc:  # a diverged run: no metrics, ranked below every run
         row.update(cer=None, iou=None, error=str(exc)[:200])
@@ -196,8 +179,17 @@ def draw_configs(n: int, seed: int) -> list[dict[str, Any]]:
 
 
 def _pool_run(jobs: list[Any], workers: int, steps: int | None) -> list[dict[str, Any]]:
+    """The jobs in a pool of processes that each load both models (and their data) once."""
+    from vlsweep.trials import base_pool
+
+    setups = {}
+    for role, model in MODELS.items():
+        cfg, base_dir = demo_config(model)
+        if steps is not None:
+            cfg.budget.steps = steps
+        setups[role] = (cfg, base_dir)
     rows = []
-    with mp.get_context("spawn").Pool(workers, initializer=_init, initargs=(steps,)) as pool:
+    with base_pool(setups, workers=workers) as pool:
         for row in pool.imap_unordered(_train, jobs):
             print(json.dumps(row), flush=True)
             rows.append(row)

@@ -1,9 +1,10 @@
 """What runs inside a Ray worker: one trial of the sweep, through the trial engine.
 
 With ``reuse_actors`` a worker process runs many trials; the loaded base model and the
-encoded dataset are kept in this module between them (keyed by their config), and
-``run_trial`` attaches a fresh LoRA per trial and removes it (restoring any fully
-trained module) before returning, so no trained weight reaches the next trial.
+dataset are kept between them (``vlsweep.trials.cached_base`` and ``cached_data``, keyed
+by their config), and ``run_trial`` attaches a fresh LoRA per trial and removes it
+(restoring any fully trained module) before returning, so no trained weight reaches the
+next trial.
 
 A trial on several train workers (``resources.train_workers``) runs
 ``vlsweep.search.train_workers.run`` instead, which starts a Ray Train run whose ranks
@@ -24,8 +25,6 @@ from typing import Any
 from vlsweep.config import SPLITS
 from vlsweep.errors import QUANTIZE_HINT
 
-_BASE: dict[str, Any] = {}
-_DATA: dict[str, Any] = {}
 # This process's working directory when Ray started it, before Ray Tune moves each trial
 # into its own directory. Under `ray job submit --working-dir`, it is this node's copy of
 # the job's files.
@@ -38,13 +37,6 @@ DIED_KEY = "vlsweep_worker_died"
 # The result keys of a checkpoint made (its step) and of a trial continued from one.
 CHECKPOINT_KEY = "vlsweep_checkpoint_step"
 RESUMED_KEY = "vlsweep_resumed_from_step"
-
-
-def _cached(cache: dict[str, Any], key: str, make: Any) -> Any:
-    if key not in cache:
-        cache.clear()  # one model / dataset per worker at a time
-        cache[key] = make()
-    return cache[key]
 
 
 def localize(path: str, driver_dir: str | None, start_dir: str | None = None) -> str:
@@ -215,16 +207,15 @@ def _train(
     from vlsweep import demo
     from vlsweep.config import TrainConfig
     from vlsweep.params import TrialParams
-    from vlsweep.trials import load_base, load_data, run_trial
+    from vlsweep.trials import cached_base, cached_data, run_trial
 
     trial_spec, base_dir = _localized(trial_spec, base_dir, driver_dir)
     # A builtin model is resolved to the weights shipped in this node's vlsweep.
     cfg = demo.resolve(TrainConfig.model_validate(trial_spec))
     params = TrialParams.of(config["params"])
     model_cfg = cfg.model if ranks is None or not ranks.sharded else load_for_sharding(cfg.model)
-    base = _cached(_BASE, json.dumps(trial_spec["model"], sort_keys=True), lambda: load_base(model_cfg))
-    data_key = json.dumps([trial_spec["data"], base_dir], sort_keys=True)
-    data = _cached(_DATA, data_key, lambda: load_data(cfg.data, Path(base_dir)))
+    base = cached_base(model_cfg)
+    data = cached_data(cfg.data, Path(base_dir))
     # The engine logs a row every 10 steps and at each evaluation.
     reports.every = max(1, cfg.budget.steps // 10 // 50)
     return run_trial(

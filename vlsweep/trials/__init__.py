@@ -60,6 +60,7 @@ if TYPE_CHECKING:  # for type checkers; at run time __getattr__ below loads them
         resolve_dtype,
         resolve_source,
     )
+    from vlsweep.trials.pool import Loaded, base_pool, cached_base, cached_data, pooled  # noqa: F401
     from vlsweep.trials.ranks import Ranks  # noqa: F401
 
 # Public name -> the submodule that defines it.
@@ -99,6 +100,11 @@ _EXPORTS = {
     "resolve_source": "modeling",
     "resolve_device": "modeling",
     "resolve_dtype": "modeling",
+    "Loaded": "pool",
+    "base_pool": "pool",
+    "pooled": "pool",
+    "cached_base": "pool",
+    "cached_data": "pool",
     "Ranks": "ranks",
     "save_checkpoint": "checkpoints",
     "load_checkpoint": "checkpoints",

@@ -19,7 +19,12 @@ from vlsweep.trials.families import Family, family_for
 
 @dataclass
 class Base:
-    """A loaded base model with what the engine needs to drive it."""
+    """A loaded base model with what the engine needs to drive it.
+
+    ``codec`` is the box format a trial on this base trains its grounding answers in and
+    reads them back in: ``model.box_codec``, else the family's. A caller that passes the
+    base to ``run_trial`` may give answers in a format of its own, without touching
+    ``CODECS``: ``dataclasses.replace(base, codec=BoxCodec(name, encode, decode))``."""
 
     model: Any
     processor: Any
