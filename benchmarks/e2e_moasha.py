@@ -5,7 +5,7 @@ trial, TPE, 2 trials at a time) with a trial budget too large to reach, stopped 
 ``search.time_budget_s``; one with ``early_stopping: none``, one with ``mo-asha``
 (rungs 22 and 66 steps, eta 3). Reported per run: full-budget trials, pruned trials, and
 the hypervolume of the full-budget front against reference point cer = 1, iou = 0
-(moocore). Runs alternate order per round.
+(``vlsweep.pareto``). Runs alternate order per round.
 
     python benchmarks/e2e_moasha.py [--seconds 300] [--rounds 1]
 """

@@ -14,8 +14,8 @@ trial budget per problem and seed with 2 trials in flight at a time (as a sweep 
 
 Score: hypervolume of the non-dominated points found divided by the hypervolume of the
 true front (pymoo's ``pareto_front()``), both against the problem's reference point
-(``REFS``: 1.1 x each objective's worst value over the domain); moocore computes the
-hypervolume. Medians over seeds.
+(``REFS``: 1.1 x each objective's worst value over the domain); ``vlsweep.pareto``
+computes the hypervolume. Medians over seeds.
 
     python benchmarks/known_fronts.py [--trials 100] [--seeds 5] [--png docs/benchmarks/known_fronts.png]
 """
@@ -48,10 +48,10 @@ CHECKPOINTS = (25, 50, 100)
 
 
 def hv(points: np.ndarray, ref: np.ndarray) -> float:
-    import moocore
+    """Hypervolume of ``points`` (every objective minimized) against ``ref``."""
+    from vlsweep.pareto import hypervolume
 
-    pts = points[np.all(points < ref, axis=1)]
-    return float(moocore.hypervolume(pts, ref=ref)) if len(pts) else 0.0
+    return hypervolume(points.tolist(), ref.tolist(), ["minimize"] * len(ref))
 
 
 def true_front(problem: Any) -> np.ndarray:
@@ -147,6 +147,52 @@ def measure(args: argparse.Namespace) -> tuple[dict, dict, dict, list[str], list
     return ratio, seconds, runs, samplers, checkpoints
 
 
+def merge(saved: list[dict]) -> tuple[dict, dict, dict]:
+    """The ratios, seconds and run counts of several ``--save`` files, as one run's."""
+    ratio: dict[str, dict[str, dict[int, list[float]]]] = {}
+    seconds: dict[str, float] = {}
+    runs: dict[str, int] = {}
+    for one in saved:
+        for name, by in one["ratio"].items():
+            for kind, cps in by.items():
+                ratio.setdefault(name, {})[kind] = {int(c): v for c, v in cps.items()}
+        for kind, sec in one["seconds"].items():
+            seconds[kind] = seconds.get(kind, 0.0) + sec
+            runs[kind] = runs.get(kind, 0) + one["runs"][kind]
+    return ratio, seconds, runs
+
+
+# The docs' table: the base samplers' run and gp's, saved apart (gp is the slow one).
+LABELS = {"tpe": "tpe (default)", "ray-optunasearch": "ray-optunasearch (stock)"}
+
+
+def doc_table(base: dict) -> str:
+    """docs/benchmarks.md's table, from docs/benchmarks/known_fronts_base.json and
+    known_fronts_gp.json merged as ``--merge`` merges them."""
+    gp = json.loads((Path(__file__).parents[1] / "docs" / "benchmarks" / "known_fronts_gp.json").read_text())
+    ratio, seconds, runs = merge([base, gp])
+    samplers = [k for k in SAMPLERS if all(k in by for by in ratio.values())]
+    trials = max(max(cps) for by in ratio.values() for cps in by.values())
+    seeds = len(next(iter(next(iter(ratio.values())).values()))[trials])
+    lines = [
+        f"| median HV ratio at {trials} trials, {seeds} seeds | "
+        + " | ".join(LABELS.get(s, s) for s in samplers)
+        + " |",
+        "|---|" + "---|" * len(samplers),
+    ]
+    for problem, by in ratio.items():
+        lines.append(
+            f"| {problem.upper()} | "
+            + " | ".join(f"{statistics.median(by[s][trials]):.3f}" for s in samplers)
+            + " |"
+        )
+    overall = [statistics.median([v for by in ratio.values() for v in by[s][trials]]) for s in samplers]
+    lines.append("| all runs (median) | " + " | ".join(f"{v:.3f}" for v in overall) + " |")
+    per_run = [f"{seconds[s] / runs[s]:.1f}" for s in samplers]
+    lines.append(f"| seconds per {trials}-trial run | " + " | ".join(per_run) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=100)
@@ -171,15 +217,7 @@ def main() -> None:
 
     warnings.simplefilter("ignore")
     if args.merge:
-        ratio, seconds, runs = {}, {}, {}
-        for path in args.merge:
-            saved = json.loads(Path(path).read_text())
-            for name, by in saved["ratio"].items():
-                for kind, cps in by.items():
-                    ratio.setdefault(name, {})[kind] = {int(c): v for c, v in cps.items()}
-            for kind, sec in saved["seconds"].items():
-                seconds[kind] = seconds.get(kind, 0.0) + sec
-                runs[kind] = runs.get(kind, 0) + saved["runs"][kind]
+        ratio, seconds, runs = merge([json.loads(Path(path).read_text()) for path in args.merge])
         samplers = [k for k in SAMPLERS if all(k in by for by in ratio.values())]
         args.trials = max(max(cps) for by in ratio.values() for cps in by.values())
         args.seeds = len(next(iter(next(iter(ratio.values())).values()))[args.trials])

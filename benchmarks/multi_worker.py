@@ -115,11 +115,10 @@ def _say(what: str, r: dict[str, Any]) -> None:
 
 
 def trials(steps: int | None, seeds: list[int]) -> dict[str, Any]:
-    from vlsweep.search import ray_security
+    from vlsweep.search.backend import local_ray
 
     spec = _demo_spec(steps)
-    ray_security.start_local_ray(num_cpus=2, log=print)
-    with tempfile.TemporaryDirectory(prefix="vlsweep-multi-worker-") as tmp:
+    with local_ray(num_cpus=2, log=print), tempfile.TemporaryDirectory(prefix="vlsweep-multi-worker-") as tmp:
         ones = [_trial(spec, 1, "ddp", s, Path(tmp)) for s in seeds]
         for r in ones:
             _say(f"1 worker, seed {r['seed']}", r)

@@ -170,24 +170,19 @@ def trivial(args: argparse.Namespace) -> dict[str, Any]:
     import optuna
     import ray
 
-    from vlsweep.search import ray_security
+    from vlsweep.search.backend import local_ray
 
     if not args.storage:
         raise SystemExit('error: --storage: give a PostgreSQL URL, or eval "$(bash .ci/postgres.sh)" first')
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # The trivial trainable lives in trial_overhead.py, which Ray's workers cannot import.
     import trial_overhead
 
     ray.cloudpickle.register_pickle_by_value(trial_overhead)
     tmp = Path(tempfile.mkdtemp(prefix="vlsweep-storage-cost-"))
     counts = count_statements()
-    ray_security.start_local_ray(num_cpus=2, log=lambda _m: None)
-    try:
+    with local_ray(num_cpus=2):
         return rounds(args.rounds, lambda arm, r: trivial_run(arm, r, args, tmp, counts))
-    finally:
-        ray.shutdown()
 
 
 # -- both ----------------------------------------------------------------------------------------

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import tempfile
 import time
@@ -140,38 +139,32 @@ def main() -> None:
         args.trials, args.rounds = 8, 1
 
     import optuna
-    import ray
+
+    from vlsweep.search.backend import local_ray
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     tmp = Path(tempfile.mkdtemp(prefix="vlsweep-overhead-"))
-    # One Ray for every arm, started as a sweep starts its own: token auth on, loopback only.
-    from vlsweep.search import ray_security
-
-    ray_security.start_local_ray(num_cpus=2, log=lambda _m: None)
-
     ideal = math.ceil(args.trials / 2) * args.trial_seconds
     setups = {
         "vlsweep": lambda r: vlsweep_sweep(tmp, f"reuse-{r}", args, True),
         "vlsweep, no reuse": lambda r: vlsweep_sweep(tmp, f"noreuse-{r}", args, False),
         "ray tune": lambda r: bare_tune(tmp, f"bare-{r}", args),
     }
-    if args.profile:
-        profile(tmp, args)
-        ray.shutdown()
-        return
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in setups}
-    for r in range(args.rounds):
-        order = list(setups) if r % 2 == 0 else list(reversed(setups))
-        for key in order:
-            res = setups[key](r)
-            runs[key].append(res)
-            print(
-                f"round {r} {key:18s}: {res['wall']:6.1f} s all-in, start-up {res['startup']:4.1f} s, "
-                f"loop {res['loop']:6.1f} s"
-            )
-    ray.shutdown()
+    # One Ray for every arm, started as a sweep starts its own: token auth on, loopback only.
+    with local_ray(num_cpus=2):
+        if args.profile:
+            profile(tmp, args)
+            return
+        for r in range(args.rounds):
+            order = list(setups) if r % 2 == 0 else list(reversed(setups))
+            for key in order:
+                res = setups[key](r)
+                runs[key].append(res)
+                print(
+                    f"round {r} {key:18s}: {res['wall']:6.1f} s all-in, start-up {res['startup']:4.1f} s, "
+                    f"loop {res['loop']:6.1f} s"
+                )
 
     print(f"\n{args.trials} trials of {args.trial_seconds:g} s, 2 at a time on 2 CPUs; ideal {ideal:.1f} s")
     print(f"{'medians':18s}  {'start-up':>8s}  {'per-trial overhead':>18s}  {'all-in ratio':>12s}")

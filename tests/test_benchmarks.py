@@ -1,4 +1,5 @@
-"""The multi-fidelity replay's bookkeeping on a synthetic curve table (no training)."""
+"""The benchmarks' own logic, without training: the multi-fidelity replay's bookkeeping on
+a synthetic curve table, the early-signal and transfer figures, the docs' tables."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
-import mf_replay  # noqa: E402
+from mf_replay import methods, peers, score, simulator  # noqa: E402
+from mf_replay.table import MAX_T, Table, at  # noqa: E402
 
 
 @pytest.fixture
@@ -33,7 +35,7 @@ def table():
         if i == 7:
             curve = curve[:3]  # diverged after 60 steps
         rows.append({"config": i, "params": params, "curve": curve})
-    return mf_replay.Table(rows, space), space, settings
+    return Table(rows, space), space, settings
 
 
 def test_nearest_returns_the_recorded_config_itself(table):
@@ -44,27 +46,27 @@ def test_nearest_returns_the_recorded_config_itself(table):
 
 def _replay(name, table, budget, hub=None):
     t, space, settings = table
-    return mf_replay.replay(
-        mf_replay.make_method(name, space, settings, 0, [20, 60, 180], 3, hub), t, budget, 2
+    return simulator.replay(
+        methods.make_method(name, space, settings, 0, [20, 60, 180], 3, hub), t, budget, 2
     )
 
 
 def test_full_budget_spends_200_steps_per_trial_and_mo_asha_stops_some(table):
     t, space, settings = table
-    budget = 10 * mf_replay.MAX_T
+    budget = 10 * MAX_T
     full, full_started = _replay("tpe-full", table, budget)
     assert all(s % 20 == 0 for s, _ in full)  # time advances in evaluation intervals
     assert [hv for _, hv in full] == sorted(hv for _, hv in full)  # the front only grows
     # Every trial runs all 200 steps: the budget buys that many full trials, less the
     # two left running when it runs out and any that hit the diverging config.
-    assert budget // mf_replay.MAX_T - 3 <= len(full) - 1 <= budget // mf_replay.MAX_T
+    assert budget // MAX_T - 3 <= len(full) - 1 <= budget // MAX_T
     # The same steps buy each early-stopping method many more configs: most stop at the
     # first rungs.
     for name in ("mo-asha-random", "mo-asha-rung-tpe", "syne-tune-moasha"):
         asha, asha_started = _replay(name, table, budget)
         assert asha_started > full_started, name
         assert len(asha) - 1 < asha_started, name
-    assert mf_replay.at(t.rows[7], 80) is None and mf_replay.at(t.rows[7], 60) is not None
+    assert at(t.rows[7], 80) is None and at(t.rows[7], 60) is not None
 
 
 def test_the_headline_figures_follow_the_issue_definitions():
@@ -78,15 +80,15 @@ def test_the_headline_figures_follow_the_issue_definitions():
         "mo-asha-tpe": [([(0, 0.0), (900, 0.1)], 9), ([(0, 0.0), (500, 0.39)], 9)],
         "syne-tune-moasha": [([(0, 0.0), (100, 0.2), (150, 0.6)], 9), ([(0, 0.0), (50, 0.45)], 9)],
     }
-    figures = mf_replay.summarize(runs, budget)
+    figures = score.summarize(runs, budget)
     assert figures["tpe-full"]["steps_to_95pct"] == 0.8  # median of 1.0 and 0.6
     assert figures["mo-asha-random"]["steps_to_95pct"] == 0.25
     assert figures["mo-asha-tpe"]["steps_to_95pct"] is None
     assert figures["mo-asha-tpe"]["steps_to_95pct_per_seed"] == [None, 0.5]
-    assert len(figures["tpe-full"]["median_hv"]) == mf_replay.BUDGETS
+    assert len(figures["tpe-full"]["median_hv"]) == score.BUDGETS
     assert figures["mo-asha-random"]["median_hv"][0] == 0.0  # at 50 steps
     assert figures["mo-asha-random"]["median_hv"][-1] == pytest.approx(0.435)
-    v = mf_replay.verdict(figures)
+    v = score.verdict(figures)
     assert v["mo_asha"] == "mo-asha-random" and v["within_33pct"]
     # TPE's median ends higher (0.45); Syne Tune is ahead at every budget (0.525 from 150 steps).
     assert v["budgets_below_peer"] == {"tpe-full": [20], "syne-tune-moasha": list(range(1, 21))}
@@ -103,11 +105,11 @@ def test_optunahub_multimetric_pruner_from_a_local_registry_copy(table, tmp_path
             "OptunaHub's registry lives on GitHub, which this machine cannot reach; set "
             "VLSWEEP_OPTUNAHUB_REGISTRY to a local checkout of optuna/optunahub-registry to run it"
         )
-    hub, left_out = mf_replay.load_hub(Path(registry))
+    hub, left_out = peers.load_hub(Path(registry))
     assert left_out is None
     # Over Optuna's SuccessiveHalvingPruner it cannot run (see OptunaHubMethod).
-    assert "KeyError" in (mf_replay.sha_error(hub) or "")
-    history, started = _replay("optunahub-multimetric", table, 10 * mf_replay.MAX_T, hub)
+    assert "KeyError" in (peers.sha_error(hub) or "")
+    history, started = _replay("optunahub-multimetric", table, 10 * MAX_T, hub)
     assert started > 10 and len(history) > 1
 
 
@@ -167,7 +169,7 @@ def test_syne_tunes_priority_is_a_sort_order_and_the_ranked_one_a_place_per_tria
 
     x = np.array([[0.9, 0.9], [0.1, 0.1], [0.5, 0.5], [0.2, 0.8]])
     assert list(NonDominatedPriority()(x)) == [1, 3, 2, 0]
-    assert list(mf_replay.ranked_priority()(x)) == [3, 0, 2, 1]
+    assert list(peers.ranked_priority()(x)) == [3, 0, 2, 1]
 
 
 def _transfer_rows(source: list[float], target: list[float], noise: float = 0.0) -> list[dict]:
