@@ -37,8 +37,8 @@ TABLES: dict[str, tuple[str, str, str]] = {
     "strategies.loss_balance": ("strategies_front.json", "strategies_front", "doc_loss_balance"),
     "early_signal": ("early_signal.json", "early_signal", "doc_table"),
     "early_signal_pilot": ("early_signal_pilot.json", "early_signal", "doc_table"),
-    "mf_replay": ("mf_replay.json", "mf_replay", "doc_table"),
-    "mf_replay_grace20": ("mf_replay_grace20.json", "mf_replay", "doc_table"),
+    "mf_replay": ("mf_replay.json", "mf_replay.report", "doc_table"),
+    "mf_replay_grace20": ("mf_replay_grace20.json", "mf_replay.report", "doc_table"),
     "trial_overhead": ("trial_overhead.json", "trial_overhead", "doc_table"),
     "storage_cost": ("storage_cost.json", "storage_cost", "doc_table"),
     "scenario_pilots": ("scenario_pilots.json", "scenario_pilots", "doc_table"),
@@ -61,6 +61,7 @@ TABLES: dict[str, tuple[str, str, str]] = {
     "transfer.scan": ("transfer.json", "transfer", "doc_scan"),
     "transfer.arms": ("transfer.json", "transfer", "doc_arms"),
     "transfer.family_cost": ("transfer.json", "transfer", "doc_family_cost"),
+    "known_fronts": ("known_fronts_base.json", "known_fronts", "doc_table"),
 }
 
 
