@@ -3,4 +3,4 @@
 # own, for the object-storage tests, and print the environment they read.
 # Usage: eval "$(bash .ci/s3.sh)"
 set -euo pipefail
-python -m tests.s3_server
+python -m tests.support.s3_server

@@ -162,15 +162,13 @@ def merge(saved: list[dict]) -> tuple[dict, dict, dict]:
     return ratio, seconds, runs
 
 
-# The docs' table: the base samplers' run and gp's, saved apart (gp is the slow one).
+# How the tables name the default and the stock Ray searcher.
 LABELS = {"tpe": "tpe (default)", "ray-optunasearch": "ray-optunasearch (stock)"}
 
 
-def doc_table(base: dict) -> str:
-    """docs/benchmarks.md's table, from docs/benchmarks/known_fronts_base.json and
-    known_fronts_gp.json merged as ``--merge`` merges them."""
-    gp = json.loads((Path(__file__).parents[1] / "docs" / "benchmarks" / "known_fronts_gp.json").read_text())
-    ratio, seconds, runs = merge([base, gp])
+def table(ratio: dict, seconds: dict, runs: dict) -> tuple[str, dict[str, float]]:
+    """The median hypervolume ratio of each sampler on each problem at the last trial count,
+    over all problems, and the seconds per run, as markdown; and the overall medians."""
     samplers = [k for k in SAMPLERS if all(k in by for by in ratio.values())]
     trials = max(max(cps) for by in ratio.values() for cps in by.values())
     seeds = len(next(iter(next(iter(ratio.values())).values()))[trials])
@@ -186,11 +184,18 @@ def doc_table(base: dict) -> str:
             + " | ".join(f"{statistics.median(by[s][trials]):.3f}" for s in samplers)
             + " |"
         )
-    overall = [statistics.median([v for by in ratio.values() for v in by[s][trials]]) for s in samplers]
-    lines.append("| all runs (median) | " + " | ".join(f"{v:.3f}" for v in overall) + " |")
+    overall = {s: statistics.median([v for by in ratio.values() for v in by[s][trials]]) for s in samplers}
+    lines.append("| all runs (median) | " + " | ".join(f"{v:.3f}" for v in overall.values()) + " |")
     per_run = [f"{seconds[s] / runs[s]:.1f}" for s in samplers]
     lines.append(f"| seconds per {trials}-trial run | " + " | ".join(per_run) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n", overall
+
+
+def doc_table(base: dict) -> str:
+    """docs/benchmarks.md's table: the base samplers' run (docs/benchmarks/known_fronts_base.json)
+    and gp's (known_fronts_gp.json, the slow one, run apart), merged as ``--merge`` merges them."""
+    gp = json.loads((Path(__file__).parents[1] / "docs" / "benchmarks" / "known_fronts_gp.json").read_text())
+    return table(*merge([base, gp]))[0]
 
 
 def main() -> None:
@@ -219,29 +224,13 @@ def main() -> None:
     if args.merge:
         ratio, seconds, runs = merge([json.loads(Path(path).read_text()) for path in args.merge])
         samplers = [k for k in SAMPLERS if all(k in by for by in ratio.values())]
-        args.trials = max(max(cps) for by in ratio.values() for cps in by.values())
-        args.seeds = len(next(iter(next(iter(ratio.values())).values()))[args.trials])
         checkpoints = sorted(next(iter(next(iter(ratio.values())).values())))
     else:
         ratio, seconds, runs, samplers, checkpoints = measure(args)
         if args.save:
             Path(args.save).write_text(json.dumps({"ratio": ratio, "seconds": seconds, "runs": runs}))
-    print(
-        f"\nmedian hypervolume ratio at {args.trials} trials ({args.seeds} seeds; reference points in REFS):"
-    )
-    print("| problem | " + " | ".join(samplers) + " |")
-    print("|---|" + "---|" * len(samplers))
-    for name, by in ratio.items():
-        print(
-            f"| {name} | "
-            + " | ".join(f"{statistics.median(by[s][args.trials]):.3f}" for s in samplers)
-            + " |"
-        )
-    overall = {
-        s: statistics.median([v for by in ratio.values() for v in by[s][args.trials]]) for s in samplers
-    }
-    print("| all (median) | " + " | ".join(f"{overall[s]:.3f}" for s in samplers) + " |")
-    print("seconds per run: " + ", ".join(f"{s} {seconds[s] / runs[s]:.1f}" for s in samplers))
+    text, overall = table(ratio, seconds, runs)
+    print("\nhypervolume ratio to the true front's (reference points in REFS):\n" + text, end="")
     if "tpe" in overall and "ray-optunasearch" in overall:
         ok = overall["tpe"] >= overall["ray-optunasearch"]
         print(f"default (tpe) >= stock Ray OptunaSearch: {ok}")

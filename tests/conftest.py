@@ -49,17 +49,36 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             why = "gpu tier: no CUDA device here (run `pytest -m gpu` on one)"
             item.add_marker(pytest.mark.skip(reason=why))
         (tiered if marked else fast).append(item)
-    named = any("::" in arg for arg in config.args)
-    if tiered and not config.option.markexpr and not named:
-        config.hook.pytest_deselected(items=tiered)
-        items[:] = fast
-        config.stash[_LEFT_OUT] = sorted({m for item in tiered for m in names if item.get_closest_marker(m)})
+    if not tiered or config.option.markexpr:
+        return
+    named = _named(config)
+    left = [item for item in tiered if not any(_names(item.nodeid, n) for n in named)]
+    if left:
+        config.hook.pytest_deselected(items=left)
+        items[:] = [item for item in items if item not in left]
+        config.stash[_LEFT_OUT] = sorted({m for item in left for m in names if item.get_closest_marker(m)})
 
 
+# The tiers the fast suite left out, for the summary's last line.
 _LEFT_OUT = pytest.StashKey[list[str]]()
 
 
-def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+def _named(config: pytest.Config) -> list[str]:
+    """The tests given by node id on the command line, as node ids (relative to the root)."""
+    named = []
+    for arg in config.args:
+        if "::" in arg:
+            path, rest = arg.split("::", 1)
+            full = (config.invocation_params.dir / path).resolve()
+            named.append(f"{full.relative_to(config.rootpath).as_posix()}::{rest}")
+    return named
+
+
+def _names(nodeid: str, named: str) -> bool:
+    return nodeid == named or nodeid.startswith((named + "::", named + "["))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     left = config.stash.get(_LEFT_OUT, [])
     if left:
         terminalreporter.write_line(f"fast suite only; the tiers left out run with -m: {', '.join(left)}")

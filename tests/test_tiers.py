@@ -8,6 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
+# Imported here, before pytester's in-process runs: each run removes the modules it imported
+# afterwards, and torch's C extension cannot be imported a second time in one process.
 import torch
 
 CONFTEST = Path(__file__).with_name("conftest.py")
@@ -69,6 +72,8 @@ def test_each_tier_runs_by_its_marker_and_gpu_says_why_it_skips(project):
 
 def test_a_test_named_by_its_node_id_runs_whatever_its_tier(project):
     project.runpytest("test_things.py::test_slow").assert_outcomes(passed=1)
+    # Only the one named: the other tiers' tests in the files given whole stay out.
+    project.runpytest("test_things.py", "test_things.py::test_slow").assert_outcomes(passed=4, deselected=1)
 
 
 def test_two_tiers_on_one_test_and_unregistered_markers_are_refused(project):

@@ -1,6 +1,6 @@
 """moto's standalone S3 server on loopback, with credentials of its own, for the
 object-storage tests: ``.ci/s3.sh`` starts one for a whole CI run (``python -m
-tests.s3_server`` prints the environment it exports); without it the ``s3`` fixture
+tests.support.s3_server`` prints the environment it exports); without it the ``s3`` fixture
 starts one per test session.
 
 moto enforces signed requests after its first few (``INITIAL_NO_AUTH_ACTION_COUNT``):
