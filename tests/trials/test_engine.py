@@ -123,6 +123,32 @@ def test_same_seed_gives_the_same_metrics_and_reports_each_eval(setup):
     assert all({"cer", "iou", "steps"} <= set(m) for _, m in reports)
 
 
+def test_a_codec_given_through_the_base_writes_the_answers_and_reads_the_predictions(setup):
+    """A box format of the caller's own, given with its base (as benchmarks/scenario_pilots
+    does), without touching the CODECS registry."""
+    import dataclasses
+
+    from vlsweep.trials import CODECS, BoxCodec
+
+    cfg, data = setup
+    shipped = load_base(cfg.model).codec
+    calls = {"encode": 0, "decode": 0}
+
+    def encode(box, size, resized):
+        calls["encode"] += 1
+        return shipped.encode(box, size, resized)
+
+    def decode(text, size, resized):
+        calls["decode"] += 1
+        return shipped.decode(text, size, resized)
+
+    registry = dict(CODECS)
+    base = dataclasses.replace(load_base(cfg.model), codec=BoxCodec("counted", encode, decode))
+    run_trial(TrialParams(), cfg.budget, cfg=cfg, data=data, base=base)
+    assert calls["encode"] > 0 and calls["decode"] == sum(r.task == "grounding" for r in data.val)
+    assert dict(CODECS) == registry, "the registry is left as it was"
+
+
 def test_a_kept_base_model_gets_a_fresh_adapter_each_trial(setup):
     cfg, data = setup
     base = load_base(cfg.model)
