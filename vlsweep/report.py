@@ -5,6 +5,7 @@ The data comes from ``vlsweep.results``; this module only draws it.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 import shutil
@@ -506,14 +507,21 @@ def png_browser() -> str:
 
 
 def write_png(
-    fig: Any, path: Path, width: int = 1100, height: int | None = None, browser: str | None = None
+    fig: Any,
+    path: Path,
+    width: int = 1100,
+    height: int | None = None,
+    browser: str | None = None,
+    format: str | None = None,
 ) -> None:
     """One figure as PNG through kaleido and the system's Chromium (or ``browser``); never
     downloads one."""
     browser = browser or png_browser()
     os.environ["BROWSER_PATH"] = browser
     try:
-        fig.write_image(str(path), width=width, height=height or int(fig.layout.height or 500), scale=1)
+        fig.write_image(
+            str(path), format=format, width=width, height=height or int(fig.layout.height or 500), scale=1
+        )
     except Exception as exc:  # kaleido's errors are long; the first line says what broke
         raise UserInputError(
             f"--png: rendering {path.name} with {browser} failed: {str(exc).strip().splitlines()[0]}"
@@ -521,28 +529,40 @@ def write_png(
 
 
 def write_pngs(figs: dict[str, Any], stem: Path, browser: str) -> list[Path]:
-    """Every figure as ``STEM-KEY.png``; none of them left behind if one fails."""
-    out: list[Path] = []
+    """Every figure as ``STEM-KEY.png``. Each is rendered to a temporary name first and all
+    are renamed once every one rendered: a failure leaves no new file and replaces no old one."""
+    done: list[tuple[Path, Path]] = []
     try:
         for key, fig in figs.items():
             path = stem.with_name(f"{stem.name}-{key}.png")
-            write_png(fig, path, browser=browser)
-            out.append(path)
+            part = path.with_name(f".{path.name}.{os.getpid()}.part")
+            done.append((part, path))
+            write_png(fig, part, browser=browser, format="png")
     except BaseException:
-        for path in out:
-            path.unlink(missing_ok=True)
+        for part, _ in done:
+            part.unlink(missing_ok=True)
         raise
-    return out
+    for part, path in done:
+        part.replace(path)
+    return [path for _, path in done]
 
 
 def write_report(
     results: SweepResults, out: Path, picked_number: int | None, png: bool = False
 ) -> list[Path]:
     """The HTML report at ``out`` and, with ``png``, each plot beside it. The PNGs come
-    first: without a browser, or when one fails to render, nothing is written."""
+    first: without a browser, or when one fails to render, nothing is written (a folder
+    ``out`` names that did not exist is made only when there is something to write)."""
     figs = figures(results, picked_number)
     browser = png_browser() if png else None
+    made = not out.parent.exists()
     out.parent.mkdir(parents=True, exist_ok=True)
-    written = write_pngs(figs, out.with_suffix(""), browser) if browser else []
+    try:
+        written = write_pngs(figs, out.with_suffix(""), browser) if browser else []
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):
+                out.parent.rmdir()
+        raise
     out.write_text(render_html(results, picked_number, figs), encoding="utf-8")
     return [out, *written]
