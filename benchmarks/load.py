@@ -8,6 +8,10 @@ wall time includes Python's start and the imports. Target: each under 10 s on a 
 machine, in SQLite and in PostgreSQL.
 
     python benchmarks/load.py [--trials 10000] [--storages sqlite,postgresql] [--pg-url URL]
+        [--json docs/benchmarks/load.json]
+
+``--json`` writes the figures docs/benchmarks.md renders (``doc_table``, through
+benchmarks/doc_tables.py).
 
 PostgreSQL: --pg-url, else $VLSWEEP_TEST_PG_URL (``eval "$(bash .ci/postgres.sh)"`` starts
 a throwaway server); the password comes from PGPASSWORD.
@@ -16,6 +20,7 @@ a throwaway server); the password comes from PGPASSWORD.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -134,6 +139,7 @@ def main() -> None:
     ap.add_argument("--storages", default="sqlite,postgresql")
     ap.add_argument("--pg-url", default=os.environ.get("VLSWEEP_TEST_PG_URL"))
     ap.add_argument("--quick", action="store_true", help="2,000 trials (CI smoke run)")
+    ap.add_argument("--json", type=Path, default=None, help="write the figures here (the docs' table)")
     args = ap.parse_args()
     if args.quick:
         args.trials = 2_000
@@ -154,19 +160,66 @@ def main() -> None:
             assert f"{args.trials}/{args.trials} trials done" in out, out[:500]
             report_s, _ = timed(["report", "load", "-o", str(tmp / f"{kind}.html")], url, tmp)
             export_s, _ = timed(["export", "load", "-o", str(tmp / f"export-{kind}")], url, tmp)
-            rows.append((kind, made, status_s, report_s, export_s))
             size = (tmp / f"{kind}.html").stat().st_size / 1e6
+            rows.append((kind, made, status_s, report_s, export_s, size))
             print(
                 f"{kind}: {args.trials} trials written in {made:.1f} s; status {status_s:.2f} s, "
                 f"report {report_s:.2f} s ({size:.1f} MB), export {export_s:.2f} s",
                 flush=True,
             )
-    print(f"\n| storage ({args.trials} trials) | write the study | status | report | export |")
-    print("|---|---|---|---|---|")
-    for kind, made, *cmds in rows:
-        print(f"| {kind} | {made:.1f} s | " + " | ".join(f"{s:.2f} s" for s in cmds) + " |")
-    slow = [(kind, s) for kind, _, *cmds in rows for s in cmds if s >= TARGET_SECONDS]
-    print(f"\ntarget: every command under {TARGET_SECONDS:g} s: {'met' if not slow else f'NOT met {slow}'}")
+    summary = {
+        "date": time.strftime("%Y-%m-%d"),
+        "trials": args.trials,
+        "target_s": TARGET_SECONDS,
+        "rows": [
+            {
+                "storage": kind,
+                "write_s": made,
+                "status_s": st,
+                "report_s": rep,
+                "report_mb": mb,
+                "export_s": ex,
+            }
+            for kind, made, st, rep, ex, mb in rows
+        ],
+    }
+    print("\n" + doc_table(summary))
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=1) + "\n")
+        print(f"wrote {args.json}")
+
+
+STORAGES = {"sqlite": "SQLite (WAL)", "postgresql": "PostgreSQL (local)"}
+
+
+def doc_table(summary: dict) -> str:
+    """The docs' table: each command's wall time, in bold where it meets the target."""
+
+    def cell(seconds: float) -> str:
+        text = f"{seconds:.2f} s"
+        return f"**{text}**" if seconds < summary["target_s"] else text
+
+    run = f"run ({summary['date']}), {summary['trials']:,} trials"
+    head = f"| {run} | write the study | `status load` | `report load` | `export load` |"
+    lines = [head, "|---|---|---|---|---|"]
+    for r in summary["rows"]:
+        report = f"{cell(r['report_s'])} ({r['report_mb']:.1f} MB HTML)"
+        lines.append(
+            f"| {STORAGES.get(r['storage'], r['storage'])} | {r['write_s']:.1f} s | {cell(r['status_s'])} "
+            f"| {report} | {cell(r['export_s'])} |"
+        )
+    slow = [
+        r["storage"]
+        for r in summary["rows"]
+        for k in ("status_s", "report_s", "export_s")
+        if r[k] >= summary["target_s"]
+    ]
+    lines.append("")
+    lines.append(
+        f"Target: each command under {summary['target_s']:g} s: "
+        + ("met." if not slow else f"NOT met ({', '.join(slow)}).")
+    )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
