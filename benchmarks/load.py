@@ -138,11 +138,11 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=10_000)
     ap.add_argument("--storages", default="sqlite,postgresql")
     ap.add_argument("--pg-url", default=os.environ.get("VLSWEEP_TEST_PG_URL"))
-    ap.add_argument("--quick", action="store_true", help="2,000 trials (CI smoke run)")
+    ap.add_argument("--quick", action="store_true", help="500 trials (CI smoke run; not the figures)")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here (the docs' table)")
     args = ap.parse_args()
     if args.quick:
-        args.trials = 2_000
+        args.trials = 500
     rows = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
